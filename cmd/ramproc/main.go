@@ -1,0 +1,50 @@
+// Command ramproc serves a RAM-backed file over FUSE, checks any file for
+// regular-file conformance, and benchmarks both against tmpfs.
+//
+//	ramproc mount [flags] MOUNTPOINT   serve the RAM file until Ctrl-C
+//	ramproc check [flags] PATH         compare PATH's behaviour with a tmpfs file
+//	ramproc bench [flags]              ramproc vs tmpfs vs go-fuse MemRegularFile
+//
+// The work lives in the packages; this file only dispatches.
+package main
+
+import (
+	"fmt"
+	"os"
+)
+
+// exitUsage is the exit status for bad flags or arguments, as flag uses.
+const exitUsage = 2
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	if len(args) == 0 {
+		usage()
+		return exitUsage
+	}
+	switch args[0] {
+	case "mount":
+		return runMount(args[1:])
+	case "check":
+		return runCheck(args[1:])
+	case "bench":
+		return runBench(args[1:])
+	case "help", "-h", "-help", "--help":
+		usage()
+		return 0
+	}
+	fmt.Fprintf(os.Stderr, "ramproc: unknown command %q; run 'ramproc help' for the list of commands\n", args[0])
+	return exitUsage
+}
+
+func usage() {
+	fmt.Fprint(os.Stderr, `usage:
+  ramproc mount [flags] MOUNTPOINT   serve a RAM-backed file in MOUNTPOINT until Ctrl-C
+  ramproc check [flags] PATH         check that PATH behaves like a regular tmpfs file
+  ramproc bench [flags]              benchmark ramproc against tmpfs and go-fuse MemRegularFile
+Run 'ramproc COMMAND -h' for a command's flags.
+`)
+}
