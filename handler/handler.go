@@ -150,6 +150,8 @@ type Attr struct {
 // are left alone.
 type SetAttr struct {
 	Mode  *fs.FileMode
+	Uid   *uint32
+	Gid   *uint32
 	Size  *int64
 	Atime *time.Time
 	Mtime *time.Time
@@ -206,4 +208,36 @@ func Errno(err error) syscall.Errno {
 		return e
 	}
 	return syscall.EIO
+}
+
+// UnixMode converts the permission, setuid, setgid and sticky bits of an
+// fs.FileMode to their stat(2) form (the low 12 bits of st_mode).
+func UnixMode(m fs.FileMode) uint32 {
+	u := uint32(m.Perm())
+	if m&fs.ModeSetuid != 0 {
+		u |= syscall.S_ISUID
+	}
+	if m&fs.ModeSetgid != 0 {
+		u |= syscall.S_ISGID
+	}
+	if m&fs.ModeSticky != 0 {
+		u |= syscall.S_ISVTX
+	}
+	return u
+}
+
+// ModeFromUnix is the inverse of UnixMode: it reads the low 12 bits of a
+// stat(2) st_mode into an fs.FileMode.
+func ModeFromUnix(u uint32) fs.FileMode {
+	m := fs.FileMode(u & 0o777)
+	if u&syscall.S_ISUID != 0 {
+		m |= fs.ModeSetuid
+	}
+	if u&syscall.S_ISGID != 0 {
+		m |= fs.ModeSetgid
+	}
+	if u&syscall.S_ISVTX != 0 {
+		m |= fs.ModeSticky
+	}
+	return m
 }

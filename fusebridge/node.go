@@ -1,0 +1,362 @@
+package fusebridge
+
+import (
+	"context"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"ramproc/handler"
+)
+
+// dirNode is the mount's root directory. Names are published only through
+// Server.Create, so every namespace change from a syscall fails with the
+// errno that /proc gives for it (measured: creating a name in /proc is
+// ENOENT, removing one is EPERM).
+type dirNode struct {
+	fs.Inode
+	srv *Server
+}
+
+var (
+	_ fs.NodeLookuper  = (*dirNode)(nil)
+	_ fs.NodeReaddirer = (*dirNode)(nil)
+	_ fs.NodeGetattrer = (*dirNode)(nil)
+	_ fs.NodeCreater   = (*dirNode)(nil)
+	_ fs.NodeMkdirer   = (*dirNode)(nil)
+	_ fs.NodeMknoder   = (*dirNode)(nil)
+	_ fs.NodeSymlinker = (*dirNode)(nil)
+	_ fs.NodeLinker    = (*dirNode)(nil)
+	_ fs.NodeRenamer   = (*dirNode)(nil)
+	_ fs.NodeUnlinker  = (*dirNode)(nil)
+	_ fs.NodeRmdirer   = (*dirNode)(nil)
+)
+
+func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	e := d.srv.lookup(name)
+	if e == nil || !e.enter() {
+		return nil, syscall.ENOENT
+	}
+	defer e.exit()
+	if errno := e.attr(ctx, &out.Attr); errno != 0 {
+		return nil, errno
+	}
+	// Each Entry has its own inode number, so a name published again after
+	// removal is a new inode to the kernel, never the old one revived.
+	return d.NewInode(ctx, &fileNode{e: e}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: e.ino}), 0
+}
+
+func (d *dirNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
+	var list []fuse.DirEntry
+	for _, e := range d.srv.entries() {
+		list = append(list, fuse.DirEntry{Name: e.name, Ino: e.ino, Mode: syscall.S_IFREG})
+	}
+	return fs.NewListDirStream(list), 0
+}
+
+func (d *dirNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode = syscall.S_IFDIR | 0o555
+	out.Nlink = 2
+	out.Owner = fuse.Owner{Uid: d.srv.uid, Gid: d.srv.gid}
+	out.SetTimes(&d.srv.born, &d.srv.born, &d.srv.born)
+	return 0
+}
+
+func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
+	return nil, nil, 0, syscall.ENOENT
+}
+
+func (d *dirNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	return nil, syscall.ENOENT
+}
+
+func (d *dirNode) Mknod(ctx context.Context, name string, mode uint32, dev uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	return nil, syscall.ENOENT
+}
+
+func (d *dirNode) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	return nil, syscall.ENOENT
+}
+
+func (d *dirNode) Link(ctx context.Context, target fs.InodeEmbedder, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	return nil, syscall.ENOENT
+}
+
+func (d *dirNode) Rename(ctx context.Context, name string, newParent fs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	return syscall.ENOENT
+}
+
+func (d *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
+	if d.srv.lookup(name) == nil {
+		return syscall.ENOENT
+	}
+	return syscall.EPERM
+}
+
+func (d *dirNode) Rmdir(ctx context.Context, name string) syscall.Errno {
+	if d.srv.lookup(name) == nil {
+		return syscall.ENOENT
+	}
+	return syscall.ENOTDIR
+}
+
+// fileNode is the kernel's inode for one Entry. Every callback brackets the
+// handler call with enter/exit so that removal can wait for it.
+type fileNode struct {
+	fs.Inode
+	e *Entry
+}
+
+// openFile is the FUSE file handle of one open(2).
+type openFile struct {
+	e *Entry
+	f handler.OpenFile
+}
+
+var (
+	_ fs.NodeOpener          = (*fileNode)(nil)
+	_ fs.NodeReader          = (*fileNode)(nil)
+	_ fs.NodeWriter          = (*fileNode)(nil)
+	_ fs.NodeLseeker         = (*fileNode)(nil)
+	_ fs.NodeReleaser        = (*fileNode)(nil)
+	_ fs.NodeFlusher         = (*fileNode)(nil)
+	_ fs.NodeFsyncer         = (*fileNode)(nil)
+	_ fs.NodeAllocater       = (*fileNode)(nil)
+	_ fs.NodeGetattrer       = (*fileNode)(nil)
+	_ fs.NodeSetattrer       = (*fileNode)(nil)
+	_ fs.FilePassthroughFder = (*openFile)(nil)
+)
+
+func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	e := n.e
+	if !e.enter() {
+		// The name was looked up before removal; a new open must fail
+		// as if the lookup had come after.
+		return nil, 0, syscall.ENOENT
+	}
+	defer e.exit()
+	of := &openFile{e: e, f: handler.OpenFile{Flags: int(flags)}}
+	// A missing callback makes the file unreadable or unwritable at open,
+	// as sysfs refuses to open an attribute without show() or store().
+	if (of.f.Readable() && e.reader == nil) || (of.f.Writable() && e.writer == nil) {
+		return nil, 0, syscall.EACCES
+	}
+	if e.opener != nil {
+		if err := e.opener.Open(ctx, &of.f); err != nil {
+			return nil, 0, handler.Errno(err)
+		}
+	}
+	if !e.track(of) {
+		if e.releaser != nil {
+			e.releaser.Release(ctx, &of.f)
+		}
+		return nil, 0, syscall.ENOENT
+	}
+	// Generated content must reach every read(2), so it bypasses the page
+	// cache; a file that changes only through this mount may keep its pages.
+	fl := uint32(fuse.FOPEN_DIRECT_IO)
+	if of.f.Caching {
+		fl = fuse.FOPEN_KEEP_CACHE
+	}
+	return of, fl, 0
+}
+
+// PassthroughFd is asked by go-fuse right after Open; a descriptor here
+// makes the kernel serve read, write and mmap from it without the server.
+func (of *openFile) PassthroughFd() (int, bool) {
+	if of.e.backing == nil || !of.e.srv.passthrough.Load() {
+		return -1, false
+	}
+	return of.e.backing.BackingFile(&of.f)
+}
+
+func (n *fileNode) Read(ctx context.Context, f fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	e := n.e
+	if !e.enter() {
+		return nil, syscall.EIO
+	}
+	defer e.exit()
+	if e.reader == nil {
+		// The kernel reads through write-only descriptors too, to fill a
+		// page cache page before a partial write; procfs answers EIO.
+		return nil, syscall.EIO
+	}
+	nr, err := e.reader.Read(ctx, &f.(*openFile).f, dest, off)
+	if err != nil && nr == 0 {
+		return nil, handler.Errno(err)
+	}
+	return fuse.ReadResultData(dest[:nr]), 0
+}
+
+func (n *fileNode) Write(ctx context.Context, f fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
+	e := n.e
+	if !e.enter() {
+		return 0, syscall.EIO
+	}
+	defer e.exit()
+	if e.writer == nil {
+		return 0, syscall.EIO
+	}
+	nw, err := e.writer.Write(ctx, &f.(*openFile).f, data, off)
+	if nw > 0 {
+		// A short count is a short write; the error is what the
+		// caller's next write will get.
+		return uint32(nw), 0
+	}
+	if err == nil {
+		// Zero bytes and no error would make write(2) return 0,
+		// which callers retry forever.
+		return 0, syscall.EIO
+	}
+	return 0, handler.Errno(err)
+}
+
+// Lseek is only sent for SEEK_DATA and SEEK_HOLE. It must never answer
+// ENOSYS: the kernel would remember that for the whole connection and stop
+// asking for every file, including the RAM file that knows its holes.
+func (n *fileNode) Lseek(ctx context.Context, f fs.FileHandle, off uint64, whence uint32) (uint64, syscall.Errno) {
+	e := n.e
+	if !e.enter() {
+		return 0, syscall.EIO
+	}
+	defer e.exit()
+	w, err := handler.ParseWhence(int(whence))
+	if err != nil {
+		return 0, syscall.EINVAL
+	}
+	var of *handler.OpenFile
+	if h, ok := f.(*openFile); ok {
+		of = &h.f
+	}
+	if e.lseeker != nil {
+		pos, err := e.lseeker.Lseek(ctx, of, int64(off), w)
+		if err != nil {
+			return 0, handler.Errno(err)
+		}
+		return uint64(pos), 0
+	}
+	// No Lseeker: the whole file is data, as generic_file_llseek has it.
+	var a fuse.Attr
+	if errno := e.attr(ctx, &a); errno != 0 {
+		return 0, errno
+	}
+	if int64(off) < 0 || off >= a.Size {
+		return 0, syscall.ENXIO
+	}
+	if w == handler.SeekHole {
+		return a.Size, 0
+	}
+	return off, 0
+}
+
+func (n *fileNode) Flush(ctx context.Context, f fs.FileHandle) syscall.Errno { return 0 }
+
+func (n *fileNode) Release(ctx context.Context, f fs.FileHandle) syscall.Errno {
+	of := f.(*openFile)
+	// Removal may have released it already; a handler sees one Release.
+	if n.e.untrack(of) && n.e.releaser != nil {
+		n.e.releaser.Release(ctx, &of.f)
+	}
+	return 0
+}
+
+func (n *fileNode) Fsync(ctx context.Context, f fs.FileHandle, flags uint32) syscall.Errno {
+	e := n.e
+	if !e.enter() {
+		return syscall.EIO
+	}
+	defer e.exit()
+	if e.fsyncer == nil {
+		return 0
+	}
+	var of *handler.OpenFile
+	if h, ok := f.(*openFile); ok {
+		of = &h.f
+	}
+	return handler.Errno(e.fsyncer.Fsync(ctx, of, flags&fsyncFdatasync != 0))
+}
+
+// fsyncFdatasync is FUSE_FSYNC_FDATASYNC in fuse_fsync_in.fsync_flags.
+const fsyncFdatasync = 1
+
+// Allocate answers EOPNOTSUPP, not ENOSYS, for handlers without Fallocate:
+// ENOSYS would switch fallocate off for the whole connection.
+func (n *fileNode) Allocate(ctx context.Context, f fs.FileHandle, off uint64, size uint64, mode uint32) syscall.Errno {
+	e := n.e
+	if !e.enter() {
+		return syscall.EIO
+	}
+	defer e.exit()
+	if e.allocator == nil {
+		return syscall.EOPNOTSUPP
+	}
+	var of *handler.OpenFile
+	if h, ok := f.(*openFile); ok {
+		of = &h.f
+	}
+	return handler.Errno(e.allocator.Fallocate(ctx, of, mode, int64(off), int64(size)))
+}
+
+func (n *fileNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	e := n.e
+	if !e.enter() {
+		return syscall.EIO
+	}
+	defer e.exit()
+	return e.attr(ctx, &out.Attr)
+}
+
+func (n *fileNode) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	e := n.e
+	if !e.enter() {
+		return syscall.EIO
+	}
+	defer e.exit()
+	var sa handler.SetAttr
+	if m, ok := in.GetMode(); ok {
+		gm := handler.ModeFromUnix(m)
+		sa.Mode = &gm
+	}
+	if u, ok := in.GetUID(); ok {
+		sa.Uid = &u
+	}
+	if g, ok := in.GetGID(); ok {
+		sa.Gid = &g
+	}
+	if sz, ok := in.GetSize(); ok {
+		s := int64(sz)
+		sa.Size = &s
+	}
+	if t, ok := in.GetATime(); ok {
+		sa.Atime = &t
+	}
+	if t, ok := in.GetMTime(); ok {
+		sa.Mtime = &t
+	}
+	if e.setattrer != nil {
+		var of *handler.OpenFile
+		if h, ok := f.(*openFile); ok {
+			of = &h.f
+		}
+		if err := e.setattrer.Setattr(ctx, of, &sa); err != nil {
+			return handler.Errno(err)
+		}
+	} else {
+		// Without a Setattrer the bridge keeps mode and ownership, like
+		// procfs does, and the file cannot be truncated.
+		if sa.Size != nil {
+			return syscall.EINVAL
+		}
+		if sa.Mode != nil {
+			e.perm.Store(handler.UnixMode(*sa.Mode))
+		}
+		if sa.Uid != nil {
+			e.uid.Store(*sa.Uid)
+		}
+		if sa.Gid != nil {
+			e.gid.Store(*sa.Gid)
+		}
+	}
+	return e.attr(ctx, &out.Attr)
+}

@@ -1,0 +1,477 @@
+// Package fusebridge serves handlers (package handler) as files in a FUSE
+// mount: the bridge between the typed handler API and the kernel.
+//
+// Mount is the seed module's load and Server.Unmount its unload. Between
+// the two, Server.Create publishes a handler under a name and Entry.Remove
+// withdraws it while it may be in use: callbacks in flight finish, new opens
+// get ENOENT, and descriptors opened before get EIO, as procfs does after
+// remove_proc_entry.
+//
+// The mount is tuned for a file that must be indistinguishable from a tmpfs
+// file and nearly as fast:
+//
+//   - FUSE passthrough (root, Linux >= 6.9) for handlers that implement
+//     handler.BackingFiler: the kernel serves read, write and mmap from the
+//     backing file itself, with no request to this process.
+//   - No writeback cache: it disables passthrough and makes the kernel
+//     trust its own size and mtime over the server's.
+//   - Extended attributes answered ENOSYS once for the whole mount;
+//     otherwise the kernel asks for security.capability before every write.
+//   - O_TRUNC delivered inside OPEN (atomic_o_trunc), so handlers that cannot
+//     be truncated simply ignore it, like /proc and /sys files.
+//   - Long attribute and entry timeouts: every change to a file's size or
+//     times that goes through the mount is seen by the kernel, which drops its
+//     cached attributes itself; the bridge invalidates names on Create and
+//     Remove, and Entry.Invalidate covers handlers whose attributes change
+//     by themselves. With short timeouts every stat(2) would cost a request.
+//   - default_permissions: the kernel checks mode bits, as for any file.
+package fusebridge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"ramproc/handler"
+)
+
+// Passthrough selects whether handlers that implement handler.BackingFiler
+// are served by FUSE passthrough.
+type Passthrough int
+
+const (
+	// PassthroughAuto uses passthrough when the kernel grants it (root,
+	// Linux >= 6.9) and forwards I/O through the server otherwise.
+	PassthroughAuto Passthrough = iota
+	// PassthroughOff always forwards I/O through the server: the mode an
+	// unprivileged mount runs in.
+	PassthroughOff
+	// PassthroughRequired fails Mount when passthrough is unavailable.
+	PassthroughRequired
+)
+
+// Options configure a mount. The zero value is a good default.
+type Options struct {
+	// AllowOther lets users other than the mounting one reach the files
+	// (the allow_other mount option; non-root mounts need user_allow_other
+	// in /etc/fuse.conf).
+	AllowOther bool
+
+	// Passthrough chooses the I/O path of backing-file handlers.
+	Passthrough Passthrough
+
+	// Logger receives lifecycle messages; nil discards them.
+	Logger *slog.Logger
+
+	// Debug logs every FUSE request and reply to Logger at debug level.
+	Debug bool
+
+	// AttrTimeout is how long the kernel may cache names and attributes;
+	// 0 means one hour (see the package comment for why long is right).
+	AttrTimeout time.Duration
+
+	// UnmountGrace is how long Unmount lets descriptors that are still
+	// open drain by themselves before it aborts the FUSE connection;
+	// 0 means 2 seconds.
+	UnmountGrace time.Duration
+}
+
+// Server is one mounted directory of published entries.
+type Server struct {
+	mnt    string
+	opts   Options
+	log    *slog.Logger
+	fuse   *fuse.Server
+	root   *dirNode
+	uid    uint32
+	gid    uint32
+	born   time.Time
+	connID uint32 // minor of the mount's st_dev: its name in fusectl
+	served chan struct{}
+
+	// passthrough is set once the kernel has accepted a backing file.
+	passthrough atomic.Bool
+
+	mu      sync.Mutex
+	byName  map[string]*Entry
+	nextIno uint64
+	closing bool
+
+	unmountOnce sync.Once
+	unmountErr  error
+}
+
+// Mount mounts an empty directory of entries on mountpoint and starts
+// serving it. A mountpoint that does not exist is created. A dead FUSE mount
+// left there by a killed server ("transport endpoint is not connected") is
+// detached first; a live mount is an error.
+func Mount(mountpoint string, opts Options) (*Server, error) {
+	mnt, err := filepath.Abs(mountpoint)
+	if err != nil {
+		return nil, err
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.AttrTimeout == 0 {
+		opts.AttrTimeout = time.Hour
+	}
+	if opts.UnmountGrace == 0 {
+		opts.UnmountGrace = 2 * time.Second
+	}
+	if err := prepareMountpoint(mnt, opts.Logger); err != nil {
+		return nil, err
+	}
+
+	s := &Server{
+		mnt:     mnt,
+		opts:    opts,
+		log:     opts.Logger,
+		uid:     uint32(os.Geteuid()),
+		gid:     uint32(os.Getegid()),
+		born:    time.Now(),
+		served:  make(chan struct{}),
+		byName:  map[string]*Entry{},
+		nextIno: 2, // 1 is the root
+	}
+	s.root = &dirNode{srv: s}
+	timeout := opts.AttrTimeout
+	root := os.Geteuid() == 0
+	mo := fuse.MountOptions{
+		AllowOther:        opts.AllowOther,
+		FsName:            "ramproc",
+		Name:              "ramproc",
+		DisableXAttrs:     true,
+		MaxWrite:          1 << 20,
+		Options:           []string{"default_permissions"},
+		ExtraCapabilities: fuse.CAP_ATOMIC_O_TRUNC,
+		// root mounts with mount(2) itself and needs no fusermount binary.
+		DirectMountStrict: root,
+		Debug:             opts.Debug,
+		Logger:            slog.NewLogLogger(opts.Logger.Handler(), slog.LevelDebug),
+	}
+	rawFS := gofs.NewNodeFS(s.root, &gofs.Options{
+		MountOptions:    mo,
+		EntryTimeout:    &timeout,
+		AttrTimeout:     &timeout,
+		NegativeTimeout: &timeout,
+		UID:             s.uid,
+		GID:             s.gid,
+	})
+	srv, err := fuse.NewServer(rawFS, mnt, &mo)
+	if err != nil {
+		return nil, mountError(mnt, err)
+	}
+	s.fuse = srv
+	go func() {
+		srv.Serve()
+		close(s.served)
+	}()
+	if err := srv.WaitMount(); err != nil {
+		return nil, mountError(mnt, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(mnt, &st); err != nil {
+		s.Unmount()
+		return nil, fmt.Errorf("fusebridge: mounted %s but cannot stat it: %w", mnt, err)
+	}
+	s.connID = unix.Minor(st.Dev)
+
+	if opts.Passthrough != PassthroughOff {
+		if err := s.probePassthrough(); err != nil {
+			if opts.Passthrough == PassthroughRequired {
+				s.Unmount()
+				return nil, err
+			}
+			s.log.Info("passthrough unavailable; forwarding I/O through the server", "reason", err)
+		} else {
+			s.passthrough.Store(true)
+		}
+	}
+	s.log.Info("mounted", "mountpoint", mnt, "passthrough", s.passthrough.Load())
+	return s, nil
+}
+
+// probePassthrough asks the kernel to register a throwaway backing file: the
+// only reliable test of whether this connection may use passthrough.
+func (s *Server) probePassthrough() error {
+	fd, err := unix.MemfdCreate("ramproc-probe", unix.MFD_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("passthrough probe: memfd_create: %w", err)
+	}
+	defer unix.Close(fd)
+	id, errno := s.fuse.RegisterBackingFd(&fuse.BackingMap{Fd: int32(fd)})
+	if errno != 0 {
+		return fmt.Errorf("FUSE passthrough needs root and Linux >= 6.9 (registering a backing file: %w)", errno)
+	}
+	s.fuse.UnregisterBackingFd(id)
+	return nil
+}
+
+func mountError(mnt string, err error) error {
+	if os.Geteuid() != 0 && strings.Contains(err.Error(), "fusermount") {
+		return fmt.Errorf("cannot mount %s: %v; as a non-root user this needs fusermount3 (apt-get install fuse3), or run as root", mnt, err)
+	}
+	return fmt.Errorf("cannot mount %s: %w", mnt, err)
+}
+
+// prepareMountpoint makes mnt usable: created if missing, a stale FUSE
+// mount detached, anything else unusable reported with what to do.
+func prepareMountpoint(mnt string, log *slog.Logger) error {
+	var st unix.Stat_t
+	err := unix.Stat(mnt, &st)
+	if err == nil {
+		// stat(2) may be answered from attributes the kernel cached before
+		// the server died; statfs(2) always asks the server.
+		var sfs unix.Statfs_t
+		if serr := unix.Statfs(mnt, &sfs); serr != nil {
+			err = serr
+		}
+	}
+	if errors.Is(err, unix.ENOTCONN) || errors.Is(err, unix.ECONNABORTED) {
+		log.Warn("detaching a dead FUSE mount left by a killed server", "mountpoint", mnt)
+		if derr := detach(mnt); derr != nil {
+			return fmt.Errorf("%s holds a dead FUSE mount and detaching it failed (%v); run 'umount -l %s' as its owner, then retry", mnt, derr, mnt)
+		}
+		err = unix.Stat(mnt, &st)
+	}
+	if errors.Is(err, unix.ENOENT) {
+		if err := os.MkdirAll(mnt, 0o755); err != nil {
+			return fmt.Errorf("mountpoint %s does not exist and cannot be created: %w", mnt, err)
+		}
+		err = unix.Stat(mnt, &st)
+	}
+	if err != nil {
+		return fmt.Errorf("cannot use %s as a mountpoint: %w", mnt, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return fmt.Errorf("mountpoint %s is not a directory; give a directory (it is created if missing)", mnt)
+	}
+	if fstype, ok := mountedFS(mnt); ok {
+		return fmt.Errorf("%s is already a mount point (%s); unmount it first (umount %s) or choose another directory", mnt, fstype, mnt)
+	}
+	return nil
+}
+
+// mountedFS reports whether mnt is itself a mount point and of which type,
+// from /proc/self/mountinfo.
+func mountedFS(mnt string) (string, bool) {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return "", false
+	}
+	found, fstype := false, ""
+	for _, line := range strings.Split(string(data), "\n") {
+		// id parent major:minor root mountpoint options... - fstype source
+		f := strings.Fields(line)
+		if len(f) < 5 || unescapeMountinfo(f[4]) != mnt {
+			continue
+		}
+		found = true
+		for i, x := range f {
+			if x == "-" && i+1 < len(f) {
+				fstype = f[i+1]
+			}
+		}
+	}
+	return fstype, found
+}
+
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			var c byte
+			if _, err := fmt.Sscanf(s[i+1:i+4], "%03o", &c); err == nil {
+				b.WriteByte(c)
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// detach lazily unmounts mnt: it vanishes from the namespace at once, and
+// descriptors open on it keep talking to the server until closed.
+func detach(mnt string) error {
+	if os.Geteuid() == 0 {
+		return unix.Unmount(mnt, unix.MNT_DETACH)
+	}
+	for _, bin := range []string{"fusermount3", "fusermount"} {
+		if path, err := exec.LookPath(bin); err == nil {
+			out, err := exec.Command(path, "-u", "-z", mnt).CombinedOutput()
+			if err != nil {
+				return fmt.Errorf("%s -u -z: %v: %s", bin, err, strings.TrimSpace(string(out)))
+			}
+			return nil
+		}
+	}
+	return errors.New("unmounting as a non-root user needs fusermount3 (apt-get install fuse3)")
+}
+
+// Mountpoint returns the absolute path of the mounted directory.
+func (s *Server) Mountpoint() string { return s.mnt }
+
+// Passthrough reports whether the kernel serves backing-file handlers by
+// FUSE passthrough on this mount.
+func (s *Server) Passthrough() bool { return s.passthrough.Load() }
+
+// Create publishes h under name with the given permission bits (setuid,
+// setgid and sticky included). The operations h supports are those of the
+// handler interfaces it implements. When h implements handler.Setattrer it
+// owns its attributes, and Create passes mode to it through Setattr;
+// otherwise the bridge keeps the mode. Create fails with EEXIST if the name
+// is taken and EINVAL if it is not a valid file name.
+func (s *Server) Create(name string, mode fs.FileMode, h any) (*Entry, error) {
+	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") || len(name) > 255 {
+		return nil, fmt.Errorf("fusebridge: %q is not a valid file name: %w", name, syscall.EINVAL)
+	}
+	if h == nil {
+		return nil, fmt.Errorf("fusebridge: nil handler for %q: %w", name, syscall.EINVAL)
+	}
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("fusebridge: create %q: %w", name, syscall.ENOTCONN)
+	}
+	if _, ok := s.byName[name]; ok {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("fusebridge: create %q: %w", name, syscall.EEXIST)
+	}
+	e := newEntry(s, name, s.nextIno, mode, h)
+	s.nextIno++
+	s.mu.Unlock()
+
+	if e.setattrer != nil {
+		m := mode
+		if err := e.setattrer.Setattr(context.Background(), nil, &handler.SetAttr{Mode: &m}); err != nil {
+			return nil, fmt.Errorf("fusebridge: create %q: setting mode: %w", name, err)
+		}
+	}
+
+	s.mu.Lock()
+	if _, ok := s.byName[name]; ok || s.closing {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("fusebridge: create %q: %w", name, syscall.EEXIST)
+	}
+	s.byName[name] = e
+	s.mu.Unlock()
+	// The kernel may hold a negative dentry for the name from an earlier
+	// lookup; with long timeouts it would hide the new file.
+	s.notifyGone(name)
+	return e, nil
+}
+
+// Lookup returns the entry published under name, or nil.
+func (s *Server) Lookup(name string) *Entry { return s.lookup(name) }
+
+func (s *Server) lookup(name string) *Entry {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.byName[name]
+}
+
+// entries returns the published entries sorted by name.
+func (s *Server) entries() []*Entry {
+	s.mu.Lock()
+	list := make([]*Entry, 0, len(s.byName))
+	for _, e := range s.byName {
+		list = append(list, e)
+	}
+	s.mu.Unlock()
+	sort.Slice(list, func(i, j int) bool { return list[i].name < list[j].name })
+	return list
+}
+
+// unlink takes e out of the name table; false if it was not there.
+func (s *Server) unlink(e *Entry) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.byName[e.name] != e {
+		return false
+	}
+	delete(s.byName, e.name)
+	return true
+}
+
+// notifyGone drops the kernel's cached dentry (positive or negative) for
+// name, so its next lookup reaches the server.
+func (s *Server) notifyGone(name string) {
+	if errno := s.root.NotifyEntry(name); errno != 0 && errno != syscall.ENOENT {
+		s.log.Debug("entry invalidation failed", "name", name, "errno", errno)
+	}
+}
+
+// Unmount is the seed's module unload. The directory leaves the namespace
+// at once, so new opens fail with ENOENT; callbacks in flight finish; every
+// entry is removed, so later operations on descriptors still open fail with
+// EIO; after Options.UnmountGrace the FUSE connection is aborted, so those
+// descriptors get ENOTCONN and nothing waits on this process any more.
+// Unmount returns when the server has stopped. It is idempotent.
+func (s *Server) Unmount() error {
+	s.unmountOnce.Do(func() {
+		s.mu.Lock()
+		s.closing = true
+		list := make([]*Entry, 0, len(s.byName))
+		for _, e := range s.byName {
+			list = append(list, e)
+		}
+		s.byName = map[string]*Entry{}
+		s.mu.Unlock()
+
+		if err := detach(s.mnt); err != nil && !errors.Is(err, unix.EINVAL) {
+			s.unmountErr = fmt.Errorf("unmount %s: %w", s.mnt, err)
+		}
+		for _, e := range list {
+			e.kill()
+		}
+		select {
+		case <-s.served:
+		case <-time.After(s.opts.UnmountGrace):
+			if err := s.abort(); err != nil {
+				s.log.Warn("descriptors are still open on the unmounted directory and the connection cannot be aborted; the server stops when they are closed", "err", err)
+			}
+			<-s.served
+		}
+		s.log.Info("unmounted", "mountpoint", s.mnt)
+	})
+	return s.unmountErr
+}
+
+// abort ends the FUSE connection through fusectl, as
+// 'echo 1 > /sys/fs/fuse/connections/N/abort' does.
+func (s *Server) abort() error {
+	const ctl = "/sys/fs/fuse/connections"
+	path := fmt.Sprintf("%s/%d/abort", ctl, s.connID)
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		// fusectl is often not mounted; mounting it needs root.
+		if err := unix.Mount("fusectl", ctl, "fusectl", 0, ""); err != nil && !errors.Is(err, unix.EBUSY) {
+			return fmt.Errorf("mount fusectl on %s: %w", ctl, err)
+		}
+	}
+	return os.WriteFile(path, []byte("1"), 0)
+}
+
+// Wait blocks until the server has stopped: after Unmount, or after the
+// mount was removed from outside (umount, a killed client's last close).
+func (s *Server) Wait() { <-s.served }

@@ -1,0 +1,96 @@
+package handler
+
+import (
+	"context"
+	"sync"
+)
+
+// Generated is a read-only handler whose content is produced by a function,
+// the way most /proc files are made with seq_file's single_open: the
+// function runs once per open(2), and every read(2) through that descriptor
+// sees the same snapshot, so a reader that reads in small pieces never sees
+// a torn mix of two generations.
+type Generated func(ctx context.Context) ([]byte, error)
+
+var (
+	_ Opener = Generated(nil)
+	_ Reader = Generated(nil)
+)
+
+// Open takes the snapshot.
+func (g Generated) Open(ctx context.Context, f *OpenFile) error {
+	b, err := g(ctx)
+	if err != nil {
+		return err
+	}
+	f.Private = b
+	return nil
+}
+
+// Read serves the snapshot.
+func (g Generated) Read(ctx context.Context, f *OpenFile, dst []byte, off int64) (int, error) {
+	return readSnapshot(f, dst, off), nil
+}
+
+// Value is a small writable knob, the /sys attribute of the handler API:
+// reading it shows the current value, and each write(2) replaces the whole
+// value (as `echo 42 > knob` expects; the offset is ignored, like a sysfs
+// store). Set, if not nil, validates and applies a new value; an error
+// rejects the write and leaves the value unchanged.
+type Value struct {
+	mu  sync.Mutex
+	val []byte
+	// Set is called with each written value before it is stored.
+	Set func(ctx context.Context, v []byte) error
+}
+
+var (
+	_ Opener = (*Value)(nil)
+	_ Reader = (*Value)(nil)
+	_ Writer = (*Value)(nil)
+)
+
+// NewValue returns a knob holding initial.
+func NewValue(initial string) *Value { return &Value{val: []byte(initial)} }
+
+// Get returns the current value.
+func (v *Value) Get() []byte {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return append([]byte(nil), v.val...)
+}
+
+// Open snapshots the value for readers.
+func (v *Value) Open(ctx context.Context, f *OpenFile) error {
+	f.Private = v.Get()
+	return nil
+}
+
+// Read serves the snapshot taken at open.
+func (v *Value) Read(ctx context.Context, f *OpenFile, dst []byte, off int64) (int, error) {
+	return readSnapshot(f, dst, off), nil
+}
+
+// Write replaces the value with src.
+func (v *Value) Write(ctx context.Context, f *OpenFile, src []byte, off int64) (int, error) {
+	nv := append([]byte(nil), src...)
+	if v.Set != nil {
+		if err := v.Set(ctx, nv); err != nil {
+			return 0, err
+		}
+	}
+	v.mu.Lock()
+	v.val = nv
+	v.mu.Unlock()
+	return len(src), nil
+}
+
+// readSnapshot copies the part of the []byte that Open left in f.Private
+// starting at off.
+func readSnapshot(f *OpenFile, dst []byte, off int64) int {
+	b, _ := f.Private.([]byte)
+	if off < 0 || off >= int64(len(b)) {
+		return 0
+	}
+	return copy(dst, b[off:])
+}
