@@ -1,0 +1,197 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"ramproc/internal/testenv"
+)
+
+// startMount runs `ramproc mount ARGS` and waits for the line that says it
+// is serving: the path of the RAM file.
+func startMount(t *testing.T, args ...string) (*exec.Cmd, string) {
+	t.Helper()
+	testenv.RequireFUSE(t)
+	cmd := exec.Command(ramprocBinary(t), append([]string{"mount"}, args...)...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	})
+	line := make(chan string, 1)
+	go func() {
+		l, _ := bufio.NewReader(stdout).ReadString('\n')
+		line <- strings.TrimSpace(l)
+		io.Copy(io.Discard, stdout)
+	}()
+	select {
+	case l := <-line:
+		if l == "" {
+			t.Fatal("ramproc mount exited without printing the file's path")
+		}
+		return cmd, l
+	case <-time.After(20 * time.Second):
+		t.Fatal("ramproc mount did not report its file within 20s")
+	}
+	return nil, ""
+}
+
+// stopMount sends sig and expects a clean exit.
+func stopMount(t *testing.T, cmd *exec.Cmd, sig os.Signal) {
+	t.Helper()
+	cmd.Process.Signal(sig)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("ramproc mount after %v: %v, want exit 0", sig, err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("ramproc mount did not stop within 20s of %v", sig)
+	}
+}
+
+func TestMountCommand(t *testing.T) {
+	mnt := filepath.Join(t.TempDir(), "mnt") // missing: mount creates it
+	cmd, path := startMount(t, "-max-size", "1m", "-mode", "0640", "-stats", mnt)
+	if path != filepath.Join(mnt, "ramfile") {
+		t.Fatalf("printed %q, want %s", path, filepath.Join(mnt, "ramfile"))
+	}
+	out, err := exec.Command("sh", "-c", "echo abcd > "+path+" && cat "+path).CombinedOutput()
+	if err != nil || string(out) != "abcd\n" {
+		t.Fatalf("echo/cat: %q, %v", out, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil || st.Mode != unix.S_IFREG|0o640 || st.Size != 5 {
+		t.Errorf("stat: mode %o size %d, %v", st.Mode, st.Size, err)
+	}
+	stats, err := os.ReadFile(filepath.Join(mnt, "stats"))
+	if err != nil || !strings.Contains(string(stats), "size 5\n") {
+		t.Errorf("stats: %q, %v", stats, err)
+	}
+	// Capacity: 1 MiB, then ENOSPC.
+	err = os.WriteFile(path, make([]byte, 2<<20), 0)
+	if !errors.Is(err, syscall.ENOSPC) {
+		t.Errorf("writing 2 MiB into a 1 MiB file: %v, want ENOSPC", err)
+	}
+	stopMount(t, cmd, syscall.SIGTERM)
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("after SIGTERM the file is still there: %v", err)
+	}
+
+	// SIGINT stops it too, and the mountpoint can be reused at once.
+	cmd, path = startMount(t, mnt)
+	if err := os.WriteFile(path, []byte("x"), 0); err != nil {
+		t.Fatal(err)
+	}
+	stopMount(t, cmd, os.Interrupt)
+}
+
+// A server killed with SIGKILL leaves a dead mount; the next `ramproc
+// mount` cleans it up and serves.
+func TestMountRecoversFromKilledServer(t *testing.T) {
+	mnt := filepath.Join(t.TempDir(), "mnt")
+	cmd, path := startMount(t, mnt)
+	cmd.Process.Kill()
+	cmd.Wait()
+	var sfs unix.Statfs_t
+	if err := unix.Statfs(mnt, &sfs); !errors.Is(err, syscall.ENOTCONN) {
+		t.Fatalf("statfs of the killed server's mount: %v, want ENOTCONN", err)
+	}
+	cmd, path = startMount(t, mnt)
+	if err := os.WriteFile(path, []byte("alive"), 0); err != nil {
+		t.Fatal(err)
+	}
+	stopMount(t, cmd, syscall.SIGTERM)
+}
+
+// Bad input: a one-line error that says what to do, and exit status 2.
+func TestMountUsageErrors(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "file")
+	os.WriteFile(file, nil, 0o644)
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{[]string{}, "give exactly one MOUNTPOINT"},
+		{[]string{"-bogus", "/tmp/x"}, "flag provided but not defined"},
+		{[]string{"-mode", "999", "/tmp/x"}, "not an octal permission"},
+		{[]string{"-max-size", "lots", "/tmp/x"}, "is not a size"},
+		{[]string{"-max-size", "200%", "/tmp/x"}, "percentage"},
+		{[]string{"-passthrough", "maybe", "/tmp/x"}, "use auto, on or off"},
+		{[]string{file}, "not a directory"},
+	}
+	for _, c := range cases {
+		cmd := exec.Command(ramprocBinary(t), append([]string{"mount"}, c.args...)...)
+		out, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 2 {
+			t.Errorf("mount %v: %v, want exit status 2", c.args, err)
+		}
+		msg := string(out)
+		if strings.Count(msg, "\n") != 1 || !strings.Contains(msg, c.want) {
+			t.Errorf("mount %v printed %q; want one line containing %q", c.args, msg, c.want)
+		}
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{"0": 0, "4096": 4096, "64k": 64 << 10, "64K": 64 << 10, "2m": 2 << 20, "3G": 3 << 30, "1t": 1 << 40} {
+		if got, err := parseSize(in); err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	if half, err := parseSize("50%"); err != nil || half <= 0 {
+		t.Errorf("50%%: %d, %v", half, err)
+	}
+	for _, bad := range []string{"", "-1", "1x", "k", "1.5g", "101%", "-5%", "NaN%", "99999999999999999999", "9000000000000000000t"} {
+		if _, err := parseSize(bad); err == nil {
+			t.Errorf("parseSize(%q) accepted", bad)
+		}
+	}
+}
+
+// FuzzParseSize: never panics, never returns a negative size, and a size it
+// prints back in bytes parses to itself.
+func FuzzParseSize(f *testing.F) {
+	for _, s := range []string{"0", "64k", "2G", "50%", "", "-1", "1e9", "100%", "0.5%", "9223372036854775807"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		n, err := parseSize(s)
+		if err != nil {
+			return
+		}
+		if n < 0 {
+			t.Fatalf("parseSize(%q) = %d", s, n)
+		}
+		if !strings.HasSuffix(s, "%") {
+			back, err := parseSize(strconv.FormatInt(n, 10))
+			if err != nil || back != n {
+				t.Fatalf("round trip of %d: %d, %v", n, back, err)
+			}
+		}
+		_ = describeSize(n)
+	})
+}
