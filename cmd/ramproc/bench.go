@@ -1,4 +1,192 @@
 package main
 
-// Placeholder until the benchmark lands (issue 4).
-func runBench(args []string) int { panic("not yet") }
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"ramproc/bench"
+)
+
+// serveBaselineFlag is the internal mode in which the bench runs its
+// baseline server as a child of itself: "ramproc bench --serve-baseline
+// MOUNTPOINT" serves go-fuse's fs.MemRegularFile until SIGTERM. It is not
+// meant for people and is left out of the usage text.
+const serveBaselineFlag = "serve-baseline"
+
+func runBench(args []string) int {
+	fl := flag.NewFlagSet("ramproc bench", flag.ContinueOnError)
+	def := bench.DefaultOptions()
+	engine := fl.String("engine", def.Engine, "load generator: fio, go, or auto (fio when installed)")
+	duration := fl.Duration("duration", def.Duration, "length of one run of one workload on one target")
+	reps := fl.Int("reps", def.Reps, "runs of each workload on each target (the table shows the median)")
+	quick := fl.Bool("quick", false, "a short smoke run: 1 rep, "+bench.QuickOptions().Duration.String()+" runs, small files (overrides -duration, -reps, -file-size, -mem-size)")
+	asJSON := fl.Bool("json", false, "print the report as JSON instead of tables")
+	targets := fl.String("targets", strings.Join(bench.AllTargets, ","), "comma-separated targets to measure (tmpfs is required)")
+	workloads := fl.String("workloads", "", "comma-separated workloads to run (default all: "+strings.Join(bench.WorkloadNames(), ",")+")")
+	fileSize := fl.String("file-size", benchSizeFlag(def.FileSize), "size of the data file the workloads run on (bytes, or with K, M, G suffix)")
+	memSize := fl.String("mem-size", benchSizeFlag(def.MemSize), "bytes the memory workload writes (bytes, or with K, M, G suffix)")
+	memDeadline := fl.Duration("mem-deadline", def.MemDeadline, "longest time the memory workload may write for, per target")
+	ramproc := fl.String("ramproc", "", "ramproc binary to benchmark (default: this executable)")
+	quiet := fl.Bool("quiet", false, "no progress lines on stderr")
+	serveBaseline := fl.String(serveBaselineFlag, "", "internal: serve the MemRegularFile baseline on this mountpoint")
+	fl.Usage = func() {
+		fmt.Fprint(fl.Output(), `usage: ramproc bench [flags]
+
+Mounts a private tmpfs, ramproc with passthrough (ramproc), ramproc with
+-passthrough off (ramproc-nopt) and a go-fuse fs.MemRegularFile server
+(memfile), runs every workload on each, interleaved, and prints figures,
+ratios to tmpfs, the server's CPU time and whether the goals are met.
+Needs root. Takes about 2.5 minutes with the defaults. See 'go doc
+ramproc/bench' for how to read the table.
+
+flags:
+`)
+		fl.VisitAll(func(f *flag.Flag) {
+			if f.Name == serveBaselineFlag {
+				return
+			}
+			def := ""
+			if f.DefValue != "" && f.DefValue != "false" {
+				def = " (default " + f.DefValue + ")"
+			}
+			fmt.Fprintf(fl.Output(), "  -%s\n    \t%s%s\n", f.Name, f.Usage, def)
+		})
+	}
+	if err := fl.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return exitUsage
+	}
+	if fl.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "ramproc bench: unexpected argument %q\n", fl.Arg(0))
+		fl.Usage()
+		return exitUsage
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	if *serveBaseline != "" {
+		if err := bench.ServeBaseline(ctx, *serveBaseline, os.Stdout); err != nil {
+			fmt.Fprintf(os.Stderr, "ramproc bench: baseline server: %v\n", err)
+			return 1
+		}
+		return 0
+	}
+
+	o := def
+	if *quick {
+		o = bench.QuickOptions()
+	} else {
+		o.Duration, o.Reps, o.MemDeadline = *duration, *reps, *memDeadline
+		var err error
+		if o.FileSize, err = benchParseSize(*fileSize); err != nil {
+			fmt.Fprintf(os.Stderr, "ramproc bench: -file-size: %v\n", err)
+			return exitUsage
+		}
+		if o.MemSize, err = benchParseSize(*memSize); err != nil {
+			fmt.Fprintf(os.Stderr, "ramproc bench: -mem-size: %v\n", err)
+			return exitUsage
+		}
+	}
+	o.Engine = *engine
+	o.Targets = benchSplitList(*targets)
+	o.Workloads = benchSplitList(*workloads)
+	if !*quiet {
+		o.Log = os.Stderr
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ramproc bench: %v\n", err)
+		return 1
+	}
+	o.Ramproc = *ramproc
+	if o.Ramproc == "" {
+		o.Ramproc = exe
+	}
+	o.BaselineCommand = func(mountpoint string) *exec.Cmd {
+		return exec.Command(exe, "bench", "--"+serveBaselineFlag, mountpoint)
+	}
+	if err := o.Validate(); err != nil {
+		fmt.Fprintf(os.Stderr, "ramproc bench: %v\n", err)
+		return exitUsage
+	}
+
+	rep, err := bench.Run(ctx, o)
+	if rep != nil {
+		var werr error
+		if *asJSON {
+			werr = rep.WriteJSON(os.Stdout)
+		} else {
+			werr = rep.WriteText(os.Stdout)
+		}
+		if werr != nil {
+			fmt.Fprintf(os.Stderr, "ramproc bench: %v\n", werr)
+			return 1
+		}
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ramproc bench: %v\n", err)
+		return 1
+	}
+	if rep.Failed {
+		fmt.Fprintln(os.Stderr, "ramproc bench: some targets or runs failed; see the notes")
+		return 1
+	}
+	return 0
+}
+
+func benchSplitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// benchParseSize reads a byte count with an optional binary suffix: 4096, 64M,
+// 1G, 256MiB.
+func benchParseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	t = strings.TrimSuffix(strings.TrimSuffix(t, "B"), "i")
+	mult := int64(1)
+	if t != "" {
+		switch t[len(t)-1] {
+		case 'k', 'K':
+			mult = 1 << 10
+		case 'm', 'M':
+			mult = 1 << 20
+		case 'g', 'G':
+			mult = 1 << 30
+		}
+		if mult != 1 {
+			t = t[:len(t)-1]
+		}
+	}
+	n, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || n <= 0 || n > (1<<50)/mult {
+		return 0, fmt.Errorf("bad size %q (want e.g. 67108864, 64M or 1G)", s)
+	}
+	return n * mult, nil
+}
+
+func benchSizeFlag(n int64) string {
+	switch {
+	case n%(1<<30) == 0:
+		return strconv.FormatInt(n>>30, 10) + "G"
+	case n%(1<<20) == 0:
+		return strconv.FormatInt(n>>20, 10) + "M"
+	}
+	return strconv.FormatInt(n, 10)
+}

@@ -61,6 +61,11 @@ func runMount(args []string) int {
 		return usageError("mount", fmt.Sprintf("-passthrough %q: use auto, on or off", *ptStr))
 	}
 
+	// Catch the signals before anything is mounted, so that a signal
+	// arriving at any point from here on unmounts cleanly.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
 	level := slog.LevelWarn
 	if *debug {
 		level = slog.LevelDebug
@@ -100,8 +105,6 @@ func runMount(args []string) int {
 	fmt.Fprintf(os.Stderr, "ramproc: serving the RAM file %s (mode %04o, max size %s, %s); Ctrl-C unmounts\n",
 		path, mode, describeSize(capacity), ioPath(srv))
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
 	gone := make(chan struct{})
 	go func() { srv.Wait(); close(gone) }()
 	select {
