@@ -1,8 +1,8 @@
 module ramproc
 
-go 1.26.8
+go 1.24.0
 
 require (
-	github.com/hanwen/go-fuse/v2 v2.12.1 // indirect
-	golang.org/x/sys v0.49.0 // indirect
+	github.com/hanwen/go-fuse/v2 v2.12.1
+	golang.org/x/sys v0.41.0
 )
