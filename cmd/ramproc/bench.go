@@ -135,6 +135,9 @@ flags:
 		}
 	}
 	if err != nil {
+		if ctx.Err() != nil {
+			err = errors.New("interrupted; the report above is partial")
+		}
 		fmt.Fprintf(os.Stderr, "ramproc bench: %v\n", err)
 		return 1
 	}

@@ -26,7 +26,9 @@ func runMount(args []string) int {
 	name := fl.String("name", "ramfile", "name of the RAM file in the mount")
 	modeStr := fl.String("mode", "0666", "permission bits of the RAM file, in octal")
 	maxSizeStr := fl.String("max-size", "50%", "capacity of the RAM file: bytes with an optional k/m/g/t suffix (powers of 1024), a percentage of physical RAM, or 0 for no limit; the default is tmpfs's")
-	allowOther := fl.Bool("allow-other", false, "let other users reach the file (the allow_other mount option)")
+	// As root the file is meant for every local user, as /proc files are;
+	// unprivileged mounts need user_allow_other in /etc/fuse.conf for it.
+	allowOther := fl.Bool("allow-other", os.Geteuid() == 0, "let other users reach the file (the allow_other mount option; default on when root)")
 	ptStr := fl.String("passthrough", "auto", "FUSE passthrough: auto (when root on Linux >= 6.9), on (fail without it) or off (forward every read and write through this process)")
 	stats := fl.Bool("stats", false, "also publish a read-only 'stats' file with live server counters")
 	debug := fl.Bool("debug", false, "log every FUSE request to stderr")

@@ -73,7 +73,11 @@ func stopMount(t *testing.T, cmd *exec.Cmd, sig os.Signal) {
 }
 
 func TestMountCommand(t *testing.T) {
-	mnt := filepath.Join(t.TempDir(), "mnt") // missing: mount creates it
+	tmp := t.TempDir()
+	mnt := filepath.Join(tmp, "mnt") // missing: mount creates it
+	// Let another user walk to the mount (t.TempDir makes 0700 folders).
+	os.Chmod(tmp, 0o755)
+	os.Chmod(filepath.Dir(tmp), 0o755)
 	cmd, path := startMount(t, "-max-size", "1m", "-mode", "0640", "-stats", mnt)
 	if path != filepath.Join(mnt, "ramfile") {
 		t.Fatalf("printed %q, want %s", path, filepath.Join(mnt, "ramfile"))
@@ -85,6 +89,26 @@ func TestMountCommand(t *testing.T) {
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil || st.Mode != unix.S_IFREG|0o640 || st.Size != 5 {
 		t.Errorf("stat: mode %o size %d, %v", st.Mode, st.Size, err)
+	}
+	// Another local user reaches the 0640 file as "other": denied by its
+	// mode, not by FUSE (which without allow_other would deny even a 0666 file).
+	asNobody := func(script string) (string, error) {
+		c := exec.Command("sh", "-c", script)
+		c.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		out, err := c.CombinedOutput()
+		return string(out), err
+	}
+	if out, err := asNobody("cat " + path); err == nil || !strings.Contains(out, "Permission denied") {
+		t.Errorf("nobody reading a 0640 file: %q, %v; want Permission denied", out, err)
+	}
+	if err := os.Chmod(path, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := asNobody("echo hi >> " + path + " && cat " + path); err != nil || out != "abcd\nhi\n" {
+		t.Errorf("nobody appending to a 0666 file: %q, %v", out, err)
+	}
+	if err := os.Truncate(path, 5); err != nil {
+		t.Fatal(err)
 	}
 	stats, err := os.ReadFile(filepath.Join(mnt, "stats"))
 	if err != nil || !strings.Contains(string(stats), "size 5\n") {
