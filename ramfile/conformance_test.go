@@ -1,0 +1,41 @@
+package ramfile_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"ramproc/filecheck"
+	"ramproc/internal/testenv"
+)
+
+// TestConformance points the conformance tester (ramproc check) at the RAM
+// file in every mode: every check the kernel's tmpfs passes, the RAM file
+// passes too. The reload check is driven from cmd/ramproc, where a server
+// can be stopped and started as a process.
+func TestConformance(t *testing.T) {
+	for _, m := range modes {
+		t.Run(m.name, func(t *testing.T) {
+			s := serve(t, m, 0)
+			rep, err := filecheck.Run(context.Background(), filecheck.Config{
+				Path:      s.path,
+				OracleDir: testenv.Tmpfs(t, ""),
+				Ops:       1000,
+				Seed:      1,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var lines []string
+			for _, r := range rep.Results {
+				if r.Status == filecheck.Fail {
+					t.Errorf("%s: %s %v %s", r.Name, r.Reason, r.FirstDiff, strings.Join(r.Details, "\n"))
+				}
+				lines = append(lines, string(r.Status)+" "+r.Name)
+			}
+			if len(rep.Results) < 20 {
+				t.Errorf("only %d checks ran:\n%s", len(rep.Results), strings.Join(lines, "\n"))
+			}
+		})
+	}
+}
