@@ -1,0 +1,152 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"ramproc/internal/testenv"
+)
+
+// runRamproc runs the built command and returns its exit status and output.
+func runRamproc(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	cmd := exec.Command(ramprocBinary(t), args...)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &ee):
+		code = ee.ExitCode()
+	default:
+		t.Fatalf("run ramproc: %v", err)
+	}
+	return code, o.String(), e.String()
+}
+
+func emptyFile(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(testenv.Tmpfs(t, ""), "file")
+	if err := os.WriteFile(path, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+var summaryLine = regexp.MustCompile(`^(\d+) passed, (\d+) failed, (\d+) skipped$`)
+
+func TestCheckPassesTmpfs(t *testing.T) {
+	path := emptyFile(t)
+	code, out, errOut := runRamproc(t, "check", "--ops", "300", "--seed", "5", path)
+	if code != 0 {
+		t.Fatalf("exit %d, want 0\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	m := summaryLine.FindStringSubmatch(lines[len(lines)-1])
+	if m == nil || m[2] != "0" || m[3] != "1" {
+		t.Fatalf("last line %q, want \"N passed, 0 failed, 1 skipped\"\n%s", lines[len(lines)-1], out)
+	}
+	for _, l := range lines[:len(lines)-1] {
+		if !strings.HasPrefix(l, "PASS ") && !strings.HasPrefix(l, "SKIP seed/reload: ") {
+			t.Errorf("unexpected line %q", l)
+		}
+	}
+	if !strings.Contains(out, "PASS random: 300 ops, seed 5\n") {
+		t.Errorf("the random check does not print its seed:\n%s", out)
+	}
+	if st, err := os.Stat(path); err != nil || st.Size() != 0 {
+		t.Errorf("the file is not left empty: %v %v", st, err)
+	}
+}
+
+func TestCheckRefusesNonEmptyFile(t *testing.T) {
+	path := emptyFile(t)
+	if err := os.WriteFile(path, []byte("precious\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := runRamproc(t, "check", path)
+	if code != 2 {
+		t.Fatalf("exit %d, want 2\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+	if n := strings.Count(strings.TrimSpace(errOut), "\n"); n != 0 || !strings.Contains(errOut, "--destructive") {
+		t.Errorf("want one line that says to pass --destructive, got %q", errOut)
+	}
+	if data, _ := os.ReadFile(path); string(data) != "precious\n" {
+		t.Errorf("the file was changed: %q", data)
+	}
+
+	// With --destructive it runs, and writes the contents back.
+	code, out, errOut = runRamproc(t, "check", "--run", "^seed/(read-write|open-options)$", path, "--destructive")
+	if code != 0 || !strings.Contains(out, "2 passed, 0 failed, 0 skipped") {
+		t.Fatalf("exit %d, want 0 and 2 passes\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+	if !strings.Contains(errOut, "overwrite") {
+		t.Errorf("--destructive does not warn that the file is overwritten: %q", errOut)
+	}
+	if data, _ := os.ReadFile(path); string(data) != "precious\n" {
+		t.Errorf("the contents were not written back: %q", data)
+	}
+}
+
+func TestCheckUsageErrors(t *testing.T) {
+	path := emptyFile(t)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"check", "--bogus", path}, "-h"},
+		{[]string{"check", "--ops", "many", path}, "-h"},
+		{[]string{"check"}, "PATH"},
+		{[]string{"check", path, path}, "PATH"},
+		{[]string{"check", "--run", "(", path}, "regular expression"},
+		{[]string{"check", "--run", "^nothing$", path}, "--list"},
+		{[]string{"check", filepath.Join(path, "missing")}, "existing file"},
+		{[]string{"check", "--unload-cmd", "true", path}, "load"},
+		{[]string{"check", "--oracle", "/nonexistent", path}, "--oracle"},
+	} {
+		code, out, errOut := runRamproc(t, tc.args...)
+		if code != 2 {
+			t.Errorf("%q: exit %d, want 2\nstdout: %s\nstderr: %s", tc.args, code, out, errOut)
+			continue
+		}
+		if strings.Count(strings.TrimSpace(errOut), "\n") != 0 || !strings.Contains(errOut, tc.want) {
+			t.Errorf("%q: want one line mentioning %q, got %q", tc.args, tc.want, errOut)
+		}
+	}
+}
+
+func TestCheckJSONAndList(t *testing.T) {
+	path := emptyFile(t)
+	code, out, errOut := runRamproc(t, "check", "--json", "--run", "^semantics/seek", path)
+	if code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+	var rep struct {
+		Path    string `json:"path"`
+		Passed  int    `json:"passed"`
+		Failed  int    `json:"failed"`
+		Results []struct {
+			Name   string `json:"name"`
+			Status string `json:"status"`
+		} `json:"results"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("not JSON: %v\n%s", err, out)
+	}
+	if rep.Path != path || rep.Passed != 2 || rep.Failed != 0 || len(rep.Results) != 2 || rep.Results[1].Name != "semantics/seek-hole" {
+		t.Errorf("unexpected report: %+v", rep)
+	}
+
+	code, out, _ = runRamproc(t, "check", "--list")
+	if code != 0 || !strings.Contains(out, "semantics/seek-hole\n") || !strings.Contains(out, "concurrency/append\n") {
+		t.Errorf("--list: exit %d, output:\n%s", code, out)
+	}
+}

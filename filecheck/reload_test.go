@@ -1,0 +1,176 @@
+package filecheck_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"ramproc/filecheck"
+	"ramproc/internal/testenv"
+)
+
+var reloadOnly = regexp.MustCompile(`^seed/reload$`)
+
+// TestReloadTmpfs: "unloading" a tmpfs (lazy unmount) and "loading" a new
+// one with an empty file in its place passes seed/reload; forgetting to
+// load it again fails it.
+func TestReloadTmpfs(t *testing.T) {
+	dir := testenv.Tmpfs(t, "")
+	path := newFile(t, dir)
+	load := fmt.Sprintf("mount -t tmpfs tmpfs %s && touch %s", dir, path)
+	rep, err := filecheck.Run(context.Background(), filecheck.Config{
+		Path: path, Run: reloadOnly,
+		ReloadCmd: fmt.Sprintf("umount -l %s && %s", dir, load),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	logReport(t, rep)
+	requireAllPass(t, rep)
+	if d := rep.Result("seed/reload").Details; len(d) == 0 || !strings.Contains(d[0], "write ok") {
+		t.Errorf("the writers' outcomes are not reported: %q", d)
+	}
+
+	rep, err = filecheck.Run(context.Background(), filecheck.Config{
+		Path: path, Run: reloadOnly, CommandTimeout: 3 * time.Second,
+		UnloadCmd: "umount -l " + dir, LoadCmd: "true",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	logReport(t, rep)
+	res := rep.Result("seed/reload")
+	if res.Status != filecheck.Fail || !strings.Contains(res.Reason, "does not work") {
+		t.Errorf("seed/reload without a load: %s %s, want FAIL saying the file does not work", res.Status, res.Reason)
+	}
+	// Put a tmpfs back for testenv's cleanup to unmount.
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestReloadFUSE stops the FUSE server under running writers (aborting its
+// connection, as a crash would, and unmounting) and starts a new one; the
+// commands signal this process, which serves the file.
+func TestReloadFUSE(t *testing.T) {
+	testenv.RequireFUSE(t)
+	dir := t.TempDir()
+	var mu sync.Mutex
+	server, _, err := mountFakeAt(dir, breakage{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGUSR1, syscall.SIGUSR2)
+	defer signal.Stop(sigs)
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			case s := <-sigs:
+				mu.Lock()
+				if s == syscall.SIGUSR1 {
+					abortFUSE(t, dir)
+					unix.Unmount(dir, unix.MNT_DETACH)
+				} else if srv, _, err := mountFakeAt(dir, breakage{}); err != nil {
+					t.Errorf("mount again: %v", err)
+				} else {
+					server = srv
+				}
+				mu.Unlock()
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		server.Unmount()
+	})
+	rep, err := filecheck.Run(context.Background(), filecheck.Config{
+		Path: filepath.Join(dir, "file"), Run: reloadOnly,
+		UnloadCmd: fmt.Sprintf("kill -USR1 %d", os.Getpid()),
+		LoadCmd:   fmt.Sprintf("kill -USR2 %d", os.Getpid()),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	logReport(t, rep)
+	requireAllPass(t, rep)
+	if d := rep.Result("seed/reload").Details; len(d) == 0 || !strings.Contains(d[0], "open ENOENT") {
+		t.Errorf("the writers did not notice the unload: %q", d)
+	}
+}
+
+// TestReloadHang: a server whose writes hang once it is "unloaded" does not
+// hang the checker: the stuck writers are killed, and the check fails
+// saying so.
+func TestReloadHang(t *testing.T) {
+	testenv.RequireFUSE(t)
+	dir := t.TempDir()
+	server, file, err := mountFakeAt(dir, breakage{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		// Let the stuck writes finish; the killed writers and the
+		// checker's abandoned open may hold the mount a moment longer.
+		close(file.unhang)
+		for i := 0; i < 50; i++ {
+			if server.Unmount() == nil {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Errorf("cannot unmount %s; detaching it", dir)
+		unix.Unmount(dir, unix.MNT_DETACH)
+	})
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGUSR1)
+	defer signal.Stop(sigs)
+	go func() {
+		<-sigs
+		file.hang.Store(true)
+	}()
+	start := time.Now()
+	rep, err := filecheck.Run(context.Background(), filecheck.Config{
+		Path: filepath.Join(dir, "file"), Run: reloadOnly, CommandTimeout: time.Second,
+		ReloadCmd: fmt.Sprintf("kill -USR1 %d", os.Getpid()),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	logReport(t, rep)
+	res := rep.Result("seed/reload")
+	if res.Status != filecheck.Fail || !strings.Contains(res.Reason, "3 of 3 writer processes hung") {
+		t.Errorf("seed/reload against a hanging server: %s %s, want FAIL saying a writer hung", res.Status, res.Reason)
+	}
+	if d := time.Since(start); d > 30*time.Second {
+		t.Errorf("the check took %v", d)
+	}
+}
+
+// abortFUSE aborts the FUSE connection of the mount on dir, if the fusectl
+// file system is there.
+func abortFUSE(t *testing.T, dir string) {
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		return
+	}
+	ctl := fmt.Sprintf("/sys/fs/fuse/connections/%d/abort", unix.Minor(st.Dev))
+	if err := os.WriteFile(ctl, []byte("1"), 0); err != nil {
+		t.Logf("cannot abort the connection (%v); unmounting only", err)
+	}
+}

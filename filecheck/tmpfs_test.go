@@ -1,0 +1,94 @@
+package filecheck_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"ramproc/filecheck"
+	"ramproc/internal/testenv"
+)
+
+// newFile creates an empty file in dir.
+func newFile(t *testing.T, dir string) string {
+	t.Helper()
+	path := filepath.Join(dir, "file")
+	if err := os.WriteFile(path, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// logReport logs the text report.
+func logReport(t *testing.T, rep *filecheck.Report) {
+	t.Helper()
+	var b strings.Builder
+	rep.WriteText(&b)
+	t.Log("\n" + b.String())
+}
+
+// requireAllPass fails the test unless every check but the skipped ones
+// passed.
+func requireAllPass(t *testing.T, rep *filecheck.Report, skipped ...string) {
+	t.Helper()
+	for _, res := range rep.Results {
+		want := filecheck.Pass
+		for _, s := range skipped {
+			if res.Name == s {
+				want = filecheck.Skip
+			}
+		}
+		if res.Status != want {
+			t.Errorf("%s: %s, want %s: %s", res.Name, res.Status, want, res.Reason)
+			for _, d := range res.Details {
+				t.Logf("    %s", d)
+			}
+		}
+	}
+}
+
+// TestTmpfsPassesEverything: the checks do not reject the kernel's own
+// tmpfs, with the default oracle (/dev/shm or a private tmpfs).
+func TestTmpfsPassesEverything(t *testing.T) {
+	dir := testenv.Tmpfs(t, "")
+	path := newFile(t, dir)
+	rep, err := filecheck.Run(context.Background(), filecheck.Config{Path: path, Ops: 1000, Seed: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	logReport(t, rep)
+	requireAllPass(t, rep, "seed/reload")
+	if len(rep.Results) != len(filecheck.Names()) {
+		t.Errorf("ran %d checks, want all %d", len(rep.Results), len(filecheck.Names()))
+	}
+	if st, err := os.Stat(path); err != nil || st.Size() != 0 {
+		t.Errorf("the file is not left empty: %v, %v", st, err)
+	}
+}
+
+// TestTmpfsAgainstPrivateOracle: a tmpfs file against a second private
+// tmpfs as the oracle, with a few random seeds.
+func TestTmpfsAgainstPrivateOracle(t *testing.T) {
+	path := newFile(t, testenv.Tmpfs(t, ""))
+	oracle := testenv.Tmpfs(t, "")
+	for _, seed := range []int64{2, 3} {
+		rep, err := filecheck.Run(context.Background(), filecheck.Config{
+			Path: path, OracleDir: oracle, Ops: 500, Seed: seed,
+			Run: regexp.MustCompile(`^(random|semantics/.*)$`),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		requireAllPass(t, rep)
+		if rep.Seed != seed {
+			t.Errorf("report seed %d, want %d", rep.Seed, seed)
+		}
+	}
+	ents, _ := os.ReadDir(oracle)
+	if len(ents) != 0 {
+		t.Errorf("the oracle's scratch file is left behind: %v", ents)
+	}
+}
