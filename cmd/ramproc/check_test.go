@@ -150,3 +150,40 @@ func TestCheckJSONAndList(t *testing.T) {
 		t.Errorf("--list: exit %d, output:\n%s", code, out)
 	}
 }
+
+// CI's proof that the RAM file passes the conformance tester: `ramproc
+// check` against a file served by `ramproc mount`, in both I/O modes, with
+// the reload check driven by stopping and starting ramproc itself.
+func TestCheckPassesRAMFileWithReload(t *testing.T) {
+	for _, mode := range []string{"auto", "off"} {
+		t.Run("passthrough="+mode, func(t *testing.T) {
+			testenv.RequireFUSE(t)
+			dir := t.TempDir()
+			mnt := filepath.Join(dir, "mnt")
+			pidfile := filepath.Join(dir, "pid")
+			bin := ramprocBinary(t)
+			// load starts the server in the background and waits for its
+			// file; unload stops it with SIGTERM and waits for it to exit.
+			load := `"` + bin + `" mount -passthrough ` + mode + ` "` + mnt + `" >/dev/null 2>"` + dir + `/log" & echo $! > "` + pidfile + `"
+for i in $(seq 200); do [ -e "` + mnt + `/ramfile" ] && exit 0; sleep 0.05; done; cat "` + dir + `/log"; exit 1`
+			unload := `pid=$(cat "` + pidfile + `"); kill -TERM $pid; while kill -0 $pid 2>/dev/null; do sleep 0.05; done`
+			if out, err := exec.Command("sh", "-c", load).CombinedOutput(); err != nil {
+				t.Fatalf("starting ramproc mount: %v\n%s", err, out)
+			}
+			t.Cleanup(func() { exec.Command("sh", "-c", unload).Run() })
+
+			code, out, errOut := runRamproc(t, "check", "--ops", "500", "--seed", "7",
+				"--unload-cmd", unload, "--load-cmd", load, filepath.Join(mnt, "ramfile"))
+			if code != 0 {
+				t.Fatalf("exit %d, want 0\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+			}
+			lines := strings.Split(strings.TrimSpace(out), "\n")
+			if m := summaryLine.FindStringSubmatch(lines[len(lines)-1]); m == nil || m[2] != "0" || m[3] != "0" {
+				t.Fatalf("summary %q, want nothing failed or skipped\n%s", lines[len(lines)-1], out)
+			}
+			if !strings.Contains(out, "PASS seed/reload") {
+				t.Errorf("the reload check did not pass:\n%s", out)
+			}
+		})
+	}
+}
