@@ -24,6 +24,8 @@
 //     cached attributes itself; the bridge invalidates names on Create and
 //     Remove, and Entry.Invalidate covers handlers whose attributes change
 //     by themselves. With short timeouts every stat(2) would cost a request.
+//   - Explicit data cache control: cached pages are dropped by the kernel on
+//     the changes it makes itself, not whenever a file's mtime moves.
 //   - default_permissions: the kernel checks mode bits, as for any file.
 package fusebridge
 
@@ -160,6 +162,11 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 		MaxWrite:          1 << 20,
 		Options:           []string{"default_permissions"},
 		ExtraCapabilities: fuse.CAP_ATOMIC_O_TRUNC,
+		// Cached file data changes only through this mount, and the kernel
+		// already drops what a write, truncate or punch makes stale; with
+		// automatic invalidation it would also throw away a forwarded-mode
+		// file's whole page cache whenever a stat saw a new mtime.
+		ExplicitDataCacheControl: true,
 		// root mounts with mount(2) itself and needs no fusermount binary.
 		DirectMountStrict: root,
 		Debug:             opts.Debug,
