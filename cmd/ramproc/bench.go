@@ -158,30 +158,14 @@ func benchSplitList(s string) []string {
 	return out
 }
 
-// benchParseSize reads a byte count with an optional binary suffix: 4096, 64M,
-// 1G, 256MiB.
+// benchParseSize reads a data size for the bench: parseSize's format (64m,
+// 1g, 4096), which must be positive.
 func benchParseSize(s string) (int64, error) {
-	t := strings.TrimSpace(s)
-	t = strings.TrimSuffix(strings.TrimSuffix(t, "B"), "i")
-	mult := int64(1)
-	if t != "" {
-		switch t[len(t)-1] {
-		case 'k', 'K':
-			mult = 1 << 10
-		case 'm', 'M':
-			mult = 1 << 20
-		case 'g', 'G':
-			mult = 1 << 30
-		}
-		if mult != 1 {
-			t = t[:len(t)-1]
-		}
+	n, err := parseSize(s)
+	if err == nil && n <= 0 {
+		err = fmt.Errorf("%q: the bench needs a positive size, e.g. 64m", s)
 	}
-	n, err := strconv.ParseInt(t, 10, 64)
-	if err != nil || n <= 0 || n > (1<<50)/mult {
-		return 0, fmt.Errorf("bad size %q (want e.g. 67108864, 64M or 1G)", s)
-	}
-	return n * mult, nil
+	return n, err
 }
 
 func benchSizeFlag(n int64) string {
