@@ -417,6 +417,7 @@ func TestStaleMountRecovered(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) }) // if the test fails before recovery
 	line, _ := bufio.NewReader(out).ReadString('\n')
 	if line != "ready\n" {
 		cmd.Process.Kill()

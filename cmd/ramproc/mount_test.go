@@ -36,6 +36,9 @@ func startMount(t *testing.T, args ...string) (*exec.Cmd, string) {
 		if cmd.ProcessState == nil {
 			cmd.Process.Kill()
 			cmd.Wait()
+			// A killed server leaves its mount behind; do not leave it to
+			// the next run.
+			unix.Unmount(args[len(args)-1], unix.MNT_DETACH)
 		}
 	})
 	line := make(chan string, 1)
