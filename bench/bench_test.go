@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"syscall"
@@ -34,7 +33,9 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	testenv.RemoveBuilds()
+	os.Exit(code)
 }
 
 func testBaselineCommand(mnt string) *exec.Cmd {
@@ -142,38 +143,10 @@ func TestQuickBaseline(t *testing.T) {
 }
 
 // TestQuickRamproc builds ramproc and runs the quick bench on all four
-// targets with the Go load generator. Until ramproc's
-// mount command works it is skipped outside CI and fails in CI.
+// targets with the Go load generator.
 func TestQuickRamproc(t *testing.T) {
 	testenv.RequireFUSE(t)
-	skipOrFail := func(format string, args ...any) {
-		t.Helper()
-		if testenv.InCI() {
-			t.Fatalf(format, args...)
-		}
-		t.Skipf(format, args...)
-	}
-	goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if _, err := os.Stat(goTool); err != nil {
-		if goTool, err = exec.LookPath("go"); err != nil {
-			skipOrFail("no go tool to build ramproc with: %v", err)
-		}
-	}
-	exe := filepath.Join(t.TempDir(), "ramproc")
-	build := exec.Command(goTool, "build", "-o", exe, "ramproc/cmd/ramproc")
-	if out, err := build.CombinedOutput(); err != nil {
-		skipOrFail("ramproc does not build: %v\n%s", err, out)
-	}
-	// A quick probe first, so that a placeholder mount command costs no
-	// bench run.
-	probe, err := startRamproc(context.Background(), TargetRamproc, exe, "auto", 64<<20)
-	if err != nil {
-		skipOrFail("ramproc mount does not work yet: %v", err)
-	}
-	if err := probe.close(); err != nil {
-		t.Errorf("probe mount: %v", err)
-	}
-
+	exe := testenv.Ramproc(t)
 	o := QuickOptions()
 	// The Go generator: fio's ~0.25 s start-up per run would triple this
 	// test's time. TestBenchCommand in cmd/ramproc runs fio through the
@@ -187,8 +160,8 @@ func TestQuickRamproc(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, ti := range rep.Targets {
-		if (ti.Name == TargetRamproc || ti.Name == TargetRamprocNoPT) && ti.Error != "" {
-			skipOrFail("ramproc mount does not work yet: %s", ti.Error)
+		if ti.Error != "" {
+			t.Errorf("target %s: %s", ti.Name, ti.Error)
 		}
 	}
 	if rep.Failed {

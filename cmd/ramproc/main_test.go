@@ -2,46 +2,16 @@ package main
 
 import (
 	"os"
-	"os/exec"
-	"path/filepath"
-	"sync"
 	"testing"
+
+	"ramproc/internal/testenv"
 )
 
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-	buildOut  []byte
-)
-
-// ramprocBinary builds the command once per test run and returns its path,
-// so the tests drive ramproc exactly as a user does: as a separate process.
-func ramprocBinary(t testing.TB) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "ramproc-bin")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "ramproc")
-		args := []string{"build", "-o", binPath}
-		if raceEnabled {
-			args = append(args, "-race")
-		}
-		buildOut, buildErr = exec.Command("go", append(args, ".")...).CombinedOutput()
-	})
-	if buildErr != nil {
-		t.Fatalf("go build: %v\n%s", buildErr, buildOut)
-	}
-	return binPath
-}
+// ramprocBinary is the command built as a user builds it.
+func ramprocBinary(t testing.TB) string { return testenv.Ramproc(t) }
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if binPath != "" {
-		os.RemoveAll(filepath.Dir(binPath))
-	}
+	testenv.RemoveBuilds()
 	os.Exit(code)
 }

@@ -139,14 +139,14 @@ func TestMountCommand(t *testing.T) {
 // mount` cleans it up and serves.
 func TestMountRecoversFromKilledServer(t *testing.T) {
 	mnt := filepath.Join(t.TempDir(), "mnt")
-	cmd, path := startMount(t, mnt)
+	cmd, _ := startMount(t, mnt)
 	cmd.Process.Kill()
 	cmd.Wait()
 	var sfs unix.Statfs_t
 	if err := unix.Statfs(mnt, &sfs); !errors.Is(err, syscall.ENOTCONN) {
 		t.Fatalf("statfs of the killed server's mount: %v, want ENOTCONN", err)
 	}
-	cmd, path = startMount(t, mnt)
+	cmd, path := startMount(t, mnt)
 	if err := os.WriteFile(path, []byte("alive"), 0); err != nil {
 		t.Fatal(err)
 	}
