@@ -434,7 +434,9 @@ func (s *Server) notifyGone(name string) {
 // entry is removed, so later operations on descriptors still open fail with
 // EIO; after Options.UnmountGrace the FUSE connection is aborted, so those
 // descriptors get ENOTCONN and nothing waits on this process any more.
-// Unmount returns when the server has stopped. It is idempotent.
+// Unmount returns when the server has stopped (or, where the connection
+// cannot be aborted for lack of privilege, once the grace has passed). It is
+// idempotent.
 func (s *Server) Unmount() error {
 	s.unmountOnce.Do(func() {
 		s.mu.Lock()
@@ -456,7 +458,12 @@ func (s *Server) Unmount() error {
 		case <-s.served:
 		case <-time.After(s.opts.UnmountGrace):
 			if err := s.abort(); err != nil {
-				s.log.Warn("descriptors are still open on the unmounted directory and the connection cannot be aborted; the server stops when they are closed", "err", err)
+				// Without fusectl (not root) only closing /dev/fuse ends
+				// the connection, which go-fuse leaves to process exit.
+				// Waiting here could take forever, so return: every
+				// callback now fails with EIO, and exiting finishes it.
+				s.log.Warn("descriptors are still open on the unmounted directory and the connection cannot be aborted; it ends when they are closed or this process exits", "err", err)
+				return
 			}
 			<-s.served
 		}
