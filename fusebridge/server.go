@@ -231,10 +231,14 @@ func (s *Server) probePassthrough() error {
 }
 
 func mountError(mnt string, err error) error {
-	if os.Geteuid() != 0 && strings.Contains(err.Error(), "fusermount") {
-		return fmt.Errorf("cannot mount %s: %v; as a non-root user this needs fusermount3 (apt-get install fuse3), or run as root", mnt, err)
+	if os.Geteuid() == 0 {
+		return fmt.Errorf("cannot mount %s: %w", mnt, err)
 	}
-	return fmt.Errorf("cannot mount %s: %w", mnt, err)
+	msg := strings.Join(strings.Fields(err.Error()), " ")
+	if _, lerr := exec.LookPath("fusermount3"); lerr != nil {
+		return fmt.Errorf("cannot mount %s: %s; as a non-root user this needs fusermount3 (apt-get install fuse3), or run as root", mnt, msg)
+	}
+	return fmt.Errorf("cannot mount %s: %s; a non-root mount needs /dev/fuse readable and writable by you (Debian's default mode is 0666) and, with -allow-other, user_allow_other in /etc/fuse.conf; or run as root", mnt, msg)
 }
 
 // prepareMountpoint makes mnt usable: created if missing, a stale FUSE

@@ -222,3 +222,103 @@ func FuzzParseSize(f *testing.F) {
 		_ = describeSize(n)
 	})
 }
+
+// An unprivileged user mounts through fusermount3: no passthrough, every
+// read and write forwarded, the capacity enforced by the store itself.
+func TestMountUnprivileged(t *testing.T) {
+	testenv.RequireFUSE(t)
+	if _, err := exec.LookPath("fusermount3"); err != nil {
+		if testenv.InCI() {
+			t.Fatal("unprivileged mounts need fusermount3 (apt-get install fuse3)")
+		}
+		t.Skip("unprivileged mounts need fusermount3 (apt-get install fuse3)")
+	}
+	if st, err := os.Stat("/dev/fuse"); err != nil || st.Mode().Perm()&0o006 != 0o006 {
+		// Debian and Ubuntu make /dev/fuse 0666; .ci/run does the same.
+		msg := "unprivileged mounts need /dev/fuse to be mode 0666, as Debian sets it"
+		if testenv.InCI() {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	// nobody must be able to run the binary and own the mountpoint.
+	dir, err := os.MkdirTemp("", "ramproc-nobody")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	bin := filepath.Join(dir, "ramproc")
+	src, err := os.ReadFile(ramprocBinary(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	mnt := filepath.Join(dir, "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{dir, mnt} {
+		os.Chown(p, 65534, 65534)
+		os.Chmod(p, 0o755)
+	}
+	nobody := &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+
+	cmd := exec.Command(bin, "mount", "-max-size", "64k", mnt)
+	cmd.SysProcAttr = nobody
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+			unix.Unmount(mnt, unix.MNT_DETACH)
+		}
+	})
+	line, _ := bufio.NewReader(stdout).ReadString('\n')
+	path := strings.TrimSpace(line)
+	if path != filepath.Join(mnt, "ramfile") {
+		t.Fatalf("unprivileged mount printed %q; stderr:\n%s", line, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "forwarded") {
+		t.Errorf("an unprivileged mount should say it forwards I/O: %s", stderr.String())
+	}
+	client := exec.Command("sh", "-c", `echo hello > "$1" && cat "$1" && head -c 100000 /dev/zero > "$1"; echo "rc=$?"; stat -c %s "$1"`, "sh", path)
+	client.SysProcAttr = nobody
+	out, _ := client.CombinedOutput()
+	// 64 KiB capacity: the 100000-byte write stops short with ENOSPC.
+	if !strings.HasPrefix(string(out), "hello\n") || !strings.Contains(string(out), "No space left on device") || !strings.HasSuffix(string(out), "rc=1\n65536\n") {
+		t.Errorf("client as nobody:\n%s", out)
+	}
+	stopMount(t, cmd, syscall.SIGTERM)
+	if fstype, _ := mountType(mnt); fstype != "" {
+		t.Errorf("still mounted after SIGTERM: %s", fstype)
+	}
+}
+
+// mountType returns the file system type mounted exactly at dir, if any.
+func mountType(dir string) (string, error) {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 8 && f[4] == dir {
+			for i, x := range f {
+				if x == "-" && i+1 < len(f) {
+					return f[i+1], nil
+				}
+			}
+		}
+	}
+	return "", nil
+}
