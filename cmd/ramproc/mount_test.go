@@ -23,12 +23,21 @@ import (
 func startMount(t *testing.T, args ...string) (*exec.Cmd, string) {
 	t.Helper()
 	testenv.RequireFUSE(t)
-	cmd := exec.Command(ramprocBinary(t), append([]string{"mount"}, args...)...)
+	return launchMount(t, ramprocBinary(t), nil, os.Stderr, args...)
+}
+
+// launchMount starts bin's mount command with the given process attributes
+// (nil: as this process) and returns once it has printed its file's path.
+// The mountpoint is the last argument.
+func launchMount(t *testing.T, bin string, attr *syscall.SysProcAttr, stderr *os.File, args ...string) (*exec.Cmd, string) {
+	t.Helper()
+	cmd := exec.Command(bin, append([]string{"mount"}, args...)...)
+	cmd.SysProcAttr = attr
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd.Stderr = os.Stderr
+	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -265,31 +274,17 @@ func TestMountUnprivileged(t *testing.T) {
 	}
 	nobody := &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 
-	cmd := exec.Command(bin, "mount", "-max-size", "64k", mnt)
-	cmd.SysProcAttr = nobody
-	stdout, err := cmd.StdoutPipe()
+	errFile, err := os.Create(filepath.Join(t.TempDir(), "stderr"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			cmd.Wait()
-			unix.Unmount(mnt, unix.MNT_DETACH)
-		}
-	})
-	line, _ := bufio.NewReader(stdout).ReadString('\n')
-	path := strings.TrimSpace(line)
+	defer errFile.Close()
+	cmd, path := launchMount(t, bin, nobody, errFile, "-max-size", "64k", mnt)
 	if path != filepath.Join(mnt, "ramfile") {
-		t.Fatalf("unprivileged mount printed %q; stderr:\n%s", line, stderr.String())
+		t.Fatalf("unprivileged mount printed %q", path)
 	}
-	if !strings.Contains(stderr.String(), "forwarded") {
-		t.Errorf("an unprivileged mount should say it forwards I/O: %s", stderr.String())
+	if msg, _ := os.ReadFile(errFile.Name()); !strings.Contains(string(msg), "forwarded") {
+		t.Errorf("an unprivileged mount should say it forwards I/O: %s", msg)
 	}
 	client := exec.Command("sh", "-c", `echo hello > "$1" && cat "$1" && head -c 100000 /dev/zero > "$1"; echo "rc=$?"; stat -c %s "$1"`, "sh", path)
 	client.SysProcAttr = nobody
