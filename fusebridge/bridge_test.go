@@ -485,3 +485,53 @@ func TestConcurrentCreateRemove(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// sizedText is a generated file that reports its length, which changes
+// behind the kernel's back.
+type sizedText struct{ s atomic.Value }
+
+func (h *sizedText) Read(ctx context.Context, f *handler.OpenFile, dst []byte, off int64) (int, error) {
+	b := h.s.Load().(string)
+	if off >= int64(len(b)) {
+		return 0, nil
+	}
+	return copy(dst, b[off:]), nil
+}
+
+func (h *sizedText) Getattr(ctx context.Context, a *handler.Attr) error {
+	a.Size = int64(len(h.s.Load().(string)))
+	return nil
+}
+
+// The kernel caches attributes for an hour; Entry.Invalidate makes it ask
+// again when a handler's attributes change by themselves.
+func TestInvalidate(t *testing.T) {
+	srv := mount(t, fusebridge.Options{})
+	h := &sizedText{}
+	h.s.Store("one")
+	e, err := srv.Create("sized", 0o444, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(srv.Mountpoint(), "sized")
+	size := func() int64 {
+		var st unix.Stat_t
+		if err := unix.Stat(p, &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Size
+	}
+	if got := size(); got != 3 {
+		t.Fatalf("size %d, want 3", got)
+	}
+	h.s.Store("three")
+	if got := size(); got != 3 {
+		t.Fatalf("size %d before Invalidate; want the cached 3 (the test relies on long timeouts)", got)
+	}
+	if err := e.Invalidate(); err != nil {
+		t.Fatal(err)
+	}
+	if got := size(); got != 5 {
+		t.Errorf("size %d after Invalidate, want 5", got)
+	}
+}
