@@ -2,6 +2,7 @@ package handler_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -62,4 +63,16 @@ func ExampleParseWhence() {
 	// 3 SEEK_DATA <nil>
 	// 4 SEEK_HOLE <nil>
 	// 7 SEEK_SET invalid argument
+}
+
+func ExampleErrno() {
+	fmt.Println(handler.Errno(nil) == 0)
+	fmt.Println(handler.Errno(fmt.Errorf("parsing knob: %w", syscall.EINVAL)))
+	fmt.Println(handler.Errno(context.Canceled))
+	fmt.Println(handler.Errno(errors.New("a bug")))
+	// Output:
+	// true
+	// invalid argument
+	// interrupted system call
+	// input/output error
 }

@@ -196,9 +196,10 @@ func (w Whence) String() string {
 }
 
 // Errno maps a handler's error to the errno the caller of the syscall
-// sees: nil is 0, an error wrapping a syscall.Errno is that errno, and
-// anything else is EIO, so a handler bug never reaches the caller as a
-// misleading success.
+// sees: nil is 0, an error wrapping a syscall.Errno is that errno, the
+// context's cancellation (the kernel sent INTERRUPT because the caller got
+// a signal) is EINTR, and anything else is EIO, so a handler bug never
+// reaches the caller as a misleading success.
 func Errno(err error) syscall.Errno {
 	if err == nil {
 		return 0
@@ -206,6 +207,9 @@ func Errno(err error) syscall.Errno {
 	var e syscall.Errno
 	if errors.As(err, &e) {
 		return e
+	}
+	if errors.Is(err, context.Canceled) {
+		return syscall.EINTR
 	}
 	return syscall.EIO
 }
