@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"ramproc/bytestore"
 	"ramproc/fusebridge"
 	"ramproc/handler"
@@ -30,6 +32,8 @@ func runMount(args []string) int {
 	// unprivileged mounts need user_allow_other in /etc/fuse.conf for it.
 	allowOther := fl.Bool("allow-other", os.Geteuid() == 0, "let other users reach the file (the allow_other mount option; default on when root)")
 	ptStr := fl.String("passthrough", "auto", "FUSE passthrough: auto (when root on Linux >= 6.9), on (fail without it) or off (forward every read and write through this process)")
+	noOpen := fl.Bool("no-open", false, "answer OPEN with ENOSYS: the kernel then sends no OPEN/RELEASE and caches every file across opens; implies -passthrough off (experimental)")
+	genNoOpen := fl.Bool("gen-no-open", false, "with -stats: serve 'stats' from a second, no-open FUSE connection, bind-mounted over a placeholder in MOUNTPOINT (experimental)")
 	stats := fl.Bool("stats", false, "also publish a read-only 'stats' file with live server counters")
 	debug := fl.Bool("debug", false, "log every FUSE request to stderr")
 	fl.Usage = func() {} // flag calls it on every error; help is printed below
@@ -52,6 +56,9 @@ func runMount(args []string) int {
 		return usageError("mount", fmt.Sprintf("-max-size: %v", err))
 	}
 	var pt fusebridge.Passthrough
+	if *noOpen && *ptStr == "auto" {
+		*ptStr = "off"
+	}
 	switch *ptStr {
 	case "auto":
 		pt = fusebridge.PassthroughAuto
@@ -86,6 +93,7 @@ func runMount(args []string) int {
 		Passthrough: pt,
 		Logger:      logger,
 		Debug:       *debug,
+		NoOpen:      *noOpen,
 	})
 	if err != nil {
 		return usageError("mount", err.Error())
@@ -95,10 +103,35 @@ func runMount(args []string) int {
 		srv.Unmount()
 		return usageError("mount", fmt.Sprintf("-name %q: %v", *name, err))
 	}
-	if *stats {
-		if _, err := srv.Create("stats", 0o444, statsHandler(store, srv, time.Now())); err != nil {
+	if *stats && *genNoOpen {
+		cleanup, err := mountGenNoOpen(srv, statsHandler(store, srv, time.Now()), logger, *allowOther, ctx)
+		if err != nil {
+			srv.Unmount()
+			fmt.Fprintf(os.Stderr, "ramproc mount: -gen-no-open: %v\n", err)
+			return 1
+		}
+		defer cleanup()
+	} else if *stats {
+		se, err := srv.Create("stats", 0o444, statsHandler(store, srv, time.Now()))
+		if err != nil {
 			srv.Unmount()
 			return usageError("mount", fmt.Sprintf("publishing stats: %v (choose another -name)", err))
+		}
+		if *noOpen {
+			// The kernel serves the generated text from its cache until
+			// the entry is invalidated: refresh it once a second.
+			go func() {
+				t := time.NewTicker(time.Second)
+				defer t.Stop()
+				for {
+					select {
+					case <-ctx.Done():
+						return
+					case <-t.C:
+						se.Invalidate()
+					}
+				}
+			}()
 		}
 	}
 
@@ -154,4 +187,53 @@ func printHelp(fl *flag.FlagSet, synopsis string) {
 func usageError(cmd, msg string) int {
 	fmt.Fprintf(os.Stderr, "ramproc %s: %s (run 'ramproc %s -h' for help)\n", cmd, msg, cmd)
 	return exitUsage
+}
+
+// mountGenNoOpen serves h as "stats" on a second FUSE connection in no-open
+// mode and binds that file over a placeholder entry of srv: opens of the
+// generated file then cost no request, while the main connection keeps OPEN
+// and thus passthrough. The second mount's directory is detached right
+// after the bind, so only the bound file leads to it.
+func mountGenNoOpen(srv *fusebridge.Server, h handler.Generated, logger *slog.Logger, allowOther bool, ctx context.Context) (func(), error) {
+	priv, err := os.MkdirTemp("", "ramproc-gen-")
+	if err != nil {
+		return nil, err
+	}
+	gsrv, err := fusebridge.Mount(priv, fusebridge.Options{AllowOther: allowOther, NoOpen: true, Logger: logger})
+	if err != nil {
+		os.Remove(priv)
+		return nil, err
+	}
+	ge, err := gsrv.Create("stats", 0o444, h)
+	if err != nil {
+		gsrv.Unmount()
+		return nil, err
+	}
+	if _, err := srv.Create("stats", 0o444, handler.Generated(func(context.Context) ([]byte, error) { return nil, nil })); err != nil {
+		gsrv.Unmount()
+		return nil, err
+	}
+	target := filepath.Join(srv.Mountpoint(), "stats")
+	if err := unix.Mount(filepath.Join(priv, "stats"), target, "", unix.MS_BIND, ""); err != nil {
+		gsrv.Unmount()
+		return nil, fmt.Errorf("bind %s/stats on %s: %w", priv, target, err)
+	}
+	unix.Unmount(priv, unix.MNT_DETACH)
+	os.Remove(priv)
+	go func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				ge.Invalidate()
+			}
+		}
+	}()
+	return func() {
+		unix.Unmount(target, unix.MNT_DETACH)
+		gsrv.Unmount()
+	}, nil
 }
