@@ -141,7 +141,7 @@ func (o Options) Validate() error {
 	if o.FileSize < maxBlock || o.FileSize%(4<<10) != 0 {
 		return fmt.Errorf("file size %d: want a multiple of 4096 of at least %d", o.FileSize, maxBlock)
 	}
-	if (slices.Contains(o.Targets, TargetRamproc) || slices.Contains(o.Targets, TargetRamprocNoPT)) && o.Ramproc == "" {
+	if (slices.Contains(o.Targets, TargetRamproc) || slices.Contains(o.Targets, TargetRamprocNoPT) || slices.Contains(o.Targets, TargetRamprocNoOpen)) && o.Ramproc == "" {
 		return errors.New("the ramproc targets need Options.Ramproc, the ramproc binary")
 	}
 	if slices.Contains(o.Targets, TargetMemfile) && o.BaselineCommand == nil {
@@ -364,6 +364,8 @@ func setupTarget(ctx context.Context, name string, o Options, maxSize int64) (*t
 		return t, nil
 	case TargetRamprocNoPT:
 		return startRamproc(ctx, name, o.Ramproc, "off", maxSize)
+	case TargetRamprocNoOpen:
+		return startRamproc(ctx, name, o.Ramproc, "off", maxSize, "-no-open")
 	case TargetMemfile:
 		return startBaseline(ctx, o.BaselineCommand)
 	}

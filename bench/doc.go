@@ -27,6 +27,8 @@
 //	ramproc       "ramproc mount -stats -passthrough on" (auto if on fails)
 //	ramproc-nopt  "ramproc mount -stats -passthrough off": every read and
 //	              write goes through the server, as in an unprivileged mount
+//	ramproc-noopen "ramproc mount -stats -no-open": the kernel sends no OPEN
+//	              or RELEASE and serves every file from its page cache
 //	memfile       a go-fuse server of fs.MemRegularFile (ServeBaseline), run
 //	              as "ramproc bench --serve-baseline MOUNTPOINT", an internal
 //	              mode of the same binary
@@ -106,8 +108,9 @@
 //
 //	>=0.9      ramproc >= 0.9 x tmpfs: sequential and random reads and writes,
 //	           O_APPEND, stat
-//	>=0.5      ramproc >= 0.5 x tmpfs: open+read+close of a generated file
 //	np>=3xmf   ramproc-nopt >= 3 x memfile: every data workload
+//	no>=0.5    ramproc-noopen >= 0.5 x tmpfs: open+read+close of the
+//	           generated file
 //	<=1.05     memory: ramproc spends at most 1.05 bytes of RAM per byte
 //
 // The second table is the servers' CPU time (user + system, all threads, from

@@ -24,10 +24,13 @@ const (
 	TargetRamproc     = "ramproc"      // ramproc mount -passthrough on (auto if on fails)
 	TargetRamprocNoPT = "ramproc-nopt" // ramproc mount -passthrough off
 	TargetMemfile     = "memfile"      // the go-fuse fs.MemRegularFile baseline
+	// TargetRamprocNoOpen is ramproc mount -no-open: no OPEN or RELEASE
+	// requests, every file cached by the kernel.
+	TargetRamprocNoOpen = "ramproc-noopen"
 )
 
 // AllTargets lists every target, reference first.
-var AllTargets = []string{TargetTmpfs, TargetRamproc, TargetRamprocNoPT, TargetMemfile}
+var AllTargets = []string{TargetTmpfs, TargetRamproc, TargetRamprocNoPT, TargetRamprocNoOpen, TargetMemfile}
 
 // mountTimeout bounds the wait for a server's "mounted" line.
 const mountTimeout = 20 * time.Second
@@ -167,12 +170,13 @@ func fileExists(path string) bool {
 
 // startRamproc mounts ramproc on a new temporary directory with the given
 // -passthrough mode and -stats.
-func startRamproc(ctx context.Context, name, exe, passthrough string, maxSize int64) (*target, error) {
+func startRamproc(ctx context.Context, name, exe, passthrough string, maxSize int64, extra ...string) (*target, error) {
 	dir, err := os.MkdirTemp("", "ramproc-bench-"+name+"-")
 	if err != nil {
 		return nil, err
 	}
-	args := []string{"mount", "-stats", "-passthrough", passthrough, "-max-size", strconv.FormatInt(maxSize, 10), dir}
+	args := append([]string{"mount", "-stats", "-passthrough", passthrough, "-max-size", strconv.FormatInt(maxSize, 10)}, extra...)
+	args = append(args, dir)
 	desc := "ramproc " + strings.Join(args[:len(args)-1], " ")
 	t, err := startServer(ctx, name, desc, exec.Command(exe, args...), dir)
 	if err != nil {

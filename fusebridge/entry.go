@@ -34,6 +34,7 @@ type Entry struct {
 	fsyncer   handler.Fsyncer
 	allocator handler.Allocator
 	backing   handler.BackingFiler
+	sizer     handler.SnapshotSizer
 
 	// perm and owner are kept here for handlers without a Setattrer, so
 	// chmod works on every entry, as it does on /proc files.
@@ -53,6 +54,23 @@ type Entry struct {
 	// them, as procfs's close_pdeo does on remove_proc_entry.
 	opensMu sync.Mutex
 	opens   map[*openFile]struct{}
+
+	// shared is the one open file of a NoOpen mount, where the kernel
+	// sends no OPEN: created by the first callback that needs it, dropped
+	// (and released once its last user is done) on invalidation.
+	sharedMu sync.Mutex
+	shared   *sharedFile
+}
+
+// sharedFile is an Entry's open file on a NoOpen mount.
+type sharedFile struct {
+	of openFile
+	// exact is set when the handler's Opener set Caching: its content
+	// changes only through this mount, so the kernel's own write-through
+	// keeps the page cache right and writes need no invalidation.
+	exact   bool
+	refs    int // callbacks using it; guarded by Entry.sharedMu
+	dropped bool
 }
 
 func newEntry(s *Server, name string, ino uint64, mode fs.FileMode, h any) *Entry {
@@ -67,6 +85,7 @@ func newEntry(s *Server, name string, ino uint64, mode fs.FileMode, h any) *Entr
 	e.fsyncer, _ = h.(handler.Fsyncer)
 	e.allocator, _ = h.(handler.Allocator)
 	e.backing, _ = h.(handler.BackingFiler)
+	e.sizer, _ = h.(handler.SnapshotSizer)
 	e.perm.Store(handler.UnixMode(mode))
 	e.uid.Store(s.uid)
 	e.gid.Store(s.gid)
@@ -89,6 +108,13 @@ func (e *Entry) Remove() error {
 		return syscall.ENOENT
 	}
 	e.kill()
+	if e.srv.opts.NoOpen {
+		// Descriptors opened before must get EIO, not the pages the
+		// kernel cached for them.
+		if n := e.srv.root.GetChild(e.name); n != nil {
+			n.NotifyContent(0, 0)
+		}
+	}
 	e.srv.notifyGone(e.name)
 	return nil
 }
@@ -98,6 +124,7 @@ func (e *Entry) kill() {
 	e.life.Lock()
 	e.removed = true
 	e.life.Unlock()
+	e.dropShared()
 
 	e.opensMu.Lock()
 	open := e.opens
@@ -113,12 +140,21 @@ func (e *Entry) kill() {
 // Invalidate tells the kernel to forget the attributes (size, times) it
 // caches for the entry. Handlers whose attributes change by themselves,
 // not through a syscall on the mount, call it after each change.
+//
+// On a NoOpen mount it also drops the entry's snapshot (a Generated file is
+// generated afresh at the next read or stat) and the kernel's cached pages:
+// there, content is served from the kernel's cache until this is called.
 func (e *Entry) Invalidate() error {
+	off := int64(-1)
+	if e.srv.opts.NoOpen {
+		e.dropShared()
+		off = 0
+	}
 	n := e.srv.root.GetChild(e.name)
 	if n == nil {
 		return nil // the kernel has not looked it up, so it caches nothing
 	}
-	if errno := n.NotifyContent(-1, 0); errno != 0 && errno != syscall.ENOENT {
+	if errno := n.NotifyContent(off, 0); errno != 0 && errno != syscall.ENOENT {
 		return errno
 	}
 	return nil
@@ -150,6 +186,16 @@ func (e *Entry) attr(ctx context.Context, out *fuse.Attr) syscall.Errno {
 		if err := e.getattrer.Getattr(ctx, &a); err != nil {
 			return handler.Errno(err)
 		}
+	} else if e.srv.opts.NoOpen && e.sizer != nil {
+		// The kernel caches the content and reads no further than the
+		// size it knows, so the size must be the snapshot's.
+		sh, errno := e.acquireShared(ctx)
+		if errno != 0 {
+			return errno
+		}
+		a.Size = e.sizer.SnapshotSize(&sh.of.f)
+		a.Blocks = (a.Size + 511) / 512
+		e.releaseShared(sh)
 	}
 	*out = fuse.Attr{
 		Ino:     e.ino,
@@ -184,4 +230,61 @@ func (e *Entry) untrack(of *openFile) bool {
 	}
 	delete(e.opens, of)
 	return true
+}
+
+// acquireShared returns the entry's shared open file (NoOpen), opening it
+// through the handler's Opener if there is none; releaseShared must follow.
+func (e *Entry) acquireShared(ctx context.Context) (*sharedFile, syscall.Errno) {
+	e.sharedMu.Lock()
+	defer e.sharedMu.Unlock()
+	if sh := e.shared; sh != nil {
+		sh.refs++
+		return sh, 0
+	}
+	flags := syscall.O_RDWR
+	switch {
+	case e.writer == nil:
+		flags = syscall.O_RDONLY
+	case e.reader == nil:
+		flags = syscall.O_WRONLY
+	}
+	sh := &sharedFile{of: openFile{e: e, f: handler.OpenFile{Flags: flags}}}
+	if e.opener != nil {
+		// Under sharedMu: concurrent first readers share one generation.
+		if err := e.opener.Open(ctx, &sh.of.f); err != nil {
+			return nil, handler.Errno(err)
+		}
+	}
+	sh.exact = sh.of.f.Caching
+	sh.of.f.Caching = true
+	sh.refs = 1
+	e.shared = sh
+	return sh, 0
+}
+
+func (e *Entry) releaseShared(sh *sharedFile) {
+	e.sharedMu.Lock()
+	sh.refs--
+	last := sh.refs == 0 && sh.dropped
+	e.sharedMu.Unlock()
+	if last && e.releaser != nil {
+		e.releaser.Release(context.Background(), &sh.of.f)
+	}
+}
+
+// dropShared forgets the shared open file; the next callback opens a new
+// one. It is released once no callback uses it.
+func (e *Entry) dropShared() {
+	e.sharedMu.Lock()
+	sh := e.shared
+	e.shared = nil
+	last := false
+	if sh != nil {
+		sh.dropped = true
+		last = sh.refs == 0
+	}
+	e.sharedMu.Unlock()
+	if last && e.releaser != nil {
+		e.releaser.Release(context.Background(), &sh.of.f)
+	}
 }

@@ -130,6 +130,13 @@ var (
 
 func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
 	e := n.e
+	if e.srv.opts.NoOpen {
+		// The kernel remembers ENOSYS for the connection: no OPEN or
+		// RELEASE is sent again, and every file is cached as with
+		// FOPEN_KEEP_CACHE. Callbacks then carry no file handle and use
+		// the entry's shared open file.
+		return nil, 0, syscall.ENOSYS
+	}
 	if !e.enter() {
 		// The name was looked up before removal; a new open must fail
 		// as if the lookup had come after.
@@ -182,6 +189,14 @@ func (n *fileNode) Read(ctx context.Context, f fs.FileHandle, dest []byte, off i
 		// page cache page before a partial write; procfs answers EIO.
 		return nil, syscall.EIO
 	}
+	if e.srv.opts.NoOpen && f == nil {
+		sh, errno := e.acquireShared(ctx)
+		if errno != 0 {
+			return nil, errno
+		}
+		defer e.releaseShared(sh)
+		f = &sh.of
+	}
 	nr, err := e.reader.Read(ctx, &f.(*openFile).f, dest, off)
 	if err != nil && nr == 0 {
 		return nil, handler.Errno(err)
@@ -198,6 +213,9 @@ func (n *fileNode) Write(ctx context.Context, f fs.FileHandle, data []byte, off 
 	if e.writer == nil {
 		return 0, syscall.EIO
 	}
+	if e.srv.opts.NoOpen && f == nil {
+		return n.writeShared(ctx, data, off)
+	}
 	nw, err := e.writer.Write(ctx, &f.(*openFile).f, data, off)
 	if nw > 0 {
 		// A short count is a short write; the error is what the
@@ -210,6 +228,59 @@ func (n *fileNode) Write(ctx context.Context, f fs.FileHandle, data []byte, off 
 		return 0, syscall.EIO
 	}
 	return 0, handler.Errno(err)
+}
+
+// writeShared is Write on a NoOpen mount. Content that is not byte-exact
+// is invalidated after every successful write: the snapshot at once, so
+// that any READ answered after this WRITE sees the new content, and the
+// kernel's pages and attributes after the reply, from another goroutine.
+// Invalidating the pages from inside the WRITE would deadlock: the kernel
+// holds the written pages locked until the reply arrives, and the
+// invalidation waits for those locks. A READ that raced with the write and
+// read the old snapshot holds its pages locked too, so the invalidation
+// waits for it and then drops what it cached.
+func (n *fileNode) writeShared(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	e := n.e
+	sh, errno := e.acquireShared(ctx)
+	if errno != 0 {
+		return 0, errno
+	}
+	nw, err := e.writer.Write(ctx, &sh.of.f, data, off)
+	e.releaseShared(sh)
+	if nw > 0 {
+		if !sh.exact {
+			e.dropShared()
+			go n.NotifyContent(0, 0)
+		}
+		return uint32(nw), 0
+	}
+	if err == nil {
+		return 0, syscall.EIO
+	}
+	return 0, handler.Errno(err)
+}
+
+// handle returns the handler's open file for a callback: the descriptor's,
+// or nil for path-based calls; on a NoOpen mount the entry's shared one,
+// which the caller must pass to releaseShared (sh is nil otherwise).
+func (n *fileNode) handle(ctx context.Context, f fs.FileHandle) (of *handler.OpenFile, sh *sharedFile, errno syscall.Errno) {
+	if h, ok := f.(*openFile); ok {
+		return &h.f, nil, 0
+	}
+	if !n.e.srv.opts.NoOpen {
+		return nil, nil, 0
+	}
+	sh, errno = n.e.acquireShared(ctx)
+	if errno != 0 {
+		return nil, nil, errno
+	}
+	return &sh.of.f, sh, 0
+}
+
+func (n *fileNode) unhandle(sh *sharedFile) {
+	if sh != nil {
+		n.e.releaseShared(sh)
+	}
 }
 
 // Lseek is only sent for SEEK_DATA and SEEK_HOLE. It must never answer
@@ -225,10 +296,11 @@ func (n *fileNode) Lseek(ctx context.Context, f fs.FileHandle, off uint64, whenc
 	if err != nil {
 		return 0, syscall.EINVAL
 	}
-	var of *handler.OpenFile
-	if h, ok := f.(*openFile); ok {
-		of = &h.f
+	of, sh, errno := n.handle(ctx, f)
+	if errno != 0 {
+		return 0, errno
 	}
+	defer n.unhandle(sh)
 	if e.lseeker != nil {
 		pos, err := e.lseeker.Lseek(ctx, of, int64(off), w)
 		if err != nil {
@@ -274,10 +346,11 @@ func (n *fileNode) Fsync(ctx context.Context, f fs.FileHandle, flags uint32) sys
 	if e.fsyncer == nil {
 		return 0
 	}
-	var of *handler.OpenFile
-	if h, ok := f.(*openFile); ok {
-		of = &h.f
+	of, sh, errno := n.handle(ctx, f)
+	if errno != 0 {
+		return errno
 	}
+	defer n.unhandle(sh)
 	return handler.Errno(e.fsyncer.Fsync(ctx, of, flags&fsyncFdatasync != 0))
 }
 
@@ -295,10 +368,11 @@ func (n *fileNode) Allocate(ctx context.Context, f fs.FileHandle, off uint64, si
 	if e.allocator == nil {
 		return syscall.EOPNOTSUPP
 	}
-	var of *handler.OpenFile
-	if h, ok := f.(*openFile); ok {
-		of = &h.f
+	of, sh, errno := n.handle(ctx, f)
+	if errno != 0 {
+		return errno
 	}
+	defer n.unhandle(sh)
 	return handler.Errno(e.allocator.Fallocate(ctx, of, mode, int64(off), int64(size)))
 }
 
@@ -339,17 +413,21 @@ func (n *fileNode) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAtt
 		sa.Mtime = &t
 	}
 	if e.setattrer != nil {
-		var of *handler.OpenFile
-		if h, ok := f.(*openFile); ok {
-			of = &h.f
+		of, sh, errno := n.handle(ctx, f)
+		if errno != 0 {
+			return errno
 		}
-		if err := e.setattrer.Setattr(ctx, of, &sa); err != nil {
+		err := e.setattrer.Setattr(ctx, of, &sa)
+		n.unhandle(sh)
+		if err != nil {
 			return handler.Errno(err)
 		}
 	} else {
 		// Without a Setattrer the bridge keeps mode and ownership, like
-		// procfs does, and the file cannot be truncated.
-		if sa.Size != nil {
+		// procfs does, and the file cannot be truncated. On a NoOpen mount
+		// a size change is ignored instead, as kernfs does: O_TRUNC comes
+		// as a SETATTR there, and `echo 1 > knob` must work.
+		if sa.Size != nil && !e.srv.opts.NoOpen {
 			return syscall.EINVAL
 		}
 		if sa.Mode != nil {

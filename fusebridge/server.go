@@ -87,6 +87,35 @@ type Options struct {
 	// 0 means one hour (see the package comment for why long is right).
 	AttrTimeout time.Duration
 
+	// NoOpen answers the first OPEN with ENOSYS, which switches the whole
+	// connection to FUSE "no-open": the kernel never sends OPEN or RELEASE
+	// again and caches every file's pages across opens (as with
+	// FOPEN_KEEP_CACHE), so open+read+close of a cached file costs no
+	// request at all. The price:
+	//
+	//   - no passthrough (it is set up in the OPEN reply), so every write
+	//     and every page-cache miss goes through the server;
+	//   - handlers never see an open(2) or close(2): every callback gets one
+	//     OpenFile per entry (Flags O_RDWR, or O_RDONLY/O_WRONLY for
+	//     handlers that only read or write), opened lazily through the
+	//     handler's Opener and released on invalidation and removal;
+	//   - a missing Reader or Writer no longer makes open(2) fail with
+	//     EACCES (the mode bits still apply): read(2) or write(2) fails with
+	//     EIO instead, and an Opener cannot refuse an open(2);
+	//   - O_TRUNC arrives as a separate SETATTR (atomic_o_trunc is not
+	//     negotiated); a handler without Setattrer ignores size changes, so
+	//     `echo 1 > knob` still works, but truncate(2) on it now succeeds
+	//     and does nothing, as on sysfs;
+	//   - content that is not byte-exact (the handler's Opener did not set
+	//     OpenFile.Caching, e.g. Generated and Value) is served from the
+	//     kernel's page cache until the entry is invalidated: after each
+	//     successful write to such an entry the bridge drops its snapshot
+	//     and the kernel's cached pages and attributes, and a handler whose
+	//     content changes by itself (a /proc-style Generated file) shows its
+	//     old content until Entry.Invalidate is called. Such handlers report
+	//     the snapshot's length as their size (handler.SnapshotSizer).
+	NoOpen bool
+
 	// UnmountGrace is how long Unmount lets descriptors that are still
 	// open drain by themselves before it aborts the FUSE connection;
 	// 0 means 2 seconds.
@@ -152,8 +181,20 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 		nextIno: 2, // 1 is the root
 	}
 	s.root = &dirNode{srv: s}
+	if opts.NoOpen {
+		if opts.Passthrough == PassthroughRequired {
+			return nil, errors.New("fusebridge: passthrough is set up in the OPEN reply and cannot be combined with NoOpen")
+		}
+		opts.Passthrough = PassthroughOff
+	}
 	timeout := opts.AttrTimeout
 	root := os.Geteuid() == 0
+	caps := uint64(fuse.CAP_ATOMIC_O_TRUNC)
+	if opts.NoOpen {
+		// Without OPEN nobody would truncate; the kernel then sends a
+		// SETATTR with size 0 for O_TRUNC instead.
+		caps = 0
+	}
 	mo := fuse.MountOptions{
 		AllowOther:        opts.AllowOther,
 		FsName:            "ramproc",
@@ -161,7 +202,7 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 		DisableXAttrs:     true,
 		MaxWrite:          1 << 20,
 		Options:           []string{"default_permissions"},
-		ExtraCapabilities: fuse.CAP_ATOMIC_O_TRUNC,
+		ExtraCapabilities: caps,
 		// Cached file data changes only through this mount, and the kernel
 		// already drops what a write, truncate or punch makes stale; with
 		// automatic invalidation it would also throw away a forwarded-mode
@@ -210,7 +251,7 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 			s.passthrough.Store(true)
 		}
 	}
-	s.log.Info("mounted", "mountpoint", mnt, "passthrough", s.passthrough.Load())
+	s.log.Info("mounted", "mountpoint", mnt, "passthrough", s.passthrough.Load(), "noopen", opts.NoOpen)
 	return s, nil
 }
 

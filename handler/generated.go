@@ -13,8 +13,9 @@ import (
 type Generated func(ctx context.Context) ([]byte, error)
 
 var (
-	_ Opener = Generated(nil)
-	_ Reader = Generated(nil)
+	_ Opener        = Generated(nil)
+	_ Reader        = Generated(nil)
+	_ SnapshotSizer = Generated(nil)
 )
 
 // Open takes the snapshot.
@@ -32,6 +33,9 @@ func (g Generated) Read(ctx context.Context, f *OpenFile, dst []byte, off int64)
 	return readSnapshot(f, dst, off), nil
 }
 
+// SnapshotSize is the length of the snapshot taken by Open.
+func (g Generated) SnapshotSize(f *OpenFile) int64 { return snapshotSize(f) }
+
 // Value is a small writable knob, the /sys attribute of the handler API:
 // reading it shows the current value, and each write(2) replaces the whole
 // value (as `echo 42 > knob` expects; the offset is ignored, like a sysfs
@@ -45,9 +49,10 @@ type Value struct {
 }
 
 var (
-	_ Opener = (*Value)(nil)
-	_ Reader = (*Value)(nil)
-	_ Writer = (*Value)(nil)
+	_ Opener        = (*Value)(nil)
+	_ Reader        = (*Value)(nil)
+	_ Writer        = (*Value)(nil)
+	_ SnapshotSizer = (*Value)(nil)
 )
 
 // NewValue returns a knob holding initial.
@@ -65,6 +70,9 @@ func (v *Value) Open(ctx context.Context, f *OpenFile) error {
 	f.Private = v.Get()
 	return nil
 }
+
+// SnapshotSize is the length of the snapshot taken by Open.
+func (v *Value) SnapshotSize(f *OpenFile) int64 { return snapshotSize(f) }
 
 // Read serves the snapshot taken at open.
 func (v *Value) Read(ctx context.Context, f *OpenFile, dst []byte, off int64) (int, error) {
@@ -93,4 +101,9 @@ func readSnapshot(f *OpenFile, dst []byte, off int64) int {
 		return 0
 	}
 	return copy(dst, b[off:])
+}
+
+func snapshotSize(f *OpenFile) int64 {
+	b, _ := f.Private.([]byte)
+	return int64(len(b))
 }

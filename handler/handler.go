@@ -134,6 +134,15 @@ type BackingFiler interface {
 	BackingFile(f *OpenFile) (fd int, ok bool)
 }
 
+// SnapshotSizer is implemented by handlers whose content is a snapshot that
+// Open takes (Generated, Value): SnapshotSize reports the snapshot's length.
+// A bridge that lets the kernel cache content across opens
+// (fusebridge.Options.NoOpen) reports it as the file's size, because the
+// kernel reads no further than the size it knows.
+type SnapshotSizer interface {
+	SnapshotSize(f *OpenFile) int64
+}
+
 // Attr is a file's attributes as stat(2) reports them.
 type Attr struct {
 	Mode   fs.FileMode // permission bits only; the bridge adds the file type

@@ -38,18 +38,20 @@ func TestMain(m *testing.M) {
 
 // mode is one way of serving the RAM file.
 type mode struct {
-	name string
-	pt   fusebridge.Passthrough
-	kind bytestore.Kind
+	name   string
+	pt     fusebridge.Passthrough
+	kind   bytestore.Kind
+	noOpen bool
 }
 
 // modes are the I/O paths a user can get: the kernel's passthrough (root),
 // forwarding through the server (unprivileged), and forwarding onto a memfd
 // whose capacity the store enforces itself.
 var modes = []mode{
-	{"passthrough", fusebridge.PassthroughRequired, bytestore.PrivateTmpfs},
-	{"forwarded", fusebridge.PassthroughOff, bytestore.PrivateTmpfs},
-	{"forwarded-memfd", fusebridge.PassthroughOff, bytestore.Memfd},
+	{"passthrough", fusebridge.PassthroughRequired, bytestore.PrivateTmpfs, false},
+	{"forwarded", fusebridge.PassthroughOff, bytestore.PrivateTmpfs, false},
+	{"forwarded-memfd", fusebridge.PassthroughOff, bytestore.Memfd, false},
+	{"no-open", fusebridge.PassthroughOff, bytestore.PrivateTmpfs, true},
 }
 
 // served is a RAM file mounted for one test.
@@ -71,7 +73,7 @@ func serveAt(t *testing.T, mnt string, m mode, capacity int64) *served {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := fusebridge.Mount(mnt, fusebridge.Options{Passthrough: m.pt, UnmountGrace: 200 * time.Millisecond})
+	srv, err := fusebridge.Mount(mnt, fusebridge.Options{Passthrough: m.pt, NoOpen: m.noOpen, UnmountGrace: 200 * time.Millisecond})
 	if err != nil {
 		store.Close()
 		t.Fatal(err)

@@ -152,11 +152,11 @@ func TestCheckJSONAndList(t *testing.T) {
 }
 
 // CI's proof that the RAM file passes the conformance tester: `ramproc
-// check` against a file served by `ramproc mount`, in both I/O modes, with
+// check` against a file served by `ramproc mount`, in every I/O mode, with
 // the reload check driven by stopping and starting ramproc itself.
 func TestCheckPassesRAMFileWithReload(t *testing.T) {
-	for _, mode := range []string{"auto", "off"} {
-		t.Run("passthrough="+mode, func(t *testing.T) {
+	for _, mode := range []string{"-passthrough auto", "-passthrough off", "-no-open"} {
+		t.Run(strings.TrimLeft(mode, "-"), func(t *testing.T) {
 			testenv.RequireFUSE(t)
 			dir := t.TempDir()
 			mnt := filepath.Join(dir, "mnt")
@@ -164,7 +164,7 @@ func TestCheckPassesRAMFileWithReload(t *testing.T) {
 			bin := ramprocBinary(t)
 			// load starts the server in the background and waits for its
 			// file; unload stops it with SIGTERM and waits for it to exit.
-			load := `"` + bin + `" mount -passthrough ` + mode + ` "` + mnt + `" >/dev/null 2>"` + dir + `/log" & echo $! > "` + pidfile + `"
+			load := `"` + bin + `" mount ` + mode + ` "` + mnt + `" >/dev/null 2>"` + dir + `/log" & echo $! > "` + pidfile + `"
 for i in $(seq 200); do [ -e "` + mnt + `/ramfile" ] && exit 0; sleep 0.05; done; cat "` + dir + `/log"; exit 1`
 			unload := `pid=$(cat "` + pidfile + `"); kill -TERM $pid; while kill -0 $pid 2>/dev/null; do sleep 0.05; done`
 			if out, err := exec.Command("sh", "-c", load).CombinedOutput(); err != nil {

@@ -30,6 +30,7 @@ func runMount(args []string) int {
 	// unprivileged mounts need user_allow_other in /etc/fuse.conf for it.
 	allowOther := fl.Bool("allow-other", os.Geteuid() == 0, "let other users reach the file (the allow_other mount option; default on when root)")
 	ptStr := fl.String("passthrough", "auto", "FUSE passthrough: auto (when root on Linux >= 6.9), on (fail without it) or off (forward every read and write through this process)")
+	noOpen := fl.Bool("no-open", false, "answer OPEN with ENOSYS: the kernel then sends no OPEN/RELEASE and caches every file across opens (open+read+close near tmpfs speed); implies -passthrough off")
 	stats := fl.Bool("stats", false, "also publish a read-only 'stats' file with live server counters")
 	debug := fl.Bool("debug", false, "log every FUSE request to stderr")
 	fl.Usage = func() {} // flag calls it on every error; help is printed below
@@ -52,6 +53,9 @@ func runMount(args []string) int {
 		return usageError("mount", fmt.Sprintf("-max-size: %v", err))
 	}
 	var pt fusebridge.Passthrough
+	if *noOpen && *ptStr == "auto" {
+		*ptStr = "off"
+	}
 	switch *ptStr {
 	case "auto":
 		pt = fusebridge.PassthroughAuto
@@ -86,6 +90,7 @@ func runMount(args []string) int {
 		Passthrough: pt,
 		Logger:      logger,
 		Debug:       *debug,
+		NoOpen:      *noOpen,
 	})
 	if err != nil {
 		return usageError("mount", err.Error())
@@ -96,9 +101,26 @@ func runMount(args []string) int {
 		return usageError("mount", fmt.Sprintf("-name %q: %v", *name, err))
 	}
 	if *stats {
-		if _, err := srv.Create("stats", 0o444, statsHandler(store, srv, time.Now())); err != nil {
+		se, err := srv.Create("stats", 0o444, statsHandler(store, srv, time.Now()))
+		if err != nil {
 			srv.Unmount()
 			return usageError("mount", fmt.Sprintf("publishing stats: %v (choose another -name)", err))
+		}
+		if *noOpen {
+			// The kernel serves the generated text from its cache until
+			// the entry is invalidated: refresh it once a second.
+			go func() {
+				t := time.NewTicker(time.Second)
+				defer t.Stop()
+				for {
+					select {
+					case <-ctx.Done():
+						return
+					case <-t.C:
+						se.Invalidate()
+					}
+				}
+			}()
 		}
 	}
 

@@ -1,0 +1,92 @@
+package fusebridge_test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync/atomic"
+	"syscall"
+	"testing"
+
+	"ramproc/fusebridge"
+	"ramproc/handler"
+)
+
+// TestNoOpen checks the semantics of a NoOpen mount: knobs, generated
+// files served from the kernel cache until Invalidate, and removal.
+func TestNoOpen(t *testing.T) {
+	srv := mount(t, fusebridge.Options{NoOpen: true})
+	var gen atomic.Int64
+	counter := handler.Generated(func(context.Context) ([]byte, error) {
+		return []byte("generation " + string(rune('0'+gen.Add(1))) + "\n"), nil
+	})
+	ge, err := srv.Create("counter", 0o444, counter)
+	if err != nil {
+		t.Fatal(err)
+	}
+	knob := handler.NewValue("100\n")
+	if _, err := srv.Create("knob", 0o666, knob); err != nil {
+		t.Fatal(err)
+	}
+	dir := srv.Mountpoint()
+	read := func(name string) string {
+		t.Helper()
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatalf("read %s: %v", name, err)
+		}
+		return string(b)
+	}
+
+	// Generated: the size is the snapshot's, and the snapshot stays
+	// until Invalidate.
+	if got := read("counter"); got != "generation 1\n" {
+		t.Errorf("counter = %q", got)
+	}
+	if got := read("counter"); got != "generation 1\n" {
+		t.Errorf("counter again = %q (cached until Invalidate)", got)
+	}
+	if err := ge.Invalidate(); err != nil {
+		t.Fatal(err)
+	}
+	if got := read("counter"); got != "generation 2\n" {
+		t.Errorf("counter after Invalidate = %q", got)
+	}
+
+	// Knob: echo works without atomic O_TRUNC, and a shorter value is
+	// not padded by the kernel's cached pages or size.
+	if got := read("knob"); got != "100\n" {
+		t.Errorf("knob = %q", got)
+	}
+	out, err := exec.Command("sh", "-c", "echo 7 > $1 && cat $1", "sh", filepath.Join(dir, "knob")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if string(out) != "7\n" {
+		t.Errorf("echo 7 > knob; cat knob = %q", out)
+	}
+	if got := string(knob.Get()); got != "7\n" {
+		t.Errorf("knob value = %q", got)
+	}
+
+	// Removal: a descriptor opened before gets EIO, not cached pages.
+	f, err := os.Open(filepath.Join(dir, "counter"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 64)
+	if _, err := f.ReadAt(buf, 0); err != nil && err.Error() != "EOF" {
+		t.Logf("read before remove: %v", err)
+	}
+	if err := ge.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.ReadAt(buf, 0); errnoOf(err) != syscall.EIO {
+		t.Errorf("read after Remove: %v, want EIO", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "counter")); !os.IsNotExist(err) {
+		t.Errorf("stat after Remove: %v, want ENOENT", err)
+	}
+}
