@@ -229,7 +229,7 @@ func (rep *Report) WriteText(w io.Writer) error {
 		if t.Error != "" {
 			d = "NOT MEASURED: " + t.Error
 		}
-		fmt.Fprintf(&b, "  %-13s %s\n", t.Name, d)
+		fmt.Fprintf(&b, "  %-15s %s\n", t.Name, d)
 	}
 	b.WriteString("\n")
 
@@ -258,7 +258,8 @@ func (rep *Report) WriteText(w io.Writer) error {
 	tw.Flush()
 	b.WriteString(`
 target: >=X  ramproc >= X x tmpfs (the memory row: <=X bytes of RAM per byte, absolute);
-        np>=3xmf  ramproc-nopt >= 3 x memfile.  met: yes/NO with the measured ratio.
+        np>=3xmf  ramproc-nopt >= 3 x memfile;  no>=X  ramproc-noopen >= X x tmpfs.
+        met: yes/NO with the measured ratio.
 spread: widest (max-min)/median over the repetitions among the targets.
 `)
 
@@ -304,7 +305,7 @@ spread: widest (max-min)/median over the repetitions among the targets.
 			"        system Shmem is /proc/meminfo's delta over the same time, a cross-check (other processes move it too)\n")
 		tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
 		cut := false
-		fmt.Fprintf(tw, "%-13s\tstored\tshmem files\tserver anon\tpage cache\tRAM/byte\tsystem Shmem\twrite time\t\n", "target")
+		fmt.Fprintf(tw, "%s\tstored\tshmem files\tserver anon\tpage cache\tRAM/byte\tsystem Shmem\twrite time\t\n", "target")
 		for _, n := range names {
 			r := row.Results[n]
 			if r == nil || r.Memory == nil {
@@ -315,7 +316,7 @@ spread: widest (max-min)/median over the repetitions among the targets.
 			if m.CutShort {
 				star, cut = "*", true
 			}
-			fmt.Fprintf(tw, "%-13s\t%s%s\t%s\t%s\t%s\t%.3f\t%s\t%.2fs\t\n", n, sizeString(m.Stored), star,
+			fmt.Fprintf(tw, "%s\t%s%s\t%s\t%s\t%s\t%.3f\t%s\t%.2fs\t\n", n, sizeString(m.Stored), star,
 				signedSize(m.ShmemFilesDelta), signedSize(m.ServerAnonDelta), signedSize(m.PageCacheDelta), m.PerByte,
 				signedSize(m.SystemShmemDelta), m.WriteSeconds)
 		}
