@@ -125,9 +125,11 @@ func runMount(args []string) int {
 	}
 
 	path := filepath.Join(srv.Mountpoint(), *name)
-	fmt.Println(path)
+	// The human line first: the path on stdout is what scripts wait for,
+	// so by the time it appears everything else has been said.
 	fmt.Fprintf(os.Stderr, "ramproc: serving the RAM file %s (mode %04o, max size %s, %s); Ctrl-C unmounts\n",
 		path, mode, describeSize(capacity), ioPath(srv))
+	fmt.Println(path)
 
 	gone := make(chan struct{})
 	go func() { srv.Wait(); close(gone) }()
