@@ -18,6 +18,11 @@
 //   - no Allocator: fallocate(2) fails with EOPNOTSUPP;
 //   - no Fsyncer: fsync(2) succeeds (there is nothing to flush).
 //
+// (On a mount that answers OPEN with ENOSYS, fusebridge.Options.NoOpen, the
+// kernel never reports opens: a missing Reader or Writer then fails the
+// read(2) or write(2) with EIO, and size changes to a file without
+// Setattrer are ignored, as on sysfs.)
+//
 // Handlers return errors; an error that is (or wraps) a syscall.Errno is sent
 // to the caller as that errno, any other error becomes EIO. Every callback
 // may be called concurrently from several goroutines.
