@@ -56,8 +56,8 @@ type Options struct {
 	Log io.Writer
 }
 
-// DefaultOptions are the defaults of ramproc bench: about 2.5 minutes on two
-// cores for all four targets.
+// DefaultOptions are the defaults of ramproc bench: under 3 minutes on two
+// cores for all five targets.
 func DefaultOptions() Options {
 	return Options{
 		Engine:      EngineAuto,

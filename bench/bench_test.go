@@ -142,7 +142,7 @@ func TestQuickBaseline(t *testing.T) {
 	assertUnmounted(t, rep)
 }
 
-// TestQuickRamproc builds ramproc and runs the quick bench on all four
+// TestQuickRamproc builds ramproc and runs the quick bench on all five
 // targets with the Go load generator.
 func TestQuickRamproc(t *testing.T) {
 	testenv.RequireFUSE(t)

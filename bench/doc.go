@@ -7,7 +7,7 @@
 // As root (it mounts file systems itself), on an otherwise quiet machine:
 //
 //	go build -o /tmp/ramproc ./cmd/ramproc
-//	/tmp/ramproc bench                   # 2 to 2.5 minutes: the table
+//	/tmp/ramproc bench                   # under 3 minutes (2.7 here): the table
 //	/tmp/ramproc bench -json > run.json  # the same, machine-readable
 //	/tmp/ramproc bench -quick            # a ~20 s smoke run; noisy figures
 //	/tmp/ramproc bench -workloads rand-read-4k,stat -reps 5 -duration 2s

@@ -41,10 +41,10 @@ func runBench(args []string) int {
 		fmt.Fprint(fl.Output(), `usage: ramproc bench [flags]
 
 Mounts a private tmpfs, ramproc with passthrough (ramproc), ramproc with
--passthrough off (ramproc-nopt) and a go-fuse fs.MemRegularFile server
-(memfile), runs every workload on each, interleaved, and prints figures,
+-passthrough off (ramproc-nopt), ramproc with -no-open (ramproc-noopen) and
+a go-fuse fs.MemRegularFile server (memfile), runs every workload on each, interleaved, and prints figures,
 ratios to tmpfs, the server's CPU time and whether the goals are met.
-Needs root. Takes about 2.5 minutes with the defaults. See 'go doc
+Needs root. Takes under 3 minutes (about 2.7 here) with the defaults. See 'go doc
 ramproc/bench' for how to read the table.
 
 flags:

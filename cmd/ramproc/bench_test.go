@@ -47,7 +47,7 @@ func TestBenchParseSize(t *testing.T) {
 
 // TestBenchCommand runs the real command, as a user does, on a few
 // workloads in quick mode and checks its JSON: every row has a positive
-// figure for each of the four targets, which proves the ramproc mounts and
+// figure for each of the five targets, which proves the ramproc mounts and
 // the internal --serve-baseline mode work. It asserts no timing.
 func TestBenchCommand(t *testing.T) {
 	testenv.RequireFUSE(t)
