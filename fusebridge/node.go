@@ -189,15 +189,12 @@ func (n *fileNode) Read(ctx context.Context, f fs.FileHandle, dest []byte, off i
 		// page cache page before a partial write; procfs answers EIO.
 		return nil, syscall.EIO
 	}
-	if e.srv.opts.NoOpen && f == nil {
-		sh, errno := e.acquireShared(ctx)
-		if errno != 0 {
-			return nil, errno
-		}
-		defer e.releaseShared(sh)
-		f = &sh.of
+	of, sh, errno := n.handle(ctx, f)
+	if errno != 0 {
+		return nil, errno
 	}
-	nr, err := e.reader.Read(ctx, &f.(*openFile).f, dest, off)
+	defer n.unhandle(sh)
+	nr, err := e.reader.Read(ctx, of, dest, off)
 	if err != nil && nr == 0 {
 		return nil, handler.Errno(err)
 	}

@@ -36,8 +36,8 @@ func RequireFUSE(t testing.TB) {
 
 // Tmpfs mounts a fresh, private tmpfs on a temporary directory and returns
 // the directory; it is unmounted when the test ends. options is the tmpfs
-// mount data, e.g. "size=1m" (empty for the defaults). It calls
-// RequireFUSE's rules for root.
+// mount data, e.g. "size=1m" (empty for the defaults). Like RequireFUSE,
+// it needs root: without it the test is skipped, or failed under CI.
 func Tmpfs(t testing.TB, options string) string {
 	t.Helper()
 	if os.Geteuid() != 0 {
