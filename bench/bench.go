@@ -527,14 +527,8 @@ func summarize(w *workload, ss []sample) *Result {
 		cpu += s.cpu
 		hasCPU = hasCPU && s.hasCPU
 	}
-	sorted := slices.Clone(r.Samples)
-	sort.Float64s(sorted)
-	r.Min, r.Max = sorted[0], sorted[len(sorted)-1]
-	if n := len(sorted); n%2 == 1 {
-		r.Value = sorted[n/2]
-	} else {
-		r.Value = (sorted[n/2-1] + sorted[n/2]) / 2
-	}
+	r.Min, r.Max = slices.Min(r.Samples), slices.Max(r.Samples)
+	r.Value = median(r.Samples)
 	r.OpsPerSec = ops / wall
 	r.BytesPerSec = bytes / wall
 	if hasCPU {

@@ -98,7 +98,10 @@
 //
 // Each cell is the median figure in the row's unit (MiB/s, thousands of
 // I/Os per second, thousands of operations per second, or for memory bytes
-// of RAM per byte stored) followed by its ratio to tmpfs in the same run.
+// of RAM per byte stored) followed by its ratio to tmpfs in the same run:
+// the median of the ratios of each repetition, whose runs on the targets
+// follow each other, so that a machine that is slow for a while is slow for
+// both sides of a ratio.
 // Higher is better except for memory. "spread" is the widest
 // (max-min)/median among the targets: when it is large, rerun with more
 // -reps or a longer -duration before believing a ratio near a goal.
@@ -109,8 +112,10 @@
 //	>=0.9      ramproc >= 0.9 x tmpfs: sequential and random reads and writes,
 //	           O_APPEND, stat
 //	np>=3xmf   ramproc-nopt >= 3 x memfile: every data workload
-//	no>=0.5    ramproc-noopen >= 0.5 x tmpfs: open+read+close of the
-//	           generated file
+//	>=0.5      also: ramproc >= 0.5 x tmpfs for open+read+close of the
+//	           generated file, which the default mount serves over its
+//	           second, no-open connection
+//	no>=0.5    ramproc-noopen >= 0.5 x tmpfs: the same on the -no-open mount
 //	<=1.05     memory: ramproc spends at most 1.05 bytes of RAM per byte
 //
 // The second table is the servers' CPU time (user + system, all threads, from

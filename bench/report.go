@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -85,24 +87,18 @@ func (r *Result) ok() bool { return r != nil && r.Error == "" && len(r.Samples) 
 func (row *Row) finish(w *workload) {
 	ref := row.Results[TargetTmpfs]
 	for _, r := range row.Results {
-		if r.ok() && ref.ok() && ref.Value > 0 {
-			x := r.Value / ref.Value
+		if x, ok := ratio(r, ref); ok {
 			r.RatioToTmpfs = &x
 		}
 	}
 	for _, g := range w.goals {
 		gr := GoalResult{Goal: g.String(), Short: g.short()}
 		c := row.Results[g.col]
-		var x float64
-		have := c.ok()
+		x, have := 0.0, c.ok()
 		if have {
 			x = c.Value
 			if g.ref != "" {
-				d := row.Results[g.ref]
-				have = d.ok() && d.Value > 0
-				if have {
-					x = c.Value / d.Value
-				}
+				x, have = ratio(c, row.Results[g.ref])
 			}
 		}
 		if have && !math.IsNaN(x) {
@@ -115,6 +111,38 @@ func (row *Row) finish(w *workload) {
 		}
 		row.Goals = append(row.Goals, gr)
 	}
+}
+
+// ratio is r's figure over ref's. Samples of the same repetition were taken
+// moments apart, so when both have one per repetition the ratio is the
+// median of the per-repetition ratios: a machine that slows down for a
+// while slows both sides of a pair, which the ratio of medians would not
+// cancel.
+func ratio(r, ref *Result) (float64, bool) {
+	if !r.ok() || !ref.ok() || ref.Value <= 0 {
+		return 0, false
+	}
+	if len(r.Samples) < 2 || len(r.Samples) != len(ref.Samples) {
+		return r.Value / ref.Value, true
+	}
+	var xs []float64
+	for i, v := range r.Samples {
+		if ref.Samples[i] <= 0 {
+			return r.Value / ref.Value, true
+		}
+		xs = append(xs, v/ref.Samples[i])
+	}
+	return median(xs), true
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	sort.Float64s(s)
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
 }
 
 func (rep *Report) targetNames() []string {

@@ -3,12 +3,14 @@ package fusebridge
 import (
 	"context"
 	"io/fs"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 
 	"ramproc/handler"
 )
@@ -60,6 +62,10 @@ type Entry struct {
 	// (and released once its last user is done) on invalidation.
 	sharedMu sync.Mutex
 	shared   *sharedFile
+
+	// twin is the same handler published on the no-open connection of a
+	// NoOpenHandlers mount and bind-mounted over this entry's name.
+	twin atomic.Pointer[Entry]
 }
 
 // sharedFile is an Entry's open file on a NoOpen mount.
@@ -107,6 +113,13 @@ func (e *Entry) Remove() error {
 	if !e.srv.unlink(e) {
 		return syscall.ENOENT
 	}
+	if ce := e.twin.Load(); ce != nil {
+		// Off the bind first, so that lookups reach this connection,
+		// which no longer knows the name. (Dropping the dentry below would
+		// detach it too; an error means the directory is already gone.)
+		unix.Unmount(filepath.Join(e.srv.mnt, e.name), unix.MNT_DETACH)
+		ce.Remove()
+	}
 	e.kill()
 	if e.srv.opts.NoOpen {
 		// Descriptors opened before must get EIO, not the pages the
@@ -141,10 +154,16 @@ func (e *Entry) kill() {
 // caches for the entry. Handlers whose attributes change by themselves,
 // not through a syscall on the mount, call it after each change.
 //
-// On a NoOpen mount it also drops the entry's snapshot (a Generated file is
+// On a NoOpen mount, and for the handler entries of a NoOpenHandlers
+// mount, it also drops the entry's snapshot (a Generated file is
 // generated afresh at the next read or stat) and the kernel's cached pages:
 // there, content is served from the kernel's cache until this is called.
 func (e *Entry) Invalidate() error {
+	if ce := e.twin.Load(); ce != nil {
+		if err := ce.Invalidate(); err != nil {
+			return err
+		}
+	}
 	off := int64(-1)
 	if e.srv.opts.NoOpen {
 		e.dropShared()

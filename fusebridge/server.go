@@ -116,6 +116,24 @@ type Options struct {
 	//     the snapshot's length as their size (handler.SnapshotSizer).
 	NoOpen bool
 
+	// NoOpenHandlers, on a mount that gets passthrough, serves every entry
+	// whose handler is not a handler.BackingFiler over a second FUSE
+	// connection in no-open mode, bind-mounted over the entry's name,
+	// while backing-file entries keep passthrough on the first connection.
+	// No-open is a property of a whole connection and passthrough is set
+	// up in the OPEN reply, so one connection cannot give both; two give
+	// each file the mode that suits it: a generated file's open+read+close
+	// costs no request, the RAM file's write costs none either.
+	//
+	// Handler entries then behave as on a NoOpen mount (see NoOpen: a
+	// Generated file shows its snapshot until Entry.Invalidate). Each one
+	// is also a mount of its own: its st_dev differs from the directory's,
+	// unlink(2) on it fails with EBUSY instead of EPERM, and umount(8) of
+	// the directory needs -R or -l while the server runs (Server.Unmount
+	// and the recovery of a killed server's mount detach the whole tree).
+	// It needs root, as passthrough does; elsewhere it changes nothing.
+	NoOpenHandlers bool
+
 	// UnmountGrace is how long Unmount lets descriptors that are still
 	// open drain by themselves before it aborts the FUSE connection;
 	// 0 means 2 seconds.
@@ -137,6 +155,13 @@ type Server struct {
 
 	// passthrough is set once the kernel has accepted a backing file.
 	passthrough atomic.Bool
+
+	// companion is the no-open connection of a NoOpenHandlers mount (nil
+	// without one). On the companion itself, mountFd is its detached mount
+	// (from fsmount), which its entries are bind-mounted from; -1 on a
+	// mount attached by path.
+	companion *Server
+	mountFd   int
 
 	mu      sync.Mutex
 	byName  map[string]*Entry
@@ -169,68 +194,16 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 		return nil, err
 	}
 
-	s := &Server{
-		mnt:     mnt,
-		opts:    opts,
-		log:     opts.Logger,
-		uid:     uint32(os.Geteuid()),
-		gid:     uint32(os.Getegid()),
-		born:    time.Now(),
-		served:  make(chan struct{}),
-		byName:  map[string]*Entry{},
-		nextIno: 2, // 1 is the root
-	}
-	s.root = &dirNode{srv: s}
 	if opts.NoOpen {
 		if opts.Passthrough == PassthroughRequired {
 			return nil, errors.New("fusebridge: passthrough is set up in the OPEN reply and cannot be combined with NoOpen")
 		}
 		opts.Passthrough = PassthroughOff
+		opts.NoOpenHandlers = false
 	}
-	timeout := opts.AttrTimeout
-	root := os.Geteuid() == 0
-	caps := uint64(fuse.CAP_ATOMIC_O_TRUNC)
-	if opts.NoOpen {
-		// Without OPEN nobody would truncate; the kernel then sends a
-		// SETATTR with size 0 for O_TRUNC instead.
-		caps = 0
-	}
-	mo := fuse.MountOptions{
-		AllowOther:        opts.AllowOther,
-		FsName:            "ramproc",
-		Name:              "ramproc",
-		DisableXAttrs:     true,
-		MaxWrite:          1 << 20,
-		Options:           []string{"default_permissions"},
-		ExtraCapabilities: caps,
-		// Cached file data changes only through this mount, and the kernel
-		// already drops what a write, truncate or punch makes stale; with
-		// automatic invalidation it would also throw away a forwarded-mode
-		// file's whole page cache whenever a stat saw a new mtime.
-		ExplicitDataCacheControl: true,
-		// root mounts with mount(2) itself and needs no fusermount binary.
-		DirectMountStrict: root,
-		Debug:             opts.Debug,
-		Logger:            slog.NewLogLogger(opts.Logger.Handler(), slog.LevelDebug),
-	}
-	rawFS := gofs.NewNodeFS(s.root, &gofs.Options{
-		MountOptions:    mo,
-		EntryTimeout:    &timeout,
-		AttrTimeout:     &timeout,
-		NegativeTimeout: &timeout,
-		UID:             s.uid,
-		GID:             s.gid,
-	})
-	srv, err := fuse.NewServer(rawFS, mnt, &mo)
-	if err != nil {
-		return nil, mountError(mnt, err)
-	}
-	s.fuse = srv
-	go func() {
-		srv.Serve()
-		close(s.served)
-	}()
-	if err := srv.WaitMount(); err != nil {
+	s := newServer(mnt, opts)
+	// root mounts with mount(2) itself and needs no fusermount binary.
+	if err := s.start(mnt, os.Geteuid() == 0); err != nil {
 		return nil, mountError(mnt, err)
 	}
 	var st unix.Stat_t
@@ -251,8 +224,79 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 			s.passthrough.Store(true)
 		}
 	}
-	s.log.Info("mounted", "mountpoint", mnt, "passthrough", s.passthrough.Load(), "noopen", opts.NoOpen)
+	if opts.NoOpenHandlers && s.passthrough.Load() {
+		if c, err := s.mountCompanion(); err != nil {
+			s.log.Info("no second no-open connection; handler files are served on the main one", "reason", err)
+		} else {
+			s.companion = c
+		}
+	}
+	s.log.Info("mounted", "mountpoint", mnt, "passthrough", s.passthrough.Load(), "noopen", opts.NoOpen, "noopen_handlers", s.companion != nil)
 	return s, nil
+}
+
+func newServer(mnt string, opts Options) *Server {
+	s := &Server{
+		mnt:     mnt,
+		opts:    opts,
+		log:     opts.Logger,
+		uid:     uint32(os.Geteuid()),
+		gid:     uint32(os.Getegid()),
+		born:    time.Now(),
+		served:  make(chan struct{}),
+		byName:  map[string]*Entry{},
+		nextIno: 2, // 1 is the root
+		mountFd: -1,
+	}
+	s.root = &dirNode{srv: s}
+	return s
+}
+
+// start serves s on mountpoint, mounting it with mount(2) itself when
+// direct is set, and returns once the kernel's INIT has been answered.
+func (s *Server) start(mountpoint string, direct bool) error {
+	timeout := s.opts.AttrTimeout
+	caps := uint64(fuse.CAP_ATOMIC_O_TRUNC)
+	if s.opts.NoOpen {
+		// Without OPEN nobody would truncate; the kernel then sends a
+		// SETATTR with size 0 for O_TRUNC instead.
+		caps = 0
+	}
+	mo := fuse.MountOptions{
+		AllowOther:        s.opts.AllowOther,
+		FsName:            "ramproc",
+		Name:              "ramproc",
+		DisableXAttrs:     true,
+		MaxWrite:          1 << 20,
+		Options:           []string{"default_permissions"},
+		ExtraCapabilities: caps,
+		// Cached file data changes only through this mount, and the kernel
+		// already drops what a write, truncate or punch makes stale; with
+		// automatic invalidation it would also throw away a forwarded-mode
+		// file's whole page cache whenever a stat saw a new mtime.
+		ExplicitDataCacheControl: true,
+		DirectMountStrict:        direct,
+		Debug:                    s.opts.Debug,
+		Logger:                   slog.NewLogLogger(s.opts.Logger.Handler(), slog.LevelDebug),
+	}
+	rawFS := gofs.NewNodeFS(s.root, &gofs.Options{
+		MountOptions:    mo,
+		EntryTimeout:    &timeout,
+		AttrTimeout:     &timeout,
+		NegativeTimeout: &timeout,
+		UID:             s.uid,
+		GID:             s.gid,
+	})
+	srv, err := fuse.NewServer(rawFS, mountpoint, &mo)
+	if err != nil {
+		return err
+	}
+	s.fuse = srv
+	go func() {
+		srv.Serve()
+		close(s.served)
+	}()
+	return srv.WaitMount()
 }
 
 // probePassthrough asks the kernel to register a throwaway backing file: the
@@ -395,6 +439,18 @@ func (s *Server) Passthrough() bool { return s.passthrough.Load() }
 // otherwise the bridge keeps the mode. Create fails with EEXIST if the name
 // is taken and EINVAL if it is not a valid file name.
 func (s *Server) Create(name string, mode fs.FileMode, h any) (*Entry, error) {
+	e, err := s.create(name, mode, h, 0)
+	if err != nil {
+		return nil, err
+	}
+	if s.companion != nil && e.backing == nil {
+		s.serveNoOpen(e, mode, h)
+	}
+	return e, nil
+}
+
+// create publishes h under name with inode number ino (0: the next free).
+func (s *Server) create(name string, mode fs.FileMode, h any, ino uint64) (*Entry, error) {
 	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") || len(name) > 255 {
 		return nil, fmt.Errorf("fusebridge: %q is not a valid file name: %w", name, syscall.EINVAL)
 	}
@@ -410,8 +466,11 @@ func (s *Server) Create(name string, mode fs.FileMode, h any) (*Entry, error) {
 		s.mu.Unlock()
 		return nil, fmt.Errorf("fusebridge: create %q: %w", name, syscall.EEXIST)
 	}
-	e := newEntry(s, name, s.nextIno, mode, h)
-	s.nextIno++
+	if ino == 0 {
+		ino = s.nextIno
+		s.nextIno++
+	}
+	e := newEntry(s, name, ino, mode, h)
 	s.mu.Unlock()
 
 	if e.setattrer != nil {
@@ -493,9 +552,20 @@ func (s *Server) Unmount() error {
 		s.byName = map[string]*Entry{}
 		s.mu.Unlock()
 
-		if err := detach(s.mnt); err != nil && !errors.Is(err, unix.EINVAL) {
+		if s.mountFd >= 0 {
+			// A companion: its names leave with the main directory's
+			// detach; its connection ends once this last reference to its
+			// detached mount and the descriptors open on it are gone.
+			unix.Close(s.mountFd)
+		} else if err := detach(s.mnt); err != nil && !errors.Is(err, unix.EINVAL) {
 			s.unmountErr = fmt.Errorf("unmount %s: %w", s.mnt, err)
 		}
+		var companion sync.WaitGroup
+		if c := s.companion; c != nil {
+			companion.Add(1)
+			go func() { defer companion.Done(); c.Unmount() }()
+		}
+		defer companion.Wait()
 		for _, e := range list {
 			e.kill()
 		}

@@ -131,9 +131,14 @@ func TestMountCommand(t *testing.T) {
 	if !errors.Is(err, syscall.ENOSPC) {
 		t.Errorf("writing 2 MiB into a 1 MiB file: %v, want ENOSPC", err)
 	}
+	// With passthrough the stats file is a bind mount of a second, no-open
+	// connection, and goes with the rest.
 	stopMount(t, cmd, syscall.SIGTERM)
 	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("after SIGTERM the file is still there: %v", err)
+	}
+	if strings.Contains(mountinfo(t), " "+mnt) {
+		t.Errorf("mounts left after SIGTERM:\n%s", mountinfo(t))
 	}
 
 	// SIGINT stops it too, and the mountpoint can be reused at once.
@@ -144,11 +149,11 @@ func TestMountCommand(t *testing.T) {
 	stopMount(t, cmd, os.Interrupt)
 }
 
-// A server killed with SIGKILL leaves a dead mount; the next `ramproc
-// mount` cleans it up and serves.
+// A server killed with SIGKILL leaves a dead mount, with the stats file's
+// bind mount under it; the next `ramproc mount` cleans both up and serves.
 func TestMountRecoversFromKilledServer(t *testing.T) {
 	mnt := filepath.Join(t.TempDir(), "mnt")
-	cmd, _ := startMount(t, mnt)
+	cmd, _ := startMount(t, "-stats", mnt)
 	cmd.Process.Kill()
 	cmd.Wait()
 	var sfs unix.Statfs_t
@@ -159,7 +164,22 @@ func TestMountRecoversFromKilledServer(t *testing.T) {
 	if err := os.WriteFile(path, []byte("alive"), 0); err != nil {
 		t.Fatal(err)
 	}
+	if n := strings.Count(mountinfo(t), " "+mnt); n != 1 {
+		t.Errorf("%d mounts at or under %s after recovery, want 1:\n%s", n, mnt, mountinfo(t))
+	}
 	stopMount(t, cmd, syscall.SIGTERM)
+	if strings.Contains(mountinfo(t), " "+mnt) {
+		t.Errorf("mounts left after SIGTERM:\n%s", mountinfo(t))
+	}
+}
+
+func mountinfo(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
 
 // Bad input: a one-line error that says what to do, and exit status 2.

@@ -1,0 +1,136 @@
+package fusebridge
+
+import (
+	"fmt"
+	"io/fs"
+	"path/filepath"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// This file holds the second connection of a NoOpenHandlers mount.
+//
+// The kernel decides per connection whether files are opened with a request
+// (OPEN, needed to hand it a passthrough backing file) or without (no-open,
+// which lets it cache a file across opens, so that cat costs no request).
+// A /proc-style mount wants both: passthrough for the RAM file, no-open for
+// generated files. So a NoOpenHandlers mount runs a second connection,
+// mounted nowhere (fsmount gives a detached mount), and bind-mounts each
+// handler entry's file from it over the same name in the main directory.
+// The main directory still lists the name (with the same inode number) and
+// still serves it until the bind is in place, so a lookup never fails in
+// between; path lookups then cross into the second connection.
+
+// mountCompanion mounts and starts the no-open connection of s.
+func (s *Server) mountCompanion() (*Server, error) {
+	dev, err := unix.Open("/dev/fuse", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open /dev/fuse: %w", err)
+	}
+	mfd, err := detachedFuseMount(dev, s.uid, s.gid, s.opts.AllowOther)
+	if err != nil {
+		unix.Close(dev)
+		return nil, err
+	}
+	opts := s.opts
+	opts.NoOpen = true
+	opts.NoOpenHandlers = false
+	opts.Passthrough = PassthroughOff
+	opts.Logger = s.log.With("connection", "no-open")
+	c := newServer(s.mnt, opts)
+	c.mountFd = mfd
+	// go-fuse serves an already mounted /dev/fuse descriptor given as
+	// /dev/fd/N, and owns it from then on.
+	if err := c.start("/dev/fd/"+strconv.Itoa(dev), false); err != nil {
+		unix.Close(mfd)
+		return nil, fmt.Errorf("serve the no-open connection: %w", err)
+	}
+	// Only now: stat(2) on the mount asks the server.
+	var st unix.Stat_t
+	if err := unix.Fstat(mfd, &st); err != nil {
+		c.Unmount()
+		return nil, fmt.Errorf("stat the no-open mount: %w", err)
+	}
+	c.connID = unix.Minor(st.Dev)
+	return c, nil
+}
+
+// detachedFuseMount creates a FUSE mount served through dev with the main
+// mount's options, attached nowhere, and returns its mount descriptor.
+func detachedFuseMount(dev int, uid, gid uint32, allowOther bool) (int, error) {
+	fsfd, err := unix.Fsopen("fuse", unix.FSOPEN_CLOEXEC)
+	if err != nil {
+		return -1, fmt.Errorf("fsopen fuse: %w", err)
+	}
+	defer unix.Close(fsfd)
+	params := [][2]string{
+		{"source", "ramproc"},
+		{"subtype", "ramproc"},
+		{"fd", strconv.Itoa(dev)},
+		{"rootmode", strconv.FormatUint(unix.S_IFDIR, 8)},
+		{"user_id", strconv.FormatUint(uint64(uid), 10)},
+		{"group_id", strconv.FormatUint(uint64(gid), 10)},
+	}
+	for _, p := range params {
+		if err := unix.FsconfigSetString(fsfd, p[0], p[1]); err != nil {
+			return -1, fmt.Errorf("fsconfig %s=%s: %w", p[0], p[1], err)
+		}
+	}
+	flags := []string{"default_permissions"}
+	if allowOther {
+		flags = append(flags, "allow_other")
+	}
+	for _, f := range flags {
+		if err := unix.FsconfigSetFlag(fsfd, f); err != nil {
+			return -1, fmt.Errorf("fsconfig %s: %w", f, err)
+		}
+	}
+	if err := unix.FsconfigCreate(fsfd); err != nil {
+		return -1, fmt.Errorf("fsconfig create: %w", err)
+	}
+	mfd, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, unix.MOUNT_ATTR_NOSUID|unix.MOUNT_ATTR_NODEV)
+	if err != nil {
+		return -1, fmt.Errorf("fsmount: %w", err)
+	}
+	return mfd, nil
+}
+
+// serveNoOpen moves e's name to the no-open connection: the same handler
+// published there under the same inode number, bind-mounted over the name.
+// On failure e stays served by the main connection, slower but correct.
+func (s *Server) serveNoOpen(e *Entry, mode fs.FileMode, h any) {
+	c := s.companion
+	ce, err := c.create(e.name, mode, h, e.ino)
+	if err == nil {
+		err = bindFile(c.mountFd, e.name, filepath.Join(s.mnt, e.name))
+		if err != nil {
+			ce.Remove()
+		}
+	}
+	if err != nil {
+		s.log.Warn("serving the file on the main connection", "name", e.name, "reason", err)
+		return
+	}
+	// Binding looked the name up, which took a snapshot of generated
+	// content; the first reader must get one of its own time.
+	ce.Invalidate()
+	e.twin.Store(ce)
+}
+
+// bindFile bind-mounts the file name of the detached mount mfd on target.
+func bindFile(mfd int, name, target string) error {
+	tree, err := unix.OpenTree(mfd, name, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("open_tree %s: %w", name, err)
+	}
+	defer unix.Close(tree)
+	if err := unix.MoveMount(tree, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return fmt.Errorf("bind-mount on %s: %w", target, err)
+	}
+	return nil
+}
+
+// HandlersNoOpen reports whether handler entries are served over a second,
+// no-open connection (Options.NoOpenHandlers took effect).
+func (s *Server) HandlersNoOpen() bool { return s.companion != nil }
