@@ -24,7 +24,9 @@
 // The bench mounts, each on its own temporary directory:
 //
 //	tmpfs         a private tmpfs: the reference every ratio divides by
-//	ramproc       "ramproc mount -stats -passthrough on" (auto if on fails)
+//	ramproc       "ramproc mount -stats -passthrough on" (auto if on fails):
+//	              the RAM file by passthrough, the stats file over a
+//	              second, no-open connection bind-mounted over its name
 //	ramproc-nopt  "ramproc mount -stats -passthrough off": every read and
 //	              write goes through the server, as in an unprivileged mount
 //	ramproc-noopen "ramproc mount -stats -no-open": the kernel sends no OPEN

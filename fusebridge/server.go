@@ -27,6 +27,10 @@
 //   - Explicit data cache control: cached pages are dropped by the kernel on
 //     the changes it makes itself, not whenever a file's mtime moves.
 //   - default_permissions: the kernel checks mode bits, as for any file.
+//   - Options.NoOpenHandlers: the handler files of a passthrough mount are
+//     served over a second connection that answers OPEN with ENOSYS, so
+//     that cat of a /proc-style file costs no request while the RAM file
+//     keeps passthrough (see split.go for how).
 package fusebridge
 
 import (

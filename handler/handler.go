@@ -18,7 +18,8 @@
 //   - no Allocator: fallocate(2) fails with EOPNOTSUPP;
 //   - no Fsyncer: fsync(2) succeeds (there is nothing to flush).
 //
-// (On a mount that answers OPEN with ENOSYS, fusebridge.Options.NoOpen, the
+// (On a mount that answers OPEN with ENOSYS, fusebridge.Options.NoOpen, and
+// for the handler files of a fusebridge.Options.NoOpenHandlers mount, the
 // kernel never reports opens: a missing Reader or Writer then fails the
 // read(2) or write(2) with EIO, and size changes to a file without
 // Setattrer are ignored, as on sysfs.)
@@ -142,7 +143,7 @@ type BackingFiler interface {
 // SnapshotSizer is implemented by handlers whose content is a snapshot that
 // Open takes (Generated, Value): SnapshotSize reports the snapshot's length.
 // A bridge that lets the kernel cache content across opens
-// (fusebridge.Options.NoOpen) reports it as the file's size, because the
+// (fusebridge.Options.NoOpen, NoOpenHandlers) reports it as the file's size, because the
 // kernel reads no further than the size it knows.
 type SnapshotSizer interface {
 	SnapshotSize(f *OpenFile) int64

@@ -380,14 +380,22 @@ func TestMountFreesMemoryOnStop(t *testing.T) {
 		}
 	}
 	f.Close()
-	held := shmemKiB(t) - before
+	atStop := shmemKiB(t)
+	held := atStop - before
 	stopMount(t, cmd, syscall.SIGTERM)
-	after := shmemKiB(t) - before
-	// Other processes move Shmem too; the 128 MiB step dwarfs them.
+	// Tests of other packages running at the same time move Shmem too:
+	// compare the moments just before and after the stop, taking the
+	// lowest reading over a short while.
+	low := shmemKiB(t)
+	for range 5 {
+		time.Sleep(50 * time.Millisecond)
+		low = min(low, shmemKiB(t))
+	}
+	freed := atStop - low
 	if held < size/1024*9/10 {
 		t.Fatalf("the file holds only %d KiB of shared memory after writing %d KiB", held, size/1024)
 	}
-	if after > size/1024/10 {
-		t.Errorf("%d KiB of the %d KiB written are still held after the server stopped", after, held)
+	if freed < size/1024*3/4 {
+		t.Errorf("stopping the server gave back %d KiB of shared memory; the file held %d KiB", freed, held)
 	}
 }
