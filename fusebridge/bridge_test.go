@@ -460,7 +460,21 @@ func TestMountpointErrors(t *testing.T) {
 // Many goroutines creating, reading and removing entries at once, under
 // -race: the name table and the in-flight accounting must hold.
 func TestConcurrentCreateRemove(t *testing.T) {
-	srv := mount(t, fusebridge.Options{})
+	t.Run("one-connection", func(t *testing.T) { concurrentCreateRemove(t, fusebridge.Options{}) })
+	// Every Create and Remove also makes and drops a bind mount.
+	t.Run("no-open-handlers", func(t *testing.T) {
+		concurrentCreateRemove(t, fusebridge.Options{NoOpenHandlers: true})
+	})
+}
+
+func concurrentCreateRemove(t *testing.T, opts fusebridge.Options) {
+	srv := mount(t, opts)
+	if opts.NoOpenHandlers && !srv.HandlersNoOpen() {
+		if testenv.InCI() {
+			t.Fatal("NoOpenHandlers did not take effect (CI runs as root on Linux >= 6.9)")
+		}
+		t.Skip("needs FUSE passthrough (root, Linux >= 6.9)")
+	}
 	var wg sync.WaitGroup
 	for g := 0; g < 4; g++ {
 		wg.Add(1)
@@ -480,10 +494,16 @@ func TestConcurrentCreateRemove(t *testing.T) {
 				if err := e.Remove(); err != nil {
 					t.Error(err)
 				}
+				if _, err := os.Stat(filepath.Join(srv.Mountpoint(), name)); !errors.Is(err, os.ErrNotExist) {
+					t.Errorf("%s after Remove: %v, want ENOENT", name, err)
+				}
 			}
 		}()
 	}
 	wg.Wait()
+	if got := mountsUnder(t, srv.Mountpoint()); len(got) != 1 {
+		t.Errorf("mounts left after every Remove: %q", got)
+	}
 }
 
 // sizedText is a generated file that reports its length, which changes

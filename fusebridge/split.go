@@ -46,6 +46,16 @@ func (s *Server) mountCompanion() (*Server, error) {
 		unix.Close(mfd)
 		return nil, fmt.Errorf("serve the no-open connection: %w", err)
 	}
+	// go-fuse provokes one POLL at mount so that it can answer ENOSYS and
+	// the kernel never sends another, but only on mounts it attached by
+	// path. Without that, a Go program that opens a file of its own mount
+	// (a test, say) registers it with the runtime's epoll, whose POLL
+	// request waits on a thread the garbage collector cannot stop: a
+	// collection then stops every goroutine that could answer it.
+	if err := pollHack(mfd); err != nil {
+		c.Unmount()
+		return nil, err
+	}
 	// Only now: stat(2) on the mount asks the server.
 	var st unix.Stat_t
 	if err := unix.Fstat(mfd, &st); err != nil {
@@ -54,6 +64,18 @@ func (s *Server) mountCompanion() (*Server, error) {
 	}
 	c.connID = unix.Minor(st.Dev)
 	return c, nil
+}
+
+// pollHack does go-fuse's poll hack on the mount mfd: go-fuse itself
+// answers for this name, and answers its POLL with ENOSYS.
+func pollHack(mfd int) error {
+	fd, err := unix.Openat(mfd, ".go-fuse-epoll-hack", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("switching off POLL on the no-open connection: %w", err)
+	}
+	defer unix.Close(fd)
+	unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLPRI | unix.POLLOUT}}, 0)
+	return nil
 }
 
 // detachedFuseMount creates a FUSE mount served through dev with the main
