@@ -46,6 +46,13 @@ func (s *Server) mountCompanion() (*Server, error) {
 		unix.Close(mfd)
 		return nil, fmt.Errorf("serve the no-open connection: %w", err)
 	}
+	// Only now: stat(2) on the mount asks the server.
+	var st unix.Stat_t
+	if err := unix.Fstat(mfd, &st); err != nil {
+		c.Unmount()
+		return nil, fmt.Errorf("stat the no-open mount: %w", err)
+	}
+	c.connID = unix.Minor(st.Dev)
 	// go-fuse provokes one POLL at mount so that it can answer ENOSYS and
 	// the kernel never sends another, but only on mounts it attached by
 	// path. Without that, a Go program that opens a file of its own mount
@@ -56,13 +63,6 @@ func (s *Server) mountCompanion() (*Server, error) {
 		c.Unmount()
 		return nil, err
 	}
-	// Only now: stat(2) on the mount asks the server.
-	var st unix.Stat_t
-	if err := unix.Fstat(mfd, &st); err != nil {
-		c.Unmount()
-		return nil, fmt.Errorf("stat the no-open mount: %w", err)
-	}
-	c.connID = unix.Minor(st.Dev)
 	return c, nil
 }
 
