@@ -210,11 +210,27 @@ func (n *fileNode) Write(ctx context.Context, f fs.FileHandle, data []byte, off 
 	if e.writer == nil {
 		return 0, syscall.EIO
 	}
-	if e.srv.opts.NoOpen && f == nil {
-		return n.writeShared(ctx, data, off)
+	of, sh, errno := n.handle(ctx, f)
+	if errno != 0 {
+		return 0, errno
 	}
-	nw, err := e.writer.Write(ctx, &f.(*openFile).f, data, off)
+	nw, err := e.writer.Write(ctx, of, data, off)
+	n.unhandle(sh)
 	if nw > 0 {
+		if sh != nil && !sh.exact {
+			// A NoOpen mount serves content that is not byte-exact from
+			// the kernel's cache: drop the snapshot at once, so that any
+			// READ answered after this WRITE sees the new content, and
+			// the kernel's pages and attributes after the reply, from
+			// another goroutine. Invalidating the pages from inside the
+			// WRITE would deadlock: the kernel holds the written pages
+			// locked until the reply arrives, and the invalidation waits
+			// for those locks. A READ that raced with the write and read
+			// the old snapshot holds its pages locked too, so the
+			// invalidation waits for it and then drops what it cached.
+			e.dropShared()
+			go n.NotifyContent(0, 0)
+		}
 		// A short count is a short write; the error is what the
 		// caller's next write will get.
 		return uint32(nw), 0
@@ -222,36 +238,6 @@ func (n *fileNode) Write(ctx context.Context, f fs.FileHandle, data []byte, off 
 	if err == nil {
 		// Zero bytes and no error would make write(2) return 0,
 		// which callers retry forever.
-		return 0, syscall.EIO
-	}
-	return 0, handler.Errno(err)
-}
-
-// writeShared is Write on a NoOpen mount. Content that is not byte-exact
-// is invalidated after every successful write: the snapshot at once, so
-// that any READ answered after this WRITE sees the new content, and the
-// kernel's pages and attributes after the reply, from another goroutine.
-// Invalidating the pages from inside the WRITE would deadlock: the kernel
-// holds the written pages locked until the reply arrives, and the
-// invalidation waits for those locks. A READ that raced with the write and
-// read the old snapshot holds its pages locked too, so the invalidation
-// waits for it and then drops what it cached.
-func (n *fileNode) writeShared(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
-	e := n.e
-	sh, errno := e.acquireShared(ctx)
-	if errno != 0 {
-		return 0, errno
-	}
-	nw, err := e.writer.Write(ctx, &sh.of.f, data, off)
-	e.releaseShared(sh)
-	if nw > 0 {
-		if !sh.exact {
-			e.dropShared()
-			go n.NotifyContent(0, 0)
-		}
-		return uint32(nw), 0
-	}
-	if err == nil {
 		return 0, syscall.EIO
 	}
 	return 0, handler.Errno(err)

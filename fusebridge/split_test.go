@@ -14,23 +14,6 @@ import (
 	"ramproc/ramfile"
 )
 
-// mountsUnder lists the mount points at or below dir.
-func mountsUnder(t *testing.T, dir string) []string {
-	t.Helper()
-	data, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var list []string
-	for _, line := range strings.Split(string(data), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 4 && (f[4] == dir || strings.HasPrefix(f[4], dir+"/")) {
-			list = append(list, f[4])
-		}
-	}
-	return list
-}
-
 func devOf(t *testing.T, path string) uint64 {
 	t.Helper()
 	var st unix.Stat_t
@@ -46,10 +29,7 @@ func devOf(t *testing.T, path string) uint64 {
 func TestNoOpenHandlers(t *testing.T) {
 	srv := mount(t, fusebridge.Options{NoOpenHandlers: true})
 	if !srv.Passthrough() {
-		if testenv.InCI() {
-			t.Fatal("CI runs as root on Linux >= 6.9, where passthrough must work")
-		}
-		t.Skip("needs FUSE passthrough (root, Linux >= 6.9)")
+		testenv.Missing(t, "needs FUSE passthrough (root, Linux >= 6.9)")
 	}
 	if !srv.HandlersNoOpen() {
 		t.Fatal("NoOpenHandlers did not take effect on a passthrough mount")
@@ -63,14 +43,14 @@ func TestNoOpenHandlers(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := srv.Mountpoint()
-	if got := mountsUnder(t, dir); len(got) != 1 {
+	if got := testenv.MountsUnder(t, dir); len(got) != 1 {
 		t.Errorf("a backing-file entry must not be a bind: mounts %q", got)
 	}
 
 	checkNoOpen(t, srv) // creates "counter" (removed at its end) and "knob"
 
 	knob := filepath.Join(dir, "knob")
-	if got := mountsUnder(t, dir); len(got) != 2 || got[1] != knob {
+	if got := testenv.MountsUnder(t, dir); len(got) != 2 || got[1] != knob {
 		t.Errorf("mounts after checkNoOpen = %q, want the directory and the knob", got)
 	}
 	if devOf(t, knob) == devOf(t, dir) {
@@ -103,7 +83,7 @@ func TestNoOpenHandlers(t *testing.T) {
 	if err := srv.Unmount(); err != nil {
 		t.Fatal(err)
 	}
-	if got := mountsUnder(t, dir); len(got) != 0 {
+	if got := testenv.MountsUnder(t, dir); len(got) != 0 {
 		t.Errorf("mounts left after Unmount: %q", got)
 	}
 }

@@ -137,8 +137,8 @@ func TestMountCommand(t *testing.T) {
 	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("after SIGTERM the file is still there: %v", err)
 	}
-	if strings.Contains(mountinfo(t), " "+mnt) {
-		t.Errorf("mounts left after SIGTERM:\n%s", mountinfo(t))
+	if got := testenv.MountsUnder(t, mnt); len(got) != 0 {
+		t.Errorf("mounts left after SIGTERM: %q", got)
 	}
 
 	// SIGINT stops it too, and the mountpoint can be reused at once.
@@ -164,22 +164,13 @@ func TestMountRecoversFromKilledServer(t *testing.T) {
 	if err := os.WriteFile(path, []byte("alive"), 0); err != nil {
 		t.Fatal(err)
 	}
-	if n := strings.Count(mountinfo(t), " "+mnt); n != 1 {
-		t.Errorf("%d mounts at or under %s after recovery, want 1:\n%s", n, mnt, mountinfo(t))
+	if got := testenv.MountsUnder(t, mnt); len(got) != 1 {
+		t.Errorf("mounts at or under %s after recovery: %q, want only it", mnt, got)
 	}
 	stopMount(t, cmd, syscall.SIGTERM)
-	if strings.Contains(mountinfo(t), " "+mnt) {
-		t.Errorf("mounts left after SIGTERM:\n%s", mountinfo(t))
+	if got := testenv.MountsUnder(t, mnt); len(got) != 0 {
+		t.Errorf("mounts left after SIGTERM: %q", got)
 	}
-}
-
-func mountinfo(t *testing.T) string {
-	t.Helper()
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
 }
 
 // Bad input: a one-line error that says what to do, and exit status 2.
@@ -257,18 +248,11 @@ func FuzzParseSize(f *testing.F) {
 func TestMountUnprivileged(t *testing.T) {
 	testenv.RequireFUSE(t)
 	if _, err := exec.LookPath("fusermount3"); err != nil {
-		if testenv.InCI() {
-			t.Fatal("unprivileged mounts need fusermount3 (apt-get install fuse3)")
-		}
-		t.Skip("unprivileged mounts need fusermount3 (apt-get install fuse3)")
+		testenv.Missing(t, "unprivileged mounts need fusermount3 (apt-get install fuse3)")
 	}
 	if st, err := os.Stat("/dev/fuse"); err != nil || st.Mode().Perm()&0o006 != 0o006 {
 		// Debian and Ubuntu make /dev/fuse 0666; .ci/run does the same.
-		msg := "unprivileged mounts need /dev/fuse to be mode 0666, as Debian sets it"
-		if testenv.InCI() {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
+		testenv.Missing(t, "unprivileged mounts need /dev/fuse to be mode 0666, as Debian sets it")
 	}
 	// nobody must be able to run the binary and own the mountpoint.
 	dir, err := os.MkdirTemp("", "ramproc-nobody")

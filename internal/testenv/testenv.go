@@ -4,6 +4,7 @@ package testenv
 
 import (
 	"os"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -25,6 +26,14 @@ func RequireFUSE(t testing.TB) {
 	} else if err := unix.Access("/dev/fuse", unix.R_OK|unix.W_OK); err != nil {
 		why = "/dev/fuse is not usable: " + err.Error() + " (load the fuse module: modprobe fuse)"
 	}
+	Missing(t, why)
+}
+
+// Missing stops the test for a missing prerequisite, why, unless why is
+// empty: it skips outside CI and fails under CI, where a skip would hide
+// that the test proved nothing.
+func Missing(t testing.TB, why string) {
+	t.Helper()
 	if why == "" {
 		return
 	}
@@ -34,6 +43,25 @@ func RequireFUSE(t testing.TB) {
 	t.Skip(why)
 }
 
+// MountsUnder lists the mount points at dir or below it, from
+// /proc/self/mountinfo.
+func MountsUnder(t testing.TB, dir string) []string {
+	t.Helper()
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list []string
+	for _, line := range strings.Split(string(data), "\n") {
+		// id parent major:minor root mountpoint ...
+		f := strings.Fields(line)
+		if len(f) > 4 && (f[4] == dir || strings.HasPrefix(f[4], dir+"/")) {
+			list = append(list, f[4])
+		}
+	}
+	return list
+}
+
 // Tmpfs mounts a fresh, private tmpfs on a temporary directory and returns
 // the directory; it is unmounted when the test ends. options is the tmpfs
 // mount data, e.g. "size=1m" (empty for the defaults). Like RequireFUSE,
@@ -41,10 +69,7 @@ func RequireFUSE(t testing.TB) {
 func Tmpfs(t testing.TB, options string) string {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		if InCI() {
-			t.Fatal("mounting the tmpfs oracle needs root")
-		}
-		t.Skip("mounting the tmpfs oracle needs root")
+		Missing(t, "mounting the tmpfs oracle needs root")
 	}
 	dir := t.TempDir()
 	if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, options); err != nil {
