@@ -1,4 +1,4 @@
-module ramproc
+module github.com/ramproc/ramproc
 
 go 1.24.0
 

@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"ramproc/internal/testenv"
+	"github.com/ramproc/ramproc/internal/testenv"
 )
 
 // testBaselineEnv makes the test binary serve the baseline instead of

@@ -15,9 +15,9 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
-	"ramproc/fusebridge"
-	"ramproc/handler"
-	"ramproc/internal/testenv"
+	"github.com/ramproc/ramproc/fusebridge"
+	"github.com/ramproc/ramproc/handler"
+	"github.com/ramproc/ramproc/internal/testenv"
 )
 
 // The same work served twice, through ramproc's handler API and as raw

@@ -5,7 +5,7 @@ import (
 	"log"
 	"os"
 
-	"ramproc/bytestore"
+	"github.com/ramproc/ramproc/bytestore"
 )
 
 // A store is created with a capacity, written and read like a file with

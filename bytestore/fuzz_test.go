@@ -6,7 +6,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"ramproc/internal/testenv"
+	"github.com/ramproc/ramproc/internal/testenv"
 )
 
 // fuzzCapacities are the capacities the fuzzer picks from (by the first

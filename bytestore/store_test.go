@@ -10,7 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"ramproc/internal/testenv"
+	"github.com/ramproc/ramproc/internal/testenv"
 )
 
 var kinds = []Kind{PrivateTmpfs, Memfd}

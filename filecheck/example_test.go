@@ -6,7 +6,7 @@ import (
 	"os"
 	"regexp"
 
-	"ramproc/filecheck"
+	"github.com/ramproc/ramproc/filecheck"
 )
 
 // Check a file against the oracle (a scratch file on /dev/shm), here with

@@ -14,8 +14,8 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
-	"ramproc/filecheck"
-	"ramproc/internal/testenv"
+	"github.com/ramproc/ramproc/filecheck"
+	"github.com/ramproc/ramproc/internal/testenv"
 )
 
 // A FUSE file server for the tests: one RAM file that imitates a tmpfs file

@@ -4,7 +4,7 @@ import (
 	"os"
 	"testing"
 
-	"ramproc/filecheck"
+	"github.com/ramproc/ramproc/filecheck"
 )
 
 // TestMain lets the test binary serve as filecheck's child process (the

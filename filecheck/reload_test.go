@@ -15,8 +15,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"ramproc/filecheck"
-	"ramproc/internal/testenv"
+	"github.com/ramproc/ramproc/filecheck"
+	"github.com/ramproc/ramproc/internal/testenv"
 )
 
 var reloadOnly = regexp.MustCompile(`^seed/reload$`)

@@ -8,8 +8,8 @@ import (
 	"strings"
 	"testing"
 
-	"ramproc/filecheck"
-	"ramproc/internal/testenv"
+	"github.com/ramproc/ramproc/filecheck"
+	"github.com/ramproc/ramproc/internal/testenv"
 )
 
 // newFile creates an empty file in dir.

@@ -17,9 +17,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"ramproc/fusebridge"
-	"ramproc/handler"
-	"ramproc/internal/testenv"
+	"github.com/ramproc/ramproc/fusebridge"
+	"github.com/ramproc/ramproc/handler"
+	"github.com/ramproc/ramproc/internal/testenv"
 )
 
 // childEnv makes the test binary act as a helper process instead of running

@@ -12,7 +12,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
-	"ramproc/handler"
+	"github.com/ramproc/ramproc/handler"
 )
 
 // Entry is one published file: a name in the mount's directory bound to a

@@ -6,10 +6,10 @@ import (
 	"log"
 	"time"
 
-	"ramproc/bytestore"
-	"ramproc/fusebridge"
-	"ramproc/handler"
-	"ramproc/ramfile"
+	"github.com/ramproc/ramproc/bytestore"
+	"github.com/ramproc/ramproc/fusebridge"
+	"github.com/ramproc/ramproc/handler"
+	"github.com/ramproc/ramproc/ramfile"
 )
 
 // Publishing a live file and a knob from a Go program. (Not run by go test:

@@ -7,7 +7,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
-	"ramproc/handler"
+	"github.com/ramproc/ramproc/handler"
 )
 
 // dirNode is the mount's root directory. Names are published only through

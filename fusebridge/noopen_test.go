@@ -10,8 +10,8 @@ import (
 	"syscall"
 	"testing"
 
-	"ramproc/fusebridge"
-	"ramproc/handler"
+	"github.com/ramproc/ramproc/fusebridge"
+	"github.com/ramproc/ramproc/handler"
 )
 
 // TestNoOpen checks the semantics of a NoOpen mount: knobs, generated

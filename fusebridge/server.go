@@ -53,7 +53,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
-	"ramproc/handler"
+	"github.com/ramproc/ramproc/handler"
 )
 
 // maxWrite is the largest write the kernel sends in one request: 1 MiB

@@ -8,10 +8,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"ramproc/bytestore"
-	"ramproc/fusebridge"
-	"ramproc/internal/testenv"
-	"ramproc/ramfile"
+	"github.com/ramproc/ramproc/bytestore"
+	"github.com/ramproc/ramproc/fusebridge"
+	"github.com/ramproc/ramproc/internal/testenv"
+	"github.com/ramproc/ramproc/ramfile"
 )
 
 func devOf(t *testing.T, path string) uint64 {

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"syscall"
 
-	"ramproc/handler"
+	"github.com/ramproc/ramproc/handler"
 )
 
 // A /proc-style file: its content is generated at every open, and every

@@ -5,8 +5,8 @@ import (
 	"strings"
 	"testing"
 
-	"ramproc/filecheck"
-	"ramproc/internal/testenv"
+	"github.com/ramproc/ramproc/filecheck"
+	"github.com/ramproc/ramproc/internal/testenv"
 )
 
 // TestConformance points the conformance tester (ramproc check) at the RAM

@@ -3,9 +3,9 @@ package ramfile_test
 import (
 	"log"
 
-	"ramproc/bytestore"
-	"ramproc/fusebridge"
-	"ramproc/ramfile"
+	"github.com/ramproc/ramproc/bytestore"
+	"github.com/ramproc/ramproc/fusebridge"
+	"github.com/ramproc/ramproc/ramfile"
 )
 
 // Serving the RAM file from a Go program: what `ramproc mount` does. (Not

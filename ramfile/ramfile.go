@@ -18,8 +18,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"ramproc/bytestore"
-	"ramproc/handler"
+	"github.com/ramproc/ramproc/bytestore"
+	"github.com/ramproc/ramproc/handler"
 )
 
 // File is the RAM file handler. All methods are safe for concurrent use.

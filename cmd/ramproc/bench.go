@@ -12,7 +12,7 @@ import (
 	"strings"
 	"syscall"
 
-	"ramproc/bench"
+	"github.com/ramproc/ramproc/bench"
 )
 
 // serveBaselineFlag is the internal mode in which the bench runs its
@@ -45,7 +45,7 @@ Mounts a private tmpfs, ramproc with passthrough (ramproc), ramproc with
 a go-fuse fs.MemRegularFile server (memfile), runs every workload on each, interleaved, and prints figures,
 ratios to tmpfs, the server's CPU time and whether the goals are met.
 Needs root. Takes under 3 minutes (about 2.7 here) with the defaults. See 'go doc
-ramproc/bench' for how to read the table.
+github.com/ramproc/ramproc/bench' for how to read the table.
 
 flags:
 `)

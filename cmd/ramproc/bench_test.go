@@ -7,8 +7,8 @@ import (
 	"strings"
 	"testing"
 
-	"ramproc/bench"
-	"ramproc/internal/testenv"
+	"github.com/ramproc/ramproc/bench"
+	"github.com/ramproc/ramproc/internal/testenv"
 )
 
 func TestBenchUsageErrors(t *testing.T) {

@@ -16,7 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"ramproc/filecheck"
+	"github.com/ramproc/ramproc/filecheck"
 )
 
 // The checker's mmap and multi-process checks re-execute this binary as a

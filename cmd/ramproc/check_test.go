@@ -11,7 +11,7 @@ import (
 	"strings"
 	"testing"
 
-	"ramproc/internal/testenv"
+	"github.com/ramproc/ramproc/internal/testenv"
 )
 
 // runRamproc runs the built command and returns its exit status and output.

@@ -4,7 +4,7 @@ import (
 	"os"
 	"testing"
 
-	"ramproc/internal/testenv"
+	"github.com/ramproc/ramproc/internal/testenv"
 )
 
 // ramprocBinary is the command built as a user builds it.

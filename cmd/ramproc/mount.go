@@ -14,10 +14,10 @@ import (
 	"syscall"
 	"time"
 
-	"ramproc/bytestore"
-	"ramproc/fusebridge"
-	"ramproc/handler"
-	"ramproc/ramfile"
+	"github.com/ramproc/ramproc/bytestore"
+	"github.com/ramproc/ramproc/fusebridge"
+	"github.com/ramproc/ramproc/handler"
+	"github.com/ramproc/ramproc/ramfile"
 )
 
 func runMount(args []string) int {

@@ -15,7 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"ramproc/internal/testenv"
+	"github.com/ramproc/ramproc/internal/testenv"
 )
 
 // startMount runs `ramproc mount ARGS` and waits for the line that says it

@@ -31,7 +31,7 @@ func Ramproc(t testing.TB) string {
 		if raceEnabled {
 			args = append(args, "-race")
 		}
-		buildOut, buildErr = exec.Command("go", append(args, "ramproc/cmd/ramproc")...).CombinedOutput()
+		buildOut, buildErr = exec.Command("go", append(args, "github.com/ramproc/ramproc/cmd/ramproc")...).CombinedOutput()
 	})
 	if buildErr != nil {
 		t.Fatalf("go build ramproc: %v\n%s", buildErr, buildOut)
