@@ -41,11 +41,17 @@ func (g Generated) SnapshotSize(f *OpenFile) int64 { return snapshotSize(f) }
 // value (as `echo 42 > knob` expects; the offset is ignored, like a sysfs
 // store). Set, if not nil, validates and applies a new value; an error
 // rejects the write and leaves the value unchanged.
+//
+// Value implements Changer: a bridge that registered with Changed is told
+// after each write that changed it. For typed values (numbers, booleans,
+// words) prefer a Knob, which parses and validates for you.
 type Value struct {
 	mu  sync.Mutex
 	val []byte
 	// Set is called with each written value before it is stored.
 	Set func(ctx context.Context, v []byte) error
+
+	notifiers
 }
 
 var (
@@ -53,6 +59,7 @@ var (
 	_ Reader        = (*Value)(nil)
 	_ Writer        = (*Value)(nil)
 	_ SnapshotSizer = (*Value)(nil)
+	_ Changer       = (*Value)(nil)
 )
 
 // NewValue returns a knob holding initial.
@@ -90,6 +97,7 @@ func (v *Value) Write(ctx context.Context, f *OpenFile, src []byte, off int64) (
 	v.mu.Lock()
 	v.val = nv
 	v.mu.Unlock()
+	v.notify()
 	return len(src), nil
 }
 
