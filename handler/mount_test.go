@@ -1,0 +1,384 @@
+package handler_test
+
+// Knobs, streams and snapshots through a real FUSE mount (fusebridge,
+// flat names), read and written by real processes.
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ramproc/ramproc/fusebridge"
+	"github.com/ramproc/ramproc/handler"
+	"github.com/ramproc/ramproc/internal/testenv"
+)
+
+func mountFS(t *testing.T, opts fusebridge.Options) *fusebridge.Server {
+	t.Helper()
+	testenv.RequireFUSE(t)
+	srv, err := fusebridge.Mount(filepath.Join(t.TempDir(), "mnt"), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := srv.Unmount(); err != nil {
+			t.Errorf("unmount: %v", err)
+		}
+	})
+	return srv
+}
+
+func publish(t *testing.T, srv *fusebridge.Server, name string, mode os.FileMode, h any) string {
+	t.Helper()
+	if _, err := srv.Create(name, mode, h); err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(srv.Mountpoint(), name)
+}
+
+// shellEscape spells s for printf '%b': backslash escapes for the bytes
+// that argv cannot carry (NUL) or that are awkward (newline, backslash).
+func shellEscape(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; c {
+		case 0:
+			b.WriteString(`\0000`)
+		case '\n':
+			b.WriteString(`\n`)
+		case '\\':
+			b.WriteString(`\\`)
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}
+
+// shWrite writes s to path with one printf in sh and reports whether the
+// shell said the write succeeded.
+func shWrite(t *testing.T, path, s string) (bool, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "sh", "-c", `printf '%b' "$1" > "$2"`, "sh", shellEscape(s), path).CombinedOutput()
+	return err == nil, string(out)
+}
+
+func catFile(t *testing.T, path string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "cat", path).Output()
+	if err != nil {
+		t.Fatalf("cat %s: %v", path, err)
+	}
+	return string(out)
+}
+
+// Every spelling of every knob kind, written by printf through the mount:
+// accepted ones change the value that cat and Get show, rejected ones fail
+// the write (EINVAL, ERANGE) and change nothing.
+func TestKnobSpellingsThroughMount(t *testing.T) {
+	srv := mountFS(t, fusebridge.Options{})
+	ik := handler.NewInt(5, -10, 1000)
+	ip := publish(t, srv, "int", 0o644, ik)
+	for _, c := range intSpellings {
+		if c.in == "" {
+			continue // printf '' makes no write(2); sysfs never sees one either
+		}
+		before := ik.Get()
+		ok, msg := shWrite(t, ip, c.in)
+		accepted := c.err == nil && c.want >= -10 && c.want <= 1000
+		want := before
+		if accepted {
+			want = c.want
+		}
+		if ok != accepted || ik.Get() != want || catFile(t, ip) != fmt.Sprintf("%d\n", want) {
+			t.Errorf("printf %q > int: ok=%v (%s), Get %d, cat %q; want ok=%v, %d", c.in, ok, strings.TrimSpace(msg), ik.Get(), catFile(t, ip), accepted, want)
+		}
+	}
+
+	bk := handler.NewBool(false)
+	bp := publish(t, srv, "bool", 0o644, bk)
+	for _, c := range boolSpellings {
+		if c.in == "" {
+			continue
+		}
+		bk.Set(!c.want)
+		before := bk.Get()
+		ok, _ := shWrite(t, bp, c.in)
+		want := before
+		if c.ok {
+			want = c.want
+		}
+		shown := map[bool]string{true: "1\n", false: "0\n"}[want]
+		if ok != c.ok || bk.Get() != want || catFile(t, bp) != shown {
+			t.Errorf("printf %q > bool: ok=%v, Get %v, cat %q; want ok=%v, %v", c.in, ok, bk.Get(), catFile(t, bp), c.ok, want)
+		}
+	}
+
+	ek := handler.NewEnum("b", "a", "b", "c")
+	ep := publish(t, srv, "enum", 0o644, ek)
+	for _, c := range []struct {
+		in, want string
+		ok       bool
+	}{
+		{"a", "[a] b c\n", true}, {"c\n", "a b [c]\n", true}, {"A", "a b [c]\n", false},
+		{" a", "a b [c]\n", false}, {"[a]", "a b [c]\n", false}, {"a\n\n", "a b [c]\n", false},
+		{"\n", "a b [c]\n", false}, {"a b", "a b [c]\n", false}, {"b\n", "a [b] c\n", true},
+	} {
+		ok, _ := shWrite(t, ep, c.in)
+		if got := catFile(t, ep); ok != c.ok || got != c.want {
+			t.Errorf("printf %q > enum: ok=%v, cat %q; want ok=%v, %q", c.in, ok, got, c.ok, c.want)
+		}
+	}
+
+	sk := handler.NewString("init", 8)
+	sp := publish(t, srv, "string", 0o644, sk)
+	for _, c := range []struct {
+		in, want string
+		ok       bool
+	}{{"uplink\n", "uplink", true}, {"12345678", "12345678", true}, {"123456789", "12345678", false}, {"a\nb", "12345678", false}, {"x\x00y", "12345678", false}, {"\n", "", true}} {
+		ok, _ := shWrite(t, sp, c.in)
+		if got := catFile(t, sp); ok != c.ok || sk.Get() != c.want || got != c.want+"\n" {
+			t.Errorf("printf %q > string: ok=%v, Get %q, cat %q; want ok=%v, %q", c.in, ok, sk.Get(), got, c.ok, c.want)
+		}
+	}
+
+	// echo adds the newline; the errno of a rejected write is EINVAL.
+	out, err := exec.Command("sh", "-c", "echo 42 > "+ip+" && echo on > "+bp+" && echo a > "+ep+" && cat "+ip+" "+bp+" "+ep).CombinedOutput()
+	if err != nil || string(out) != "42\n1\n[a] b c\n" {
+		t.Errorf("echo into three knobs: %q, %v", out, err)
+	}
+	fd, err := unix.Open(ip, unix.O_WRONLY|unix.O_TRUNC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	for in, want := range map[string]syscall.Errno{"abc\n": unix.EINVAL, "1001\n": unix.EINVAL, "99999999999999999999\n": unix.ERANGE, strings.Repeat("1", 4097): unix.E2BIG} {
+		if _, err := unix.Write(fd, []byte(in)); !errors.Is(err, want) || ik.Get() != 42 {
+			t.Errorf("write(%.20q): %v, value %d; want %v, 42", in, err, ik.Get(), want)
+		}
+	}
+}
+
+// The mode bits decide who may set a knob: nobody can read a 0644 knob but
+// not write it, and cannot read a 0600 one; root can do both.
+func TestKnobModeBitsAsNobody(t *testing.T) {
+	srv := mountFS(t, fusebridge.Options{AllowOther: true})
+	// nobody must be able to walk to the mountpoint (t.TempDir makes
+	// two directories of mode 0700).
+	for d := filepath.Dir(srv.Mountpoint()); d != os.TempDir(); d = filepath.Dir(d) {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	k := handler.NewInt(1, 0, 9)
+	p := publish(t, srv, "level", 0o644, k)
+	secret := publish(t, srv, "secret", 0o600, handler.NewString("s3cret", 0))
+	nobody := func(script string) (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c := exec.CommandContext(ctx, "sh", "-c", script)
+		c.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		out, err := c.CombinedOutput()
+		return string(out), err
+	}
+	if out, err := nobody("cat " + p); err != nil || out != "1\n" {
+		t.Errorf("nobody reading a 0644 knob: %q, %v", out, err)
+	}
+	if out, err := nobody("echo 7 > " + p); err == nil || !strings.Contains(out, "Permission denied") || k.Get() != 1 {
+		t.Errorf("nobody writing a 0644 knob: %q, %v, value %d; want Permission denied, 1", out, err, k.Get())
+	}
+	if out, err := nobody("cat " + secret); err == nil || !strings.Contains(out, "Permission denied") {
+		t.Errorf("nobody reading a 0600 knob: %q, %v; want Permission denied", out, err)
+	}
+	if ok, msg := shWrite(t, p, "7\n"); !ok || k.Get() != 7 {
+		t.Errorf("root writing the 0644 knob: %v %s, value %d", ok, msg, k.Get())
+	}
+}
+
+// Set from Go, writes through the mount and reads through the mount, all
+// at once: every read shows one whole value, and the knob ends at a value
+// some writer stored.
+func TestKnobConcurrencyThroughMount(t *testing.T) {
+	srv := mountFS(t, fusebridge.Options{})
+	k := handler.NewInt(0, 0, 1<<30)
+	p := publish(t, srv, "k", 0o644, k)
+	var wg sync.WaitGroup
+	errs := make(chan error, 100)
+	deadline := time.Now().Add(time.Second)
+	for w := range 2 {
+		wg.Add(2)
+		go func() { // Set
+			defer wg.Done()
+			for i := 1; time.Now().Before(deadline); i++ {
+				if err := k.Set(int64(w<<20 | i)); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+		go func() { // write(2)
+			defer wg.Done()
+			fd, err := unix.Open(p, unix.O_WRONLY, 0)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer unix.Close(fd)
+			for i := 1; time.Now().Before(deadline); i++ {
+				if _, err := unix.Write(fd, fmt.Appendf(nil, "%#o\n", 1<<29|w<<20|i)); err != nil {
+					errs <- err
+					return
+				}
+				if _, err := unix.Write(fd, []byte("-3\n")); !errors.Is(err, unix.EINVAL) {
+					errs <- fmt.Errorf("a rejected write: %v", err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Add(1)
+	go func() { // read(2)
+		defer wg.Done()
+		for time.Now().Before(deadline) {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				errs <- err
+				return
+			}
+			if v, err := strconv.ParseInt(strings.TrimSuffix(string(b), "\n"), 10, 64); err != nil || v < 0 || !strings.HasSuffix(string(b), "\n") {
+				errs <- fmt.Errorf("a read showed %q", b)
+				return
+			}
+		}
+	}()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if got := catFile(t, p); got != fmt.Sprintf("%d\n", k.Get()) {
+		t.Errorf("cat %q, Get %d", got, k.Get())
+	}
+}
+
+// A stream read through the mount in 1-byte, 4 KiB and 1 MiB pieces is
+// the same content generated whole, and every read(2) of at least the
+// largest record ends at a record boundary.
+func TestStreamThroughMount(t *testing.T) {
+	srv := mountFS(t, fusebridge.Options{})
+	small, smallWhole := table(100)
+	big, bigWhole := table(30000)
+	sp := publish(t, srv, "small", 0o444, small)
+	bp := publish(t, srv, "big", 0o444, big)
+	for _, c := range []struct {
+		path  string
+		whole []byte
+		size  int
+	}{{sp, smallWhole, 1}, {bp, bigWhole, 4096}, {bp, bigWhole, 1 << 20}} {
+		fd, err := unix.Open(c.path, unix.O_RDONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []byte
+		buf := make([]byte, c.size)
+		for {
+			n, err := unix.Read(fd, buf)
+			if err != nil {
+				t.Fatalf("read: %v", err)
+			}
+			if n == 0 {
+				break
+			}
+			if c.size >= 300 && (buf[n-1] != '\n' || (len(got) > 0 && got[len(got)-1] != '\n')) {
+				t.Errorf("a read of %d at %d returned %d bytes, not ending at a record boundary", c.size, len(got), n)
+			}
+			got = append(got, buf[:n]...)
+		}
+		// A seek back regenerates from the start.
+		if _, err := unix.Seek(fd, 0, 0); err != nil {
+			t.Fatal(err)
+		}
+		n, _ := unix.Read(fd, buf)
+		unix.Close(fd)
+		if !bytes.Equal(got, c.whole) || !bytes.Equal(buf[:n], c.whole[:n]) || n == 0 {
+			t.Errorf("%s in %d-byte reads: %d bytes (first difference at %d), want the %d generated whole; after a seek to 0: %q...", filepath.Base(c.path), c.size, len(got), firstDiff(got, c.whole), len(c.whole), buf[:min(n, 20)])
+		}
+	}
+	// cat (128 KiB reads) sees the same.
+	if got := catFile(t, bp); got != string(bigWhole) {
+		t.Errorf("cat: %d bytes, want %d", len(got), len(bigWhole))
+	}
+}
+
+func vmRSS(t *testing.T) int64 {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return kb << 10
+		}
+	}
+	t.Fatal("no VmRSS in /proc/self/status")
+	return 0
+}
+
+// After a reader closes a 64 MiB Generated file, this process's RSS comes
+// back near where it was before the open, within seconds.
+func TestGeneratedMemoryAfterRelease(t *testing.T) {
+	srv := mountFS(t, fusebridge.Options{})
+	line := append(bytes.Repeat([]byte("z"), 99), '\n')
+	var peak, size int64
+	p := publish(t, srv, "big", 0o444, handler.Generated(func(context.Context) ([]byte, error) {
+		var b []byte // grown by append, as most generators do
+		for len(b) < 64<<20 {
+			b = append(b, line...)
+		}
+		peak, size = vmRSS(t), int64(len(b))
+		return b, nil
+	}))
+	debug.FreeOSMemory()
+	before := vmRSS(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, "sh", "-c", "wc -c < "+p).CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != strconv.FormatInt(size, 10) {
+		t.Fatalf("wc -c: %q, %v", out, err)
+	}
+	if peak < before+64<<20 {
+		t.Fatalf("RSS while generating %d MiB, before %d MiB: the measurement does not see the snapshot", peak>>20, before>>20)
+	}
+	const bound = 16 << 20
+	var after int64
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if after = vmRSS(t); after <= before+bound {
+			break
+		}
+	}
+	t.Logf("RSS before open %d MiB, while open %d MiB, after close %d MiB", before>>20, peak>>20, after>>20)
+	if after > before+bound {
+		t.Errorf("RSS %d MiB five seconds after the close, %d MiB before the open: want within %d MiB", after>>20, before>>20, bound>>20)
+	}
+}
