@@ -286,6 +286,12 @@ func (s *Server) start(mountpoint string, direct bool) error {
 		DirectMountStrict:        direct,
 		Debug:                    s.opts.Debug,
 		Logger:                   slog.NewLogLogger(s.opts.Logger.Handler(), slog.LevelDebug),
+
+		// No handler returns a file-descriptor read result, so go-fuse's
+		// splice attempt only resized a pipe and wrote the header into it
+		// before falling back, on every READ: 1.05 -> 1.55 GiB/s for cat
+		// of a streamed file.
+		DisableSplice: true,
 	}
 	rawFS := gofs.NewNodeFS(s.root, &gofs.Options{
 		MountOptions:    mo,
