@@ -176,16 +176,16 @@ func (k *Knob[T]) String() string {
 	return string(trimNewline(k.codec.Format(k.Get())))
 }
 
-// IntCodec is the codec of NewInt: kstrtoll spellings (see ParseInt),
+// intCodec is the codec of NewInt: kstrtoll spellings (see ParseInt),
 // shown in decimal with a newline, within [Min, Max].
-type IntCodec struct{ Min, Max int64 }
+type intCodec struct{ Min, Max int64 }
 
 // Parse accepts what ParseInt accepts.
-func (IntCodec) Parse(b []byte) (int64, error) { return ParseInt(b) }
+func (intCodec) Parse(b []byte) (int64, error) { return ParseInt(b) }
 
 // Check rejects a number outside [Min, Max] with EINVAL, as a driver's
 // store() that checks its range does.
-func (c IntCodec) Check(v int64) error {
+func (c intCodec) Check(v int64) error {
 	if v < c.Min || v > c.Max {
 		return syscall.EINVAL
 	}
@@ -193,7 +193,7 @@ func (c IntCodec) Check(v int64) error {
 }
 
 // Format shows v in decimal, as sysfs_emit(buf, "%lld\n", v).
-func (IntCodec) Format(v int64) []byte { return append(strconv.AppendInt(nil, v, 10), '\n') }
+func (intCodec) Format(v int64) []byte { return append(strconv.AppendInt(nil, v, 10), '\n') }
 
 // NewInt returns an integer knob holding initial that accepts values in
 // [min, max], spelled as the kernel's kstrtoll(s, 0, ...) accepts them
@@ -205,22 +205,22 @@ func NewInt(initial, min, max int64) *Knob[int64] {
 	if initial < min || initial > max {
 		panic(fmt.Sprintf("handler.NewInt: initial value %d outside [%d, %d]", initial, min, max))
 	}
-	return NewKnob(initial, Codec[int64](IntCodec{min, max}))
+	return NewKnob(initial, Codec[int64](intCodec{min, max}))
 }
 
-// BoolCodec is the codec of NewBool: kstrtobool spellings (see ParseBool),
+// boolCodec is the codec of NewBool: kstrtobool spellings (see ParseBool),
 // shown as "1\n" or "0\n", the convention of sysfs device attributes
 // (sysfs_emit(buf, "%d\n", v)); module parameters show Y/N instead.
-type BoolCodec struct{}
+type boolCodec struct{}
 
 // Parse accepts what ParseBool accepts.
-func (BoolCodec) Parse(b []byte) (bool, error) { return ParseBool(b) }
+func (boolCodec) Parse(b []byte) (bool, error) { return ParseBool(b) }
 
 // Check accepts both values.
-func (BoolCodec) Check(bool) error { return nil }
+func (boolCodec) Check(bool) error { return nil }
 
 // Format shows "1\n" for true and "0\n" for false.
-func (BoolCodec) Format(v bool) []byte {
+func (boolCodec) Format(v bool) []byte {
 	if v {
 		return []byte("1\n")
 	}
@@ -231,10 +231,10 @@ func (BoolCodec) Format(v bool) []byte {
 // kernel's kstrtobool accepts (1/0, y/n, t/f, on/off in any case, with or
 // without a trailing newline; only the first one or two characters count,
 // see ParseBool); reads show "1\n" or "0\n", as sysfs device attributes do.
-func NewBool(initial bool) *Knob[bool] { return NewKnob(initial, Codec[bool](BoolCodec{})) }
+func NewBool(initial bool) *Knob[bool] { return NewKnob(initial, Codec[bool](boolCodec{})) }
 
-// EnumCodec is the codec of NewEnum.
-type EnumCodec struct {
+// enumCodec is the codec of NewEnum.
+type enumCodec struct {
 	// Choices are the accepted words, in the order reads list them.
 	Choices []string
 }
@@ -243,13 +243,13 @@ type EnumCodec struct {
 // newline, as the kernel's sysfs_match_string (sysfs_streq) does: case
 // matters, and surrounding spaces or brackets are not accepted. Anything
 // else is EINVAL.
-func (c EnumCodec) Parse(b []byte) (string, error) {
+func (c enumCodec) Parse(b []byte) (string, error) {
 	w := string(trimNewline(cString(b)))
 	return w, c.Check(w)
 }
 
 // Check rejects a word that is not one of the choices with EINVAL.
-func (c EnumCodec) Check(v string) error {
+func (c enumCodec) Check(v string) error {
 	for _, ch := range c.Choices {
 		if v == ch {
 			return nil
@@ -261,7 +261,7 @@ func (c EnumCodec) Check(v string) error {
 // Format lists every choice, separated by spaces, with the current one in
 // brackets, as /sys/block/*/queue/scheduler and
 // /sys/kernel/mm/transparent_hugepage/enabled show theirs: "a [b] c\n".
-func (c EnumCodec) Format(v string) []byte {
+func (c enumCodec) Format(v string) []byte {
 	var b bytes.Buffer
 	for i, ch := range c.Choices {
 		if i > 0 {
@@ -294,11 +294,11 @@ func NewEnum(initial string, choices ...string) *Knob[string] {
 	if !found {
 		panic(fmt.Sprintf("handler.NewEnum: initial value %q is not one of %q", initial, choices))
 	}
-	return NewKnob(initial, Codec[string](EnumCodec{Choices: append([]string(nil), choices...)}))
+	return NewKnob(initial, Codec[string](enumCodec{Choices: append([]string(nil), choices...)}))
 }
 
-// StringCodec is the codec of NewString.
-type StringCodec struct {
+// stringCodec is the codec of NewString.
+type stringCodec struct {
 	// MaxLen is the longest value in bytes; 0 means 4096, what one sysfs
 	// write can carry.
 	MaxLen int
@@ -308,14 +308,14 @@ type StringCodec struct {
 // attributes such as /sys/class/net/*/ifalias store them. A value longer
 // than MaxLen, or holding a newline or a NUL (a read could not show it
 // back as it was written), is EINVAL.
-func (c StringCodec) Parse(b []byte) (string, error) {
+func (c stringCodec) Parse(b []byte) (string, error) {
 	s := string(trimNewline(b))
 	return s, c.Check(s)
 }
 
 // Check rejects a value longer than MaxLen or holding a newline or a NUL
 // with EINVAL.
-func (c StringCodec) Check(v string) error {
+func (c stringCodec) Check(v string) error {
 	limit := c.MaxLen
 	if limit <= 0 {
 		limit = maxStore
@@ -327,14 +327,14 @@ func (c StringCodec) Check(v string) error {
 }
 
 // Format shows the value followed by a newline.
-func (StringCodec) Format(v string) []byte { return append([]byte(v), '\n') }
+func (stringCodec) Format(v string) []byte { return append([]byte(v), '\n') }
 
 // NewString returns a string knob holding initial, at most maxLen bytes
 // long (0: 4096, what one sysfs write can carry). A write stores
 // its bytes without one trailing newline; a read shows the value with a
 // newline. It panics if initial itself is not a valid value.
 func NewString(initial string, maxLen int) *Knob[string] {
-	c := StringCodec{MaxLen: maxLen}
+	c := stringCodec{MaxLen: maxLen}
 	if c.Check(initial) != nil {
 		panic(fmt.Sprintf("handler.NewString: initial value %q is longer than %d bytes or holds a newline or NUL", initial, maxLen))
 	}
