@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -498,5 +499,46 @@ func TestKnobOnNoOpenMount(t *testing.T) {
 	}
 	if ok, _ := shWrite(t, p, "medium\n"); ok || k.Get() != "high" || catFile(t, p) != "low [high]\n" {
 		t.Errorf("a rejected write on a NoOpen mount: ok=%v, Get %q", ok, k.Get())
+	}
+}
+
+// A reader that gets a signal while the stream's function waits is not
+// stuck: the kernel sends INTERRUPT, the function's ctx is cancelled, the
+// read fails and the reader dies of its signal; the file stays readable.
+func TestStreamInterruptThroughMount(t *testing.T) {
+	srv := mountFS(t, fusebridge.Options{})
+	var block atomic.Bool
+	block.Store(true)
+	cancelled := make(chan struct{}, 1)
+	p := publish(t, srv, "slow", 0o444, handler.Stream(func(ctx context.Context, w *handler.RecordWriter) error {
+		if _, err := w.WriteString("first\n"); err != nil {
+			return err
+		}
+		if block.Load() {
+			<-ctx.Done()
+			cancelled <- struct{}{}
+			return ctx.Err()
+		}
+		_, err := w.WriteString("second\n")
+		return err
+	}))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	start := time.Now()
+	// timeout(1) sends SIGINT after half a second, while cat's first read
+	// waits in the function.
+	err := exec.CommandContext(ctx, "timeout", "-s", "INT", "0.5", "cat", p).Run()
+	took := time.Since(start)
+	if err == nil || took > 10*time.Second {
+		t.Errorf("cat interrupted after 0.5 s: %v after %v; want it killed by its signal at once", err, took)
+	}
+	select {
+	case <-cancelled:
+	case <-time.After(5 * time.Second):
+		t.Error("the function's ctx was not cancelled by the interrupt")
+	}
+	block.Store(false)
+	if got := catFile(t, p); got != "first\nsecond\n" {
+		t.Errorf("cat afterwards: %q", got)
 	}
 }

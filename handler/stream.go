@@ -5,6 +5,8 @@ import (
 	"errors"
 	"iter"
 	"sync"
+	"sync/atomic"
+	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 )
@@ -35,8 +37,14 @@ import (
 //     at that point; returning nil ends the file.
 //
 // The function's ctx carries the Caller of the open(2) (CallerOf works on
-// it) and is cancelled when the file is released or the generation is
-// restarted; w.Write then returns an error and the function should return.
+// it) and is cancelled when the file is released, when the generation is
+// restarted, and when the read it is producing for is interrupted (the
+// reader got a signal; the read fails with EINTR and the next read starts
+// a new generation and skips to its offset, so an interrupted reader that
+// retries sees nothing lost). w.Write then returns an error and the
+// function should return; a function that waits for something should wait
+// on ctx.Done() too, or a reader killed during the wait is stuck until it
+// ends.
 //
 // Its size is unknown, so a Stream has no SnapshotSizer and must be served
 // with direct I/O on a connection that sends OPEN: it works on an ordinary
@@ -91,10 +99,19 @@ type streamState struct {
 	// restart); next resumes it until it suspends, stop ends it.
 	next   func() (struct{}, bool)
 	stop   func()
+	ctx    context.Context // the function's
 	cancel context.CancelFunc
 	yield  func(struct{}) bool
 	done   bool  // the function returned
 	err    error // what it returned
+
+	// cancelMu guards a copy of cancel that Release calls without s.mu.
+	cancelMu sync.Mutex
+	cancelFn context.CancelFunc
+
+	// interrupted is set (from the goroutine that watches the read's ctx)
+	// when a read was interrupted while the function ran for it.
+	interrupted atomic.Bool
 
 	// pos is the stream offset of the next byte not yet delivered, which
 	// is where pending (the unread tail of a record cut by a short read or
@@ -134,12 +151,15 @@ func (g Stream) Read(ctx context.Context, f *OpenFile, dst []byte, off int64) (i
 		}
 		s = f.Private.(*streamState)
 	}
-	return s.read(dst, off)
+	return s.read(ctx, dst, off)
 }
 
 // Release ends the generation and frees the file's buffers.
 func (g Stream) Release(ctx context.Context, f *OpenFile) {
 	if s, ok := f.Private.(*streamState); ok {
+		// Cancel first, without s.mu: a read may hold it while the
+		// function waits on its ctx.
+		s.cancelGen()
 		s.mu.Lock()
 		s.end()
 		s.pending = nil
@@ -148,17 +168,19 @@ func (g Stream) Release(ctx context.Context, f *OpenFile) {
 	f.Private = nil
 }
 
-func (s *streamState) read(dst []byte, off int64) (int, error) {
+func (s *streamState) read(ctx context.Context, dst []byte, off int64) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if off < 0 {
 		return 0, nil
 	}
-	if off < s.pos {
+	if off < s.pos || s.interrupted.Load() {
+		// After an interrupt the generation was cancelled midway: start
+		// again and skip to off.
 		s.restart()
 	}
 	if off > s.pos {
-		if err := s.skipTo(off); err != nil {
+		if err := s.skipTo(ctx, off); err != nil {
 			return 0, err
 		}
 		if s.pos < off {
@@ -180,9 +202,15 @@ func (s *streamState) read(dst []byte, off int64) (int, error) {
 	}
 	// Let the function fill the rest of dst with whole records.
 	s.skip, s.out, s.n = false, dst, n
-	s.resume()
+	s.resume(ctx)
 	n = s.n
 	s.out = nil
+	if s.interrupted.Load() {
+		// What the function placed in dst is dropped with the rest of
+		// the generation: the next read restarts it and skips to its
+		// offset, which the kernel did not advance.
+		return 0, syscall.EINTR
+	}
 	if n == 0 && s.done {
 		return 0, s.err
 	}
@@ -191,7 +219,7 @@ func (s *streamState) read(dst []byte, off int64) (int, error) {
 
 // skipTo drops records up to off; the tail of a record that straddles it
 // is kept in pending.
-func (s *streamState) skipTo(off int64) error {
+func (s *streamState) skipTo(ctx context.Context, off int64) error {
 	if len(s.pending) > 0 {
 		if d := off - s.pos; d < int64(len(s.pending)) {
 			s.pending = s.pending[d:]
@@ -208,8 +236,11 @@ func (s *streamState) skipTo(off int64) error {
 		return nil
 	}
 	s.skip, s.target = true, off
-	s.resume()
+	s.resume(ctx)
 	s.skip = false
+	if s.interrupted.Load() {
+		return syscall.EINTR
+	}
 	if s.pos < off && s.done {
 		return s.err
 	}
@@ -217,13 +248,25 @@ func (s *streamState) skipTo(off int64) error {
 }
 
 // resume runs the function until it suspends or returns, starting it on
-// the first call.
-func (s *streamState) resume() {
+// the first call. If the read's ctx (readCtx) is cancelled meanwhile, the
+// function's ctx is cancelled too and interrupted is set.
+func (s *streamState) resume(readCtx context.Context) {
 	if s.next == nil {
 		s.begin()
 	}
+	var unwatch func() bool
+	if readCtx.Done() != nil {
+		cancel := s.cancel
+		unwatch = context.AfterFunc(readCtx, func() {
+			s.interrupted.Store(true)
+			cancel()
+		})
+	}
 	if _, ok := s.next(); !ok {
 		s.done = true
+	}
+	if unwatch != nil {
+		unwatch()
 	}
 }
 
@@ -232,8 +275,12 @@ func (s *streamState) begin() {
 	if s.caller != nil {
 		ctx = fuse.NewContext(ctx, s.caller)
 	}
-	s.cancel = cancel
+	s.ctx, s.cancel = ctx, cancel
+	s.cancelMu.Lock()
+	s.cancelFn = cancel
+	s.cancelMu.Unlock()
 	s.stopped = false
+	s.interrupted.Store(false)
 	w := &RecordWriter{s: s}
 	s.next, s.stop = iter.Pull(func(yield func(struct{}) bool) {
 		s.yield = yield
@@ -253,7 +300,16 @@ func (s *streamState) end() {
 	if s.stop != nil {
 		s.stop()
 	}
-	s.next, s.stop, s.cancel, s.yield = nil, nil, nil, nil
+	s.next, s.stop, s.ctx, s.cancel, s.yield = nil, nil, nil, nil, nil
+}
+
+// cancelGen cancels the running generation's ctx; it needs no s.mu.
+func (s *streamState) cancelGen() {
+	s.cancelMu.Lock()
+	if s.cancelFn != nil {
+		s.cancelFn()
+	}
+	s.cancelMu.Unlock()
 }
 
 // restart goes back to offset 0 with a new generation.
@@ -278,6 +334,10 @@ func (s *streamState) record(p []byte) error {
 	for {
 		if s.stopped {
 			return errStopped
+		}
+		if err := s.ctx.Err(); err != nil {
+			// Interrupted or released: stop producing.
+			return err
 		}
 		if s.skip {
 			if end := s.pos + int64(len(p)); end <= s.target {

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 
@@ -229,4 +230,47 @@ func TestStreamMemory(t *testing.T) {
 // fuseCtx is the ctx of a FUSE request made by uid and pid.
 func fuseCtx(uid, pid uint32) context.Context {
 	return &fuse.Context{Caller: fuse.Caller{Owner: fuse.Owner{Uid: uid}, Pid: pid}}
+}
+
+// An interrupted read (the reader got a signal: the kernel sends
+// INTERRUPT and the read's ctx is cancelled) cancels the function's ctx,
+// fails with EINTR, and the retry at the same offset gets the content.
+func TestStreamInterrupt(t *testing.T) {
+	var block atomic.Bool
+	block.Store(true)
+	s := handler.Stream(func(ctx context.Context, w *handler.RecordWriter) error {
+		for i := 0; i < 100; i++ {
+			if i == 50 && block.Load() {
+				<-ctx.Done() // waits for data that never comes
+				return ctx.Err()
+			}
+			if _, err := fmt.Fprintf(w, "%03d\n", i); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	f := openStream(s)
+	buf := make([]byte, 100)
+	// Records 0-24, then 25-49; the third read reaches the wait.
+	for off := int64(0); off < 200; off += 100 {
+		if n, err := s.Read(context.Background(), f, buf, off); err != nil || n != 100 {
+			t.Fatalf("read at %d: %d, %v", off, n, err)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(50*time.Millisecond, cancel)
+	if n, err := s.Read(ctx, f, buf, 200); !errors.Is(err, syscall.EINTR) || n != 0 {
+		t.Fatalf("the interrupted read: %d, %v; want EINTR", n, err)
+	}
+	block.Store(false)
+	n, err := s.Read(context.Background(), f, buf, 200)
+	var want []byte
+	for i := 50; i < 75; i++ {
+		want = fmt.Appendf(want, "%03d\n", i)
+	}
+	if err != nil || string(buf[:n]) != string(want) {
+		t.Errorf("the retry: %q, %v; want %q", buf[:n], err, want)
+	}
+	s.Release(context.Background(), f)
 }
