@@ -54,7 +54,8 @@ func (g Generated) Release(ctx context.Context, f *OpenFile) { releaseSnapshot(f
 // rejects the write and leaves the value unchanged.
 //
 // Value implements Changer: a bridge that registered with Changed is told
-// after each write that changed it. For typed values (numbers, booleans,
+// after each write that changed it (from another goroutine, shortly after
+// the write is answered). For typed values (numbers, booleans,
 // words) prefer a Knob, which parses and validates for you.
 type Value struct {
 	mu  sync.Mutex
@@ -112,7 +113,9 @@ func (v *Value) Write(ctx context.Context, f *OpenFile, src []byte, off int64) (
 	v.mu.Lock()
 	v.val = nv
 	v.mu.Unlock()
-	v.notify()
+	// On its own goroutine: see Knob.OnChange for why not from inside
+	// the write.
+	v.notifyLater()
 	return len(src), nil
 }
 

@@ -95,7 +95,7 @@ func (k *Knob[T]) Get() T { return *k.cur.Load() }
 // Validate function; a rejected value leaves the knob unchanged and the
 // error is returned. On success the OnChange functions and the bridge's
 // notifications run before Set returns.
-func (k *Knob[T]) Set(v T) error { return k.store(v) }
+func (k *Knob[T]) Set(v T) error { return k.store(v, false) }
 
 // Validate adds a check that every new value must pass, after the codec's
 // own; an error rejects the change (a write then fails with the error's
@@ -110,8 +110,14 @@ func (k *Knob[T]) Validate(check func(T) error) *Knob[T] {
 
 // OnChange adds a function called after each change with the value before
 // and after it, from the goroutine that made the change (a Set caller, or
-// the bridge serving a write). Writing the same value again is a change
-// too, as a store() of the same value is. It returns k.
+// the bridge serving a write), before Set or the write returns. Writing the
+// same value again is a change too, as a store() of the same value is. It
+// returns k.
+//
+// The bridge's notifications (Changer) run before Set returns, but after
+// a write through the mount they run on their own goroutine: the kernel
+// may hold the written pages locked until the write is answered, and an
+// invalidation of them from inside the write would wait for itself.
 func (k *Knob[T]) OnChange(fn func(old, new T)) *Knob[T] {
 	k.change.Lock()
 	k.onChange = append(k.onChange, fn)
@@ -119,7 +125,9 @@ func (k *Knob[T]) OnChange(fn func(old, new T)) *Knob[T] {
 	return k
 }
 
-func (k *Knob[T]) store(v T) error {
+// store validates and stores v, then tells the observers and the bridge.
+// fromWrite is set when a write through the mount made the change.
+func (k *Knob[T]) store(v T, fromWrite bool) error {
 	if err := k.codec.Check(v); err != nil {
 		return err
 	}
@@ -137,7 +145,11 @@ func (k *Knob[T]) store(v T) error {
 	k.change.Unlock()
 	// Outside every lock: a notify may make the kernel call back into
 	// this knob's Read.
-	k.notify()
+	if fromWrite {
+		k.notifyLater()
+	} else {
+		k.notify()
+	}
 	return nil
 }
 
@@ -164,7 +176,7 @@ func (k *Knob[T]) Write(ctx context.Context, f *OpenFile, src []byte, off int64)
 	if err != nil {
 		return 0, err
 	}
-	if err := k.store(v); err != nil {
+	if err := k.store(v, true); err != nil {
 		return 0, err
 	}
 	return len(src), nil
@@ -364,6 +376,17 @@ func (n *notifiers) Changed(notify func()) (stop func()) {
 		n.mu.Lock()
 		delete(n.fns, id)
 		n.mu.Unlock()
+	}
+}
+
+// notifyLater runs notify on its own goroutine, for changes made inside a
+// write request (see Knob.OnChange).
+func (n *notifiers) notifyLater() {
+	n.mu.Lock()
+	some := len(n.fns) > 0
+	n.mu.Unlock()
+	if some {
+		go n.notify()
 	}
 }
 

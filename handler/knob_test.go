@@ -7,8 +7,10 @@ import (
 	"math"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/ramproc/ramproc/handler"
 )
@@ -275,10 +277,14 @@ func TestKnobObservers(t *testing.T) {
 			return nil
 		}).
 		OnChange(func(old, new int64) { log = append(log, fmt.Sprintf("%d->%d", old, new)) })
-	notified := 0
-	stop := k.Changed(func() { notified++ })
+	var notified atomic.Int64
+	stop := k.Changed(func() { notified.Add(1) })
 	if err := k.Set(2); err != nil {
 		t.Fatal(err)
+	}
+	// Set notifies before it returns.
+	if n := notified.Load(); n != 1 {
+		t.Errorf("%d notifications right after Set, want 1", n)
 	}
 	if err := write(k, "4\n"); err != nil {
 		t.Fatal(err)
@@ -292,27 +298,44 @@ func TestKnobObservers(t *testing.T) {
 	if err := write(k, "999"); !errors.Is(err, syscall.EINVAL) {
 		t.Errorf("write 999 out of bounds: %v", err)
 	}
-	if got := strings.Join(log, " "); got != "1->2 2->4" || notified != 2 || k.Get() != 4 {
-		t.Errorf("OnChange log %q, %d notifications, value %d; want \"1->2 2->4\", 2, 4", got, notified, k.Get())
+	// A write notifies from its own goroutine.
+	waitCount(t, &notified, 2)
+	if got := strings.Join(log, " "); got != "1->2 2->4" || k.Get() != 4 {
+		t.Errorf("OnChange log %q, value %d; want \"1->2 2->4\", 4", got, k.Get())
 	}
 	stop()
 	k.Set(6)
-	if notified != 2 {
-		t.Errorf("notified after stop: %d", notified)
+	write(k, "8")
+	time.Sleep(20 * time.Millisecond)
+	if n := notified.Load(); n != 2 {
+		t.Errorf("notified after stop: %d", n)
 	}
 }
 
 func TestValueIsChanger(t *testing.T) {
 	v := handler.NewValue("a\n")
 	var c handler.Changer = v
-	n := 0
-	stop := c.Changed(func() { n++ })
+	var n atomic.Int64
+	stop := c.Changed(func() { n.Add(1) })
 	defer stop()
 	write(v, "b\n")
 	v.Set = func(context.Context, []byte) error { return syscall.EINVAL }
 	write(v, "c\n")
-	if n != 1 || string(v.Get()) != "b\n" {
-		t.Errorf("%d notifications, value %q; want 1 (the rejected write is none), \"b\\n\"", n, v.Get())
+	waitCount(t, &n, 1)
+	time.Sleep(20 * time.Millisecond)
+	if n.Load() != 1 || string(v.Get()) != "b\n" {
+		t.Errorf("%d notifications, value %q; want 1 (the rejected write is none), \"b\\n\"", n.Load(), v.Get())
+	}
+}
+
+// waitCount waits up to 5 seconds for c to reach want.
+func waitCount(t *testing.T, c *atomic.Int64, want int64) {
+	t.Helper()
+	for end := time.Now().Add(5 * time.Second); c.Load() < want && time.Now().Before(end); {
+		time.Sleep(time.Millisecond)
+	}
+	if got := c.Load(); got != want {
+		t.Errorf("%d notifications, want %d", got, want)
 	}
 }
 
@@ -332,9 +355,8 @@ func TestKnobConcurrency(t *testing.T) {
 		mu.Unlock()
 	})
 	var notes sync.WaitGroup
-	var count sync.Mutex
-	notified := 0
-	k.Changed(func() { count.Lock(); notified++; count.Unlock() })
+	var notified atomic.Int64
+	k.Changed(func() { notified.Add(1) })
 	const writers, each = 4, 300
 	var wg sync.WaitGroup
 	for w := 0; w < writers; w++ {
@@ -383,7 +405,8 @@ func TestKnobConcurrency(t *testing.T) {
 	wg.Wait()
 	close(stopReaders)
 	notes.Wait()
-	if broken != 0 || notified != writers*each || last != k.Get() {
-		t.Errorf("OnChange chain broken %d times, %d notifications (want %d), last %d vs Get %d", broken, notified, writers*each, last, k.Get())
+	waitCount(t, &notified, writers*each)
+	if broken != 0 || last != k.Get() {
+		t.Errorf("OnChange chain broken %d times, last %d vs Get %d", broken, last, k.Get())
 	}
 }
