@@ -287,7 +287,7 @@ func TestKnobConcurrencyThroughMount(t *testing.T) {
 // largest record ends at a record boundary.
 func TestStreamThroughMount(t *testing.T) {
 	srv := mountFS(t, fusebridge.Options{})
-	small, smallWhole := table(100)
+	small, smallWhole := table(40)
 	big, bigWhole := table(30000)
 	sp := publish(t, srv, "small", 0o444, small)
 	bp := publish(t, srv, "big", 0o444, big)
