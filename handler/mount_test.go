@@ -473,9 +473,24 @@ func TestStreamConcurrentReaders(t *testing.T) {
 // reaches it and the next read shows the new value (the bridge drops the
 // snapshot after each write); a rejected write still fails with EINVAL.
 func TestKnobOnNoOpenMount(t *testing.T) {
-	srv := mountFS(t, fusebridge.Options{NoOpen: true})
+	t.Run("NoOpen", func(t *testing.T) { testKnobNoOpen(t, fusebridge.Options{NoOpen: true}) })
+	// As a handler file of a NoOpenHandlers mount the knob lives on the
+	// second, no-open connection, bind-mounted over its name.
+	t.Run("NoOpenHandlers", func(t *testing.T) { testKnobNoOpen(t, fusebridge.Options{NoOpenHandlers: true}) })
+}
+
+func testKnobNoOpen(t *testing.T, opts fusebridge.Options) {
+	srv := mountFS(t, opts)
 	k := handler.NewEnum("low", "low", "high")
 	p := publish(t, srv, "prio", 0o644, k)
+	if opts.NoOpenHandlers {
+		if !srv.Passthrough() {
+			testenv.Missing(t, "NoOpenHandlers needs FUSE passthrough (root, Linux >= 6.9)")
+		}
+		if m := testenv.MountsUnder(t, p); len(m) != 1 {
+			t.Fatalf("mounts at %s: %q; want the second connection's bind mount", p, m)
+		}
+	}
 	if got := catFile(t, p); got != "[low] high\n" {
 		t.Errorf("cat: %q", got)
 	}
