@@ -33,6 +33,10 @@ func TestConformance(t *testing.T) {
 				}
 				lines = append(lines, string(r.Status)+" "+r.Name)
 			}
+			// The checks that need root must have run, not been skipped.
+			if r := rep.Result("permissions/setid-clearing"); r == nil || r.Status != filecheck.Pass {
+				t.Errorf("permissions/setid-clearing did not pass: %+v", r)
+			}
 			if len(rep.Results) < 20 {
 				t.Errorf("only %d checks ran:\n%s", len(rep.Results), strings.Join(lines, "\n"))
 			}

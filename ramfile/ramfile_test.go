@@ -73,7 +73,10 @@ func serveAt(t *testing.T, mnt string, m mode, capacity int64) *served {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := fusebridge.Mount(mnt, fusebridge.Options{Passthrough: m.pt, NoOpen: m.noOpen, UnmountGrace: 200 * time.Millisecond})
+	srv, err := fusebridge.Mount(mnt, fusebridge.Options{Passthrough: m.pt, NoOpen: m.noOpen, UnmountGrace: 200 * time.Millisecond,
+		// Other users reach the file, as with ramproc mount as root: the
+		// setuid/setgid cases act as the user nobody.
+		AllowOther: os.Geteuid() == 0})
 	if err != nil {
 		store.Close()
 		t.Fatal(err)
