@@ -47,6 +47,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"regexp"
 	"strings"
@@ -420,6 +421,9 @@ func (r *runner) openTarget() error {
 	if st.IsDir() {
 		return usagef("cannot check %s: it is a directory (give the path of a file)", path)
 	}
+	if !st.Mode().IsRegular() {
+		return usagef("cannot check %s: it is a %s, not a regular file (give the path of a regular file, e.g. an empty one made with ': > /dev/shm/empty-file')", path, fileKind(st.Mode()))
+	}
 	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return usagef("cannot open %s for reading and writing: %v (the checks need both)", path, err)
@@ -489,6 +493,23 @@ func (r *runner) restoreTarget() {
 		off += n
 	}
 	r.notef("wrote back the %d bytes %s held before the checks", len(r.restore), r.cfg.Path)
+}
+
+// fileKind names the type of a file that is not regular.
+func fileKind(m fs.FileMode) string {
+	switch {
+	case m&fs.ModeNamedPipe != 0:
+		return "FIFO"
+	case m&fs.ModeSocket != 0:
+		return "socket"
+	case m&fs.ModeCharDevice != 0:
+		return "character device"
+	case m&fs.ModeDevice != 0:
+		return "block device"
+	case m&fs.ModeSymlink != 0:
+		return "symbolic link"
+	}
+	return "special file"
 }
 
 // openTimeout opens path but gives up waiting after d (the open itself

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/ramproc/ramproc/internal/testenv"
@@ -98,6 +99,10 @@ func TestCheckRefusesNonEmptyFile(t *testing.T) {
 
 func TestCheckUsageErrors(t *testing.T) {
 	path := emptyFile(t)
+	fifo := filepath.Join(t.TempDir(), "fifo")
+	if err := syscall.Mkfifo(fifo, 0o666); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -111,6 +116,10 @@ func TestCheckUsageErrors(t *testing.T) {
 		{[]string{"check", filepath.Join(path, "missing")}, "existing file"},
 		{[]string{"check", "--unload-cmd", "true", path}, "load"},
 		{[]string{"check", "--oracle", "/nonexistent", path}, "--oracle"},
+		// Anything but a regular file is refused before a check runs.
+		{[]string{"check", "/dev/null"}, "character device, not a regular file"},
+		{[]string{"check", fifo}, "FIFO, not a regular file"},
+		{[]string{"check", filepath.Dir(fifo)}, "directory"},
 	} {
 		code, out, errOut := runRamproc(t, tc.args...)
 		if code != 2 {
