@@ -236,6 +236,7 @@ func (n *fileNode) Write(ctx context.Context, f fs.FileHandle, data []byte, off 
 		// caller's next write will get.
 		return uint32(nw), 0
 	}
+	n.writebackFailed(ctx)
 	if err == nil {
 		// Zero bytes and no error would make write(2) return 0,
 		// which callers retry forever.

@@ -13,6 +13,7 @@ package ramfile
 
 import (
 	"context"
+	"math"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -26,6 +27,7 @@ import (
 // File is the RAM file handler. All methods are safe for concurrent use.
 type File struct {
 	store *bytestore.Store
+	wb    writeback
 
 	// priv is set while the store's mode has setuid or setgid: only then
 	// do the store's own writes need watching (see keepPriv).
@@ -40,6 +42,7 @@ var (
 	_ handler.Getattrer    = (*File)(nil)
 	_ handler.Setattrer    = (*File)(nil)
 	_ handler.Allocator    = (*File)(nil)
+	_ handler.Fsyncer      = (*File)(nil)
 	_ handler.BackingFiler = (*File)(nil)
 )
 
@@ -54,6 +57,7 @@ func (f *File) Open(ctx context.Context, of *handler.OpenFile) error {
 		if err := f.keepPriv(func() error { return f.store.Truncate(0) }); err != nil {
 			return err
 		}
+		f.wb.reset()
 	}
 	of.Caching = true
 	return nil
@@ -68,14 +72,33 @@ func (f *File) Read(ctx context.Context, of *handler.OpenFile, dst []byte, off i
 // already set off to its size of the file, which is exact: every size
 // change goes through this mount, under the kernel's inode lock.
 func (f *File) Write(ctx context.Context, of *handler.OpenFile, src []byte, off int64) (n int, err error) {
+	write := func() (int, error) {
+		if isWriteback(ctx) {
+			return f.writeBack(src, off)
+		}
+		n, err := f.store.WriteAt(src, off)
+		if n > 0 {
+			f.wb.forget(off, int64(n))
+		}
+		return n, err
+	}
 	if !f.priv.Load() {
-		return f.store.WriteAt(src, off)
+		return write()
 	}
 	err = f.keepPriv(func() error {
-		n, err = f.store.WriteAt(src, off)
+		n, err = write()
 		return err
 	})
 	return n, err
+}
+
+// Fsync marks the end of a writeback episode: the kernel sends FSYNC only
+// once every page it wrote back was stored (a failed writeback fails
+// fsync(2) and msync(2) before that), so what writeback stored up to now
+// was reported as stored and is never given up (see writeback.go).
+func (f *File) Fsync(ctx context.Context, of *handler.OpenFile, datasync bool) error {
+	f.wb.reset()
+	return nil
 }
 
 // keepPriv runs op, a change of the store's content, and restores the
@@ -151,6 +174,7 @@ func (f *File) Setattr(ctx context.Context, of *handler.OpenFile, in *handler.Se
 		if err := f.keepPriv(func() error { return f.store.Truncate(*in.Size) }); err != nil {
 			return err
 		}
+		f.wb.forget(*in.Size, math.MaxInt64-*in.Size)
 	}
 	if in.Atime != nil || in.Mtime != nil {
 		return f.store.SetTimes(in.Atime, in.Mtime)
@@ -160,7 +184,11 @@ func (f *File) Setattr(ctx context.Context, of *handler.OpenFile, in *handler.Se
 
 // Fallocate is fallocate(2) on the store.
 func (f *File) Fallocate(ctx context.Context, of *handler.OpenFile, mode uint32, off, length int64) error {
-	return f.keepPriv(func() error { return f.store.Fallocate(mode, off, length) })
+	err := f.keepPriv(func() error { return f.store.Fallocate(mode, off, length) })
+	if err == nil {
+		f.wb.forget(off, length)
+	}
+	return err
 }
 
 // BackingFile hands the store to the kernel for passthrough, unless the

@@ -444,6 +444,8 @@ func runChild(mode string, args []string) int {
 	case "reload":
 		id, _ := strconv.Atoi(args[0])
 		err = childReload(path, id)
+	case "mmapcap":
+		err = childMmapBeyondCapacity(path, args[0])
 	default:
 		err = fmt.Errorf("unknown child mode %q", mode)
 	}
