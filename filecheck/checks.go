@@ -42,6 +42,7 @@ func allChecks() []*check {
 		{name: "concurrency/append", fn: concAppend},
 		{name: "concurrency/pwrite", fn: concPwrite},
 		{name: "permissions/setid-clearing", fn: permSetid, skip: skipNotRoot},
+		{name: "capacity/mmap-beyond", run: runCapacity, skip: skipCapacity},
 		{name: "seed/reload", run: runReload, skip: skipReload},
 	}
 }

@@ -184,6 +184,8 @@ func (w *childWorker) serve(req request) response {
 		return w.writeStripes(req)
 	case "writeloop":
 		return w.writeLoop(req)
+	case "mapfill":
+		return mapFill(req)
 	case "userop":
 		return userOp(req)
 	case "roundtrip":

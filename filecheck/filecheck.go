@@ -71,6 +71,12 @@ type Config struct {
 	// root) and unmounts again.
 	OracleDir string
 
+	// OracleSize is the capacity of the file under test, in bytes (e.g. the
+	// -max-size of ramproc mount). When set, the check capacity/mmap-beyond
+	// compares writes and mapped stores beyond it with a private tmpfs
+	// mounted with size=OracleSize (root only); zero skips that check.
+	OracleSize int64
+
 	// Run selects the checks whose names it matches (see Names); nil runs
 	// them all.
 	Run *regexp.Regexp

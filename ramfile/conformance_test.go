@@ -2,6 +2,7 @@ package ramfile_test
 
 import (
 	"context"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -39,6 +40,28 @@ func TestConformance(t *testing.T) {
 			}
 			if len(rep.Results) < 20 {
 				t.Errorf("only %d checks ran:\n%s", len(rep.Results), strings.Join(lines, "\n"))
+			}
+		})
+	}
+}
+
+// TestConformanceAtCapacity: capacity/mmap-beyond, with the RAM file's
+// capacity given to the checker as the oracle's size, passes in every mode.
+func TestConformanceAtCapacity(t *testing.T) {
+	for _, m := range modes {
+		t.Run(m.name, func(t *testing.T) {
+			s := serve(t, m, 1<<20)
+			rep, err := filecheck.Run(context.Background(), filecheck.Config{
+				Path:       s.path,
+				OracleSize: 1 << 20,
+				Run:        regexp.MustCompile(`^capacity/`),
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := rep.Result("capacity/mmap-beyond")
+			if r == nil || r.Status != filecheck.Pass {
+				t.Fatalf("capacity/mmap-beyond: %+v", r)
 			}
 		})
 	}
