@@ -446,6 +446,8 @@ func runChild(mode string, args []string) int {
 		err = childReload(path, id)
 	case "mmapcap":
 		err = childMmapBeyondCapacity(path, args[0])
+	case "keeppriv":
+		err = childKeepPriv()
 	default:
 		err = fmt.Errorf("unknown child mode %q", mode)
 	}

@@ -32,6 +32,7 @@ import (
 	"os"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -45,6 +46,11 @@ var pageSize = int64(os.Getpagesize())
 type writeback struct {
 	mu   sync.Mutex
 	runs []pageRun // sorted, disjoint
+
+	// any mirrors len(runs) > 0, so that the write(2) path, which must
+	// forget what it overwrites, costs no lock while the set is empty
+	// (always, but after a writeback at the capacity).
+	any atomic.Bool
 }
 
 type pageRun struct{ lo, hi int64 } // pages [lo, hi)
@@ -87,16 +93,22 @@ func (w *writeback) remove(lo, hi int64) {
 // forget drops the bytes [off, off+n) from the set: something other than
 // writeback wrote, allocated, punched or truncated them.
 func (w *writeback) forget(off, n int64) {
-	w.mu.Lock()
-	if len(w.runs) > 0 {
-		w.remove(off/pageSize, ceilPages(off+n))
+	if !w.any.Load() {
+		return
 	}
+	w.mu.Lock()
+	w.remove(off/pageSize, ceilPages(off+n))
+	w.any.Store(len(w.runs) > 0)
 	w.mu.Unlock()
 }
 
 func (w *writeback) reset() {
+	if !w.any.Load() {
+		return
+	}
 	w.mu.Lock()
 	w.runs = nil
+	w.any.Store(false)
 	w.mu.Unlock()
 }
 
@@ -151,7 +163,10 @@ func countPages(runs []pageRun, lo, hi int64) int64 {
 func (f *File) writeBack(src []byte, off int64) (int, error) {
 	w := &f.wb
 	w.mu.Lock()
-	defer w.mu.Unlock()
+	defer func() {
+		w.any.Store(len(w.runs) > 0)
+		w.mu.Unlock()
+	}()
 	end := off + int64(len(src))
 	holes := f.holes(off, end)
 	done := 0
