@@ -100,7 +100,7 @@ func capacitySteps(p *pair) {
 	// Stores through a mapping of twice the capacity.
 	p.ftruncate(h, 2*capacity)
 	w := p.child()
-	p.do(fmt.Sprintf("mmap(2*capacity, MAP_SHARED), store a byte in each page, msync: is the writer told that the second half does not fit?"), func(s *side) outcome {
+	p.do("mmap(2*capacity, MAP_SHARED), store a byte in each page, msync: is the writer told that the second half does not fit?", func(s *side) outcome {
 		resp, err := w.call(request{Op: "mapfill", Path: s.path, Len: 2 * capacity}, p.r.cfg.CommandTimeout)
 		if err != nil {
 			p.failf("child process: %v", err)
