@@ -52,8 +52,7 @@ const capFsetid = 4
 type creds struct {
 	fsgid   uint32
 	groups  []uint32
-	fsetid  bool // CAP_FSETID in the server's user namespace
-	unknown bool // /proc/PID/status could not be read
+	fsetid bool // CAP_FSETID in the server's user namespace
 }
 
 // credsOf reads the caller's credentials. A caller whose status cannot be
@@ -68,12 +67,10 @@ func credsOf(ctx context.Context) creds {
 	}
 	cr := creds{fsgid: c.Gid}
 	if c.Pid == 0 {
-		cr.unknown = true
 		return cr
 	}
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", c.Pid))
 	if err != nil {
-		cr.unknown = true
 		return cr
 	}
 	for _, line := range bytes.Split(data, []byte("\n")) {
