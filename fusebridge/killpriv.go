@@ -50,8 +50,8 @@ const capFsetid = 4
 
 // creds are what the setgid rules need to know of a caller.
 type creds struct {
-	fsgid   uint32
-	groups  []uint32
+	fsgid  uint32
+	groups []uint32
 	fsetid bool // CAP_FSETID in the server's user namespace
 }
 
