@@ -52,6 +52,7 @@ const (
 	uopWrite
 	uopTruncate
 	uopFallocate
+	uopTouch
 )
 
 // userOp opens /proc/self/fd/<Proc> with Flags and does one action on it.
@@ -73,8 +74,14 @@ func userOp(req request) response {
 			return response{N: -1, Errno: errnoOf(err), Msg: "ftruncate"}
 		}
 	case uopFallocate:
-		if err := unix.Fallocate(fd, uint32(req.Flags>>32), req.Off, req.Len); err != nil {
+		if err := unix.Fallocate(fd, 0, req.Off, req.Len); err != nil {
 			return response{N: -1, Errno: errnoOf(err), Msg: "fallocate"}
+		}
+	case uopTouch:
+		// futimens(fd, NULL): both times to now, which a writer may do.
+		now := []unix.Timespec{{Nsec: unix.UTIME_NOW}, {Nsec: unix.UTIME_NOW}}
+		if err := unix.UtimesNanoAt(unix.AT_FDCWD, fmt.Sprintf("/proc/self/fd/%d", fd), now, 0); err != nil {
+			return response{N: -1, Errno: errnoOf(err), Msg: "utimensat"}
 		}
 	}
 	return response{}
@@ -125,6 +132,8 @@ var setidCases = []setidCase{
 	{what: "fallocate", mode: 0o6666, flags: unix.O_WRONLY, action: uopFallocate},
 	{what: "fallocate", mode: 0o2666, flags: unix.O_WRONLY, action: uopFallocate},
 	{what: "read", mode: 0o6666, flags: unix.O_RDONLY, action: uopOpen},
+	{what: "utimensat(now)", mode: 0o2666, flags: unix.O_WRONLY, action: uopTouch},
+	{what: "utimensat(now)", mode: 0o6666, flags: unix.O_WRONLY, action: uopTouch},
 	{what: "write by the owner", mode: 0o6666, ownerIsU: true, flags: unix.O_WRONLY, action: uopWrite},
 	{what: "write by the owner", mode: 0o6676, ownerIsU: true, flags: unix.O_WRONLY, action: uopWrite},
 	{what: "write by root", mode: 0o6777, asRoot: true, flags: unix.O_WRONLY, action: uopWrite},
@@ -200,6 +209,8 @@ func permSetid(p *pair) {
 				desc += ", ftruncate(3)"
 			case uopFallocate:
 				desc += ", fallocate(0, 0, 8192)"
+			case uopTouch:
+				desc += ", futimens(NULL)"
 			}
 			p.do(desc, func(s *side) outcome {
 				resp, err := w.call(request{Op: "userop", Proc: 3 + s.idx, Flags: c.flags, Count: c.action,

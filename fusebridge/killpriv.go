@@ -150,6 +150,9 @@ func (e *Entry) killPrivSetattr(ctx context.Context, in *fuse.SetAttrIn, sa *han
 	if mode&(syscall.S_ISUID|syscall.S_ISGID) == 0 {
 		return 0
 	}
+	if in.Valid&(fuse.FATTR_MODE|fuse.FATTR_UID|fuse.FATTR_GID|fuse.FATTR_SIZE) == 0 && in.Valid&settableAttrs != 0 {
+		return 0 // times only: no /proc read
+	}
 	c := credsOf(ctx)
 	newMode := mode
 	switch {
@@ -157,7 +160,7 @@ func (e *Entry) killPrivSetattr(ctx context.Context, in *fuse.SetAttrIn, sa *han
 		// A write or fallocate (the empty SETATTR) or a truncate: the
 		// modification rule, on top of what the kernel already cleared.
 		newMode = c.modifyKill(mode, cur.Gid)
-	default:
+	case sa.Mode != nil || sa.Uid != nil || sa.Gid != nil:
 		// chmod, the kill before a write when the kernel sent a mode,
 		// and chown: setgid stays only for a caller in the file's group
 		// or capable (setattr_prepare for chmod, setattr_should_drop_sgid
@@ -165,6 +168,8 @@ func (e *Entry) killPrivSetattr(ctx context.Context, in *fuse.SetAttrIn, sa *han
 		if mode&syscall.S_ISGID != 0 && !c.inGroupOrCapable(cur.Gid) {
 			newMode &^= syscall.S_ISGID
 		}
+	default:
+		// utimensat and the like change no permission bits.
 	}
 	if newMode != mode {
 		m := handler.ModeFromUnix(newMode)
