@@ -10,7 +10,7 @@
 // every check by construction; the checks encode no opinion of their own
 // about what a file should do.
 //
-// The checks come in four groups, selected by Config.Run (see Names):
+// The checks come in six groups, selected by Config.Run (see Names):
 //
 //   - seed/...: the six checks of the Rust proc-file module's own tester
 //     (open options, read/write, write-seek-read, write-seek-overwrite,
@@ -24,7 +24,19 @@
 //   - random: a seeded fsx-style sequence of operations, contents compared
 //     after every step, the failing sequence shrunk;
 //   - concurrency/...: several processes appending with O_APPEND and
-//     pwriting disjoint ranges at the same time.
+//     pwriting disjoint ranges at the same time;
+//   - permissions/setid-clearing: permission checks and the clearing of
+//     setuid and setgid by a write, truncate, O_TRUNC, fallocate or chown,
+//     as the user nobody, the file's owner and root (run as root: a child
+//     drops to nobody; skipped otherwise);
+//   - capacity/mmap-beyond: writes, fallocate and stores through a shared
+//     mapping beyond the file's capacity, against a private tmpfs mounted
+//     with size=Config.OracleSize (skipped without it). A SIGBUS at the
+//     fault and an ENOSPC from msync both count as telling the writer;
+//     read(2) must then return what tmpfs holds.
+//
+// With an unload and a load command, seed/reload also requires the file to
+// be gone between the two. Only regular files are checked.
 //
 // The checks write to the file. Run refuses a file that is not empty unless
 // Config.Destructive is set, and leaves an empty file empty again.
