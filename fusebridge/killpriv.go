@@ -31,6 +31,11 @@ package fusebridge
 // FUSE_HANDLE_KILLPRIV_V2. KILLPRIV_V2 is not negotiated: with it
 // fuse_setattr drops the kill bits and leaves the clearing to the server's
 // WRITE, which a passthrough write never sends.
+//
+// Handler files opened with FOPEN_DIRECT_IO (generated content) get no
+// SETATTR before a write: the kernel's direct-I/O write path clears nothing,
+// which is also what kernfs (sysfs, cgroupfs) does for a write, while
+// open(O_TRUNC) clears the bits on both (measured on a cgroup file).
 
 import (
 	"bytes"
