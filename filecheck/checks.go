@@ -41,6 +41,8 @@ func allChecks() []*check {
 		{name: "random", run: runRandom},
 		{name: "concurrency/append", fn: concAppend},
 		{name: "concurrency/pwrite", fn: concPwrite},
+		{name: "permissions/setid-clearing", fn: permSetid, skip: skipNotRoot},
+		{name: "capacity/mmap-beyond", run: runCapacity, skip: skipCapacity},
 		{name: "seed/reload", run: runReload, skip: skipReload},
 	}
 }

@@ -37,6 +37,12 @@ func MaybeRunChild() {
 	if os.Getenv(childEnv) != "worker" {
 		return
 	}
+	if as := os.Getenv(childAsEnv); as != "" {
+		if err := dropTo(as); err != nil {
+			fmt.Fprintf(os.Stderr, "filecheck child: cannot become %s: %v\n", as, err)
+			os.Exit(3)
+		}
+	}
 	os.Exit(workerMain(os.Stdin, os.Stdout))
 }
 
@@ -178,6 +184,10 @@ func (w *childWorker) serve(req request) response {
 		return w.writeStripes(req)
 	case "writeloop":
 		return w.writeLoop(req)
+	case "mapfill":
+		return mapFill(req)
+	case "userop":
+		return userOp(req)
 	case "roundtrip":
 		return roundTrip(req.Path, req.Data)
 	}
@@ -453,6 +463,12 @@ func (b *lockedBuffer) String() string {
 
 // startWorker starts a child process and waits for it to answer.
 func startWorker(timeout time.Duration) (*worker, error) {
+	return startWorkerWith(timeout, nil, nil)
+}
+
+// startWorkerWith starts a child process with extra environment variables
+// and extra descriptors (3, 4, ... in the child).
+func startWorkerWith(timeout time.Duration, env []string, extra []*os.File) (*worker, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("cannot find this program to start a child process: %v", err)
@@ -465,6 +481,8 @@ func startWorker(timeout time.Duration) (*worker, error) {
 		race = g + " " + race
 	}
 	cmd.Env = append(cmd.Env, "GORACE="+race)
+	cmd.Env = append(cmd.Env, env...)
+	cmd.ExtraFiles = extra
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	w := &worker{cmd: cmd, resps: make(chan response, 1), stderr: &lockedBuffer{}}
 	cmd.Stderr = w.stderr

@@ -10,7 +10,7 @@
 // every check by construction; the checks encode no opinion of their own
 // about what a file should do.
 //
-// The checks come in four groups, selected by Config.Run (see Names):
+// The checks come in six groups, selected by Config.Run (see Names):
 //
 //   - seed/...: the six checks of the Rust proc-file module's own tester
 //     (open options, read/write, write-seek-read, write-seek-overwrite,
@@ -24,7 +24,19 @@
 //   - random: a seeded fsx-style sequence of operations, contents compared
 //     after every step, the failing sequence shrunk;
 //   - concurrency/...: several processes appending with O_APPEND and
-//     pwriting disjoint ranges at the same time.
+//     pwriting disjoint ranges at the same time;
+//   - permissions/setid-clearing: permission checks and the clearing of
+//     setuid and setgid by a write, truncate, O_TRUNC, fallocate or chown,
+//     as the user nobody, the file's owner and root (run as root: a child
+//     drops to nobody; skipped otherwise);
+//   - capacity/mmap-beyond: writes, fallocate and stores through a shared
+//     mapping beyond the file's capacity, against a private tmpfs mounted
+//     with size=Config.OracleSize (skipped without it). A SIGBUS at the
+//     fault and an ENOSPC from msync both count as telling the writer;
+//     read(2) must then return what tmpfs holds.
+//
+// With an unload and a load command, seed/reload also requires the file to
+// be gone between the two. Only regular files are checked.
 //
 // The checks write to the file. Run refuses a file that is not empty unless
 // Config.Destructive is set, and leaves an empty file empty again.
@@ -47,6 +59,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"regexp"
 	"strings"
@@ -69,6 +82,12 @@ type Config struct {
 	// /dev/shm if it is a tmpfs, else a private tmpfs that Run mounts (as
 	// root) and unmounts again.
 	OracleDir string
+
+	// OracleSize is the capacity of the file under test, in bytes (e.g. the
+	// -max-size of ramproc mount). When set, the check capacity/mmap-beyond
+	// compares writes and mapped stores beyond it with a private tmpfs
+	// mounted with size=OracleSize (root only); zero skips that check.
+	OracleSize int64
 
 	// Run selects the checks whose names it matches (see Names); nil runs
 	// them all.
@@ -420,6 +439,9 @@ func (r *runner) openTarget() error {
 	if st.IsDir() {
 		return usagef("cannot check %s: it is a directory (give the path of a file)", path)
 	}
+	if !st.Mode().IsRegular() {
+		return usagef("cannot check %s: it is a %s, not a regular file (give the path of a regular file, e.g. an empty one made with ': > /dev/shm/empty-file')", path, fileKind(st.Mode()))
+	}
 	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return usagef("cannot open %s for reading and writing: %v (the checks need both)", path, err)
@@ -489,6 +511,23 @@ func (r *runner) restoreTarget() {
 		off += n
 	}
 	r.notef("wrote back the %d bytes %s held before the checks", len(r.restore), r.cfg.Path)
+}
+
+// fileKind names the type of a file that is not regular.
+func fileKind(m fs.FileMode) string {
+	switch {
+	case m&fs.ModeNamedPipe != 0:
+		return "FIFO"
+	case m&fs.ModeSocket != 0:
+		return "socket"
+	case m&fs.ModeCharDevice != 0:
+		return "character device"
+	case m&fs.ModeDevice != 0:
+		return "block device"
+	case m&fs.ModeSymlink != 0:
+		return "symbolic link"
+	}
+	return "special file"
 }
 
 // openTimeout opens path but gives up waiting after d (the open itself

@@ -291,8 +291,13 @@ func (r *runner) runCheck(c *check) (res Result) {
 
 // newPair empties both files and opens their checking descriptors.
 func (r *runner) newPair(name string) (*pair, error) {
+	return r.newPairPaths(name, r.oraclePath)
+}
+
+// newPairPaths is newPair with another oracle file.
+func (r *runner) newPairPaths(name, oracle string) (*pair, error) {
 	p := &pair{r: r, name: name}
-	paths := [2]string{r.cfg.Path, r.oraclePath}
+	paths := [2]string{r.cfg.Path, oracle}
 	for i := range p.s {
 		p.s[i] = &side{idx: i, path: paths[i], vfd: -1}
 	}

@@ -14,7 +14,8 @@ import (
 // seed/reload: processes keep writing to the file while its server is
 // stopped and started again (the seed's module unload and reload). They
 // may see only clean errors, nothing may hang, and afterwards the file
-// must work again.
+// must work again. With an unload and a load command, the file must also
+// be gone between the two (open fails with ENOENT, ENOTCONN or EIO).
 
 // cleanErrnos are the errors a writer may see while the server is away:
 // ENOENT once the file is gone, ENOTCONN from a FUSE mount whose server
@@ -59,6 +60,37 @@ func runShell(ctx context.Context, command string, timeout time.Duration) error 
 	return fmt.Errorf("%q: %v: %s", command, err, lastLine(string(text)))
 }
 
+// goneErrnos are what opening an unloaded file may give: ENOENT (the name
+// is gone, as after remove_proc_entry or an unmount), ENOTCONN and
+// ECONNABORTED (a FUSE mount whose server died or was aborted), EIO.
+var goneErrnos = map[syscall.Errno]bool{syscall.ENOENT: true, syscall.ENOTCONN: true, syscall.ECONNABORTED: true, syscall.EIO: true}
+
+// verifyUnloaded checks, after the unload command, that the file cannot be
+// opened: an unload that leaves it working has not unloaded anything (an
+// unload command of "true" would otherwise pass). The command may stop the
+// server asynchronously, so it polls for a few seconds. It returns the
+// problem, or "".
+func (r *runner) verifyUnloaded() string {
+	wait := min(5*time.Second, r.cfg.CommandTimeout)
+	deadline := time.Now().Add(wait)
+	for {
+		fd, err := openTimeout(r.cfg.Path, syscall.O_RDONLY|syscall.O_CLOEXEC, min(5*time.Second, r.cfg.CommandTimeout))
+		if err == nil {
+			syscall.Close(fd)
+		} else if e, ok := err.(syscall.Errno); ok && goneErrnos[e] {
+			return ""
+		} else if ok {
+			return fmt.Sprintf("after the unload command, open(2) of the file failed with %s, not ENOENT, ENOTCONN or EIO as for an unloaded file", errnoName(e))
+		} else {
+			return fmt.Sprintf("after the unload command, open(2) of the file hung: %v", err)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Sprintf("the file stayed available through the unload: open(2) still succeeded %v after the unload command finished (the unload command did not unload it, or the load ran too early)", wait)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 func runReload(r *runner, c *check) (res Result) {
 	res.Name = c.name
 	fail := func(format string, args ...any) Result {
@@ -92,12 +124,16 @@ func runReload(r *runner, c *check) (res Result) {
 		if err := runShell(r.ctx, r.cfg.ReloadCmd, timeout); err != nil {
 			problems = append(problems, "reload command "+err.Error())
 		}
+
 	} else {
 		r.progressf("%s: running the unload command", c.name)
 		if err := runShell(r.ctx, r.cfg.UnloadCmd, timeout); err != nil {
 			problems = append(problems, "unload command "+err.Error())
 		}
-		time.Sleep(300 * time.Millisecond)
+		r.progressf("%s: checking that the file is gone", c.name)
+		if why := r.verifyUnloaded(); why != "" {
+			problems = append(problems, why)
+		}
 		r.progressf("%s: running the load command", c.name)
 		if err := runShell(r.ctx, r.cfg.LoadCmd, timeout); err != nil {
 			problems = append(problems, "load command "+err.Error())
@@ -140,6 +176,9 @@ func runReload(r *runner, c *check) (res Result) {
 		summary = []string{"nothing (no writer answered)"}
 	}
 	res.Details = append(res.Details, "writers saw: "+strings.Join(summary, ", "))
+	if r.cfg.ReloadCmd != "" {
+		res.Details = append(res.Details, "a single reload command gives no moment to check that the file was unloaded: give --unload-cmd and --load-cmd for that")
+	}
 	if len(unclean) > 0 {
 		problems = append(problems, "writers saw errors other than ENOTCONN, ECONNABORTED, ENOENT, EIO, EBUSY: "+strings.Join(unclean, ", "))
 	}

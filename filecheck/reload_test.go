@@ -59,6 +59,24 @@ func TestReloadTmpfs(t *testing.T) {
 	}
 }
 
+// TestReloadNoUnload: an unload command that unloads nothing fails
+// seed/reload, saying that the file stayed available.
+func TestReloadNoUnload(t *testing.T) {
+	path := newFile(t, testenv.Tmpfs(t, ""))
+	rep, err := filecheck.Run(context.Background(), filecheck.Config{
+		Path: path, Run: reloadOnly, CommandTimeout: 2 * time.Second,
+		UnloadCmd: "true", LoadCmd: "true",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	logReport(t, rep)
+	res := rep.Result("seed/reload")
+	if res.Status != filecheck.Fail || !strings.Contains(res.Reason, "stayed available through the unload") {
+		t.Errorf("seed/reload with --unload-cmd true: %s %s, want FAIL saying the file stayed available", res.Status, res.Reason)
+	}
+}
+
 // TestReloadFUSE stops the FUSE server under running writers (aborting its
 // connection, as a crash would, and unmounting) and starts a new one; the
 // commands signal this process, which serves the file.

@@ -60,7 +60,7 @@ func TestTmpfsPassesEverything(t *testing.T) {
 		t.Fatal(err)
 	}
 	logReport(t, rep)
-	requireAllPass(t, rep, "seed/reload")
+	requireAllPass(t, rep, "seed/reload", "capacity/mmap-beyond")
 	if len(rep.Results) != len(filecheck.Names()) {
 		t.Errorf("ran %d checks, want all %d", len(rep.Results), len(filecheck.Names()))
 	}
@@ -90,5 +90,37 @@ func TestTmpfsAgainstPrivateOracle(t *testing.T) {
 	ents, _ := os.ReadDir(oracle)
 	if len(ents) != 0 {
 		t.Errorf("the oracle's scratch file is left behind: %v", ents)
+	}
+}
+
+// TestTmpfsCapacity: a tmpfs file mounted with size=1m passes
+// capacity/mmap-beyond with --oracle-size 1m (SIGBUS at the fault), and
+// fails it when the file's capacity is not the one given.
+func TestTmpfsCapacity(t *testing.T) {
+	only := regexp.MustCompile(`^capacity/`)
+	path := newFile(t, testenv.Tmpfs(t, "size=1m"))
+	rep, err := filecheck.Run(context.Background(), filecheck.Config{Path: path, Run: only, OracleSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	logReport(t, rep)
+	requireAllPass(t, rep)
+	if rep.Passed != 1 {
+		t.Errorf("%s, want the capacity check to pass", rep.Summary())
+	}
+	path = newFile(t, testenv.Tmpfs(t, "size=2m"))
+	rep, err = filecheck.Run(context.Background(), filecheck.Config{Path: path, Run: only, OracleSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := rep.Result("capacity/mmap-beyond"); r == nil || r.Status != filecheck.Fail || r.FirstDiff == nil || !strings.Contains(r.FirstDiff.Call, "pwrite") {
+		t.Errorf("a 2 MiB tmpfs checked as 1 MiB: %+v, want a failure at the first pwrite", r)
+	}
+	rep, err = filecheck.Run(context.Background(), filecheck.Config{Path: path, Run: only})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := rep.Result("capacity/mmap-beyond"); r == nil || r.Status != filecheck.Skip || !strings.Contains(r.Reason, "--oracle-size") {
+		t.Errorf("without an oracle size: %+v, want a skip naming --oracle-size", r)
 	}
 }

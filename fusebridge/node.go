@@ -154,6 +154,7 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 			return nil, 0, handler.Errno(err)
 		}
 	}
+	e.killPrivOpen(ctx, &of.f)
 	if !e.track(of) {
 		if e.releaser != nil {
 			e.releaser.Release(ctx, &of.f)
@@ -235,6 +236,7 @@ func (n *fileNode) Write(ctx context.Context, f fs.FileHandle, data []byte, off 
 		// caller's next write will get.
 		return uint32(nw), 0
 	}
+	n.writebackFailed(ctx)
 	if err == nil {
 		// Zero bytes and no error would make write(2) return 0,
 		// which callers retry forever.
@@ -394,6 +396,9 @@ func (n *fileNode) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAtt
 	}
 	if t, ok := in.GetMTime(); ok {
 		sa.Mtime = &t
+	}
+	if errno := e.killPrivSetattr(ctx, in, &sa); errno != 0 {
+		return errno
 	}
 	if e.setattrer != nil {
 		of, sh, errno := n.handle(ctx, f)

@@ -115,6 +115,12 @@ type Getattrer interface {
 // f is the open file for ftruncate and futimens, nil for path-based calls.
 // Only the fields of in that are non-nil are to be changed. Afterwards
 // the bridge calls Getattr to report the new attributes.
+//
+// in.Mode also carries the clearing of the setuid and setgid bits that a
+// write, truncate, open(O_TRUNC), fallocate or chown by the caller implies
+// (the bridge computes it as tmpfs would, also for an open(O_TRUNC), which
+// then comes as a Setattr with only Mode): a handler that keeps its own mode
+// applies Mode as given.
 type Setattrer interface {
 	Setattr(ctx context.Context, f *OpenFile, in *SetAttr) error
 }

@@ -2,6 +2,7 @@ package ramfile_test
 
 import (
 	"context"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -33,8 +34,34 @@ func TestConformance(t *testing.T) {
 				}
 				lines = append(lines, string(r.Status)+" "+r.Name)
 			}
+			// The checks that need root must have run, not been skipped.
+			if r := rep.Result("permissions/setid-clearing"); r == nil || r.Status != filecheck.Pass {
+				t.Errorf("permissions/setid-clearing did not pass: %+v", r)
+			}
 			if len(rep.Results) < 20 {
 				t.Errorf("only %d checks ran:\n%s", len(rep.Results), strings.Join(lines, "\n"))
+			}
+		})
+	}
+}
+
+// TestConformanceAtCapacity: capacity/mmap-beyond, with the RAM file's
+// capacity given to the checker as the oracle's size, passes in every mode.
+func TestConformanceAtCapacity(t *testing.T) {
+	for _, m := range modes {
+		t.Run(m.name, func(t *testing.T) {
+			s := serve(t, m, 1<<20)
+			rep, err := filecheck.Run(context.Background(), filecheck.Config{
+				Path:       s.path,
+				OracleSize: 1 << 20,
+				Run:        regexp.MustCompile(`^capacity/`),
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := rep.Result("capacity/mmap-beyond")
+			if r == nil || r.Status != filecheck.Pass {
+				t.Fatalf("capacity/mmap-beyond: %+v", r)
 			}
 		})
 	}

@@ -13,6 +13,8 @@ package ramfile
 
 import (
 	"context"
+	"math"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -25,6 +27,11 @@ import (
 // File is the RAM file handler. All methods are safe for concurrent use.
 type File struct {
 	store *bytestore.Store
+	wb    writeback
+
+	// priv is set while the store's mode has setuid or setgid: only then
+	// do the store's own writes need watching (see keepPriv).
+	priv atomic.Bool
 }
 
 var (
@@ -35,6 +42,7 @@ var (
 	_ handler.Getattrer    = (*File)(nil)
 	_ handler.Setattrer    = (*File)(nil)
 	_ handler.Allocator    = (*File)(nil)
+	_ handler.Fsyncer      = (*File)(nil)
 	_ handler.BackingFiler = (*File)(nil)
 )
 
@@ -46,9 +54,10 @@ func New(store *bytestore.Store) *File { return &File{store: store} }
 // kernel cache pages: nothing but this mount changes the store.
 func (f *File) Open(ctx context.Context, of *handler.OpenFile) error {
 	if of.Flags&syscall.O_TRUNC != 0 {
-		if err := f.store.Truncate(0); err != nil {
+		if err := f.keepPriv(func() error { return f.store.Truncate(0) }); err != nil {
 			return err
 		}
+		f.wb.reset()
 	}
 	of.Caching = true
 	return nil
@@ -62,8 +71,58 @@ func (f *File) Read(ctx context.Context, of *handler.OpenFile, dst []byte, off i
 // Write is pwrite(2) on the store. For O_APPEND descriptors the kernel has
 // already set off to its size of the file, which is exact: every size
 // change goes through this mount, under the kernel's inode lock.
-func (f *File) Write(ctx context.Context, of *handler.OpenFile, src []byte, off int64) (int, error) {
-	return f.store.WriteAt(src, off)
+func (f *File) Write(ctx context.Context, of *handler.OpenFile, src []byte, off int64) (n int, err error) {
+	write := func() (int, error) {
+		if isWriteback(ctx) {
+			return f.writeBack(src, off)
+		}
+		n, err := f.store.WriteAt(src, off)
+		if n > 0 {
+			f.wb.forget(off, int64(n))
+		}
+		return n, err
+	}
+	if !f.priv.Load() {
+		return write()
+	}
+	err = f.keepPriv(func() error {
+		n, err = write()
+		return err
+	})
+	return n, err
+}
+
+// Fsync marks the end of a writeback episode: the kernel sends FSYNC only
+// once every page it wrote back was stored (a failed writeback fails
+// fsync(2) and msync(2) before that), so what writeback stored up to now
+// was reported as stored and is never given up (see writeback.go).
+func (f *File) Fsync(ctx context.Context, of *handler.OpenFile, datasync bool) error {
+	f.wb.reset()
+	return nil
+}
+
+// keepPriv runs op, a change of the store's content, and restores the
+// setuid and setgid bits if the store's own write cleared them. The kernel
+// has already cleared them as tmpfs would, for the caller, in a SETATTR
+// before the WRITE (package fusebridge); the store is written with this
+// process's credentials, and a server without CAP_FSETID (an unprivileged
+// mount) would otherwise lose the bits on a write by root.
+func (f *File) keepPriv(op func() error) error {
+	if !f.priv.Load() {
+		return op()
+	}
+	before, err := f.store.Stat()
+	if err != nil {
+		return err
+	}
+	opErr := op()
+	after, err := f.store.Stat()
+	if err == nil && after.Mode&0o7777 != before.Mode&0o7777 {
+		if err := f.store.Chmod(before.Mode & 0o7777); err != nil {
+			return err
+		}
+	}
+	return opErr
 }
 
 // Lseek answers SEEK_DATA and SEEK_HOLE from the store's real holes.
@@ -79,6 +138,7 @@ func (f *File) Getattr(ctx context.Context, a *handler.Attr) error {
 		return err
 	}
 	a.Mode = handler.ModeFromUnix(st.Mode)
+	f.priv.Store(st.Mode&(syscall.S_ISUID|syscall.S_ISGID) != 0)
 	a.Uid, a.Gid = st.Uid, st.Gid
 	a.Size = st.Size
 	a.Blocks = st.Blocks
@@ -92,9 +152,11 @@ func (f *File) Getattr(ctx context.Context, a *handler.Attr) error {
 // order the kernel's notify_change would.
 func (f *File) Setattr(ctx context.Context, of *handler.OpenFile, in *handler.SetAttr) error {
 	if in.Mode != nil {
-		if err := f.store.Chmod(handler.UnixMode(*in.Mode)); err != nil {
+		m := handler.UnixMode(*in.Mode)
+		if err := f.store.Chmod(m); err != nil {
 			return err
 		}
+		f.priv.Store(m&(syscall.S_ISUID|syscall.S_ISGID) != 0)
 	}
 	if in.Uid != nil || in.Gid != nil {
 		uid, gid := -1, -1
@@ -109,9 +171,10 @@ func (f *File) Setattr(ctx context.Context, of *handler.OpenFile, in *handler.Se
 		}
 	}
 	if in.Size != nil {
-		if err := f.store.Truncate(*in.Size); err != nil {
+		if err := f.keepPriv(func() error { return f.store.Truncate(*in.Size) }); err != nil {
 			return err
 		}
+		f.wb.forget(*in.Size, math.MaxInt64-*in.Size)
 	}
 	if in.Atime != nil || in.Mtime != nil {
 		return f.store.SetTimes(in.Atime, in.Mtime)
@@ -121,7 +184,11 @@ func (f *File) Setattr(ctx context.Context, of *handler.OpenFile, in *handler.Se
 
 // Fallocate is fallocate(2) on the store.
 func (f *File) Fallocate(ctx context.Context, of *handler.OpenFile, mode uint32, off, length int64) error {
-	return f.store.Fallocate(mode, off, length)
+	err := f.keepPriv(func() error { return f.store.Fallocate(mode, off, length) })
+	if err == nil {
+		f.wb.forget(off, length)
+	}
+	return err
 }
 
 // BackingFile hands the store to the kernel for passthrough, unless the

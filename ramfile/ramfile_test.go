@@ -73,7 +73,10 @@ func serveAt(t *testing.T, mnt string, m mode, capacity int64) *served {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := fusebridge.Mount(mnt, fusebridge.Options{Passthrough: m.pt, NoOpen: m.noOpen, UnmountGrace: 200 * time.Millisecond})
+	srv, err := fusebridge.Mount(mnt, fusebridge.Options{Passthrough: m.pt, NoOpen: m.noOpen, UnmountGrace: 200 * time.Millisecond,
+		// Other users reach the file, as with ramproc mount as root: the
+		// setuid/setgid cases act as the user nobody.
+		AllowOther: os.Geteuid() == 0})
 	if err != nil {
 		store.Close()
 		t.Fatal(err)
@@ -441,6 +444,10 @@ func runChild(mode string, args []string) int {
 	case "reload":
 		id, _ := strconv.Atoi(args[0])
 		err = childReload(path, id)
+	case "mmapcap":
+		err = childMmapBeyondCapacity(path, args[0])
+	case "keeppriv":
+		err = childKeepPriv()
 	default:
 		err = fmt.Errorf("unknown child mode %q", mode)
 	}

@@ -44,6 +44,7 @@ func runCheck(args []string) int {
 	fs := flag.NewFlagSet("check", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	oracle := fs.String("oracle", "", "directory on a tmpfs for the oracle's scratch file (default /dev/shm, or a private tmpfs when root)")
+	oracleSize := fs.String("oracle-size", "", "PATH's capacity (e.g. 1m, as given to ramproc mount -max-size): compare writes and mmap stores beyond it with a private tmpfs of that size= (root; check capacity/mmap-beyond)")
 	run := fs.String("run", "", "run only the checks whose names match this regular expression (see --list)")
 	destructive := fs.Bool("destructive", false, "allow overwriting PATH when it is not empty")
 	ops := fs.Int("ops", filecheck.DefaultOps, "number of operations of the randomized check")
@@ -103,6 +104,13 @@ func runCheck(args []string) int {
 	}
 	if *ops <= 0 {
 		return usageErr("--ops must be positive")
+	}
+	if *oracleSize != "" {
+		n, err := parseSize(*oracleSize)
+		if err != nil || n <= 0 {
+			return usageErr("--oracle-size %q: give the file's capacity in bytes with an optional k/m/g suffix, e.g. 1m", *oracleSize)
+		}
+		cfg.OracleSize = n
 	}
 	if *run != "" {
 		re, err := regexp.Compile(*run)

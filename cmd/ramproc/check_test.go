@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/ramproc/ramproc/internal/testenv"
@@ -51,11 +52,11 @@ func TestCheckPassesTmpfs(t *testing.T) {
 	}
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	m := summaryLine.FindStringSubmatch(lines[len(lines)-1])
-	if m == nil || m[2] != "0" || m[3] != "1" {
-		t.Fatalf("last line %q, want \"N passed, 0 failed, 1 skipped\"\n%s", lines[len(lines)-1], out)
+	if m == nil || m[2] != "0" || m[3] != "2" {
+		t.Fatalf("last line %q, want \"N passed, 0 failed, 2 skipped\"\n%s", lines[len(lines)-1], out)
 	}
 	for _, l := range lines[:len(lines)-1] {
-		if !strings.HasPrefix(l, "PASS ") && !strings.HasPrefix(l, "SKIP seed/reload: ") {
+		if !strings.HasPrefix(l, "PASS ") && !strings.HasPrefix(l, "SKIP seed/reload: ") && !strings.HasPrefix(l, "SKIP capacity/mmap-beyond: ") {
 			t.Errorf("unexpected line %q", l)
 		}
 	}
@@ -98,6 +99,10 @@ func TestCheckRefusesNonEmptyFile(t *testing.T) {
 
 func TestCheckUsageErrors(t *testing.T) {
 	path := emptyFile(t)
+	fifo := filepath.Join(t.TempDir(), "fifo")
+	if err := syscall.Mkfifo(fifo, 0o666); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -111,6 +116,11 @@ func TestCheckUsageErrors(t *testing.T) {
 		{[]string{"check", filepath.Join(path, "missing")}, "existing file"},
 		{[]string{"check", "--unload-cmd", "true", path}, "load"},
 		{[]string{"check", "--oracle", "/nonexistent", path}, "--oracle"},
+		{[]string{"check", "--oracle-size", "lots", path}, "--oracle-size"},
+		// Anything but a regular file is refused before a check runs.
+		{[]string{"check", "/dev/null"}, "character device, not a regular file"},
+		{[]string{"check", fifo}, "FIFO, not a regular file"},
+		{[]string{"check", filepath.Dir(fifo)}, "directory"},
 	} {
 		code, out, errOut := runRamproc(t, tc.args...)
 		if code != 2 {
@@ -164,7 +174,7 @@ func TestCheckPassesRAMFileWithReload(t *testing.T) {
 			bin := ramprocBinary(t)
 			// load starts the server in the background and waits for its
 			// file; unload stops it with SIGTERM and waits for it to exit.
-			load := `"` + bin + `" mount ` + mode + ` "` + mnt + `" >/dev/null 2>"` + dir + `/log" & echo $! > "` + pidfile + `"
+			load := `"` + bin + `" mount -max-size 32m ` + mode + ` "` + mnt + `" >/dev/null 2>"` + dir + `/log" & echo $! > "` + pidfile + `"
 for i in $(seq 200); do [ -e "` + mnt + `/ramfile" ] && exit 0; sleep 0.05; done; cat "` + dir + `/log"; exit 1`
 			unload := `pid=$(cat "` + pidfile + `"); kill -TERM $pid; while kill -0 $pid 2>/dev/null; do sleep 0.05; done`
 			if out, err := exec.Command("sh", "-c", load).CombinedOutput(); err != nil {
@@ -172,7 +182,9 @@ for i in $(seq 200); do [ -e "` + mnt + `/ramfile" ] && exit 0; sleep 0.05; done
 			}
 			t.Cleanup(func() { exec.Command("sh", "-c", unload).Run() })
 
-			code, out, errOut := runRamproc(t, "check", "--ops", "500", "--seed", "7",
+			// The capacity given to the mount is the oracle's size, so
+			// that capacity/mmap-beyond runs too.
+			code, out, errOut := runRamproc(t, "check", "--ops", "500", "--seed", "7", "--oracle-size", "32m",
 				"--unload-cmd", unload, "--load-cmd", load, filepath.Join(mnt, "ramfile"))
 			if code != 0 {
 				t.Fatalf("exit %d, want 0\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
