@@ -454,6 +454,7 @@ func (s *Server) Create(name string, mode fs.FileMode, h any) (*Entry, error) {
 	if s.companion != nil && e.backing == nil {
 		s.serveNoOpen(e, mode, h)
 	}
+	e.subscribe(h) // notify.go: handler.Changer
 	return e, nil
 }
 
