@@ -72,6 +72,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
@@ -117,9 +118,12 @@ func isNotifyThread(tid uint32) bool {
 // the next read is fresh, and then raises an inotify IN_MODIFY (fanotify
 // FAN_MODIFY) event for the file, which a watcher receives after the
 // caches are gone: what it reads after the event is the new content.
-// A watcher of the directory gets the event too where the directory serves
-// the file itself; for a handler file of a NoOpenHandlers mount, which is a
-// bind mount of another connection's file, only watchers of the file do.
+// Watchers of the directory get it too (with the file's name): for a
+// handler file of a NoOpenHandlers mount, which is a bind mount of another
+// connection's file, Notify raises a second event on the main
+// connection's file under the bind, which is what the directory's
+// watchers see. (Writes through the mount to such a file give the kernel's
+// event to watchers of the file only.)
 //
 // Notify returns at once and does the work on a goroutine of the bridge,
 // so it may be called from any goroutine, from inside the handler's own
@@ -212,12 +216,30 @@ func (e *Entry) notifyNow() error {
 	if err := e.Invalidate(); err != nil {
 		return fmt.Errorf("invalidate: %w", err)
 	}
+	if err := selfUtimens(fd, &st); err != nil {
+		return err
+	}
+	if target != e {
+		// The twin's watchers have their event; the directory's watchers
+		// watch the main connection's directory, whose own file for the
+		// name is under the bind mount.
+		if err := e.notifyCovered(); err != nil {
+			e.srv.log.Debug("no event for watchers of the directory", "name", e.name, "reason", err)
+		}
+	}
+	return nil
+}
+
+// selfUtimens raises IN_MODIFY for the file that the O_PATH descriptor fd
+// refers to, whose stat is st: a utimensat(2) that sets the mtime it has,
+// on a thread that selfNotified recognises.
+func selfUtimens(fd int, st *unix.Stat_t) error {
 	ts := []unix.Timespec{{Nsec: unix.UTIME_OMIT}, st.Mtim}
 	runtime.LockOSThread()
 	tid := uint32(unix.Gettid())
 	notifyThreads.tids.Store(tid, struct{}{})
 	notifyThreads.active.Add(1)
-	err = utimensFd(fd, ts)
+	err := utimensFd(fd, ts)
 	notifyThreads.active.Add(-1)
 	notifyThreads.tids.Delete(tid)
 	runtime.UnlockOSThread()
@@ -309,4 +331,82 @@ func (e *Entry) notifyRemoved() {
 	if errno := e.srv.root.NotifyDelete(e.name, n); errno != 0 && errno != syscall.ENOENT {
 		e.srv.log.Debug("delete notification failed", "name", e.name, "errno", errno)
 	}
+}
+
+// notifyCovered raises IN_MODIFY on the main connection's file of a
+// NoOpenHandlers entry (the one under its bind mount), for watchers of the
+// directory. It reaches the file through a clone of the main mount that has
+// no binds in it (open_tree without AT_RECURSIVE, see mainView).
+func (e *Entry) notifyCovered() error {
+	view, release, err := e.srv.acquireView()
+	if err != nil {
+		return err
+	}
+	defer release()
+	fd, err := unix.Openat(view, e.name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	if st.Ino != e.ino || unix.Major(st.Dev) != 0 || unix.Minor(st.Dev) != e.srv.connID {
+		return errEntryGone
+	}
+	return selfUtimens(fd, &st)
+}
+
+// viewIdle is how long a clone of a main mount is kept after its last use.
+// Closing one waits for an RCU grace period (about a millisecond), too
+// slow for every notification; keeping one open keeps the connection alive
+// after an umount from outside, so it must not be kept for long.
+const viewIdle = 100 * time.Millisecond
+
+// mainView is a server's clone of its main mount, shared by the
+// notifications that need it and closed viewIdle after the last one.
+type mainView struct {
+	mu    sync.Mutex
+	fd    int // -1: none
+	users int
+	gen   int // bumped by each use, so a stale idle timer closes nothing
+}
+
+var mainViews sync.Map // *Server -> *mainView
+
+func (s *Server) acquireView() (fd int, release func(), err error) {
+	vv, _ := mainViews.LoadOrStore(s, &mainView{fd: -1})
+	v := vv.(*mainView)
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.fd < 0 {
+		fd, err := unix.OpenTree(unix.AT_FDCWD, s.mnt, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
+		if err != nil {
+			return -1, nil, fmt.Errorf("open_tree %s: %w", s.mnt, err)
+		}
+		v.fd = fd
+	}
+	v.users++
+	v.gen++
+	return v.fd, func() {
+		v.mu.Lock()
+		defer v.mu.Unlock()
+		v.users--
+		if v.users == 0 {
+			gen := v.gen
+			time.AfterFunc(viewIdle, func() { v.closeIdle(s, gen) })
+		}
+	}, nil
+}
+
+func (v *mainView) closeIdle(s *Server, gen int) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.users != 0 || v.gen != gen || v.fd < 0 {
+		return // used again since: a later timer closes it
+	}
+	unix.Close(v.fd)
+	v.fd = -1
+	mainViews.CompareAndDelete(s, v)
 }

@@ -135,6 +135,7 @@ func TestNotifyGenerated(t *testing.T) {
 			before := stat(t, p)
 			w := testenv.Watch(t, p, "", nil)
 			wo := testenv.Watch(t, filepath.Join(srv.Mountpoint(), "other"), "", nil)
+			wd := testenv.Watch(t, srv.Mountpoint(), "", nil)
 			w.None(quiet)
 
 			for i, want := range []string{"second\n", "third, longer\n", "4\n"} {
@@ -148,6 +149,11 @@ func TestNotifyGenerated(t *testing.T) {
 					t.Errorf("notify %d: the watcher read %q (%s) after the event, want %q", i, ev.Content, ev.ReadErr, want)
 				}
 				w.None(quiet) // one event per notify
+				// The directory's watcher: one event, with the name.
+				if ev, ok := wd.Next(eventWait); !ok || ev.Mask != "IN_MODIFY" || ev.Name != "gen" {
+					t.Errorf("notify %d: the directory's watcher got %+v (%v), want IN_MODIFY of gen", i, ev, ok)
+				}
+				wd.None(50 * time.Millisecond)
 				after := stat(t, p)
 				wantSize := before.Size // 0: a /proc-style size
 				if m.opts.NoOpen || m.twin {

@@ -34,9 +34,10 @@ func RunWatcher() {
 
 // The watcher's protocol, one line each on stdout: "ready" once the watch
 // is in place, then "event MASK" per event with MASK the IN_* names joined
-// by "|", followed by " content=QUOTED" for IN_MODIFY (the file as read
-// right after the event, by a fresh open) or " readerr=..."; it exits after
-// IN_IGNORED.
+// by "|", then " name=QUOTED" for an event on a file of a watched
+// directory, then " content=QUOTED" for IN_MODIFY of the watched file (as
+// read right after the event, by a fresh open) or " readerr=..."; it exits
+// after IN_IGNORED.
 func watcherMain(path string) int {
 	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC)
 	if err != nil {
@@ -59,7 +60,13 @@ func watcherMain(path string) int {
 			ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
 			off += unix.SizeofInotifyEvent + int(ev.Len)
 			line := "event " + MaskString(ev.Mask)
-			if ev.Mask&unix.IN_MODIFY != 0 {
+			name := ""
+			if ev.Len > 0 {
+				raw := buf[off-int(ev.Len) : off]
+				name = strings.TrimRight(string(raw), "\x00")
+				line += " name=" + strconv.Quote(name)
+			}
+			if ev.Mask&unix.IN_MODIFY != 0 && name == "" {
 				b, err := readFile(path)
 				if err != nil {
 					line += " readerr=" + err.Error()
@@ -134,6 +141,7 @@ type Watcher struct {
 // it read it right after an IN_MODIFY.
 type Event struct {
 	Mask    string // IN_* names, "|"-joined
+	Name    string // for a watched directory: the file's name
 	Content string // after IN_MODIFY: what a fresh open read
 	ReadErr string // after IN_MODIFY, if the read failed
 }
@@ -203,6 +211,14 @@ func (w *Watcher) Next(d time.Duration) (ev Event, ok bool) {
 		}
 		mask, tail, _ := strings.Cut(rest, " ")
 		ev.Mask = mask
+		if q, found := strings.CutPrefix(tail, "name="); found {
+			qp, err := strconv.QuotedPrefix(q)
+			if err != nil {
+				w.t.Fatalf("watcher line %q: %v", l, err)
+			}
+			ev.Name, _ = strconv.Unquote(qp)
+			tail = strings.TrimPrefix(q[len(qp):], " ")
+		}
 		if q, found := strings.CutPrefix(tail, "content="); found {
 			s, err := strconv.Unquote(q)
 			if err != nil {
