@@ -10,8 +10,10 @@ package fusebridge
 //
 //   - the operation is utimensat(2) with atime UTIME_OMIT and an explicit
 //     mtime (the file's own): the VFS turns ATTR_MTIME without ATTR_ATIME
-//     into FS_MODIFY, i.e. inotify IN_MODIFY and fanotify FAN_MODIFY, and
-//     nothing else. An explicit time needs only ownership (or CAP_FOWNER),
+//     into FS_MODIFY, i.e. inotify IN_MODIFY and fanotify FAN_MODIFY (for
+//     groups that report file handles, FAN_REPORT_FID: a group reporting
+//     descriptors gets only events that carry an open file, as for the same
+//     call on tmpfs), and nothing else. An explicit time needs only ownership (or CAP_FOWNER),
 //     not write permission, so it works on files read-only to everyone,
 //     and also for an unprivileged server, whose files it owns;
 //   - it goes through an O_PATH descriptor of the name whose inode number
@@ -116,7 +118,7 @@ func isNotifyThread(tid uint32) bool {
 // kernel caches for the entry (attributes, and on a no-open connection the
 // snapshot and its pages, on every connection that serves the name), so
 // the next read is fresh, and then raises an inotify IN_MODIFY (fanotify
-// FAN_MODIFY) event for the file, which a watcher receives after the
+// FAN_MODIFY, for FAN_REPORT_FID groups) event for the file, which a watcher receives after the
 // caches are gone: what it reads after the event is the new content.
 // Watchers of the directory get it too (with the file's name): for a
 // handler file of a NoOpenHandlers mount, which is a bind mount of another

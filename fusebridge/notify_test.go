@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -571,5 +572,79 @@ func TestPollAlwaysReady(t *testing.T) {
 	defer unix.Close(ep)
 	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, int(f.Fd()), &unix.EpollEvent{Events: unix.EPOLLIN}); errnoOf(err) != unix.EPERM {
 		t.Errorf("epoll_ctl on a tmpfs file: %v, want EPERM", err)
+	}
+}
+
+// fanotify gets the event too (FAN_MODIFY), on every kind of connection,
+// in the mode that reports file handles (FAN_REPORT_FID). A group that
+// reports descriptors gets only events that carry an open file (a write),
+// which is so for a truncate or a utimensat on tmpfs too.
+func TestNotifyFanotify(t *testing.T) {
+	for _, m := range notifyModes {
+		t.Run(m.name, func(t *testing.T) {
+			srv := mount(t, m.opts)
+			c := newChanging("a\n")
+			e, err := srv.Create("gen", 0o444, c.gen())
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := filepath.Join(srv.Mountpoint(), "gen")
+			fan, err := unix.FanotifyInit(unix.FAN_CLASS_NOTIF|unix.FAN_CLOEXEC|unix.FAN_REPORT_FID, unix.O_RDONLY|unix.O_CLOEXEC)
+			if err != nil {
+				testenv.Missing(t, "fanotify_init: "+err.Error())
+			}
+			defer unix.Close(fan)
+			if err := unix.FanotifyMark(fan, unix.FAN_MARK_ADD, unix.FAN_MODIFY, unix.AT_FDCWD, p); err != nil {
+				t.Fatalf("fanotify_mark: %v", err)
+			}
+			c.set("b\n")
+			e.Notify()
+			fds := []unix.PollFd{{Fd: int32(fan), Events: unix.POLLIN}}
+			if n, err := unix.Poll(fds, int(eventWait/time.Millisecond)); err != nil || n != 1 {
+				t.Fatalf("no fanotify event within %v (%v)", eventWait, err)
+			}
+			buf := make([]byte, 4096)
+			n, err := unix.Read(fan, buf)
+			if err != nil || n < int(unsafe.Sizeof(unix.FanotifyEventMetadata{})) {
+				t.Fatalf("read fanotify: %d, %v", n, err)
+			}
+			md := (*unix.FanotifyEventMetadata)(unsafe.Pointer(&buf[0]))
+			if md.Mask != unix.FAN_MODIFY {
+				t.Errorf("fanotify mask %#x, want FAN_MODIFY", md.Mask)
+			}
+		})
+	}
+}
+
+// The same utimensat(2) on a tmpfs file, the oracle: a fanotify group that
+// reports descriptors gets no event for it, one that reports file handles
+// does; inotify does (as TestNotifyGenerated shows for ours).
+func TestFanotifyOracle(t *testing.T) {
+	p := filepath.Join(testenv.Tmpfs(t, ""), "f")
+	if err := os.WriteFile(p, []byte("x"), 0o444); err != nil {
+		t.Fatal(err)
+	}
+	for _, fid := range []bool{false, true} {
+		flags := uint(unix.FAN_CLASS_NOTIF | unix.FAN_CLOEXEC)
+		if fid {
+			flags |= unix.FAN_REPORT_FID
+		}
+		fan, err := unix.FanotifyInit(flags, unix.O_RDONLY|unix.O_CLOEXEC)
+		if err != nil {
+			testenv.Missing(t, "fanotify_init: "+err.Error())
+		}
+		defer unix.Close(fan)
+		if err := unix.FanotifyMark(fan, unix.FAN_MARK_ADD, unix.FAN_MODIFY, unix.AT_FDCWD, p); err != nil {
+			t.Fatalf("fanotify_mark: %v", err)
+		}
+		st := stat(t, p)
+		if err := unix.UtimesNanoAt(unix.AT_FDCWD, p, []unix.Timespec{{Nsec: unix.UTIME_OMIT}, st.Mtim}, 0); err != nil {
+			t.Fatal(err)
+		}
+		fds := []unix.PollFd{{Fd: int32(fan), Events: unix.POLLIN}}
+		n, _ := unix.Poll(fds, 200)
+		if got := n == 1; got != fid {
+			t.Errorf("tmpfs, FAN_REPORT_FID %v: event %v, want %v", fid, got, fid)
+		}
 	}
 }
