@@ -648,3 +648,57 @@ func TestFanotifyOracle(t *testing.T) {
 		}
 	}
 }
+
+// selfNotifying is a knob that notifies from inside its own Write
+// callback, while the kernel holds the inode lock of the write that the
+// notification's own syscall needs: Notify must not wait for it there.
+type selfNotifying struct {
+	knob
+}
+
+func (s *selfNotifying) Write(ctx context.Context, f *handler.OpenFile, src []byte, off int64) (int, error) {
+	n, err := s.Value.Write(ctx, f, src, off)
+	s.mu.Lock()
+	notify := s.notify
+	s.mu.Unlock()
+	notify()
+	return n, err
+}
+
+func TestNotifyFromCallback(t *testing.T) {
+	for _, m := range notifyModes {
+		t.Run(m.name, func(t *testing.T) {
+			srv := mount(t, m.opts)
+			k := &selfNotifying{knob{Value: handler.NewValue("1\n")}}
+			if _, err := srv.Create("knob", 0o644, k); err != nil {
+				t.Fatal(err)
+			}
+			p := filepath.Join(srv.Mountpoint(), "knob")
+			w := testenv.Watch(t, p, "", nil)
+			done := make(chan error, 1)
+			go func() {
+				// Another process writes, as a user would.
+				done <- exec.Command("sh", "-c", `echo 22 > "$1"`, "sh", p).Run()
+			}()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatalf("echo 22 > knob: %v", err)
+				}
+			case <-time.After(eventWait):
+				t.Fatal("a write whose callback notifies did not return within 10s")
+			}
+			ev, _ := w.Expect("IN_MODIFY", eventWait)
+			for {
+				next, ok := w.Next(quiet)
+				if !ok {
+					break
+				}
+				ev = next
+			}
+			if ev.Content != "22\n" {
+				t.Errorf("after the last event the watcher read %q (%s), want \"22\\n\"", ev.Content, ev.ReadErr)
+			}
+		})
+	}
+}
