@@ -12,10 +12,11 @@ package fusebridge
 //     mtime (the file's own): the VFS turns ATTR_MTIME without ATTR_ATIME
 //     into FS_MODIFY, i.e. inotify IN_MODIFY and fanotify FAN_MODIFY (for
 //     groups that report file handles, FAN_REPORT_FID: a group reporting
-//     descriptors gets only events that carry an open file, as for the same
-//     call on tmpfs), and nothing else. An explicit time needs only ownership (or CAP_FOWNER),
-//     not write permission, so it works on files read-only to everyone,
-//     and also for an unprivileged server, whose files it owns;
+//     descriptors gets only events that carry an open file, as for the
+//     same call on tmpfs), and nothing else. An explicit time needs only
+//     ownership (or CAP_FOWNER), not write permission, so it works on
+//     files read-only to everyone, also for an unprivileged server, whose
+//     files it owns;
 //   - it goes through an O_PATH descriptor of the name whose inode number
 //     and device are checked first, so a name removed or published again
 //     in between is never touched, and a mountpoint that was detached
@@ -92,8 +93,6 @@ type notifyState struct {
 	// degraded is set once the server could not raise the event for this
 	// entry (logged once), for NotifyEvents.
 	degraded atomic.Bool
-	// runs counts completed notifications, for tests.
-	runs atomic.Int64
 }
 
 // notifyThreads holds the thread ids of workers that are inside the
@@ -118,8 +117,9 @@ func isNotifyThread(tid uint32) bool {
 // kernel caches for the entry (attributes, and on a no-open connection the
 // snapshot and its pages, on every connection that serves the name), so
 // the next read is fresh, and then raises an inotify IN_MODIFY (fanotify
-// FAN_MODIFY, for FAN_REPORT_FID groups) event for the file, which a watcher receives after the
-// caches are gone: what it reads after the event is the new content.
+// FAN_MODIFY, for FAN_REPORT_FID groups) event for the file, which a
+// watcher receives after the caches are gone: what it reads after the
+// event is the new content.
 // Watchers of the directory get it too (with the file's name): for a
 // handler file of a NoOpenHandlers mount, which is a bind mount of another
 // connection's file, Notify raises a second event on the main
@@ -134,10 +134,10 @@ func isNotifyThread(tid uint32) bool {
 //
 // The event is raised by a no-op utimensat(2) of the server on its own
 // file, which needs the server to own the file or to have CAP_FOWNER:
-// that is always so for a root server and for an unprivileged one's own
-// files, but not for a file chowned to another user by an unprivileged
-// server. Then there is no event (the caches are still dropped), which
-// NotifyEvents reports; Notify never fails.
+// that is always so for a root server, and for an unprivileged one unless
+// the handler reports another owner (Getattr). Then there is no event (the
+// caches are still dropped), which NotifyEvents reports; Notify never
+// fails.
 //
 // Writes through the mount need no Notify: the kernel raises IN_MODIFY
 // for them itself.
@@ -170,7 +170,6 @@ func (e *Entry) notifyLoop() {
 				e.srv.log.Info("no inotify event for this file: the change is visible to readers, but watchers are not woken", "name", e.name, "reason", err)
 			}
 		}
-		st.runs.Add(1)
 		st.mu.Lock()
 		if !st.again || st.stopped {
 			st.running = false
@@ -194,13 +193,19 @@ func (e *Entry) notifyNow() error {
 	if ce := e.twin.Load(); ce != nil {
 		target = ce
 	}
+	// Whatever stops the event, the caches are dropped.
+	invalidated := false
+	defer func() {
+		if !invalidated {
+			e.Invalidate()
+		}
+	}()
 	path := filepath.Join(e.srv.mnt, e.name)
 	fd, err := unix.Open(path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTCONN) {
 			return errEntryGone
 		}
-		e.Invalidate()
 		return fmt.Errorf("open %s: %w", path, err)
 	}
 	defer unix.Close(fd)
@@ -215,6 +220,7 @@ func (e *Entry) notifyNow() error {
 	}
 	// Caches first, so that anything a watcher reads after the event,
 	// which follows, is fresh.
+	invalidated = true
 	if err := e.Invalidate(); err != nil {
 		return fmt.Errorf("invalidate: %w", err)
 	}
