@@ -702,3 +702,40 @@ func TestNotifyFromCallback(t *testing.T) {
 		})
 	}
 }
+
+// Removal of a file that is open: as for an unlinked tmpfs file, the
+// watcher gets IN_DELETE_SELF and IN_IGNORED when the last descriptor is
+// closed (measured: nothing before).
+func TestNotifyRemoveWhileOpen(t *testing.T) {
+	for _, m := range notifyModes {
+		t.Run(m.name, func(t *testing.T) {
+			srv := mount(t, m.opts)
+			e, err := srv.Create("gen", 0o444, text("a\n"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := filepath.Join(srv.Mountpoint(), "gen")
+			w := testenv.Watch(t, p, "", nil)
+			fd, err := unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := e.Remove(); err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			if ev, ok := w.Next(quiet); ok {
+				got = append(got, ev.Mask) // not an error: the kernel may report it early
+			}
+			unix.Close(fd)
+			ev, before := w.Expect("IN_IGNORED", eventWait)
+			for _, b := range before {
+				got = append(got, b.Mask)
+			}
+			got = append(got, ev.Mask)
+			if strings.Join(got, " ") != "IN_DELETE_SELF IN_IGNORED" {
+				t.Errorf("removal of an open file, then close: events %v, want IN_DELETE_SELF IN_IGNORED", got)
+			}
+		})
+	}
+}
