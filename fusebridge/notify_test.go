@@ -739,3 +739,43 @@ func TestNotifyRemoveWhileOpen(t *testing.T) {
 		})
 	}
 }
+
+// A reader that keeps the file open and reads it again from offset 0 after
+// the event (the sysfs pattern): on a no-open connection it gets the new
+// content, because Notify dropped the cached pages and the snapshot; on a
+// connection with OPEN, Generated content is a snapshot per open(2), so
+// the old descriptor keeps the old text and a new open gets the new one.
+func TestNotifyRereadOpenDescriptor(t *testing.T) {
+	for _, m := range notifyModes {
+		t.Run(m.name, func(t *testing.T) {
+			srv := mount(t, m.opts)
+			c := newChanging("old\n")
+			e, err := srv.Create("gen", 0o444, c.gen())
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := filepath.Join(srv.Mountpoint(), "gen")
+			fd, err := unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(fd)
+			buf := make([]byte, 100)
+			if n, _ := unix.Pread(fd, buf, 0); string(buf[:n]) != "old\n" {
+				t.Fatalf("first read %q", buf[:n])
+			}
+			w := testenv.Watch(t, p, "", nil)
+			c.set("new\n")
+			e.Notify()
+			w.Expect("IN_MODIFY", eventWait)
+			n, err := unix.Pread(fd, buf, 0)
+			want := "old\n"
+			if m.opts.NoOpen || m.twin {
+				want = "new\n"
+			}
+			if err != nil || string(buf[:n]) != want {
+				t.Errorf("re-read of the open descriptor: %q, %v; want %q", buf[:n], err, want)
+			}
+		})
+	}
+}
