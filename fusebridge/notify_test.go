@@ -779,3 +779,64 @@ func TestNotifyRereadOpenDescriptor(t *testing.T) {
 		})
 	}
 }
+
+// Notifies racing with the removal of their entry and the publication of
+// another file under the same name: the new file is never touched (its
+// Setattr never runs, its mtime never moves) and nothing hangs.
+func TestNotifyRacesRemove(t *testing.T) {
+	for _, m := range notifyModes {
+		t.Run(m.name, func(t *testing.T) {
+			srv := mount(t, m.opts)
+			p := filepath.Join(srv.Mountpoint(), "x")
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				for i := 0; i < 40; i++ {
+					old, err := srv.Create("x", 0o444, text("old\n"))
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					os.ReadFile(p) // looked up, so the kernel knows it
+					for range 5 {
+						old.Notify()
+					}
+					if err := old.Remove(); err != nil {
+						t.Error(err)
+						return
+					}
+					k := &knob{Value: handler.NewValue("new\n")}
+					e, err := srv.Create("x", 0o444, k)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					k.setattrs.Store(0) // Create passes the mode through Setattr
+					var before, after unix.Stat_t
+					if err := unix.Stat(p, &before); err != nil {
+						t.Error(err)
+						return
+					}
+					old.Notify() // removed: must do nothing
+					time.Sleep(2 * time.Millisecond)
+					if err := unix.Stat(p, &after); err != nil {
+						t.Error(err)
+						return
+					}
+					if n := k.setattrs.Load(); n != 0 || after.Mtim != before.Mtim {
+						t.Errorf("round %d: the new file got %d setattrs, mtime %v -> %v", i, n, before.Mtim, after.Mtim)
+					}
+					if err := e.Remove(); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			}()
+			select {
+			case <-done:
+			case <-time.After(60 * time.Second):
+				t.Fatal("40 rounds of create, notify, remove did not finish within 60s")
+			}
+		})
+	}
+}
