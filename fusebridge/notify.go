@@ -64,6 +64,10 @@ package fusebridge
 //   - Entry.kill (entry.go), first line: `e.stopNotify()` (Changer's stop,
 //     and no more notifies, on removal and unmount);
 //   - Entry.Remove (entry.go), just before notifyGone: `e.notifyRemoved()`.
+//
+// Where an entry lives (its path below the mountpoint, the go-fuse inode of
+// its directory) is asked in two functions only, notifyRelPath and
+// notifyDir, for a bridge with directories to answer.
 
 import (
 	"context"
@@ -77,6 +81,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
@@ -200,7 +205,7 @@ func (e *Entry) notifyNow() error {
 			e.Invalidate()
 		}
 	}()
-	path := filepath.Join(e.srv.mnt, e.name)
+	path := filepath.Join(e.srv.mnt, e.notifyRelPath())
 	fd, err := unix.Open(path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTCONN) {
@@ -325,18 +330,25 @@ func (e *Entry) stopNotify() {
 	}
 }
 
+// notifyRelPath is the entry's path relative to the mountpoint.
+func (e *Entry) notifyRelPath() string { return e.name }
+
+// notifyDir is the go-fuse inode of the directory that holds the entry.
+func (e *Entry) notifyDir() *fs.Inode { return e.srv.root.EmbeddedInode() }
+
 // notifyRemoved tells the kernel that the entry's file was deleted
 // (FUSE_NOTIFY_DELETE): it clears the inode's link count and deletes its
 // dentry, so a watcher of the file gets IN_DELETE_SELF and IN_IGNORED.
 func (e *Entry) notifyRemoved() {
-	n := e.srv.root.GetChild(e.name)
+	dir := e.notifyDir()
+	n := dir.GetChild(e.name)
 	if n == nil {
 		return // never looked up: the kernel has no inode to delete
 	}
 	if fn, ok := n.Operations().(*fileNode); !ok || fn.e != e {
 		return // the name was published again and is another file now
 	}
-	if errno := e.srv.root.NotifyDelete(e.name, n); errno != 0 && errno != syscall.ENOENT {
+	if errno := dir.NotifyDelete(e.name, n); errno != 0 && errno != syscall.ENOENT {
 		e.srv.log.Debug("delete notification failed", "name", e.name, "errno", errno)
 	}
 }
@@ -351,7 +363,7 @@ func (e *Entry) notifyCovered() error {
 		return err
 	}
 	defer release()
-	fd, err := unix.Openat(view, e.name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	fd, err := unix.Openat(view, e.notifyRelPath(), unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return err
 	}
