@@ -364,7 +364,8 @@ func TestNotifyUnderGC(t *testing.T) {
 
 // notifyServer serves a mount as the (unprivileged) user it runs as, for
 // TestNotifyUnprivileged. Commands on stdin: "set NAME TEXT" changes a
-// file's content and notifies, "events NAME" prints NotifyEvents.
+// file's content and notifies, "setknob TEXT" sets the knob from Go,
+// "events NAME" prints NotifyEvents.
 func notifyServer(mnt string) int {
 	srv, err := fusebridge.Mount(mnt, fusebridge.Options{})
 	if err != nil {
@@ -392,11 +393,19 @@ func notifyServer(mnt string) int {
 		}
 		files[f.name], entries[f.name] = c, e
 	}
+	k := &knob{Value: handler.NewValue("1\n")}
+	if _, err := srv.Create("knob", 0o644, k); err != nil {
+		fmt.Println("error:", err)
+		return 1
+	}
 	fmt.Println("ready")
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
 		f := strings.SplitN(sc.Text(), " ", 3)
 		switch {
+		case len(f) == 2 && f[0] == "setknob": // a set from Go
+			k.set(f[1] + "\n")
+			fmt.Println("ok")
 		case len(f) == 3 && f[0] == "set":
 			files[f[1]].set(f[2] + "\n")
 			entries[f[1]].Notify()
@@ -418,9 +427,10 @@ func (f foreignOwned) Getattr(ctx context.Context, a *handler.Attr) error {
 }
 
 // An unprivileged server (user nobody, mounted through fusermount3) raises
-// the event for its own read-only files, as root does; for a file it does
-// not own it cannot, and then there is no event, the content is still
-// fresh, NotifyEvents says so, and nothing fails or hangs.
+// the event for its own read-only files and knobs, as root does (a knob
+// written through the mount, or set from Go); for a file it does not own
+// it cannot, and then there is no event, the content is still fresh,
+// NotifyEvents says so, and nothing fails or hangs.
 func TestNotifyUnprivileged(t *testing.T) {
 	testenv.RequireFUSE(t)
 	if _, err := exec.LookPath("fusermount3"); err != nil {
@@ -496,6 +506,33 @@ func TestNotifyUnprivileged(t *testing.T) {
 	}
 	if l := say("events gen"); l != "true" {
 		t.Errorf("NotifyEvents of the server's own file: %s", l)
+	}
+
+	// A knob, written through the mount by another process of the user,
+	// then set from Go code in the server.
+	wk := testenv.Watch(t, filepath.Join(mnt, "knob"), bin, nobody)
+	wk.None(quiet)
+	echo := exec.Command("sh", "-c", `echo 7 > "$1"`, "sh", filepath.Join(mnt, "knob"))
+	echo.SysProcAttr = nobody
+	if out, err := echo.CombinedOutput(); err != nil {
+		t.Fatalf("echo 7 > knob as nobody: %v: %s", err, out)
+	}
+	ev, _ = wk.Expect("IN_MODIFY", eventWait)
+	for {
+		next, ok := wk.Next(quiet)
+		if !ok {
+			break
+		}
+		ev = next
+	}
+	if ev.Content != "7\n" {
+		t.Errorf("unprivileged knob written through the mount: the watcher read %q (%s) last", ev.Content, ev.ReadErr)
+	}
+	if l := say("setknob 8"); l != "ok" {
+		t.Fatal(l)
+	}
+	if ev, _ := wk.Expect("IN_MODIFY", eventWait); ev.Content != "8\n" {
+		t.Errorf("unprivileged knob set from Go: the watcher read %q (%s)", ev.Content, ev.ReadErr)
 	}
 
 	if l := say("set foreign second"); l != "ok" {
