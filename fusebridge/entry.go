@@ -66,6 +66,8 @@ type Entry struct {
 	// twin is the same handler published on the no-open connection of a
 	// NoOpenHandlers mount and bind-mounted over this entry's name.
 	twin atomic.Pointer[Entry]
+
+	notify notifyState // change notification (notify.go)
 }
 
 // sharedFile is an Entry's open file on a NoOpen mount.
@@ -128,12 +130,14 @@ func (e *Entry) Remove() error {
 			n.NotifyContent(0, 0)
 		}
 	}
+	e.notifyRemoved() // notify.go: IN_DELETE_SELF for watchers
 	e.srv.notifyGone(e.name)
 	return nil
 }
 
 // kill waits for callbacks in flight, then releases open descriptors.
 func (e *Entry) kill() {
+	e.stopNotify() // notify.go
 	e.life.Lock()
 	e.removed = true
 	e.life.Unlock()

@@ -371,6 +371,9 @@ func (n *fileNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrO
 }
 
 func (n *fileNode) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if errno, ok := n.e.selfNotified(ctx, in, out); ok { // notify.go
+		return errno
+	}
 	e := n.e
 	if !e.enter() {
 		return syscall.EIO

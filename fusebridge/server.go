@@ -31,6 +31,13 @@
 //     served over a second connection that answers OPEN with ENOSYS, so
 //     that cat of a /proc-style file costs no request while the RAM file
 //     keeps passthrough (see split.go for how).
+//
+// Entry.Notify, the sysfs_notify of the API, drops the kernel's caches of
+// an entry and raises inotify IN_MODIFY for it, and a handler.Changer is
+// given its notify function at Create; Remove gives watchers
+// IN_DELETE_SELF. poll(2) on a published file always reports it readable
+// and writable at once: go-fuse switches the kernel's POLL request off for
+// the connection (see notify.go for both).
 package fusebridge
 
 import (
@@ -460,6 +467,7 @@ func (s *Server) Create(name string, mode fs.FileMode, h any) (*Entry, error) {
 	if s.companion != nil && e.backing == nil {
 		s.serveNoOpen(e, mode, h)
 	}
+	e.subscribe(h) // notify.go: handler.Changer
 	return e, nil
 }
 

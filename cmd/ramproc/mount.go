@@ -31,7 +31,7 @@ func runMount(args []string) int {
 	allowOther := fl.Bool("allow-other", os.Geteuid() == 0, "let other users reach the file (the allow_other mount option; default on when root)")
 	ptStr := fl.String("passthrough", "auto", "FUSE passthrough: auto (when root on Linux >= 6.9), on (fail without it) or off (forward every read and write through this process)")
 	noOpen := fl.Bool("no-open", false, "answer OPEN with ENOSYS: the kernel then sends no OPEN/RELEASE and caches every file across opens (open+read+close near tmpfs speed); implies -passthrough off")
-	stats := fl.Bool("stats", false, "also publish a read-only 'stats' file with live server counters (refreshed once a second where it is cached: with passthrough it is served over a second, no-open connection, so reading it costs no request)")
+	stats := fl.Bool("stats", false, "also publish a read-only 'stats' file with live server counters (refreshed once a second, which wakes inotify watchers of it; with passthrough it is served over a second, no-open connection, so reading it costs no request)")
 	debug := fl.Bool("debug", false, "log every FUSE request to stderr")
 	fl.Usage = func() {} // flag calls it on every error; help is printed below
 	if err := fl.Parse(args); err != nil {
@@ -109,22 +109,20 @@ func runMount(args []string) int {
 			srv.Unmount()
 			return usageError("mount", fmt.Sprintf("publishing stats: %v (choose another -name)", err))
 		}
-		if *noOpen || srv.HandlersNoOpen() {
-			// The kernel serves the generated text from its cache until
-			// the entry is invalidated: refresh it once a second.
-			go func() {
-				t := time.NewTicker(time.Second)
-				defer t.Stop()
-				for {
-					select {
-					case <-ctx.Done():
-						return
-					case <-t.C:
-						se.Invalidate()
-					}
+		// The content changes every second (uptime): drop the kernel's
+		// cached copy and wake inotify watchers of the file, in every mode.
+		go func() {
+			t := time.NewTicker(time.Second)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					se.Notify()
 				}
-			}()
-		}
+			}
+		}()
 	}
 
 	path := filepath.Join(srv.Mountpoint(), *name)
