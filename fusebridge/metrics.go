@@ -142,6 +142,11 @@ func (s *Server) wrapRawFS(fs fuse.RawFileSystem) fuse.RawFileSystem {
 
 func (c *countingFS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out *fuse.EntryOut) fuse.Status {
 	st := c.RawFileSystem.Lookup(cancel, h, name, out)
+	if st == fuse.OK && out.NodeId == 0 {
+		// A negative entry: ENOENT to the caller, cached by the kernel.
+		c.m.count(OpLookup, fuse.ENOENT)
+		return st
+	}
 	c.m.count(OpLookup, st)
 	return st
 }

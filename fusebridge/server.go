@@ -411,7 +411,7 @@ func prepareMountpoint(mnt string, log *slog.Logger) (*claim, error) {
 	if fstype, ok := mountedFS(mnt); ok {
 		cl.release(true)
 		if pid := claimHolder(mnt); pid > 0 {
-			return nil, fmt.Errorf("%s is already served by process %d (%s); stop it first (kill %d) or choose another directory: %w", mnt, pid, fstype, pid, ErrMountpointBusy)
+			return nil, fmt.Errorf("%s is already a mount point, served by process %d (%s); stop it first (kill %d) or choose another directory: %w", mnt, pid, fstype, pid, ErrMountpointBusy)
 		}
 		return nil, fmt.Errorf("%s is already a mount point (%s); unmount it first (umount %s) or choose another directory: %w", mnt, fstype, mnt, ErrMountpointBusy)
 	}
