@@ -647,3 +647,65 @@ func holderPid(dir string) int {
 	}
 	return 0
 }
+
+// The systemd unit's ExecStart, as systemd would run it for an instance
+// (%f the unescaped mountpoint, RAMPROC_OPTS from its Environment=), with
+// NOTIFY_SOCKET set: the command line is valid and reports READY=1.
+func TestSystemdUnit(t *testing.T) {
+	testenv.RequireFUSE(t)
+	unit, err := os.ReadFile("../../contrib/systemd/ramproc@.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var exec_, opts string
+	for _, l := range strings.Split(string(unit), "\n") {
+		if v, ok := strings.CutPrefix(l, "ExecStart="); ok {
+			exec_ = v
+		}
+		if v, ok := strings.CutPrefix(l, "Environment=RAMPROC_OPTS="); ok {
+			opts = v
+		}
+		if v, ok := strings.CutPrefix(l, "Type="); ok && v != "notify" {
+			t.Errorf("Type=%s, want notify", v)
+		}
+	}
+	if exec_ == "" || opts == "" {
+		t.Fatalf("no ExecStart or RAMPROC_OPTS in the unit:\n%s", unit)
+	}
+	mnt := filepath.Join(t.TempDir(), "mnt")
+	argv := strings.Fields(exec_)
+	for i, a := range argv {
+		a = strings.ReplaceAll(a, "${RAMPROC_OPTS}", opts)
+		argv[i] = strings.ReplaceAll(a, "%f", mnt)
+	}
+	if argv[0] != "/usr/local/bin/ramproc" {
+		t.Errorf("ExecStart runs %s; the README installs to /usr/local/bin/ramproc", argv[0])
+	}
+	sock := filepath.Join(t.TempDir(), "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	cmd := exec.Command(ramprocBinary(t), argv[1:]...)
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+			unix.Unmount(mnt, unix.MNT_DETACH)
+		}
+	})
+	conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	buf := make([]byte, 256)
+	n, err := conn.Read(buf)
+	if err != nil || string(buf[:n]) != "READY=1" {
+		t.Fatalf("the unit's command: %q, %v; stderr:\n%s", buf[:n], err, stderr.String())
+	}
+	stopMount(t, cmd, syscall.SIGTERM)
+}
