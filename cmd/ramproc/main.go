@@ -13,6 +13,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 )
 
@@ -42,9 +43,11 @@ func run(args []string) int {
 		usage()
 		return 0
 	}
-	// mount.fuse3 runs "ramproc SOURCE MOUNTPOINT -o OPTIONS": a first
-	// argument that is no command and no flag, followed by another.
-	if len(args) >= 2 && !strings.HasPrefix(args[0], "-") && !strings.HasPrefix(args[1], "-") {
+	// mount.fuse3 runs "ramproc SOURCE MOUNTPOINT -o OPTIONS", with -o
+	// always (mount(8) passes at least rw): a first argument that is no
+	// command and no flag, then another, and -o. Without -o it is more
+	// likely a mistyped command than a mount.
+	if len(args) >= 3 && !strings.HasPrefix(args[0], "-") && !strings.HasPrefix(args[1], "-") && slices.Contains(args, "-o") {
 		return runHelper(args)
 	}
 	fmt.Fprintf(os.Stderr, "ramproc: unknown command %q; run 'ramproc help' for the list of commands\n", args[0])

@@ -188,6 +188,19 @@ func TestMountSIGHUP(t *testing.T) {
 	}
 }
 
+// A mistyped command is not taken for the mount-helper form, which
+// always carries -o.
+func TestMistypedCommandIsNoMount(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "x")
+	out, code := runCmd(t, "moutn", dir)
+	if code != exitUsage || !strings.Contains(out, `unknown command "moutn"`) {
+		t.Errorf("ramproc moutn DIR: exit %d, %q", code, out)
+	}
+	if _, err := os.Lstat(dir); err == nil {
+		t.Errorf("ramproc moutn DIR created %s", dir)
+	}
+}
+
 func TestVersion(t *testing.T) {
 	for _, arg := range []string{"version", "--version"} {
 		out, code := runCmd(t, arg)
