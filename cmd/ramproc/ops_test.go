@@ -722,3 +722,43 @@ func TestSystemdUnit(t *testing.T) {
 	}
 	stopMount(t, cmd, syscall.SIGTERM)
 }
+
+// The mount-helper form with -f stays in the foreground: the process that
+// reports READY=1 is the one started, and SIGTERM stops it.
+func TestHelperForeground(t *testing.T) {
+	testenv.RequireFUSE(t)
+	sock := filepath.Join(t.TempDir(), "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	mnt := filepath.Join(t.TempDir(), "mnt")
+	cmd := exec.Command(ramprocBinary(t), "ramproc", mnt, "-o", "rw,max_size=64k,dev,suid", "-f")
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+			unix.Unmount(mnt, unix.MNT_DETACH)
+		}
+	})
+	conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	buf := make([]byte, 256)
+	n, err := conn.Read(buf)
+	if err != nil || string(buf[:n]) != "READY=1" {
+		t.Fatalf("helper form with -f: %q, %v; stderr:\n%s", buf[:n], err, stderr.String())
+	}
+	if pid := holderPid(mnt); pid != cmd.Process.Pid {
+		t.Errorf("the server is pid %d, want the started process %d (in the foreground)", pid, cmd.Process.Pid)
+	}
+	if _, err := os.Stat(filepath.Join(mnt, "ramfile")); err != nil {
+		t.Error(err)
+	}
+	stopMount(t, cmd, syscall.SIGTERM)
+}
