@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -592,7 +593,7 @@ func TestMountHelper(t *testing.T) {
 			}
 			unix.Unmount(c.mnt, unix.MNT_DETACH)
 		})
-		out, err := exec.Command("mount", c.args...).CombinedOutput()
+		out, err := boundedCommand(t, "mount", c.args...).CombinedOutput()
 		if err != nil {
 			t.Errorf("%s: %v: %s", c.name, err, out)
 			continue
@@ -614,11 +615,11 @@ func TestMountHelper(t *testing.T) {
 			t.Errorf("%s: no server process holds %s", c.name, c.mnt)
 		}
 		// A second mount on the same directory fails, with the reason.
-		out, err = exec.Command("mount", "-t", "fuse", bin+"#ramproc", c.mnt).CombinedOutput()
+		out, err = boundedCommand(t, "mount", "-t", "fuse", bin+"#ramproc", c.mnt).CombinedOutput()
 		if err == nil || !strings.Contains(string(out), "process "+strconv.Itoa(pid)) {
 			t.Errorf("%s: a second mount on a served directory: %v, %q; want a failure naming process %d", c.name, err, out, pid)
 		}
-		if out, err := exec.Command("umount", "-R", c.mnt).CombinedOutput(); err != nil {
+		if out, err := boundedCommand(t, "umount", "-R", c.mnt).CombinedOutput(); err != nil {
 			t.Errorf("%s: umount: %v: %s", c.name, err, out)
 		}
 		// Unmounted from outside, the server stops by itself.
@@ -632,13 +633,21 @@ func TestMountHelper(t *testing.T) {
 	}
 
 	// Errors reach mount(8): an unknown option fails the mount, and says so.
-	out, err := exec.Command("mount", "-t", "fuse", "-o", "bogus", bin+"#ramproc", helperMnt).CombinedOutput()
+	out, err := boundedCommand(t, "mount", "-t", "fuse", "-o", "bogus", bin+"#ramproc", helperMnt).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), `"bogus"`) {
 		t.Errorf("mount -o bogus: %v, %q; want a failure naming the option", err, out)
 	}
 	if got := testenv.MountsUnder(t, helperMnt); len(got) != 0 {
 		t.Errorf("mounts after a refused mount: %q", got)
 	}
+}
+
+// boundedCommand is exec.Command killed after a minute: mount(8) waits for
+// the server's readiness, which must never hang a test.
+func boundedCommand(t *testing.T, name string, args ...string) *exec.Cmd {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	t.Cleanup(cancel)
+	return exec.CommandContext(ctx, name, args...)
 }
 
 // holderPid returns the pid of the ramproc server that holds dir's claim:
