@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"debug/buildinfo"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -770,4 +771,40 @@ func TestHelperForeground(t *testing.T) {
 		t.Error(err)
 	}
 	stopMount(t, cmd, syscall.SIGTERM)
+}
+
+// Built with VCS information, as go install and a go build in a clone do
+// by default, version reports the revision and modified flag the go
+// command stamped into the binary (read back with debug/buildinfo); in a
+// checkout where go cannot stamp them (a git worktree) it says unknown.
+func TestVersionRevision(t *testing.T) {
+	if _, err := exec.LookPath("git"); err != nil {
+		testenv.Missing(t, "the revision test needs git")
+	}
+	bin := filepath.Join(t.TempDir(), "ramproc")
+	build := boundedCommand(t, "go", "build", "-buildvcs=auto", "-o", bin, "./cmd/ramproc")
+	build.Dir = "../.."
+	build.Env = append(os.Environ(), "GOFLAGS=")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	bi, err := buildinfo.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, modified := "revision unknown", ""
+	for _, s := range bi.Settings {
+		switch {
+		case s.Key == "vcs.revision":
+			want = "revision " + s.Value
+		case s.Key == "vcs.modified" && s.Value == "true":
+			modified = " (modified)"
+		}
+	}
+	want += modified
+	out, err := boundedCommand(t, bin, "version").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "\n"+want) || !strings.Contains(string(out), bi.Main.Version) {
+		t.Errorf("ramproc version: %v:\n%s\nwant %q and %q", err, out, want, bi.Main.Version)
+	}
+	t.Logf("%s", out)
 }
