@@ -494,10 +494,10 @@ func TestMountLogFormatJSON(t *testing.T) {
 	}
 }
 
-// With NOTIFY_SOCKET set, the server reports READY=1 once the file is
+// TestMountSdNotify: with NOTIFY_SOCKET set, the server reports READY=1 once the file is
 // served and STOPPING=1 on its way down, to a socket named by path or by
 // an abstract name ("@...").
-func TestMountNotify(t *testing.T) {
+func TestMountSdNotify(t *testing.T) {
 	testenv.RequireFUSE(t)
 	for _, abstract := range []bool{false, true} {
 		name := filepath.Join(t.TempDir(), "notify")
