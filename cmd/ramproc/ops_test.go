@@ -60,6 +60,18 @@ func TestSplitOptions(t *testing.T) {
 	}
 }
 
+// Flags anywhere, "-oOPTS" in one word as libfuse takes it, "--" ends them.
+func TestParseInterleaved(t *testing.T) {
+	fl := flag.NewFlagSet("t", flag.ContinueOnError)
+	var o optList
+	fl.Var(&o, "o", "")
+	name := fl.String("name", "", "")
+	pos, err := parseInterleaved(fl, []string{"src", "-name", "x", "dir", "-orw,stats", "-o", "mode=0600", "--", "-rest"})
+	if err != nil || fmt.Sprint(pos) != "[src dir -rest]" || *name != "x" || fmt.Sprint([]string(o)) != "[rw stats mode=0600]" {
+		t.Errorf("parseInterleaved: %q, %v, name %q, -o %q", pos, err, *name, o)
+	}
+}
+
 // -o maps libfuse-style names onto the flags, ignores what mount(8) and
 // fstab add, and names every option it does not know.
 func TestApplyOptions(t *testing.T) {

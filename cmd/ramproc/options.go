@@ -120,6 +120,16 @@ func parseInterleaved(fl *flag.FlagSet, args []string) ([]string, error) {
 			break
 		}
 	}
+	// libfuse also takes "-oOPTS" in one word.
+	var split []string
+	for _, a := range args {
+		if v, ok := strings.CutPrefix(a, "-o"); ok && v != "" && !strings.HasPrefix(v, "=") {
+			split = append(split, "-o", v)
+			continue
+		}
+		split = append(split, a)
+	}
+	args = split
 	var pos []string
 	for {
 		if err := fl.Parse(args); err != nil {
