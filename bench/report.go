@@ -367,11 +367,13 @@ spread: widest (max-min)/median over the repetitions among the targets.
 			}
 		}
 	}
-	fmt.Fprintf(&b, "\ngoals met: %d of %d", met, total)
-	if unmeasured > 0 {
-		fmt.Fprintf(&b, " (%d could not be measured)", unmeasured)
+	if total > 0 { // none when the caller dropped them (ramproc bench -quick)
+		fmt.Fprintf(&b, "\ngoals met: %d of %d", met, total)
+		if unmeasured > 0 {
+			fmt.Fprintf(&b, " (%d could not be measured)", unmeasured)
+		}
+		b.WriteString("\n")
 	}
-	b.WriteString("\n")
 	var errs []string
 	for _, row := range rep.Rows {
 		for _, n := range names {

@@ -153,6 +153,20 @@ type Options struct {
 	// open drain by themselves before it aborts the FUSE connection;
 	// 0 means 2 seconds.
 	UnmountGrace time.Duration
+
+	// ReadOnly mounts the directory read-only (the ro mount option):
+	// writes, truncates and chmod fail with EROFS, as on a read-only tmpfs.
+	ReadOnly bool
+
+	// Space reports the capacity and use that statfs(2) and df show for
+	// the mount, as a tmpfs with size= shows them (see Space); nil reports
+	// no capacity, as tmpfs with size=0 does.
+	Space func() Space
+
+	// Metrics receives the counts of every request the mount's
+	// connections serve; nil gives the server counters of its own
+	// (Server.Metrics returns them either way).
+	Metrics *Metrics
 }
 
 // Server is one mounted directory of published entries.
@@ -185,6 +199,9 @@ type Server struct {
 
 	unmountOnce sync.Once
 	unmountErr  error
+
+	// claim holds the mountpoint for the server's lifetime (see claim.go).
+	claim *claim
 }
 
 // Mount mounts an empty directory of entries on mountpoint and starts
@@ -205,10 +222,11 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 	if opts.UnmountGrace == 0 {
 		opts.UnmountGrace = 2 * time.Second
 	}
-	if err := prepareMountpoint(mnt, opts.Logger); err != nil {
-		return nil, err
+	if opts.Metrics == nil {
+		opts.Metrics = new(Metrics)
 	}
-
+	// Every check that needs no mountpoint comes first: a refused mount
+	// must leave no directory behind.
 	if opts.NoOpen {
 		if opts.Passthrough == PassthroughRequired {
 			return nil, errors.New("fusebridge: passthrough is set up in the OPEN reply and cannot be combined with NoOpen")
@@ -216,14 +234,22 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 		opts.Passthrough = PassthroughOff
 		opts.NoOpenHandlers = false
 	}
+	cl, err := prepareMountpoint(mnt, opts.Logger)
+	if err != nil {
+		return nil, err
+	}
+
 	s := newServer(mnt, opts)
+	s.claim = cl
 	// root mounts with mount(2) itself and needs no fusermount binary.
 	if err := s.start(mnt, os.Geteuid() == 0); err != nil {
+		cl.release(true)
 		return nil, mountError(mnt, err)
 	}
 	var st unix.Stat_t
 	if err := unix.Stat(mnt, &st); err != nil {
 		s.Unmount()
+		cl.removeCreated()
 		return nil, fmt.Errorf("fusebridge: mounted %s but cannot stat it: %w", mnt, err)
 	}
 	s.connID = unix.Minor(st.Dev)
@@ -232,6 +258,7 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 		if err := s.probePassthrough(); err != nil {
 			if opts.Passthrough == PassthroughRequired {
 				s.Unmount()
+				cl.removeCreated()
 				return nil, err
 			}
 			s.log.Info("passthrough unavailable; forwarding I/O through the server", "reason", err)
@@ -283,7 +310,7 @@ func (s *Server) start(mountpoint string, direct bool) error {
 		Name:              "ramproc",
 		DisableXAttrs:     true,
 		MaxWrite:          maxWrite,
-		Options:           []string{"default_permissions"},
+		Options:           append([]string{"default_permissions"}, roOption(s.opts.ReadOnly)...),
 		ExtraCapabilities: caps,
 		// Cached file data changes only through this mount, and the kernel
 		// already drops what a write, truncate or punch makes stale; with
@@ -308,7 +335,7 @@ func (s *Server) start(mountpoint string, direct bool) error {
 		UID:             s.uid,
 		GID:             s.gid,
 	})
-	srv, err := fuse.NewServer(rawFS, mountpoint, &mo)
+	srv, err := fuse.NewServer(s.wrapRawFS(rawFS), mountpoint, &mo)
 	if err != nil {
 		return err
 	}
@@ -347,9 +374,12 @@ func mountError(mnt string, err error) error {
 	return fmt.Errorf("cannot mount %s: %s; a non-root mount needs /dev/fuse readable and writable by you (Debian's default mode is 0666) and, with -allow-other, user_allow_other in /etc/fuse.conf; or run as root", mnt, msg)
 }
 
-// prepareMountpoint makes mnt usable: created if missing, a stale FUSE
-// mount detached, anything else unusable reported with what to do.
-func prepareMountpoint(mnt string, log *slog.Logger) error {
+// prepareMountpoint makes mnt usable and claims it: created if missing (only
+// now that every other check has passed), a stale FUSE mount detached, the
+// claim taken (see claim.go) before the check that nothing is mounted there,
+// so that of two servers started at once exactly one mounts. Anything
+// unusable is reported with what to do.
+func prepareMountpoint(mnt string, log *slog.Logger) (*claim, error) {
 	var st unix.Stat_t
 	err := unix.Stat(mnt, &st)
 	if err == nil {
@@ -363,26 +393,42 @@ func prepareMountpoint(mnt string, log *slog.Logger) error {
 	if errors.Is(err, unix.ENOTCONN) || errors.Is(err, unix.ECONNABORTED) {
 		log.Warn("detaching a dead FUSE mount left by a killed server", "mountpoint", mnt)
 		if derr := detach(mnt); derr != nil {
-			return fmt.Errorf("%s holds a dead FUSE mount and detaching it failed (%v); run 'umount -l %s' as its owner, then retry", mnt, derr, mnt)
+			// Another server starting at the same moment may have
+			// detached it first.
+			if unix.Stat(mnt, &st) != nil {
+				return nil, fmt.Errorf("%s holds a dead FUSE mount and detaching it failed (%v); run 'umount -l %s' as its owner, then retry", mnt, derr, mnt)
+			}
 		}
 		err = unix.Stat(mnt, &st)
 	}
+	var created []string
 	if errors.Is(err, unix.ENOENT) {
-		if err := os.MkdirAll(mnt, 0o755); err != nil {
-			return fmt.Errorf("mountpoint %s does not exist and cannot be created: %w", mnt, err)
+		if created, err = mkdirAll(mnt); err != nil {
+			return nil, fmt.Errorf("mountpoint %s does not exist and cannot be created: %w", mnt, err)
 		}
 		err = unix.Stat(mnt, &st)
 	}
 	if err != nil {
-		return fmt.Errorf("cannot use %s as a mountpoint: %w", mnt, err)
+		removeDirs(created)
+		return nil, fmt.Errorf("cannot use %s as a mountpoint: %w", mnt, err)
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
-		return fmt.Errorf("mountpoint %s is not a directory; give a directory (it is created if missing)", mnt)
+		return nil, fmt.Errorf("mountpoint %s is not a directory; give a directory (it is created if missing)", mnt)
+	}
+	cl, err := claimMountpoint(mnt, created)
+	if err != nil {
+		// Not removing what was created: the holder may be about to
+		// mount on it.
+		return nil, err
 	}
 	if fstype, ok := mountedFS(mnt); ok {
-		return fmt.Errorf("%s is already a mount point (%s); unmount it first (umount %s) or choose another directory", mnt, fstype, mnt)
+		cl.release(true)
+		if pid := claimHolder(mnt); pid > 0 {
+			return nil, fmt.Errorf("%s is already a mount point, served by process %d (%s); stop it first (kill %d) or choose another directory: %w", mnt, pid, fstype, pid, ErrMountpointBusy)
+		}
+		return nil, fmt.Errorf("%s is already a mount point (%s); unmount it first (umount %s) or choose another directory: %w", mnt, fstype, mnt, ErrMountpointBusy)
 	}
-	return nil
+	return cl, nil
 }
 
 // mountedFS reports whether mnt is itself a mount point and of which type,
@@ -565,6 +611,8 @@ func (s *Server) notifyGone(name string) {
 // idempotent.
 func (s *Server) Unmount() error {
 	s.unmountOnce.Do(func() {
+		// The claim goes last, once the directory is detached.
+		defer s.claim.release(false)
 		s.mu.Lock()
 		s.closing = true
 		list := make([]*Entry, 0, len(s.byName))
@@ -609,18 +657,44 @@ func (s *Server) Unmount() error {
 	return s.unmountErr
 }
 
+// fusectlMu serializes this process's use of fusectl: a server that mounts
+// it unmounts it again, and must not do so while another server of this
+// process is writing to it.
+var fusectlMu sync.Mutex
+
 // abort ends the FUSE connection through fusectl, as
-// 'echo 1 > /sys/fs/fuse/connections/N/abort' does.
+// 'echo 1 > /sys/fs/fuse/connections/N/abort' does. When fusectl was not
+// mounted, abort mounts it and unmounts it again: the server leaves the
+// system as it found it.
 func (s *Server) abort() error {
 	const ctl = "/sys/fs/fuse/connections"
 	path := fmt.Sprintf("%s/%d/abort", ctl, s.connID)
-	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
-		// fusectl is often not mounted; mounting it needs root.
-		if err := unix.Mount("fusectl", ctl, "fusectl", 0, ""); err != nil && !errors.Is(err, unix.EBUSY) {
-			return fmt.Errorf("mount fusectl on %s: %w", ctl, err)
+	fusectlMu.Lock()
+	defer fusectlMu.Unlock()
+	var err error
+	// Twice: another process may unmount fusectl between our check and
+	// our write.
+	for range 2 {
+		mounted := false
+		if _, serr := os.Stat(path); errors.Is(serr, os.ErrNotExist) {
+			// fusectl is often not mounted; mounting it needs root.
+			if merr := unix.Mount("fusectl", ctl, "fusectl", 0, ""); merr != nil && !errors.Is(merr, unix.EBUSY) {
+				return fmt.Errorf("mount fusectl on %s: %w", ctl, merr)
+			} else if merr == nil {
+				mounted = true
+			}
+		}
+		err = os.WriteFile(path, []byte("1"), 0)
+		if mounted {
+			if uerr := unix.Unmount(ctl, 0); uerr != nil {
+				unix.Unmount(ctl, unix.MNT_DETACH)
+			}
+		}
+		if !errors.Is(err, os.ErrNotExist) {
+			break
 		}
 	}
-	return os.WriteFile(path, []byte("1"), 0)
+	return err
 }
 
 // Wait blocks until the server has stopped: after Unmount, or after the

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -60,16 +61,19 @@ flags:
 			fmt.Fprintf(fl.Output(), "  -%s\n    \t%s%s\n", f.Name, f.Usage, def)
 		})
 	}
+	// Errors are one line, like the other commands'; the flag list only
+	// on -h.
+	fl.SetOutput(io.Discard)
 	if err := fl.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			fl.SetOutput(os.Stderr)
+			fl.Usage()
 			return 0
 		}
-		return exitUsage
+		return usageError("bench", err.Error())
 	}
 	if fl.NArg() > 0 {
-		fmt.Fprintf(os.Stderr, "ramproc bench: unexpected argument %q\n", fl.Arg(0))
-		fl.Usage()
-		return exitUsage
+		return usageError("bench", fmt.Sprintf("unexpected argument %q; the bench takes only flags", fl.Arg(0)))
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -127,6 +131,14 @@ flags:
 		if *asJSON {
 			werr = rep.WriteJSON(os.Stdout)
 		} else {
+			if *quick {
+				// One short repetition on small files measures noise as
+				// much as speed: no verdicts on figures like that.
+				for i := range rep.Rows {
+					rep.Rows[i].Goals = nil
+				}
+				fmt.Fprintln(os.Stdout, quickNote)
+			}
 			werr = rep.WriteText(os.Stdout)
 		}
 		if werr != nil {
@@ -147,6 +159,9 @@ flags:
 	}
 	return 0
 }
+
+// quickNote heads the table of a -quick run.
+const quickNote = "-quick: one short repetition on small files; the figures are indicative only and no goals are judged (run without -quick for that)"
 
 func benchSplitList(s string) []string {
 	var out []string

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"os/exec"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -78,5 +79,24 @@ func TestBenchCommand(t *testing.T) {
 	}
 	if t.Failed() {
 		t.Logf("stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
+	}
+}
+
+// A bad flag is one line with the command's prefix, not the flag list.
+func TestBenchFlagErrorOneLine(t *testing.T) {
+	for _, args := range [][]string{{"bench", "--bogus"}, {"bench", "extra"}} {
+		out, code := runCmd(t, args...)
+		if code != exitUsage || strings.Count(out, "\n") != 1 || !strings.HasPrefix(out, "ramproc bench: ") {
+			t.Errorf("ramproc %s: exit %d, %q; want exit 2 and one line starting 'ramproc bench: '", strings.Join(args, " "), code, out)
+		}
+	}
+}
+
+// -quick says its figures are indicative and judges no goals.
+func TestBenchQuickNoVerdicts(t *testing.T) {
+	testenv.RequireFUSE(t)
+	out, code := runCmd(t, "bench", "--quick", "--quiet", "--targets", "tmpfs,ramproc", "--workloads", "stat")
+	if code != 0 || !strings.Contains(out, quickNote) || strings.Contains(out, "goals met") || regexp.MustCompile(`(yes|NO) [0-9]`).MatchString(out) {
+		t.Errorf("ramproc bench --quick: exit %d:\n%s", code, out)
 	}
 }

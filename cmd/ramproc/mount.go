@@ -7,12 +7,17 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/ramproc/ramproc/bytestore"
 	"github.com/ramproc/ramproc/fusebridge"
@@ -20,7 +25,20 @@ import (
 	"github.com/ramproc/ramproc/ramfile"
 )
 
-func runMount(args []string) int {
+const mountSynopsis = `usage: ramproc mount [flags] MOUNTPOINT [flags]
+       ramproc SOURCE MOUNTPOINT -o OPTIONS   (as mount(8) runs it: mount -t fuse.ramproc)
+
+Serves a RAM-backed file in MOUNTPOINT until Ctrl-C, SIGTERM or SIGHUP and
+prints the file's path on stdout. 'ramproc mount' stays in the foreground;
+the mount-helper form (SOURCE is ignored) returns once the file is served
+and leaves the server in the background, unless -f is given.`
+
+func runMount(args []string) int { return mountMain(args, false) }
+
+// runHelper is the argv mount.fuse3 uses: ramproc SOURCE MOUNTPOINT -o ...
+func runHelper(args []string) int { return mountMain(args, true) }
+
+func mountMain(args []string, helper bool) int {
 	fl := flag.NewFlagSet("ramproc mount", flag.ContinueOnError)
 	fl.SetOutput(io.Discard) // errors are reported in one line below
 	name := fl.String("name", "ramfile", "name of the RAM file in the mount")
@@ -31,18 +49,46 @@ func runMount(args []string) int {
 	allowOther := fl.Bool("allow-other", os.Geteuid() == 0, "let other users reach the file (the allow_other mount option; default on when root)")
 	ptStr := fl.String("passthrough", "auto", "FUSE passthrough: auto (when root on Linux >= 6.9), on (fail without it) or off (forward every read and write through this process)")
 	noOpen := fl.Bool("no-open", false, "answer OPEN with ENOSYS: the kernel then sends no OPEN/RELEASE and caches every file across opens (open+read+close near tmpfs speed); implies -passthrough off")
-	stats := fl.Bool("stats", false, "also publish a read-only 'stats' file with live server counters (refreshed once a second, which wakes inotify watchers of it; with passthrough it is served over a second, no-open connection, so reading it costs no request)")
+	stats := fl.Bool("stats", false, "also publish a read-only 'stats' file: the server's metrics in the Prometheus text format (refreshed once a second, which wakes inotify watchers of it; with passthrough it is served over a second, no-open connection, so reading it costs no request)")
+	readOnly := fl.Bool("read-only", false, "mount read-only (-o ro): writes fail with EROFS")
+	metricsAddr := fl.String("metrics-addr", "", "serve the metrics of the stats file over HTTP on ADDR (host:port) at /metrics, for a Prometheus scrape")
+	logFormat := fl.String("log-format", "text", "format of every line the server logs on stderr: text or json (log/slog)")
 	debug := fl.Bool("debug", false, "log every FUSE request to stderr")
+	foreground := fl.Bool("f", false, "stay in the foreground (the mount-helper form otherwise returns once the file is served)")
+	var opts optList
+	fl.Var(&opts, "o", "mount options, comma-separated, libfuse style: allow_other, ro, rw, max_size=64m, mode=0600, name=N, passthrough=auto|on|off, noopen, stats, debug, metrics_addr=ADDR, log_format=json; generic ones (dev, suid, exec, auto, noauto, user, nofail, _netdev, x-systemd.*) are ignored")
 	fl.Usage = func() {} // flag calls it on every error; help is printed below
-	if err := fl.Parse(args); err != nil {
+	pos, err := parseInterleaved(fl, args)
+	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			printHelp(fl, "usage: ramproc mount [flags] MOUNTPOINT\n\nServes a RAM-backed file in MOUNTPOINT until Ctrl-C or SIGTERM and prints the file's path on stdout.")
+			printHelp(fl, mountSynopsis)
 			return 0
 		}
 		return usageError("mount", err.Error())
 	}
-	if fl.NArg() != 1 {
-		return usageError("mount", "give exactly one MOUNTPOINT directory, e.g. ramproc mount /tmp/ramproc")
+	if err := applyOptions(fl, opts); err != nil {
+		return usageError("mount", err.Error())
+	}
+	if helper {
+		// SOURCE is what fstab's first field and mount's device argument
+		// carry; a RAM file has none, as tmpfs has none.
+		if len(pos) != 2 {
+			return usageError("mount", "as a mount helper give SOURCE and MOUNTPOINT, e.g. ramproc ramproc /mnt/ram -o max_size=64m")
+		}
+		pos = pos[1:]
+	}
+	if len(pos) != 1 {
+		return usageError("mount", fmt.Sprintf("give exactly one MOUNTPOINT directory (got %d arguments: %q), e.g. ramproc mount /tmp/ramproc", len(pos), pos))
+	}
+	mountpoint := pos[0]
+	if mountpoint == "" {
+		return usageError("mount", "the MOUNTPOINT argument is empty; give a directory, e.g. ramproc mount /tmp/ramproc")
+	}
+	if err := validName(*name); err != nil {
+		return usageError("mount", fmt.Sprintf("-name %q: %v", *name, err))
+	}
+	if *stats && *name == "stats" {
+		return usageError("mount", "-name stats is the name of the -stats file; choose another -name")
 	}
 	mode, err := strconv.ParseUint(*modeStr, 8, 32)
 	if err != nil || mode > 0o7777 {
@@ -66,48 +112,88 @@ func runMount(args []string) int {
 	default:
 		return usageError("mount", fmt.Sprintf("-passthrough %q: use auto, on or off", *ptStr))
 	}
+	if *noOpen && pt == fusebridge.PassthroughRequired {
+		return usageError("mount", "-passthrough on cannot be combined with -no-open (passthrough is set up when a file is opened, and a -no-open mount never sees an open); drop one of them")
+	}
+	if *logFormat != "text" && *logFormat != "json" {
+		return usageError("mount", fmt.Sprintf("-log-format %q: use text or json", *logFormat))
+	}
+
+	ready, isChild := backgroundChild()
+	if helper && !*foreground && !isChild {
+		return runInBackground()
+	}
 
 	// Catch the signals before anything is mounted, so that a signal
-	// arriving at any point from here on unmounts cleanly.
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	// arriving at any point from here on unmounts cleanly. SIGHUP too: a
+	// closed terminal or a service manager's reload must not leave a dead
+	// mount behind.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
 
+	// One format for every line: the bridge's own log (warnings, or every
+	// request with -debug) and this command's.
 	level := slog.LevelWarn
 	if *debug {
 		level = slog.LevelDebug
 	}
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	logger := slog.New(logHandler(*logFormat, level))
+	say := slog.New(logHandler(*logFormat, min(level, slog.LevelInfo)))
+	fail := func(msg string, args ...any) int {
+		say.Error(msg, args...)
+		return 1
+	}
+
+	// Bound before mounting: an address in use must fail while there is
+	// nothing to undo.
+	var metricsLn net.Listener
+	if *metricsAddr != "" {
+		if metricsLn, err = net.Listen("tcp", *metricsAddr); err != nil {
+			return usageError("mount", fmt.Sprintf("-metrics-addr %q: %v; give a free host:port such as 127.0.0.1:9475", *metricsAddr, err))
+		}
+		defer metricsLn.Close()
+	}
 
 	store, err := bytestore.New(bytestore.Options{Capacity: capacity})
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "ramproc mount: cannot allocate the RAM file: %v\n", err)
-		return 1
+		return fail("cannot allocate the RAM file", "err", err)
 	}
 	defer store.Close()
 
-	srv, err := fusebridge.Mount(fl.Arg(0), fusebridge.Options{
+	srv, err := fusebridge.Mount(mountpoint, fusebridge.Options{
 		AllowOther:  *allowOther,
 		Passthrough: pt,
 		Logger:      logger,
 		Debug:       *debug,
 		NoOpen:      *noOpen,
+		ReadOnly:    *readOnly,
 		// The stats file then costs no request to cat, while the RAM file
 		// keeps passthrough.
 		NoOpenHandlers: true,
+		Space: func() fusebridge.Space {
+			st, _ := store.Stat()
+			return fusebridge.Space{Capacity: capacity, Used: st.Blocks * 512}
+		},
 	})
 	if err != nil {
-		return usageError("mount", err.Error())
+		if errors.Is(err, fusebridge.ErrMountpointBusy) {
+			say.Error(strings.TrimSuffix(err.Error(), ": "+fusebridge.ErrMountpointBusy.Error()))
+			return exitUsage
+		}
+		say.Error(err.Error())
+		return exitUsage
 	}
 	file := ramfile.New(store)
 	if _, err := srv.Create(*name, handler.ModeFromUnix(uint32(mode)), file); err != nil {
 		srv.Unmount()
-		return usageError("mount", fmt.Sprintf("-name %q: %v", *name, err))
+		return fail("cannot publish the RAM file", "name", *name, "err", err)
 	}
+	reg := newRegistry(&serverCollector{srv: srv, store: store, capacity: capacity, start: time.Now()})
 	if *stats {
-		se, err := srv.Create("stats", 0o444, statsHandler(store, srv, time.Now()))
+		se, err := srv.Create("stats", 0o444, statsHandler(reg))
 		if err != nil {
 			srv.Unmount()
-			return usageError("mount", fmt.Sprintf("publishing stats: %v (choose another -name)", err))
+			return fail("cannot publish the stats file", "err", err)
 		}
 		// The content changes every second (uptime): drop the kernel's
 		// cached copy and wake inotify watchers of the file, in every mode.
@@ -124,26 +210,80 @@ func runMount(args []string) int {
 			}
 		}()
 	}
+	if metricsLn != nil {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go hs.Serve(metricsLn)
+		defer hs.Close()
+	}
 
 	path := filepath.Join(srv.Mountpoint(), *name)
-	// The human line first: the path on stdout is what scripts wait for,
+	// The log line first: the path on stdout is what scripts wait for,
 	// so by the time it appears everything else has been said.
-	fmt.Fprintf(os.Stderr, "ramproc: serving the RAM file %s (mode %04o, max size %s, %s); Ctrl-C unmounts\n",
-		path, mode, describeSize(capacity), ioPath(srv))
-	fmt.Println(path)
+	if !helper {
+		say.Info("serving the RAM file; Ctrl-C unmounts", "path", path, "mode", fmt.Sprintf("%04o", mode),
+			"max_size", describeSize(capacity), "io", ioPath(srv), "metrics", metricsURL(metricsLn))
+		fmt.Println(path)
+	}
+	// Ready: for systemd (Type=notify) and for the mount helper's caller.
+	if err := sdNotify("READY=1"); err != nil {
+		say.Warn("cannot tell the service manager that the file is served", "err", err)
+	}
+	if isChild {
+		reportReady(ready)
+	}
 
 	gone := make(chan struct{})
 	go func() { srv.Wait(); close(gone) }()
 	select {
 	case <-ctx.Done():
 	case <-gone:
-		fmt.Fprintf(os.Stderr, "ramproc: %s was unmounted from outside; stopping\n", srv.Mountpoint())
+		say.Info("unmounted from outside; stopping", "mountpoint", srv.Mountpoint())
 	}
+	sdNotify("STOPPING=1")
 	if err := srv.Unmount(); err != nil {
-		fmt.Fprintf(os.Stderr, "ramproc mount: %v\n", err)
-		return 1
+		return fail("unmount failed", "err", err)
 	}
 	return 0
+}
+
+// logHandler is slog's text or JSON handler on stderr.
+func logHandler(format string, level slog.Level) slog.Handler {
+	o := &slog.HandlerOptions{Level: level}
+	if format == "json" {
+		return slog.NewJSONHandler(os.Stderr, o)
+	}
+	return slog.NewTextHandler(os.Stderr, o)
+}
+
+func metricsURL(ln net.Listener) string {
+	if ln == nil {
+		return "off"
+	}
+	return "http://" + ln.Addr().String() + "/metrics"
+}
+
+// validName accepts a file name that prints on one line and is one path
+// component: no control characters, no '/', not "." or "..", at most 255
+// bytes (NAME_MAX).
+func validName(name string) error {
+	switch {
+	case name == "":
+		return errors.New("the file name is empty; give a name such as ramfile")
+	case name == "." || name == "..":
+		return errors.New("is not a file name; give a name such as ramfile")
+	case len(name) > 255:
+		return fmt.Errorf("is %d bytes long; file names are at most 255 bytes", len(name))
+	case strings.Contains(name, "/"):
+		return errors.New("contains '/'; the file lives directly in MOUNTPOINT, give a plain name")
+	}
+	for _, r := range name {
+		if r < 0x20 || r == 0x7f {
+			return errors.New("contains a control character; give a name that prints on one line")
+		}
+	}
+	return nil
 }
 
 func ioPath(srv *fusebridge.Server) string {
@@ -151,19 +291,6 @@ func ioPath(srv *fusebridge.Server) string {
 		return "kernel passthrough"
 	}
 	return "I/O forwarded through this process"
-}
-
-// statsHandler is a generated file, /proc style: its text is made afresh at
-// every open from the live state of the store.
-func statsHandler(store *bytestore.Store, srv *fusebridge.Server, start time.Time) handler.Generated {
-	return func(ctx context.Context) ([]byte, error) {
-		st, err := store.Stat()
-		if err != nil {
-			return nil, err
-		}
-		return fmt.Appendf(nil, "size %d\nblocks %d\npassthrough %t\nuptime_seconds %.0f\n",
-			st.Size, st.Blocks, srv.Passthrough(), time.Since(start).Seconds()), nil
-	}
 }
 
 // printHelp prints a command's synopsis and its flags to stderr.

@@ -123,7 +123,7 @@ func TestMountCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 	stats, err := os.ReadFile(filepath.Join(mnt, "stats"))
-	if err != nil || !strings.Contains(string(stats), "size 5\n") {
+	if err != nil || !strings.Contains(string(stats), "\nramproc_store_size_bytes 5\n") {
 		t.Errorf("stats: %q, %v", stats, err)
 	}
 	// Capacity: 1 MiB, then ENOSPC.
