@@ -21,7 +21,7 @@ func init() {
 	testenv.RunWatcher()
 }
 
-var uptimeRE = regexp.MustCompile(`uptime_seconds (\d+)\n`)
+var uptimeRE = regexp.MustCompile(`(?m)^ramproc_uptime_seconds (\d+)(?:\.\d*)?$`)
 
 // watchStats expects a watcher of `stats` to wake about once a second and
 // read new content each time (the uptime moves on).
