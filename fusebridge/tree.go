@@ -45,9 +45,6 @@ type Dir struct {
 	// pinned counts the entries in this subtree that must stay on the
 	// main connection of a NoOpenHandlers mount (see split.go).
 	pinned int
-	// bound is set when the no-open connection's copy of this directory
-	// is bind-mounted over it (split.go).
-	bound bool
 	// twin is this directory on the no-open connection, or nil.
 	twin *Dir
 }
