@@ -122,7 +122,12 @@ type Options struct {
 	//     and the kernel's cached pages and attributes, and a handler whose
 	//     content changes by itself (a /proc-style Generated file) shows its
 	//     old content until Entry.Invalidate is called. Such handlers report
-	//     the snapshot's length as their size (handler.SnapshotSizer).
+	//     the snapshot's length as their size (handler.SnapshotSizer);
+	//   - what must not be cached (handler.PerCaller files, files of
+	//     unknown size, dynamic directories) is served by a second
+	//     connection that keeps OPEN, bind-mounted over its name, when the
+	//     mount is made by root; on an unprivileged NoOpen mount, which
+	//     cannot make one, Create refuses it with EINVAL.
 	NoOpen bool
 
 	// NoOpenHandlers, on a mount that gets passthrough, serves every entry
@@ -175,8 +180,9 @@ type Server struct {
 	// passthrough is set once the kernel has accepted a backing file.
 	passthrough atomic.Bool
 
-	// companion is the no-open connection of a NoOpenHandlers mount (nil
-	// without one). On the companion itself, mountFd is its detached mount
+	// companion is the second connection (split.go): the no-open one of
+	// a NoOpenHandlers mount, or the one that keeps OPEN beside a NoOpen
+	// mount made by root; nil without one. On the companion itself, mountFd is its detached mount
 	// (from fsmount), which its entries are bind-mounted from; -1 on a
 	// mount attached by path.
 	companion *Server
@@ -247,9 +253,18 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 			s.passthrough.Store(true)
 		}
 	}
-	if opts.NoOpenHandlers && s.passthrough.Load() {
+	switch {
+	case opts.NoOpenHandlers && s.passthrough.Load():
 		if c, err := s.mountCompanion(); err != nil {
 			s.log.Info("no second no-open connection; handler files are served on the main one", "reason", err)
+		} else {
+			s.companion = c
+		}
+	case opts.NoOpen && os.Geteuid() == 0:
+		// Per-caller files, streamed files and dynamic directories must
+		// not be cached: a second connection that keeps OPEN serves them.
+		if c, err := s.mountCompanion(); err != nil {
+			s.log.Info("no second connection that keeps OPEN; per-caller and streamed files and dynamic directories cannot be published", "reason", err)
 		} else {
 			s.companion = c
 		}
