@@ -2,10 +2,19 @@
 // mount: the bridge between the typed handler API and the kernel.
 //
 // Mount is the seed module's load and Server.Unmount its unload. Between
-// the two, Server.Create publishes a handler under a name and Entry.Remove
-// withdraws it while it may be in use: callbacks in flight finish, new opens
-// get ENOENT, and descriptors opened before get EIO, as procfs does after
-// remove_proc_entry.
+// the two, Server.Create publishes a handler under a name or a path, and
+// Entry.Remove withdraws it while it may be in use: callbacks in flight
+// finish, new opens get ENOENT, and descriptors opened before get EIO, as
+// procfs does after remove_proc_entry.
+//
+// The names form a tree, like /proc's: Server.Root and Dir.Mkdir make
+// directories at any depth (proc_mkdir), Dir.Remove removes a subtree
+// (remove_proc_subtree), and Dir.Create publishes a file handler, a
+// symbolic link (handler.Symlinker) or a dynamic directory whose children
+// its handler.DirHandler produces on demand (/proc/<pid>). The code is in
+// three places: tree.go and dirnode.go name things, entry.go and node.go do
+// a file's I/O, and server.go and split.go own the mount and its
+// connections.
 //
 // The mount is tuned for a file that must be indistinguishable from a tmpfs
 // file and nearly as fast:
@@ -30,7 +39,11 @@
 //   - Options.NoOpenHandlers: the handler files of a passthrough mount are
 //     served over a second connection that answers OPEN with ENOSYS, so
 //     that cat of a /proc-style file costs no request while the RAM file
-//     keeps passthrough (see split.go for how).
+//     keeps passthrough; a directory whose subtree holds only such files
+//     is one bind mount of the second connection (see split.go for how).
+//   - Content that depends on the caller (handler.PerCaller) is never
+//     served from a cache: it lives on a connection that keeps OPEN and is
+//     read with FOPEN_DIRECT_IO.
 package fusebridge
 
 import (
