@@ -42,6 +42,7 @@ type Dir struct {
 
 	// Guarded by srv.mu.
 	children map[string]*Entry // static children; a dynamic one's children seen so far
+	subdirs  int               // children that are directories (st_nlink - 2)
 	removed  bool
 	// pinned counts the entries in this subtree that must stay on the
 	// main connection of a NoOpenHandlers mount (see split.go).
@@ -373,6 +374,9 @@ func (s *Server) publish(d *Dir, name string, mode fs.FileMode, h any, k kind, i
 		return nil, err
 	}
 	d.children[name] = e
+	if k == kindDir {
+		d.subdirs++
+	}
 	missed := d.missed.Load()
 	if e.pins() {
 		for p := d; p != nil; p = p.parent {
@@ -412,6 +416,9 @@ func (s *Server) unlink(e *Entry) (bool, []*Entry) {
 		return false, nil
 	}
 	delete(d.children, e.name)
+	if e.kind == kindDir {
+		d.subdirs--
+	}
 	if e.pins() {
 		for p := d; p != nil; p = p.parent {
 			p.pinned--
@@ -468,6 +475,10 @@ func (d *Dir) dynLookup(ctx context.Context, name string) (*Entry, syscall.Errno
 			d.forget(name)
 		}
 		return nil, errno
+	}
+	if c.Node == nil {
+		d.srv.log.Warn("a dynamic directory's Lookup returned a child without a Node", "dir", d.Path(), "name", name)
+		return nil, syscall.EIO
 	}
 	c.Name = name
 	e := d.adopt(c)
