@@ -313,15 +313,20 @@ func needsOpen(h any, k kind) string {
 	if pc, ok := h.(handler.PerCaller); ok && pc.PerCaller() {
 		return "a per-caller file (handler.PerCaller)"
 	}
-	if unknownSize(h) {
+	if _, sized := h.(handler.Getattrer); unknownSize(h) && !sized {
+		// With a Getattrer the handler states its size, which a no-open
+		// connection then trusts; elsewhere such files go to a connection
+		// that keeps OPEN all the same (Entry.pins).
 		return "a file of unknown size (a handler.Reader without SnapshotSizer or Getattrer)"
 	}
 	return ""
 }
 
-// unknownSize reports a file whose size nobody can tell before reading it
-// all (a streamed file): the kernel must then read it with FOPEN_DIRECT_IO,
-// to the end, instead of trusting a size.
+// unknownSize reports a file whose size the bridge cannot tell before it is
+// read to the end (a streamed file: a handler.Reader that takes no snapshot
+// of known size and has no backing file): the kernel must then read it with
+// FOPEN_DIRECT_IO, to the end, on a connection that keeps OPEN, instead of
+// caching it up to a size.
 func unknownSize(h any) bool {
 	if _, ok := h.(handler.Reader); !ok {
 		return false
@@ -329,10 +334,7 @@ func unknownSize(h any) bool {
 	if _, ok := h.(handler.BackingFiler); ok {
 		return false
 	}
-	if _, ok := h.(handler.SnapshotSizer); ok {
-		return false
-	}
-	_, ok := h.(handler.Getattrer)
+	_, ok := h.(handler.SnapshotSizer)
 	return !ok
 }
 
