@@ -201,6 +201,9 @@ func (e *Entry) Remove() error {
 		}
 	}
 	e.parent.notifyGone(e.name)
+	if e.pins() {
+		e.srv.rejoin(e.parent)
+	}
 	return nil
 }
 

@@ -250,6 +250,48 @@ func (s *Server) unbind(e *Entry) {
 	}
 }
 
+// rejoin makes one bind again of the largest directory around d that no
+// longer holds a pinned entry, once the last one below it was removed:
+// otherwise a directory that once held a per-caller file would keep a
+// mount per file for good.
+func (s *Server) rejoin(d *Dir) {
+	if s.companion == nil || s.opts.NoOpen {
+		return
+	}
+	s.bindMu.Lock()
+	defer s.bindMu.Unlock()
+	var top *Dir
+	s.mu.RLock()
+	for p := d; p != nil && p.self != nil && p.pinned == 0 && !p.removed; p = p.parent {
+		top = p
+	}
+	s.mu.RUnlock()
+	if top == nil || top.self.bound || s.boundAbove(top) != nil || top.self.twin.Load() == nil {
+		return
+	}
+	var binds []*Entry
+	var walk func(*Dir)
+	walk = func(d *Dir) {
+		for _, c := range d.sortedChildren() {
+			if c.dir != nil {
+				walk(c.dir)
+			}
+			if c.bound {
+				binds = append(binds, c)
+			}
+		}
+	}
+	walk(top)
+	// The children's binds go first, so that the directory's bind is
+	// not made on top of them; names are served by the main connection
+	// in between.
+	for _, c := range binds {
+		unix.Unmount(filepath.Join(s.mnt, c.Path()), unix.MNT_DETACH)
+		c.bound = false
+	}
+	s.bind(top.self)
+}
+
 // unbindRemoved takes the binds off removed entries, listed children
 // first.
 func (s *Server) unbindRemoved(list []*Entry) {

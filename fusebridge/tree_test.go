@@ -228,6 +228,23 @@ func TestTreeBinds(t *testing.T) {
 		t.Errorf("a/sub/3 = %q", got)
 	}
 
+	// Once the pinned file is gone, a is one bind again.
+	if err := srv.Lookup("a/me").Remove(); err != nil {
+		t.Fatal(err)
+	}
+	mounts = testenv.MountsUnder(t, mnt)
+	sort.Strings(mounts)
+	want = []string{mnt, filepath.Join(mnt, "a"), filepath.Join(mnt, "b")}
+	if strings.Join(mounts, " ") != strings.Join(want, " ") {
+		t.Errorf("mounts after the pinned entry left = %q, want %q", mounts, want)
+	}
+	if got := readAt(t, filepath.Join(mnt, "a/sub/1")); got != "a/sub/1" {
+		t.Errorf("a/sub/1 = %q", got)
+	}
+	if devOf(t, filepath.Join(mnt, "a/1")) == devOf(t, mnt) {
+		t.Error("a/1 is served by the main connection")
+	}
+
 	// Removing a subtree takes its binds with it.
 	if err := srv.Lookup("a").Remove(); err != nil {
 		t.Fatal(err)
