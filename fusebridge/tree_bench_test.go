@@ -192,8 +192,14 @@ func pairedRatio(b *testing.B, tmpfsPath, ramPath string) {
 	b.ReportMetric(ratios[len(ratios)/2], "x-tmpfs")
 }
 
-func tmpfsFile(b *testing.B) string {
-	p := filepath.Join(testenv.Tmpfs(b, "size=1m"), "f")
+// tmpfsFile makes the tmpfs side of a comparison: a 99-byte file at rel
+// below a fresh tmpfs, at the same depth as the ramproc file (each path
+// component costs a lookup step).
+func tmpfsFile(b *testing.B, rel string) string {
+	p := filepath.Join(testenv.Tmpfs(b, "size=1m"), rel)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		b.Fatal(err)
+	}
 	if err := os.WriteFile(p, bytes.Repeat([]byte("x"), 99), 0o444); err != nil {
 		b.Fatal(err)
 	}
@@ -208,10 +214,13 @@ func BenchmarkTreeOpenRead(b *testing.B) {
 	if _, err := srv.Create("flat", 0o444, content100); err != nil {
 		b.Fatal(err)
 	}
-	tmpfs := tmpfsFile(b)
-	b.Run("tree", func(b *testing.B) { pairedRatio(b, tmpfs, filepath.Join(srv.Mountpoint(), "d050/f500")) })
+	b.Run("tree", func(b *testing.B) {
+		pairedRatio(b, tmpfsFile(b, "mnt/d050/f500"), filepath.Join(srv.Mountpoint(), "d050/f500"))
+	})
 	// A file of the top directory, bound by itself: the flat layout.
-	b.Run("flat", func(b *testing.B) { pairedRatio(b, tmpfs, filepath.Join(srv.Mountpoint(), "flat")) })
+	b.Run("flat", func(b *testing.B) {
+		pairedRatio(b, tmpfsFile(b, "mnt/flat"), filepath.Join(srv.Mountpoint(), "flat"))
+	})
 }
 
 // rxCounter counts the requests a Debug mount logs.
@@ -264,6 +273,6 @@ func BenchmarkPerCallerOpenRead(b *testing.B) {
 	time.Sleep(50 * time.Millisecond) // RELEASE is sent after close returns
 	requests := float64(count.n.Load()-before) / cycles
 
-	pairedRatio(b, tmpfsFile(b), filepath.Join(srv.Mountpoint(), "a/b/me"))
+	pairedRatio(b, tmpfsFile(b, "mnt/a/b/me"), filepath.Join(srv.Mountpoint(), "a/b/me"))
 	b.ReportMetric(requests, "requests/cycle")
 }
