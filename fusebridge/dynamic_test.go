@@ -13,6 +13,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -360,7 +361,7 @@ func TestSymlinks(t *testing.T) {
 		if got, err := os.Readlink(filepath.Join(mnt, "self")); err != nil || got != strconv.Itoa(os.Getpid()) {
 			t.Errorf("readlink self in the test = %q, %v; want %d", got, err, os.Getpid())
 		}
-		cmd := exec.Command("readlink", filepath.Join(mnt, "self"))
+		cmd := exec.CommandContext(boundedCtx(t), "readlink", filepath.Join(mnt, "self"))
 		var out strings.Builder
 		cmd.Stdout = &out
 		if err := cmd.Start(); err != nil {
@@ -411,6 +412,7 @@ func TestPerCaller(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	ctx := boundedCtx(t)
 	var wg sync.WaitGroup
 	errs := make(chan error, 100)
 	for _, uid := range []uint32{0, 65534} {
@@ -419,7 +421,7 @@ func TestPerCaller(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				for range 15 {
-					cmd := exec.Command("cat", filepath.Join(srv.Mountpoint(), p))
+					cmd := exec.CommandContext(ctx, "cat", filepath.Join(srv.Mountpoint(), p))
 					cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
 					var out strings.Builder
 					cmd.Stdout, cmd.Stderr = &out, &out
@@ -519,7 +521,7 @@ func TestPerCallerNoOpen(t *testing.T) {
 	}
 	os.Chmod(dir, 0o755)
 	os.Chown(dir, 65534, 65534)
-	cmd := exec.Command(bin, filepath.Join(dir, "mnt"))
+	cmd := exec.CommandContext(boundedCtx(t), bin, filepath.Join(dir, "mnt"))
 	cmd.Env = append(os.Environ(), childEnv+"=noopen-percaller")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 	out, err := cmd.CombinedOutput()
@@ -543,4 +545,12 @@ func noOpenPerCaller(mnt string) int {
 	}
 	fmt.Println("refused:", err)
 	return 0
+}
+
+// boundedCtx bounds a child process: a test never waits on one for ever
+// (the context kills it).
+func boundedCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	return ctx
 }

@@ -118,7 +118,9 @@ func BenchmarkTree(b *testing.B) {
 		b.ReportMetric((rssKB(b)-rss0)/1024, "MB-rss-published")
 
 		t0 = time.Now()
-		out, err := exec.Command("ls", "-R", srv.Mountpoint()).Output()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		out, err := exec.CommandContext(ctx, "ls", "-R", srv.Mountpoint()).Output()
+		cancel()
 		lsR := time.Since(t0)
 		if err != nil || bytes.Count(out, []byte("\n")) < treeDirs*treeFiles {
 			b.Fatalf("ls -R: %d lines, %v", bytes.Count(out, []byte("\n")), err)

@@ -55,8 +55,13 @@ func TestRemoveSubtreeWhileInUse(t *testing.T) {
 	case <-time.After(200 * time.Millisecond):
 	}
 	close(h.release)
-	if got := <-readDone; got != `"data" <nil>` {
-		t.Errorf("in-flight read: %s; want it to finish with its data", got)
+	select {
+	case got := <-readDone:
+		if got != `"data" <nil>` {
+			t.Errorf("in-flight read: %s; want it to finish with its data", got)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the in-flight read did not finish after its callback returned")
 	}
 	select {
 	case err := <-removed:
@@ -87,7 +92,7 @@ func TestCwdInRemovedDir(t *testing.T) {
 			if _, err := srv.Create("a/b/level", 0o444, text("1\n")); err != nil {
 				t.Fatal(err)
 			}
-			sh := exec.Command("sh", "-c", `cat level && echo ready && read x; cat level; echo "cat=$?"; ls .; echo "ls=$?"`)
+			sh := exec.CommandContext(boundedCtx(t), "sh", "-c", `cat level && echo ready && read x; cat level; echo "cat=$?"; ls .; echo "ls=$?"`)
 			sh.Dir = filepath.Join(srv.Mountpoint(), "a/b")
 			in, err := sh.StdinPipe()
 			if err != nil {
