@@ -151,10 +151,12 @@ func (d *Dir) MkdirAll(path string, mode fs.FileMode) (*Dir, error) {
 //   - a handler.DirHandler: a dynamic directory, whose children it produces.
 //
 // Create fails with EEXIST if the name is taken, EINVAL if it is not a valid
-// file name or h is nil, and ENOENT if d has been removed or is dynamic. On
-// a NoOpen mount it fails with EINVAL for content that must not be cached
-// (handler.PerCaller, files of unknown size, dynamic directories), since
-// such a connection can serve nothing uncached; see Options.NoOpen.
+// file name or h is nil, and ENOENT if d has been removed or is dynamic.
+// Content that must not be cached (handler.PerCaller, files of unknown
+// size, dynamic directories) is served by a connection that keeps OPEN; an
+// unprivileged NoOpen mount has none, and there Create fails with EINVAL
+// and says why, rather than serve it from the kernel's cache (see
+// Options.NoOpen).
 func (d *Dir) Create(name string, mode fs.FileMode, h any) (*Entry, error) {
 	if h == nil {
 		return nil, fmt.Errorf("fusebridge: nil handler for %q: %w", name, syscall.EINVAL)
