@@ -215,6 +215,8 @@ type Server struct {
 	// bindMu serialises the bind mounts of a NoOpenHandlers mount
 	// (split.go); never held by a FUSE callback.
 	bindMu sync.Mutex
+	// bindWarned is set once a failed bind has been logged as a warning.
+	bindWarned atomic.Bool
 
 	unmountOnce sync.Once
 	unmountErr  error

@@ -163,7 +163,7 @@ func (s *Server) mirror(d *Dir, e *Entry, mode fs.FileMode, h any) error {
 	}
 	ce, err := c.publish(ct, e.name, mode, h, e.kind, e.ino, e.fileOps)
 	if err != nil {
-		s.log.Warn("serving the name on the main connection", "name", e.Path(), "reason", err)
+		s.bindFailed(e, err)
 		return nil
 	}
 	if e.dir != nil {
@@ -197,6 +197,17 @@ func (s *Server) companionSuits(e *Entry) bool {
 	return !e.pins()
 }
 
+// bindFailed logs that e stays on the main connection: the first time as a
+// warning, later ones at debug level, since past fs.mount-max (ENOSPC)
+// every bind of a large flat directory fails alike.
+func (s *Server) bindFailed(e *Entry, err error) {
+	if s.bindWarned.Swap(true) {
+		s.log.Debug("serving the name on the main connection", "name", e.Path(), "reason", err)
+		return
+	}
+	s.log.Warn("serving the name on the main connection (further names: debug level)", "name", e.Path(), "reason", err)
+}
+
 // boundAbove returns the bound entry d is (or is inside), or nil.
 func (s *Server) boundAbove(d *Dir) *Entry {
 	for ; d != nil && d.self != nil; d = d.parent {
@@ -227,7 +238,7 @@ func (s *Server) bind(e *Entry) {
 		}
 	}
 	if err := bindPath(s.companion.mountFd, ce.Path(), filepath.Join(s.mnt, e.Path())); err != nil {
-		s.log.Warn("serving the name on the main connection", "name", e.Path(), "reason", err)
+		s.bindFailed(e, err)
 		return
 	}
 	e.bound = true
