@@ -223,7 +223,7 @@ func (s *Server) boundAbove(d *Dir) *Entry {
 // that does, its children are bound one by one.
 func (s *Server) bind(e *Entry) {
 	ce := e.twin.Load()
-	if ce == nil || e.kind == kindLink || e.gone() {
+	if ce == nil || e.kind == kindLink || !s.linked(e) {
 		return
 	}
 	if e.dir != nil {
@@ -247,6 +247,14 @@ func (s *Server) bind(e *Entry) {
 		// content; the first reader must get one of its own time.
 		ce.Invalidate()
 	}
+}
+
+// linked reports whether e is still in the tree. (Not e.gone: that would
+// wait for a removal in progress, which may wait for callbacks.)
+func (s *Server) linked(e *Entry) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return !e.parent.removed && e.parent.children[e.name] == e
 }
 
 // unbind takes the bind off e and binds its children one by one instead,
