@@ -211,7 +211,7 @@ func (h *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Err
 	for len(h.list) > 0 {
 		e := h.list[0]
 		h.list = h.list[1:]
-		if e.gone() {
+		if !d.srv.linked(e) {
 			continue // removed since the listing was taken
 		}
 		h.pos, h.last = e.ino+2, e
@@ -246,13 +246,6 @@ func (e *Entry) typeBits() uint32 {
 		return syscall.S_IFLNK
 	}
 	return syscall.S_IFREG
-}
-
-// gone reports whether the entry was removed.
-func (e *Entry) gone() bool {
-	e.life.RLock()
-	defer e.life.RUnlock()
-	return e.removed
 }
 
 func (n *dirNode) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
