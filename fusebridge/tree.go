@@ -495,6 +495,12 @@ func (d *Dir) dynLookup(ctx context.Context, name string) (*Entry, syscall.Errno
 // dynList lists a dynamic directory, adopting every child shown and
 // forgetting those seen before that it no longer shows.
 func (d *Dir) dynList(ctx context.Context) ([]*Entry, syscall.Errno) {
+	// Children adopted while the handler lists (by a concurrent lookup)
+	// may be newer than its answer: only those seen before it started,
+	// whose inode numbers are lower, can be known to have vanished.
+	d.srv.mu.RLock()
+	start := d.srv.nextIno
+	d.srv.mu.RUnlock()
 	kids, err := d.dyn.List(ctx)
 	if err != nil {
 		return nil, handler.Errno(err)
@@ -516,7 +522,7 @@ func (d *Dir) dynList(ctx context.Context) ([]*Entry, syscall.Errno) {
 	var gone []*Entry
 	d.srv.mu.Lock()
 	for name, e := range d.children {
-		if _, ok := shown[name]; !ok {
+		if _, ok := shown[name]; !ok && e.ino < start {
 			gone = append(gone, d.dropLocked(e)...)
 		}
 	}
