@@ -472,11 +472,14 @@ func (d *Dir) isRemoved() bool {
 // dynLookup asks a dynamic directory's handler for name and returns its
 // entry: the one seen before under that name, or a new one.
 func (d *Dir) dynLookup(ctx context.Context, name string) (*Entry, syscall.Errno) {
+	d.srv.mu.RLock()
+	start := d.srv.nextIno
+	d.srv.mu.RUnlock()
 	c, err := d.dyn.Lookup(ctx, name)
 	if err != nil {
 		errno := handler.Errno(err)
 		if errno == syscall.ENOENT {
-			d.forget(name)
+			d.forget(name, start)
 		}
 		return nil, errno
 	}
@@ -576,11 +579,12 @@ func (d *Dir) adopt(c handler.Child) *Entry {
 
 // forget drops the child name of a dynamic directory, which its handler no
 // longer shows: descriptors on it get EIO, and a child of that name seen
-// later is a new one (a new inode number).
-func (d *Dir) forget(name string) {
+// later is a new one (a new inode number). Only a child adopted before the
+// handler answered (inode number below before) is dropped.
+func (d *Dir) forget(name string, before uint64) {
 	d.srv.mu.Lock()
 	var gone []*Entry
-	if e := d.children[name]; e != nil {
+	if e := d.children[name]; e != nil && e.ino < before {
 		gone = d.dropLocked(e)
 	}
 	d.srv.mu.Unlock()
