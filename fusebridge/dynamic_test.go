@@ -554,3 +554,44 @@ func boundedCtx(t *testing.T) context.Context {
 	t.Cleanup(cancel)
 	return ctx
 }
+
+// TestDynamicInodeStableUnderConcurrency stats a dynamic child that never
+// goes away from several goroutines while others list the directory and
+// children come and go around it: its inode number never changes.
+func TestDynamicInodeStableUnderConcurrency(t *testing.T) {
+	srv := mount(t, fusebridge.Options{})
+	m := newMapDir()
+	m.set("stay", text("s"))
+	if _, err := srv.Create("d", 0o555, m); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(srv.Mountpoint(), "d")
+	want := inoOf(t, filepath.Join(dir, "stay"))
+	var wg sync.WaitGroup
+	deadline := time.Now().Add(time.Second)
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; time.Now().Before(deadline); i++ {
+				switch g {
+				case 0:
+					m.set(fmt.Sprintf("tmp%d", i%5), text("t"))
+					m.set(fmt.Sprintf("tmp%d", (i+2)%5), nil)
+				case 1:
+					if _, err := os.ReadDir(dir); err != nil {
+						t.Error(err)
+						return
+					}
+				default:
+					var st unix.Stat_t
+					if err := unix.Stat(filepath.Join(dir, "stay"), &st); err != nil || st.Ino != want {
+						t.Errorf("stat of a child that stays: ino %d, %v; want %d", st.Ino, err, want)
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
