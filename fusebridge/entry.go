@@ -25,9 +25,18 @@ type Entry struct {
 	parent *Dir
 	name   string
 	ino    uint64
-	kind   kind
-	// born stands in for all three times of handlers that keep none.
-	born time.Time
+	// born (Unix nanoseconds) stands in for all three times of handlers
+	// that keep none; an int64, not a time.Time, as it is 16 bytes less
+	// for each of a large tree's entries.
+	born int64
+	kind kind
+	// removed is guarded by life, opensClosed by opensMu, bound by
+	// srv.bindMu; kept together so that they share one word.
+	removed     bool
+	opensClosed bool
+	// bound is set while the twin is bind-mounted over this entry's path
+	// (a file's own bind, or a whole directory's).
+	bound bool
 
 	dir  *Dir              // kindDir: the directory this entry names
 	link handler.Symlinker // kindLink
@@ -43,16 +52,14 @@ type Entry struct {
 	// proc_remove waits for in_use to drain) and callbacks that start
 	// afterwards see removed and fail with EIO, never touching a handler
 	// that its owner has already torn down.
-	life    sync.RWMutex
-	removed bool
+	life sync.RWMutex
 
 	// opens lists the descriptors not yet released, so removal can release
 	// them, as procfs's close_pdeo does on remove_proc_entry. It is made
 	// at the first open: most entries of a large tree are never opened
 	// through a handle.
-	opensMu     sync.Mutex
-	opens       map[*openFile]struct{}
-	opensClosed bool
+	opensMu sync.Mutex
+	opens   map[*openFile]struct{}
 
 	// shared is the one open file of a NoOpen mount, where the kernel
 	// sends no OPEN: created by the first callback that needs it, dropped
@@ -63,9 +70,6 @@ type Entry struct {
 	// twin is the same handler published on the no-open connection of a
 	// NoOpenHandlers mount (split.go).
 	twin atomic.Pointer[Entry]
-	// bound is set while the twin is bind-mounted over this entry's path
-	// (a file's own bind, or a whole directory's); guarded by srv.bindMu.
-	bound bool
 }
 
 // sharedFile is an Entry's open file on a NoOpen mount.
@@ -125,7 +129,7 @@ func resolveOps(h any) *fileOps {
 // newEntry makes the entry of h (nil for a static directory); ops, if not
 // nil, are h's interfaces already resolved (a twin shares its original's).
 func newEntry(s *Server, parent *Dir, name string, ino uint64, mode fs.FileMode, h any, k kind, ops *fileOps) *Entry {
-	e := &Entry{srv: s, parent: parent, name: name, ino: ino, kind: k, born: time.Now()}
+	e := &Entry{srv: s, parent: parent, name: name, ino: ino, kind: k, born: time.Now().UnixNano()}
 	switch k {
 	case kindDir:
 		e.fileOps = noOps
@@ -269,13 +273,14 @@ func (e *Entry) exit() { e.life.RUnlock() }
 
 // attr fills out from the bridge's defaults and the handler's Getattr.
 func (e *Entry) attr(ctx context.Context, out *fuse.Attr) syscall.Errno {
+	born := time.Unix(0, e.born)
 	a := handler.Attr{
 		Mode:  handler.ModeFromUnix(e.perm.Load()),
 		Uid:   e.uid.Load(),
 		Gid:   e.gid.Load(),
-		Atime: e.born,
-		Mtime: e.born,
-		Ctime: e.born,
+		Atime: born,
+		Mtime: born,
+		Ctime: born,
 	}
 	if e.getattrer != nil {
 		if err := e.getattrer.Getattr(ctx, &a); err != nil {
