@@ -595,3 +595,40 @@ func TestDynamicInodeStableUnderConcurrency(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// stream is a file of unknown size: a Reader without SnapshotSizer or
+// Getattrer, producing its bytes for the offset asked (as the knobs
+// engineer's streamed files do).
+type stream struct{ size int64 }
+
+func (s stream) Read(ctx context.Context, f *handler.OpenFile, dst []byte, off int64) (int, error) {
+	n := 0
+	for ; n < len(dst) && off+int64(n) < s.size; n++ {
+		dst[n] = byte('a' + (off+int64(n))%26)
+	}
+	return n, nil
+}
+
+// TestUnknownSize: a streamed file reports size 0, so a connection that
+// caches files would show it empty; the bridge serves it with
+// FOPEN_DIRECT_IO on a connection that keeps OPEN, in every mode.
+func TestUnknownSize(t *testing.T) {
+	for _, opts := range []fusebridge.Options{{}, {NoOpenHandlers: true}, {NoOpen: true}} {
+		t.Run(fmt.Sprintf("noopen=%v,handlers=%v", opts.NoOpen, opts.NoOpenHandlers), func(t *testing.T) {
+			srv := mount(t, opts)
+			if _, err := srv.MkdirAll("d", 0o555); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := srv.Create("d/cached", 0o444, text("c")); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := srv.Create("d/stream", 0o444, stream{size: 300000}); err != nil {
+				t.Fatal(err)
+			}
+			b, err := os.ReadFile(filepath.Join(srv.Mountpoint(), "d/stream"))
+			if err != nil || len(b) != 300000 || b[299999] != byte('a'+299999%26) {
+				t.Fatalf("read of a streamed file: %d bytes, %v; want 300000", len(b), err)
+			}
+		})
+	}
+}
