@@ -17,8 +17,10 @@ import (
 // PerCaller is implemented by handlers whose content depends on who reads
 // it (CallerOf). A bridge never serves such a file's content from a cache
 // that another caller could hit: every open(2) reaches the handler, and the
-// bytes it produced for one caller are never handed to another. Handlers
-// that do not implement it, or return false, may be cached (the default).
+// bytes it produced for one caller are never handed to another (an
+// OpenFile.Caching set by its Open is ignored). Handlers that do not
+// implement it, or return false, may be cached (the default). The answer is
+// taken once, when the handler is published.
 type PerCaller interface{ PerCaller() bool }
 
 // PerCallerGenerated is Generated whose content depends on the caller
