@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"path/filepath"
 	"strconv"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -154,15 +155,24 @@ func (s *Server) mirror(d *Dir, e *Entry, mode fs.FileMode, h any) error {
 		}
 		return nil
 	}
+	// On a NoOpen mount the main connection would serve what must not be
+	// cached from the kernel's cache: there a failure fails the Create.
+	must := s.opts.NoOpen && s.companionSuits(e)
 	ct := d.twin
 	if d.parent == nil {
 		ct = c.rootDir
 	}
 	if ct == nil {
+		if must {
+			return fmt.Errorf("fusebridge: create %q: its directory is not on the connection that keeps OPEN: %w", e.Path(), syscall.EIO)
+		}
 		return nil // d itself is not mirrored
 	}
 	ce, err := c.publish(ct, e.name, mode, h, e.kind, e.ino, e.fileOps)
 	if err != nil {
+		if must {
+			return fmt.Errorf("fusebridge: create %q on the connection that keeps OPEN: %w", e.Path(), err)
+		}
 		s.bindFailed(e, err)
 		return nil
 	}
@@ -178,7 +188,9 @@ func (s *Server) mirror(d *Dir, e *Entry, mode fs.FileMode, h any) error {
 		// static directories).
 		return nil
 	}
-	s.bind(e)
+	if err := s.bind(e); err != nil && must {
+		return fmt.Errorf("fusebridge: create %q: %w", e.Path(), err)
+	}
 	return nil
 }
 
@@ -221,25 +233,25 @@ func (s *Server) boundAbove(d *Dir) *Entry {
 // bind bind-mounts e's twin over e's path. For a directory whose subtree
 // holds no pinned entry that is one mount for the whole subtree; for one
 // that does, its children are bound one by one.
-func (s *Server) bind(e *Entry) {
+func (s *Server) bind(e *Entry) error {
 	ce := e.twin.Load()
 	if ce == nil || e.kind == kindLink || !s.linked(e) {
-		return
+		return nil
 	}
 	if e.dir != nil {
 		s.mu.RLock()
 		pinned := e.dir.pinned
 		s.mu.RUnlock()
-		if pinned > 0 {
+		if pinned > 0 && !s.opts.NoOpen {
 			for _, c := range e.dir.sortedChildren() {
 				s.bind(c)
 			}
-			return
+			return nil
 		}
 	}
 	if err := bindPath(s.companion.mountFd, ce.Path(), filepath.Join(s.mnt, e.Path())); err != nil {
 		s.bindFailed(e, err)
-		return
+		return err
 	}
 	e.bound = true
 	if e.kind == kindFile {
@@ -247,6 +259,7 @@ func (s *Server) bind(e *Entry) {
 		// content; the first reader must get one of its own time.
 		ce.Invalidate()
 	}
+	return nil
 }
 
 // linked reports whether e is still in the tree. (Not e.gone: that would
