@@ -59,7 +59,7 @@ package fusebridge
 //   - Entry struct (entry.go): the field `notify notifyState`;
 //   - fileNode.Setattr (node.go), first line:
 //     `if errno, ok := n.e.selfNotified(ctx, in, out); ok { return errno }`;
-//   - Server.Create (server.go), after the entry is served on its
+//   - Dir.Create (tree.go), after the entry is served on its
 //     connection(s): `e.subscribe(h)` (handler.Changer);
 //   - Entry.kill (entry.go), first line: `e.stopNotify()` (Changer's stop,
 //     and no more notifies, on removal and unmount);
@@ -331,16 +331,21 @@ func (e *Entry) stopNotify() {
 }
 
 // notifyRelPath is the entry's path relative to the mountpoint.
-func (e *Entry) notifyRelPath() string { return e.name }
+func (e *Entry) notifyRelPath() string { return e.Path() }
 
 // notifyDir is the go-fuse inode of the directory that holds the entry.
-func (e *Entry) notifyDir() *fs.Inode { return e.srv.root.EmbeddedInode() }
+// nil when the kernel does not know the directory (then it caches nothing
+// of it, and no watcher can be on it).
+func (e *Entry) notifyDir() *fs.Inode { return e.parent.inode() }
 
 // notifyRemoved tells the kernel that the entry's file was deleted
 // (FUSE_NOTIFY_DELETE): it clears the inode's link count and deletes its
 // dentry, so a watcher of the file gets IN_DELETE_SELF and IN_IGNORED.
 func (e *Entry) notifyRemoved() {
 	dir := e.notifyDir()
+	if dir == nil {
+		return // the kernel knows no inode of the directory, so none of the file
+	}
 	n := dir.GetChild(e.name)
 	if n == nil {
 		return // never looked up: the kernel has no inode to delete

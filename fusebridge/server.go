@@ -2,10 +2,19 @@
 // mount: the bridge between the typed handler API and the kernel.
 //
 // Mount is the seed module's load and Server.Unmount its unload. Between
-// the two, Server.Create publishes a handler under a name and Entry.Remove
-// withdraws it while it may be in use: callbacks in flight finish, new opens
-// get ENOENT, and descriptors opened before get EIO, as procfs does after
-// remove_proc_entry.
+// the two, Server.Create publishes a handler under a name or a path, and
+// Entry.Remove withdraws it while it may be in use: callbacks in flight
+// finish, new opens get ENOENT, and descriptors opened before get EIO, as
+// procfs does after remove_proc_entry.
+//
+// The names form a tree, like /proc's: Server.Root and Dir.Mkdir make
+// directories at any depth (proc_mkdir), Dir.Remove removes a subtree
+// (remove_proc_subtree), and Dir.Create publishes a file handler, a
+// symbolic link (handler.Symlinker) or a dynamic directory whose children
+// its handler.DirHandler produces on demand (/proc/<pid>). The code is in
+// three places: tree.go and dirnode.go name things, entry.go and node.go do
+// a file's I/O, and server.go and split.go own the mount and its
+// connections.
 //
 // The mount is tuned for a file that must be indistinguishable from a tmpfs
 // file and nearly as fast:
@@ -24,13 +33,18 @@
 //     cached attributes itself; the bridge invalidates names on Create and
 //     Remove, and Entry.Invalidate covers handlers whose attributes change
 //     by themselves. With short timeouts every stat(2) would cost a request.
+//     The children of a dynamic directory have none: the handler is asked.
 //   - Explicit data cache control: cached pages are dropped by the kernel on
 //     the changes it makes itself, not whenever a file's mtime moves.
 //   - default_permissions: the kernel checks mode bits, as for any file.
 //   - Options.NoOpenHandlers: the handler files of a passthrough mount are
 //     served over a second connection that answers OPEN with ENOSYS, so
 //     that cat of a /proc-style file costs no request while the RAM file
-//     keeps passthrough (see split.go for how).
+//     keeps passthrough; a directory whose subtree holds only such files
+//     is one bind mount of the second connection (see split.go for how).
+//   - Content that depends on the caller (handler.PerCaller) is never
+//     served from a cache: it lives on a connection that keeps OPEN and is
+//     read with FOPEN_DIRECT_IO.
 //
 // Entry.Notify, the sysfs_notify of the API, drops the kernel's caches of
 // an entry and raises inotify IN_MODIFY for it, and a handler.Changer is
@@ -41,26 +55,20 @@
 package fusebridge
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
-
-	"github.com/ramproc/ramproc/handler"
 )
 
 // maxWrite is the largest write the kernel sends in one request: 1 MiB
@@ -85,9 +93,16 @@ const (
 // Options configure a mount. The zero value is a good default.
 type Options struct {
 	// AllowOther lets users other than the mounting one reach the files
-	// (the allow_other mount option; non-root mounts need user_allow_other
-	// in /etc/fuse.conf).
+	// (the allow_other mount option). It is on by default for a mount made
+	// by root, as for /proc (the files' mode bits then decide, since the
+	// mount uses default_permissions), and off by default otherwise;
+	// setting it asks for it on an unprivileged mount too, which needs
+	// user_allow_other in /etc/fuse.conf. See DefaultAllowOther.
 	AllowOther bool
+
+	// OwnerOnly switches AllowOther's root default off: only the mounting
+	// user (and root) reach the files. AllowOther wins if both are set.
+	OwnerOnly bool
 
 	// Passthrough chooses the I/O path of backing-file handlers.
 	Passthrough Passthrough
@@ -128,25 +143,36 @@ type Options struct {
 	//     and the kernel's cached pages and attributes, and a handler whose
 	//     content changes by itself (a /proc-style Generated file) shows its
 	//     old content until Entry.Invalidate is called. Such handlers report
-	//     the snapshot's length as their size (handler.SnapshotSizer).
+	//     the snapshot's length as their size (handler.SnapshotSizer);
+	//   - what must not be cached (handler.PerCaller files, files of
+	//     unknown size, dynamic directories) is served by a second
+	//     connection that keeps OPEN, bind-mounted over its name, when the
+	//     mount is made by root; on an unprivileged NoOpen mount, which
+	//     cannot make one, Create refuses it with EINVAL.
 	NoOpen bool
 
-	// NoOpenHandlers, on a mount that gets passthrough, serves every entry
-	// whose handler is not a handler.BackingFiler over a second FUSE
-	// connection in no-open mode, bind-mounted over the entry's name,
-	// while backing-file entries keep passthrough on the first connection.
-	// No-open is a property of a whole connection and passthrough is set
-	// up in the OPEN reply, so one connection cannot give both; two give
-	// each file the mode that suits it: a generated file's open+read+close
-	// costs no request, the RAM file's write costs none either.
+	// NoOpenHandlers, on a mount that gets passthrough, serves the tree
+	// over a second FUSE connection in no-open mode, bind-mounted over it,
+	// except the entries that must stay on the first one: backing files
+	// (handler.BackingFiler, which keep passthrough), handler.PerCaller
+	// files and files of unknown size (which must not be cached), and
+	// dynamic directories. No-open is a property of a whole connection
+	// and passthrough is set up in the OPEN reply, so one connection
+	// cannot give both; two give each file the mode that suits it: a
+	// generated file's open+read+close costs no request, the RAM file's
+	// write costs none either.
 	//
-	// Handler entries then behave as on a NoOpen mount (see NoOpen: a
-	// Generated file shows its snapshot until Entry.Invalidate). Each one
-	// is also a mount of its own: its st_dev differs from the directory's,
-	// unlink(2) on it fails with EBUSY instead of EPERM, and umount(8) of
-	// the directory needs -R or -l while the server runs (Server.Unmount
-	// and the recovery of a killed server's mount detach the whole tree).
-	// It needs root, as passthrough does; elsewhere it changes nothing.
+	// A directory whose subtree holds none of those is one bind mount,
+	// whatever it holds; in a directory that does (the top directory of
+	// ramproc mount, with its RAM file), every other file and directory is
+	// bound by itself. Entries on the second connection behave as on a
+	// NoOpen mount (see NoOpen: a Generated file shows its snapshot until
+	// Entry.Invalidate). A bound name's st_dev differs from the top
+	// directory's, unlink(2) and rmdir(2) on it fail with EBUSY instead of
+	// EPERM, and umount(8) of the directory needs -R or -l while the
+	// server runs (Server.Unmount and the recovery of a killed server's
+	// mount detach the whole tree). It needs root, as passthrough does;
+	// elsewhere it changes nothing.
 	NoOpenHandlers bool
 
 	// UnmountGrace is how long Unmount lets descriptors that are still
@@ -169,33 +195,49 @@ type Options struct {
 	Metrics *Metrics
 }
 
+// DefaultAllowOther is the one rule for who may reach a mount's files when
+// Options say nothing: everyone (allow_other, with the mode bits deciding)
+// when the mount is made by root, which needs no configuration for it and
+// is what /proc does; only the mounting user otherwise, since an
+// unprivileged allow_other needs user_allow_other in /etc/fuse.conf.
+// ramproc mount's -allow-other flag defaults to it.
+func DefaultAllowOther() bool { return os.Geteuid() == 0 }
+
 // Server is one mounted directory of published entries.
 type Server struct {
-	mnt    string
-	opts   Options
-	log    *slog.Logger
-	fuse   *fuse.Server
-	root   *dirNode
-	uid    uint32
-	gid    uint32
-	born   time.Time
-	connID uint32 // minor of the mount's st_dev: its name in fusectl
-	served chan struct{}
+	mnt  string
+	opts Options
+	log  *slog.Logger
+	fuse *fuse.Server
+	root *dirNode // the kernel's inode of rootDir
+	// rootDir is the top of the tree of published names (tree.go).
+	rootDir *Dir
+	uid     uint32
+	gid     uint32
+	born    time.Time
+	connID  uint32 // minor of the mount's st_dev: its name in fusectl
+	served  chan struct{}
 
 	// passthrough is set once the kernel has accepted a backing file.
 	passthrough atomic.Bool
 
-	// companion is the no-open connection of a NoOpenHandlers mount (nil
-	// without one). On the companion itself, mountFd is its detached mount
+	// companion is the second connection (split.go): the no-open one of
+	// a NoOpenHandlers mount, or the one that keeps OPEN beside a NoOpen
+	// mount made by root; nil without one. On the companion itself, mountFd is its detached mount
 	// (from fsmount), which its entries are bind-mounted from; -1 on a
 	// mount attached by path.
 	companion *Server
 	mountFd   int
 
-	mu      sync.Mutex
-	byName  map[string]*Entry
+	// mu guards the naming state of the whole tree (tree.go).
+	mu      sync.RWMutex
 	nextIno uint64
 	closing bool
+	// bindMu serialises the bind mounts of a NoOpenHandlers mount
+	// (split.go); never held by a FUSE callback.
+	bindMu sync.Mutex
+	// bindWarned is set once a failed bind has been logged as a warning.
+	bindWarned atomic.Bool
 
 	unmountOnce sync.Once
 	unmountErr  error
@@ -216,6 +258,7 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	opts.AllowOther = opts.AllowOther || (DefaultAllowOther() && !opts.OwnerOnly)
 	if opts.AttrTimeout == 0 {
 		opts.AttrTimeout = time.Hour
 	}
@@ -266,9 +309,18 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 			s.passthrough.Store(true)
 		}
 	}
-	if opts.NoOpenHandlers && s.passthrough.Load() {
+	switch {
+	case opts.NoOpenHandlers && s.passthrough.Load():
 		if c, err := s.mountCompanion(); err != nil {
 			s.log.Info("no second no-open connection; handler files are served on the main one", "reason", err)
+		} else {
+			s.companion = c
+		}
+	case opts.NoOpen && os.Geteuid() == 0:
+		// Per-caller files, streamed files and dynamic directories must
+		// not be cached: a second connection that keeps OPEN serves them.
+		if c, err := s.mountCompanion(); err != nil {
+			s.log.Info("no second connection that keeps OPEN; per-caller and streamed files and dynamic directories cannot be published", "reason", err)
 		} else {
 			s.companion = c
 		}
@@ -286,11 +338,12 @@ func newServer(mnt string, opts Options) *Server {
 		gid:     uint32(os.Getegid()),
 		born:    time.Now(),
 		served:  make(chan struct{}),
-		byName:  map[string]*Entry{},
 		nextIno: 2, // 1 is the root
 		mountFd: -1,
 	}
-	s.root = &dirNode{srv: s}
+	// /proc's own directories are 0555: nobody creates names in them.
+	s.rootDir = newDir(s, nil, "", 1, 0o555)
+	s.root = &dirNode{d: s.rootDir}
 	return s
 }
 
@@ -304,6 +357,11 @@ func (s *Server) start(mountpoint string, direct bool) error {
 		// SETATTR with size 0 for O_TRUNC instead.
 		caps = 0
 	}
+	// READDIRPLUS (a listing that also looks every entry up) only where
+	// it pays: for the first batch, and after a stat(2) of a child while
+	// the directory is being listed (ls -l). ls -R and find get plain
+	// READDIR, which makes the kernel build no inode per name.
+	caps |= fuse.CAP_READDIRPLUS_AUTO
 	mo := fuse.MountOptions{
 		AllowOther:        s.opts.AllowOther,
 		FsName:            "ramproc",
@@ -328,9 +386,9 @@ func (s *Server) start(mountpoint string, direct bool) error {
 		DisableSplice: true,
 	}
 	rawFS := gofs.NewNodeFS(s.root, &gofs.Options{
-		MountOptions:    mo,
-		EntryTimeout:    &timeout,
-		AttrTimeout:     &timeout,
+		MountOptions: mo,
+		// Entry and attribute timeouts are set by every reply (dirnode.go):
+		// a dynamic directory's children have none.
 		NegativeTimeout: &timeout,
 		UID:             s.uid,
 		GID:             s.gid,
@@ -499,108 +557,6 @@ func (s *Server) Mountpoint() string { return s.mnt }
 // FUSE passthrough on this mount.
 func (s *Server) Passthrough() bool { return s.passthrough.Load() }
 
-// Create publishes h under name with the given permission bits (setuid,
-// setgid and sticky included). The operations h supports are those of the
-// handler interfaces it implements. When h implements handler.Setattrer it
-// owns its attributes, and Create passes mode to it through Setattr;
-// otherwise the bridge keeps the mode. Create fails with EEXIST if the name
-// is taken and EINVAL if it is not a valid file name.
-func (s *Server) Create(name string, mode fs.FileMode, h any) (*Entry, error) {
-	e, err := s.create(name, mode, h, 0)
-	if err != nil {
-		return nil, err
-	}
-	if s.companion != nil && e.backing == nil {
-		s.serveNoOpen(e, mode, h)
-	}
-	e.subscribe(h) // notify.go: handler.Changer
-	return e, nil
-}
-
-// create publishes h under name with inode number ino (0: the next free).
-func (s *Server) create(name string, mode fs.FileMode, h any, ino uint64) (*Entry, error) {
-	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") || len(name) > 255 {
-		return nil, fmt.Errorf("fusebridge: %q is not a valid file name: %w", name, syscall.EINVAL)
-	}
-	if h == nil {
-		return nil, fmt.Errorf("fusebridge: nil handler for %q: %w", name, syscall.EINVAL)
-	}
-	s.mu.Lock()
-	if s.closing {
-		s.mu.Unlock()
-		return nil, fmt.Errorf("fusebridge: create %q: %w", name, syscall.ENOTCONN)
-	}
-	if _, ok := s.byName[name]; ok {
-		s.mu.Unlock()
-		return nil, fmt.Errorf("fusebridge: create %q: %w", name, syscall.EEXIST)
-	}
-	if ino == 0 {
-		ino = s.nextIno
-		s.nextIno++
-	}
-	e := newEntry(s, name, ino, mode, h)
-	s.mu.Unlock()
-
-	if e.setattrer != nil {
-		m := mode
-		if err := e.setattrer.Setattr(context.Background(), nil, &handler.SetAttr{Mode: &m}); err != nil {
-			return nil, fmt.Errorf("fusebridge: create %q: setting mode: %w", name, err)
-		}
-	}
-
-	s.mu.Lock()
-	if _, ok := s.byName[name]; ok || s.closing {
-		s.mu.Unlock()
-		return nil, fmt.Errorf("fusebridge: create %q: %w", name, syscall.EEXIST)
-	}
-	s.byName[name] = e
-	s.mu.Unlock()
-	// The kernel may hold a negative dentry for the name from an earlier
-	// lookup; with long timeouts it would hide the new file.
-	s.notifyGone(name)
-	return e, nil
-}
-
-// Lookup returns the entry published under name, or nil.
-func (s *Server) Lookup(name string) *Entry { return s.lookup(name) }
-
-func (s *Server) lookup(name string) *Entry {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.byName[name]
-}
-
-// entries returns the published entries sorted by name.
-func (s *Server) entries() []*Entry {
-	s.mu.Lock()
-	list := make([]*Entry, 0, len(s.byName))
-	for _, e := range s.byName {
-		list = append(list, e)
-	}
-	s.mu.Unlock()
-	sort.Slice(list, func(i, j int) bool { return list[i].name < list[j].name })
-	return list
-}
-
-// unlink takes e out of the name table; false if it was not there.
-func (s *Server) unlink(e *Entry) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.byName[e.name] != e {
-		return false
-	}
-	delete(s.byName, e.name)
-	return true
-}
-
-// notifyGone drops the kernel's cached dentry (positive or negative) for
-// name, so its next lookup reaches the server.
-func (s *Server) notifyGone(name string) {
-	if errno := s.root.NotifyEntry(name); errno != 0 && errno != syscall.ENOENT {
-		s.log.Debug("entry invalidation failed", "name", name, "errno", errno)
-	}
-}
-
 // Unmount is the seed's module unload. The directory leaves the namespace
 // at once, so new opens fail with ENOENT; callbacks in flight finish; every
 // entry is removed, so later operations on descriptors still open fail with
@@ -615,11 +571,7 @@ func (s *Server) Unmount() error {
 		defer s.claim.release(false)
 		s.mu.Lock()
 		s.closing = true
-		list := make([]*Entry, 0, len(s.byName))
-		for _, e := range s.byName {
-			list = append(list, e)
-		}
-		s.byName = map[string]*Entry{}
+		list := s.rootDir.detachLocked(nil)
 		s.mu.Unlock()
 
 		if s.mountFd >= 0 {

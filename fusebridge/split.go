@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"path/filepath"
 	"strconv"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -22,7 +23,12 @@ import (
 // still serves it until the bind is in place, so a lookup never fails in
 // between; path lookups then cross into the second connection.
 
-// mountCompanion mounts and starts the no-open connection of s.
+// On a NoOpen mount the roles swap: the second connection keeps OPEN and
+// serves, through the same binds, what a no-open connection must not cache.
+
+// mountCompanion mounts and starts the second connection of s, in the mode
+// the main one does not have (no-open beside a passthrough main one; OPEN
+// beside a NoOpen one).
 func (s *Server) mountCompanion() (*Server, error) {
 	dev, err := unix.Open("/dev/fuse", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -34,23 +40,27 @@ func (s *Server) mountCompanion() (*Server, error) {
 		return nil, err
 	}
 	opts := s.opts
-	opts.NoOpen = true
+	opts.NoOpen = !s.opts.NoOpen
 	opts.NoOpenHandlers = false
 	opts.Passthrough = PassthroughOff
-	opts.Logger = s.log.With("connection", "no-open")
+	if opts.NoOpen {
+		opts.Logger = s.log.With("connection", "no-open")
+	} else {
+		opts.Logger = s.log.With("connection", "open")
+	}
 	c := newServer(s.mnt, opts)
 	c.mountFd = mfd
 	// go-fuse serves an already mounted /dev/fuse descriptor given as
 	// /dev/fd/N, and owns it from then on.
 	if err := c.start("/dev/fd/"+strconv.Itoa(dev), false); err != nil {
 		unix.Close(mfd)
-		return nil, fmt.Errorf("serve the no-open connection: %w", err)
+		return nil, fmt.Errorf("serve the second connection: %w", err)
 	}
 	// Only now: stat(2) on the mount asks the server.
 	var st unix.Stat_t
 	if err := unix.Fstat(mfd, &st); err != nil {
 		c.Unmount()
-		return nil, fmt.Errorf("stat the no-open mount: %w", err)
+		return nil, fmt.Errorf("stat the second mount: %w", err)
 	}
 	c.connID = unix.Minor(st.Dev)
 	// go-fuse provokes one POLL at mount so that it can answer ENOSYS and
@@ -119,30 +129,217 @@ func detachedFuseMount(dev int, uid, gid uint32, allowOther bool) (int, error) {
 	return mfd, nil
 }
 
-// serveNoOpen moves e's name to the no-open connection: the same handler
-// published there under the same inode number, bind-mounted over the name.
-// On failure e stays served by the main connection, slower but correct.
-func (s *Server) serveNoOpen(e *Entry, mode fs.FileMode, h any) {
+// mirror publishes e, just created in d on the main connection, on the
+// second connection too when it belongs there (companionSuits), and makes
+// the kernel reach it there: through a bind of a directory above it, or a
+// bind of its own. Static directories and links are mirrored always; on a NoOpenHandlers mount each is one
+// bind for its whole subtree, until an entry that must stay on the main
+// connection (Entry.pins) is created inside: the bind above it is then
+// replaced by binds of its children. A bind that fails leaves the entry
+// served by the main connection, slower but correct.
+func (s *Server) mirror(d *Dir, e *Entry, mode fs.FileMode, h any) error {
 	c := s.companion
-	ce, err := c.create(e.name, mode, h, e.ino)
-	if err == nil {
-		err = bindFile(c.mountFd, e.name, filepath.Join(s.mnt, e.name))
-		if err != nil {
-			ce.Remove()
+	if c == nil {
+		return nil
+	}
+	s.bindMu.Lock()
+	defer s.bindMu.Unlock()
+	// Static directories and links are mirrored always, so that the second
+	// connection has every path and a bound directory every name.
+	static := e.dir != nil && e.dir.dyn == nil
+	if !static && e.kind != kindLink && !s.companionSuits(e) {
+		if !s.opts.NoOpen && e.pins() {
+			if b := s.boundAbove(d); b != nil {
+				s.unbind(b)
+			}
 		}
+		return nil
 	}
+	// On a NoOpen mount the main connection would serve what must not be
+	// cached from the kernel's cache: there a failure fails the Create.
+	must := s.opts.NoOpen && s.companionSuits(e)
+	ct := d.twin
+	if d.parent == nil {
+		ct = c.rootDir
+	}
+	if ct == nil {
+		if must {
+			return fmt.Errorf("fusebridge: create %q: its directory is not on the connection that keeps OPEN: %w", e.Path(), syscall.EIO)
+		}
+		return nil // d itself is not mirrored
+	}
+	ce, err := c.publish(ct, e.name, mode, h, e.kind, e.ino, e.fileOps)
 	if err != nil {
-		s.log.Warn("serving the file on the main connection", "name", e.name, "reason", err)
-		return
+		if must {
+			return fmt.Errorf("fusebridge: create %q on the connection that keeps OPEN: %w", e.Path(), err)
+		}
+		s.bindFailed(e, err)
+		return nil
 	}
-	// Binding looked the name up, which took a snapshot of generated
-	// content; the first reader must get one of its own time.
-	ce.Invalidate()
+	if e.dir != nil {
+		s.mu.Lock()
+		e.dir.twin = ce.dir
+		s.mu.Unlock()
+	}
 	e.twin.Store(ce)
+	if s.boundAbove(d) != nil || !s.companionSuits(e) || (static && s.opts.NoOpen) {
+		// Reached through the directory's bind, or served by the main
+		// connection where no bind is (links, and on a NoOpen mount the
+		// static directories).
+		return nil
+	}
+	if err := s.bind(e); err != nil && must {
+		return fmt.Errorf("fusebridge: create %q: %w", e.Path(), err)
+	}
+	return nil
 }
 
-// bindFile bind-mounts the file name of the detached mount mfd on target.
-func bindFile(mfd int, name, target string) error {
+// companionSuits reports whether e is better served by the second
+// connection: on a NoOpenHandlers mount every file and static directory
+// that need not stay on the main, OPEN, one (free opens); on a NoOpen mount
+// what a no-open connection must not serve (Entry.pins: per-caller files,
+// files of unknown size, dynamic directories). Links are the same on both.
+func (s *Server) companionSuits(e *Entry) bool {
+	if e.kind == kindLink {
+		return false
+	}
+	if s.opts.NoOpen {
+		return e.pins() && e.backing == nil
+	}
+	return !e.pins()
+}
+
+// bindFailed logs that e stays on the main connection: the first time as a
+// warning, later ones at debug level, since past fs.mount-max (ENOSPC)
+// every bind of a large flat directory fails alike.
+func (s *Server) bindFailed(e *Entry, err error) {
+	if s.bindWarned.Swap(true) {
+		s.log.Debug("serving the name on the main connection", "name", e.Path(), "reason", err)
+		return
+	}
+	s.log.Warn("serving the name on the main connection (further names: debug level)", "name", e.Path(), "reason", err)
+}
+
+// boundAbove returns the bound entry d is (or is inside), or nil.
+func (s *Server) boundAbove(d *Dir) *Entry {
+	for ; d != nil && d.self != nil; d = d.parent {
+		if d.self.bound {
+			return d.self
+		}
+	}
+	return nil
+}
+
+// bind bind-mounts e's twin over e's path. For a directory whose subtree
+// holds no pinned entry that is one mount for the whole subtree; for one
+// that does, its children are bound one by one.
+func (s *Server) bind(e *Entry) error {
+	ce := e.twin.Load()
+	if ce == nil || e.kind == kindLink || !s.linked(e) {
+		return nil
+	}
+	if e.dir != nil {
+		s.mu.RLock()
+		pinned := e.dir.pinned
+		s.mu.RUnlock()
+		if pinned > 0 && !s.opts.NoOpen {
+			for _, c := range e.dir.sortedChildren() {
+				s.bind(c)
+			}
+			return nil
+		}
+	}
+	if err := bindPath(s.companion.mountFd, ce.Path(), filepath.Join(s.mnt, e.Path())); err != nil {
+		s.bindFailed(e, err)
+		return err
+	}
+	e.bound = true
+	if e.kind == kindFile {
+		// Binding looked the name up, which took a snapshot of generated
+		// content; the first reader must get one of its own time.
+		ce.Invalidate()
+	}
+	return nil
+}
+
+// linked reports whether e is still in the tree. (Not e.gone: that would
+// wait for a removal in progress, which may wait for callbacks.)
+func (s *Server) linked(e *Entry) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return !e.parent.removed && e.parent.children[e.name] == e
+}
+
+// unbind takes the bind off e and binds its children one by one instead,
+// as bind does for a directory that holds pinned entries.
+func (s *Server) unbind(e *Entry) {
+	unix.Unmount(filepath.Join(s.mnt, e.Path()), unix.MNT_DETACH)
+	e.bound = false
+	if e.dir != nil {
+		for _, c := range e.dir.sortedChildren() {
+			s.bind(c)
+		}
+	}
+}
+
+// rejoin makes one bind again of the largest directory around d that no
+// longer holds a pinned entry, once the last one below it was removed:
+// otherwise a directory that once held a per-caller file would keep a
+// mount per file for good.
+func (s *Server) rejoin(d *Dir) {
+	if s.companion == nil || s.opts.NoOpen {
+		return
+	}
+	s.bindMu.Lock()
+	defer s.bindMu.Unlock()
+	var top *Dir
+	s.mu.RLock()
+	for p := d; p != nil && p.self != nil && p.pinned == 0 && !p.removed; p = p.parent {
+		top = p
+	}
+	s.mu.RUnlock()
+	if top == nil || top.self.bound || s.boundAbove(top) != nil || top.self.twin.Load() == nil {
+		return
+	}
+	var binds []*Entry
+	var walk func(*Dir)
+	walk = func(d *Dir) {
+		for _, c := range d.sortedChildren() {
+			if c.dir != nil {
+				walk(c.dir)
+			}
+			if c.bound {
+				binds = append(binds, c)
+			}
+		}
+	}
+	walk(top)
+	// The children's binds go first, so that the directory's bind is
+	// not made on top of them; names are served by the main connection
+	// in between.
+	for _, c := range binds {
+		unix.Unmount(filepath.Join(s.mnt, c.Path()), unix.MNT_DETACH)
+		c.bound = false
+	}
+	s.bind(top.self)
+}
+
+// unbindRemoved takes the binds off removed entries, listed children
+// first.
+func (s *Server) unbindRemoved(list []*Entry) {
+	s.bindMu.Lock()
+	defer s.bindMu.Unlock()
+	for _, e := range list {
+		if e.bound {
+			unix.Unmount(filepath.Join(s.mnt, e.Path()), unix.MNT_DETACH)
+			e.bound = false
+		}
+	}
+}
+
+// bindPath bind-mounts path (a file or a directory) of the detached mount
+// mfd on target.
+func bindPath(mfd int, name, target string) error {
 	tree, err := unix.OpenTree(mfd, name, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
 	if err != nil {
 		return fmt.Errorf("open_tree %s: %w", name, err)
@@ -156,4 +353,4 @@ func bindFile(mfd int, name, target string) error {
 
 // HandlersNoOpen reports whether handler entries are served over a second,
 // no-open connection (Options.NoOpenHandlers took effect).
-func (s *Server) HandlersNoOpen() bool { return s.companion != nil }
+func (s *Server) HandlersNoOpen() bool { return s.companion != nil && !s.opts.NoOpen }

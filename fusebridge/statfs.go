@@ -58,9 +58,25 @@ func (s *Server) fillStatfs(out *fuse.StatfsOut) {
 	}
 }
 
-// Published returns the number of entries published on the mount.
+// Published returns the number of entries published on the mount: files,
+// directories and symbolic links made by Create and Mkdir, at any depth
+// (the children a dynamic directory produces on demand are not counted).
 func (s *Server) Published() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.byName)
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.rootDir.countLocked()
+}
+
+// countLocked counts d's published entries and those below it.
+func (d *Dir) countLocked() int {
+	if d.dyn != nil {
+		return 0
+	}
+	n := len(d.children)
+	for _, c := range d.children {
+		if c.dir != nil {
+			n += c.dir.countLocked()
+		}
+	}
+	return n
 }
