@@ -106,11 +106,14 @@ func Meminfo(host []byte, m cgroup.Memory) []byte {
 	for _, line := range bytes.SplitAfter(host, []byte("\n")) {
 		name, _, found := bytes.Cut(line, []byte(":"))
 		v, known := vals[string(name)]
-		if !found || !known || !bytes.Contains(line, []byte(" kB")) {
+		if !found || !known {
 			out = append(out, line...)
 			continue
 		}
 		out = appendMeminfoLine(out, string(name), v)
+		if !bytes.HasSuffix(line, []byte("\n")) {
+			out = out[:len(out)-1] // the host's last line had no newline
+		}
 	}
 	return out
 }

@@ -14,6 +14,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -246,7 +247,8 @@ func ParseUptime(data []byte) (up, idle time.Duration, err error) {
 	if err1 != nil || err2 != nil || u < 0 || i < 0 || u > 1e12 || i > 1e15 {
 		return 0, 0, fmt.Errorf("uptime %q: want two numbers", data)
 	}
-	return time.Duration(u * float64(time.Second)), time.Duration(i * float64(time.Second)), nil
+	// /proc/uptime has two decimals: round away the float's error.
+	return time.Duration(math.Round(u*1e3)) * time.Millisecond, time.Duration(math.Round(i*1e3)) * time.Millisecond, nil
 }
 
 // Stat is the part of /proc/PID/stat this package uses.
