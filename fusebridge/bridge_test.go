@@ -351,10 +351,17 @@ func TestCreateAfterNegativeLookup(t *testing.T) {
 	if _, err := srv.Create("later", 0o444, text("again")); errnoOf(err) != unix.EEXIST {
 		t.Errorf("create of a taken name: %v, want EEXIST", err)
 	}
-	for _, bad := range []string{"", ".", "..", "a/b", strings.Repeat("x", 256)} {
+	for _, bad := range []string{"", ".", "..", "a//b", "../x", strings.Repeat("x", 256)} {
 		if _, err := srv.Create(bad, 0o444, text("")); errnoOf(err) != unix.EINVAL {
 			t.Errorf("create %q: %v, want EINVAL", bad, err)
 		}
+	}
+	// A path names directories that must exist.
+	if _, err := srv.Create("a/b", 0o444, text("")); errnoOf(err) != unix.ENOENT {
+		t.Errorf("create %q: %v, want ENOENT", "a/b", err)
+	}
+	if _, err := srv.Create("later/b", 0o444, text("")); errnoOf(err) != unix.ENOTDIR {
+		t.Errorf("create %q: %v, want ENOTDIR", "later/b", err)
 	}
 	ents, err := os.ReadDir(srv.Mountpoint())
 	if err != nil || len(ents) != 1 || ents[0].Name() != "later" {

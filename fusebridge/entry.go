@@ -3,40 +3,34 @@ package fusebridge
 import (
 	"context"
 	"io/fs"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
-	"golang.org/x/sys/unix"
 
 	"github.com/ramproc/ramproc/handler"
 )
 
-// Entry is one published file: a name in the mount's directory bound to a
-// handler. It is the counterpart of the seed's proc_dir_entry.
+// Entry is one published name: a file bound to a handler, a symbolic link,
+// or a directory (Entry.Dir). It is the counterpart of the seed's
+// proc_dir_entry.
 type Entry struct {
-	srv  *Server
-	name string
-	ino  uint64
+	// The handler's optional interfaces, resolved once at Create so that no
+	// FUSE operation pays for a type assertion; shared with the twin.
+	*fileOps
+
+	srv    *Server
+	parent *Dir
+	name   string
+	ino    uint64
+	kind   kind
 	// born stands in for all three times of handlers that keep none.
 	born time.Time
 
-	// The handler's optional interfaces, resolved once at Create so that no
-	// FUSE operation pays for a type assertion.
-	opener    handler.Opener
-	reader    handler.Reader
-	writer    handler.Writer
-	lseeker   handler.Lseeker
-	releaser  handler.Releaser
-	getattrer handler.Getattrer
-	setattrer handler.Setattrer
-	fsyncer   handler.Fsyncer
-	allocator handler.Allocator
-	backing   handler.BackingFiler
-	sizer     handler.SnapshotSizer
+	dir  *Dir              // kindDir: the directory this entry names
+	link handler.Symlinker // kindLink
 
 	// perm and owner are kept here for handlers without a Setattrer, so
 	// chmod works on every entry, as it does on /proc files.
@@ -53,9 +47,12 @@ type Entry struct {
 	removed bool
 
 	// opens lists the descriptors not yet released, so removal can release
-	// them, as procfs's close_pdeo does on remove_proc_entry.
-	opensMu sync.Mutex
-	opens   map[*openFile]struct{}
+	// them, as procfs's close_pdeo does on remove_proc_entry. It is made
+	// at the first open: most entries of a large tree are never opened
+	// through a handle.
+	opensMu     sync.Mutex
+	opens       map[*openFile]struct{}
+	opensClosed bool
 
 	// shared is the one open file of a NoOpen mount, where the kernel
 	// sends no OPEN: created by the first callback that needs it, dropped
@@ -64,8 +61,11 @@ type Entry struct {
 	shared   *sharedFile
 
 	// twin is the same handler published on the no-open connection of a
-	// NoOpenHandlers mount and bind-mounted over this entry's name.
+	// NoOpenHandlers mount (split.go).
 	twin atomic.Pointer[Entry]
+	// bound is set while the twin is bind-mounted over this entry's path
+	// (a file's own bind, or a whole directory's); guarded by srv.bindMu.
+	bound bool
 }
 
 // sharedFile is an Entry's open file on a NoOpen mount.
@@ -79,56 +79,128 @@ type sharedFile struct {
 	dropped bool
 }
 
-func newEntry(s *Server, name string, ino uint64, mode fs.FileMode, h any) *Entry {
-	e := &Entry{srv: s, name: name, ino: ino, born: time.Now(), opens: map[*openFile]struct{}{}}
-	e.opener, _ = h.(handler.Opener)
-	e.reader, _ = h.(handler.Reader)
-	e.writer, _ = h.(handler.Writer)
-	e.lseeker, _ = h.(handler.Lseeker)
-	e.releaser, _ = h.(handler.Releaser)
-	e.getattrer, _ = h.(handler.Getattrer)
-	e.setattrer, _ = h.(handler.Setattrer)
-	e.fsyncer, _ = h.(handler.Fsyncer)
-	e.allocator, _ = h.(handler.Allocator)
-	e.backing, _ = h.(handler.BackingFiler)
-	e.sizer, _ = h.(handler.SnapshotSizer)
+// fileOps is a file handler's interfaces, resolved once.
+type fileOps struct {
+	opener    handler.Opener
+	reader    handler.Reader
+	writer    handler.Writer
+	lseeker   handler.Lseeker
+	releaser  handler.Releaser
+	getattrer handler.Getattrer
+	setattrer handler.Setattrer
+	fsyncer   handler.Fsyncer
+	allocator handler.Allocator
+	backing   handler.BackingFiler
+	sizer     handler.SnapshotSizer
+
+	// perCaller: content depends on the caller, never cached.
+	perCaller bool
+	// unknownSize: a streamed file, read with FOPEN_DIRECT_IO to its end.
+	unknownSize bool
+}
+
+// noOps serves directories and links, which have no file operations.
+var noOps = &fileOps{}
+
+func resolveOps(h any) *fileOps {
+	o := &fileOps{}
+	o.opener, _ = h.(handler.Opener)
+	o.reader, _ = h.(handler.Reader)
+	o.writer, _ = h.(handler.Writer)
+	o.lseeker, _ = h.(handler.Lseeker)
+	o.releaser, _ = h.(handler.Releaser)
+	o.getattrer, _ = h.(handler.Getattrer)
+	o.setattrer, _ = h.(handler.Setattrer)
+	o.fsyncer, _ = h.(handler.Fsyncer)
+	o.allocator, _ = h.(handler.Allocator)
+	o.backing, _ = h.(handler.BackingFiler)
+	o.sizer, _ = h.(handler.SnapshotSizer)
+	if pc, ok := h.(handler.PerCaller); ok {
+		o.perCaller = pc.PerCaller()
+	}
+	o.unknownSize = unknownSize(h)
+	return o
+}
+
+// newEntry makes the entry of h (nil for a static directory); ops, if not
+// nil, are h's interfaces already resolved (a twin shares its original's).
+func newEntry(s *Server, parent *Dir, name string, ino uint64, mode fs.FileMode, h any, k kind, ops *fileOps) *Entry {
+	e := &Entry{srv: s, parent: parent, name: name, ino: ino, kind: k, born: time.Now()}
+	switch k {
+	case kindDir:
+		e.fileOps = noOps
+		e.dir = newDir(s, parent, name, ino, mode)
+		e.dir.self = e
+		e.dir.dyn, _ = h.(handler.DirHandler)
+	case kindLink:
+		e.fileOps = noOps
+		e.link = h.(handler.Symlinker)
+	default:
+		if ops == nil {
+			ops = resolveOps(h)
+		}
+		e.fileOps = ops
+	}
 	e.perm.Store(handler.UnixMode(mode))
 	e.uid.Store(s.uid)
 	e.gid.Store(s.gid)
 	return e
 }
 
+// pins reports whether the entry must be served by a connection that keeps
+// OPEN: a passthrough file, content that must not be cached, or a dynamic
+// directory (see split.go).
+func (e *Entry) pins() bool {
+	switch e.kind {
+	case kindDir:
+		return e.dir.dyn != nil
+	case kindLink:
+		return false
+	}
+	return e.backing != nil || e.perCaller || e.unknownSize
+}
+
 // Name returns the entry's file name.
 func (e *Entry) Name() string { return e.name }
 
-// Remove unpublishes the entry: new opens of its name fail with ENOENT,
-// callbacks already running finish first, descriptors still open are
-// released (the handler's Release runs for each), and any later operation
-// on them fails with EIO. Remove returns once no callback of the handler is
-// running, so the caller may then free what the handler uses. Descriptors
-// that the kernel serves by passthrough (BackingFiler) keep reading and
-// writing the backing file until they are closed: the kernel gives the
-// server no way to revoke them.
+// Remove unpublishes the entry (for a directory, its whole subtree): new
+// lookups of its name fail with ENOENT, callbacks already running finish
+// first, descriptors still open are released (the handler's Release runs
+// for each), and any later operation on them fails with EIO. Remove
+// returns once no callback of the handler is running, so the caller may
+// then free what the handler uses. Descriptors that the kernel serves by
+// passthrough (BackingFiler) keep reading and writing the backing file
+// until they are closed: the kernel gives the server no way to revoke them.
 func (e *Entry) Remove() error {
-	if !e.srv.unlink(e) {
+	ok, sub := e.srv.unlink(e)
+	if !ok {
 		return syscall.ENOENT
 	}
 	if ce := e.twin.Load(); ce != nil {
-		// Off the bind first, so that lookups reach this connection,
-		// which no longer knows the name. (Dropping the dentry below would
-		// detach it too; an error means the directory is already gone.)
-		unix.Unmount(filepath.Join(e.srv.mnt, e.name), unix.MNT_DETACH)
+		// Off the binds first, deepest first, so that lookups reach this
+		// connection, which no longer knows the names. (Dropping the
+		// dentry below would detach them too; an error means the
+		// directory is already gone.)
+		e.srv.unbindRemoved(append(sub[:len(sub):len(sub)], e))
 		ce.Remove()
 	}
-	e.kill()
+	sub = append(sub, e)
+	for _, c := range sub {
+		c.kill()
+	}
 	if e.srv.opts.NoOpen {
 		// Descriptors opened before must get EIO, not the pages the
 		// kernel cached for them.
-		if n := e.srv.root.GetChild(e.name); n != nil {
-			n.NotifyContent(0, 0)
+		for _, c := range sub {
+			if c.kind != kindFile {
+				continue
+			}
+			if n := c.inode(); n != nil {
+				n.NotifyContent(0, 0)
+			}
 		}
 	}
-	e.srv.notifyGone(e.name)
+	e.parent.notifyGone(e.name)
 	return nil
 }
 
@@ -142,6 +214,7 @@ func (e *Entry) kill() {
 	e.opensMu.Lock()
 	open := e.opens
 	e.opens = nil
+	e.opensClosed = true
 	e.opensMu.Unlock()
 	if e.releaser != nil {
 		for of := range open {
@@ -169,7 +242,7 @@ func (e *Entry) Invalidate() error {
 		e.dropShared()
 		off = 0
 	}
-	n := e.srv.root.GetChild(e.name)
+	n := e.inode()
 	if n == nil {
 		return nil // the kernel has not looked it up, so it caches nothing
 	}
@@ -216,11 +289,18 @@ func (e *Entry) attr(ctx context.Context, out *fuse.Attr) syscall.Errno {
 		a.Blocks = (a.Size + 511) / 512
 		e.releaseShared(sh)
 	}
+	typ := uint32(syscall.S_IFREG)
+	if e.kind == kindLink {
+		typ = syscall.S_IFLNK
+		if l, ok := e.link.(handler.Link); ok {
+			a.Size = int64(len(l)) // as tmpfs; computed targets say 0, as /proc/self
+		}
+	}
 	*out = fuse.Attr{
 		Ino:     e.ino,
 		Size:    uint64(a.Size),
 		Blocks:  uint64(a.Blocks),
-		Mode:    syscall.S_IFREG | handler.UnixMode(a.Mode),
+		Mode:    typ | handler.UnixMode(a.Mode),
 		Nlink:   1,
 		Owner:   fuse.Owner{Uid: a.Uid, Gid: a.Gid},
 		Blksize: 4096,
@@ -232,8 +312,11 @@ func (e *Entry) attr(ctx context.Context, out *fuse.Attr) syscall.Errno {
 func (e *Entry) track(of *openFile) bool {
 	e.opensMu.Lock()
 	defer e.opensMu.Unlock()
-	if e.opens == nil {
+	if e.opensClosed {
 		return false
+	}
+	if e.opens == nil {
+		e.opens = map[*openFile]struct{}{}
 	}
 	e.opens[of] = struct{}{}
 	return true

@@ -10,97 +10,6 @@ import (
 	"github.com/ramproc/ramproc/handler"
 )
 
-// dirNode is the mount's root directory. Names are published only through
-// Server.Create, so every namespace change from a syscall fails with the
-// errno that /proc gives for it (measured: creating a name in /proc is
-// ENOENT, removing one is EPERM).
-type dirNode struct {
-	fs.Inode
-	srv *Server
-}
-
-var (
-	_ fs.NodeLookuper  = (*dirNode)(nil)
-	_ fs.NodeReaddirer = (*dirNode)(nil)
-	_ fs.NodeGetattrer = (*dirNode)(nil)
-	_ fs.NodeCreater   = (*dirNode)(nil)
-	_ fs.NodeMkdirer   = (*dirNode)(nil)
-	_ fs.NodeMknoder   = (*dirNode)(nil)
-	_ fs.NodeSymlinker = (*dirNode)(nil)
-	_ fs.NodeLinker    = (*dirNode)(nil)
-	_ fs.NodeRenamer   = (*dirNode)(nil)
-	_ fs.NodeUnlinker  = (*dirNode)(nil)
-	_ fs.NodeRmdirer   = (*dirNode)(nil)
-)
-
-func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	e := d.srv.lookup(name)
-	if e == nil || !e.enter() {
-		return nil, syscall.ENOENT
-	}
-	defer e.exit()
-	if errno := e.attr(ctx, &out.Attr); errno != 0 {
-		return nil, errno
-	}
-	// Each Entry has its own inode number, so a name published again after
-	// removal is a new inode to the kernel, never the old one revived.
-	return d.NewInode(ctx, &fileNode{e: e}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: e.ino}), 0
-}
-
-func (d *dirNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
-	var list []fuse.DirEntry
-	for _, e := range d.srv.entries() {
-		list = append(list, fuse.DirEntry{Name: e.name, Ino: e.ino, Mode: syscall.S_IFREG})
-	}
-	return fs.NewListDirStream(list), 0
-}
-
-func (d *dirNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	out.Mode = syscall.S_IFDIR | 0o555
-	out.Nlink = 2
-	out.Owner = fuse.Owner{Uid: d.srv.uid, Gid: d.srv.gid}
-	out.SetTimes(&d.srv.born, &d.srv.born, &d.srv.born)
-	return 0
-}
-
-func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
-	return nil, nil, 0, syscall.ENOENT
-}
-
-func (d *dirNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	return nil, syscall.ENOENT
-}
-
-func (d *dirNode) Mknod(ctx context.Context, name string, mode uint32, dev uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	return nil, syscall.ENOENT
-}
-
-func (d *dirNode) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	return nil, syscall.ENOENT
-}
-
-func (d *dirNode) Link(ctx context.Context, target fs.InodeEmbedder, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	return nil, syscall.ENOENT
-}
-
-func (d *dirNode) Rename(ctx context.Context, name string, newParent fs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
-	return syscall.ENOENT
-}
-
-func (d *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
-	if d.srv.lookup(name) == nil {
-		return syscall.ENOENT
-	}
-	return syscall.EPERM
-}
-
-func (d *dirNode) Rmdir(ctx context.Context, name string) syscall.Errno {
-	if d.srv.lookup(name) == nil {
-		return syscall.ENOENT
-	}
-	return syscall.ENOTDIR
-}
-
 // fileNode is the kernel's inode for one Entry. Every callback brackets the
 // handler call with enter/exit so that removal can wait for it.
 type fileNode struct {
@@ -161,9 +70,10 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 		return nil, 0, syscall.ENOENT
 	}
 	// Generated content must reach every read(2), so it bypasses the page
-	// cache; a file that changes only through this mount may keep its pages.
+	// cache; a file that changes only through this mount may keep its pages,
+	// unless they are one caller's (handler.PerCaller).
 	fl := uint32(fuse.FOPEN_DIRECT_IO)
-	if of.f.Caching {
+	if of.f.Caching && !e.perCaller {
 		fl = fuse.FOPEN_KEEP_CACHE
 	}
 	return of, fl, 0

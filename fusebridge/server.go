@@ -34,26 +34,20 @@
 package fusebridge
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
-
-	"github.com/ramproc/ramproc/handler"
 )
 
 // maxWrite is the largest write the kernel sends in one request: 1 MiB
@@ -150,16 +144,18 @@ type Options struct {
 
 // Server is one mounted directory of published entries.
 type Server struct {
-	mnt    string
-	opts   Options
-	log    *slog.Logger
-	fuse   *fuse.Server
-	root   *dirNode
-	uid    uint32
-	gid    uint32
-	born   time.Time
-	connID uint32 // minor of the mount's st_dev: its name in fusectl
-	served chan struct{}
+	mnt  string
+	opts Options
+	log  *slog.Logger
+	fuse *fuse.Server
+	root *dirNode // the kernel's inode of rootDir
+	// rootDir is the top of the tree of published names (tree.go).
+	rootDir *Dir
+	uid     uint32
+	gid     uint32
+	born    time.Time
+	connID  uint32 // minor of the mount's st_dev: its name in fusectl
+	served  chan struct{}
 
 	// passthrough is set once the kernel has accepted a backing file.
 	passthrough atomic.Bool
@@ -171,10 +167,13 @@ type Server struct {
 	companion *Server
 	mountFd   int
 
-	mu      sync.Mutex
-	byName  map[string]*Entry
+	// mu guards the naming state of the whole tree (tree.go).
+	mu      sync.RWMutex
 	nextIno uint64
 	closing bool
+	// bindMu serialises the bind mounts of a NoOpenHandlers mount
+	// (split.go); never held by a FUSE callback.
+	bindMu sync.Mutex
 
 	unmountOnce sync.Once
 	unmountErr  error
@@ -252,11 +251,12 @@ func newServer(mnt string, opts Options) *Server {
 		gid:     uint32(os.Getegid()),
 		born:    time.Now(),
 		served:  make(chan struct{}),
-		byName:  map[string]*Entry{},
 		nextIno: 2, // 1 is the root
 		mountFd: -1,
 	}
-	s.root = &dirNode{srv: s}
+	// /proc's own directories are 0555: nobody creates names in them.
+	s.rootDir = newDir(s, nil, "", 1, 0o555)
+	s.root = &dirNode{d: s.rootDir}
 	return s
 }
 
@@ -440,107 +440,6 @@ func (s *Server) Mountpoint() string { return s.mnt }
 // FUSE passthrough on this mount.
 func (s *Server) Passthrough() bool { return s.passthrough.Load() }
 
-// Create publishes h under name with the given permission bits (setuid,
-// setgid and sticky included). The operations h supports are those of the
-// handler interfaces it implements. When h implements handler.Setattrer it
-// owns its attributes, and Create passes mode to it through Setattr;
-// otherwise the bridge keeps the mode. Create fails with EEXIST if the name
-// is taken and EINVAL if it is not a valid file name.
-func (s *Server) Create(name string, mode fs.FileMode, h any) (*Entry, error) {
-	e, err := s.create(name, mode, h, 0)
-	if err != nil {
-		return nil, err
-	}
-	if s.companion != nil && e.backing == nil {
-		s.serveNoOpen(e, mode, h)
-	}
-	return e, nil
-}
-
-// create publishes h under name with inode number ino (0: the next free).
-func (s *Server) create(name string, mode fs.FileMode, h any, ino uint64) (*Entry, error) {
-	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") || len(name) > 255 {
-		return nil, fmt.Errorf("fusebridge: %q is not a valid file name: %w", name, syscall.EINVAL)
-	}
-	if h == nil {
-		return nil, fmt.Errorf("fusebridge: nil handler for %q: %w", name, syscall.EINVAL)
-	}
-	s.mu.Lock()
-	if s.closing {
-		s.mu.Unlock()
-		return nil, fmt.Errorf("fusebridge: create %q: %w", name, syscall.ENOTCONN)
-	}
-	if _, ok := s.byName[name]; ok {
-		s.mu.Unlock()
-		return nil, fmt.Errorf("fusebridge: create %q: %w", name, syscall.EEXIST)
-	}
-	if ino == 0 {
-		ino = s.nextIno
-		s.nextIno++
-	}
-	e := newEntry(s, name, ino, mode, h)
-	s.mu.Unlock()
-
-	if e.setattrer != nil {
-		m := mode
-		if err := e.setattrer.Setattr(context.Background(), nil, &handler.SetAttr{Mode: &m}); err != nil {
-			return nil, fmt.Errorf("fusebridge: create %q: setting mode: %w", name, err)
-		}
-	}
-
-	s.mu.Lock()
-	if _, ok := s.byName[name]; ok || s.closing {
-		s.mu.Unlock()
-		return nil, fmt.Errorf("fusebridge: create %q: %w", name, syscall.EEXIST)
-	}
-	s.byName[name] = e
-	s.mu.Unlock()
-	// The kernel may hold a negative dentry for the name from an earlier
-	// lookup; with long timeouts it would hide the new file.
-	s.notifyGone(name)
-	return e, nil
-}
-
-// Lookup returns the entry published under name, or nil.
-func (s *Server) Lookup(name string) *Entry { return s.lookup(name) }
-
-func (s *Server) lookup(name string) *Entry {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.byName[name]
-}
-
-// entries returns the published entries sorted by name.
-func (s *Server) entries() []*Entry {
-	s.mu.Lock()
-	list := make([]*Entry, 0, len(s.byName))
-	for _, e := range s.byName {
-		list = append(list, e)
-	}
-	s.mu.Unlock()
-	sort.Slice(list, func(i, j int) bool { return list[i].name < list[j].name })
-	return list
-}
-
-// unlink takes e out of the name table; false if it was not there.
-func (s *Server) unlink(e *Entry) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.byName[e.name] != e {
-		return false
-	}
-	delete(s.byName, e.name)
-	return true
-}
-
-// notifyGone drops the kernel's cached dentry (positive or negative) for
-// name, so its next lookup reaches the server.
-func (s *Server) notifyGone(name string) {
-	if errno := s.root.NotifyEntry(name); errno != 0 && errno != syscall.ENOENT {
-		s.log.Debug("entry invalidation failed", "name", name, "errno", errno)
-	}
-}
-
 // Unmount is the seed's module unload. The directory leaves the namespace
 // at once, so new opens fail with ENOENT; callbacks in flight finish; every
 // entry is removed, so later operations on descriptors still open fail with
@@ -553,11 +452,7 @@ func (s *Server) Unmount() error {
 	s.unmountOnce.Do(func() {
 		s.mu.Lock()
 		s.closing = true
-		list := make([]*Entry, 0, len(s.byName))
-		for _, e := range s.byName {
-			list = append(list, e)
-		}
-		s.byName = map[string]*Entry{}
+		list := s.rootDir.detachLocked(nil)
 		s.mu.Unlock()
 
 		if s.mountFd >= 0 {

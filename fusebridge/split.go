@@ -119,30 +119,122 @@ func detachedFuseMount(dev int, uid, gid uint32, allowOther bool) (int, error) {
 	return mfd, nil
 }
 
-// serveNoOpen moves e's name to the no-open connection: the same handler
-// published there under the same inode number, bind-mounted over the name.
-// On failure e stays served by the main connection, slower but correct.
-func (s *Server) serveNoOpen(e *Entry, mode fs.FileMode, h any) {
+// mirror publishes e, just created in d on the main connection, on the
+// no-open connection too when it belongs there, and makes the kernel reach
+// it there: through a bind of a directory above it, or a bind of its own.
+// Entries that must stay on the main connection (Entry.pins) are not
+// mirrored; a directory bound above one is unbound first, and its children
+// bound one by one instead. A bind that fails leaves the entry served by
+// the main connection, slower but correct.
+func (s *Server) mirror(d *Dir, e *Entry, mode fs.FileMode, h any) error {
 	c := s.companion
-	ce, err := c.create(e.name, mode, h, e.ino)
-	if err == nil {
-		err = bindFile(c.mountFd, e.name, filepath.Join(s.mnt, e.name))
-		if err != nil {
-			ce.Remove()
+	if c == nil {
+		return nil
+	}
+	s.bindMu.Lock()
+	defer s.bindMu.Unlock()
+	if e.pins() {
+		if b := s.boundAbove(d); b != nil {
+			s.unbind(b)
 		}
+		return nil
 	}
+	ct := d.twin
+	if d.parent == nil {
+		ct = c.rootDir
+	}
+	if ct == nil {
+		return nil // d itself is not mirrored
+	}
+	ce, err := c.publish(ct, e.name, mode, h, e.kind, e.ino, e.fileOps)
 	if err != nil {
-		s.log.Warn("serving the file on the main connection", "name", e.name, "reason", err)
-		return
+		s.log.Warn("serving the name on the main connection", "name", e.Path(), "reason", err)
+		return nil
 	}
-	// Binding looked the name up, which took a snapshot of generated
-	// content; the first reader must get one of its own time.
-	ce.Invalidate()
+	if e.dir != nil {
+		s.mu.Lock()
+		e.dir.twin = ce.dir
+		s.mu.Unlock()
+	}
 	e.twin.Store(ce)
+	if s.boundAbove(d) != nil || e.kind == kindLink {
+		// Reached through the directory's bind; a link needs no
+		// no-open connection, the main one serves it where no bind is.
+		return nil
+	}
+	s.bind(e)
+	return nil
 }
 
-// bindFile bind-mounts the file name of the detached mount mfd on target.
-func bindFile(mfd int, name, target string) error {
+// boundAbove returns the bound entry d is (or is inside), or nil.
+func (s *Server) boundAbove(d *Dir) *Entry {
+	for ; d != nil && d.self != nil; d = d.parent {
+		if d.self.bound {
+			return d.self
+		}
+	}
+	return nil
+}
+
+// bind bind-mounts e's twin over e's path. For a directory whose subtree
+// holds no pinned entry that is one mount for the whole subtree; for one
+// that does, its children are bound one by one.
+func (s *Server) bind(e *Entry) {
+	ce := e.twin.Load()
+	if ce == nil || e.kind == kindLink || e.gone() {
+		return
+	}
+	if e.dir != nil {
+		s.mu.RLock()
+		pinned := e.dir.pinned
+		s.mu.RUnlock()
+		if pinned > 0 {
+			for _, c := range e.dir.sortedChildren() {
+				s.bind(c)
+			}
+			return
+		}
+	}
+	if err := bindPath(s.companion.mountFd, ce.Path(), filepath.Join(s.mnt, e.Path())); err != nil {
+		s.log.Warn("serving the name on the main connection", "name", e.Path(), "reason", err)
+		return
+	}
+	e.bound = true
+	if e.kind == kindFile {
+		// Binding looked the name up, which took a snapshot of generated
+		// content; the first reader must get one of its own time.
+		ce.Invalidate()
+	}
+}
+
+// unbind takes the bind off e and binds its children one by one instead,
+// as bind does for a directory that holds pinned entries.
+func (s *Server) unbind(e *Entry) {
+	unix.Unmount(filepath.Join(s.mnt, e.Path()), unix.MNT_DETACH)
+	e.bound = false
+	if e.dir != nil {
+		for _, c := range e.dir.sortedChildren() {
+			s.bind(c)
+		}
+	}
+}
+
+// unbindRemoved takes the binds off removed entries, listed children
+// first.
+func (s *Server) unbindRemoved(list []*Entry) {
+	s.bindMu.Lock()
+	defer s.bindMu.Unlock()
+	for _, e := range list {
+		if e.bound {
+			unix.Unmount(filepath.Join(s.mnt, e.Path()), unix.MNT_DETACH)
+			e.bound = false
+		}
+	}
+}
+
+// bindPath bind-mounts path (a file or a directory) of the detached mount
+// mfd on target.
+func bindPath(mfd int, name, target string) error {
 	tree, err := unix.OpenTree(mfd, name, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
 	if err != nil {
 		return fmt.Errorf("open_tree %s: %w", name, err)

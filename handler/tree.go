@@ -1,0 +1,96 @@
+package handler
+
+import (
+	"context"
+	"io/fs"
+)
+
+// This file holds the node kinds of a /proc-style tree besides regular
+// files: per-caller content, symbolic links and dynamic directories. A
+// bridge (package fusebridge) publishes them with Dir.Create, like files.
+
+// PerCaller is implemented by handlers whose content depends on who reads
+// it (CallerOf). A bridge never serves such a file's content from a cache
+// that another caller could hit: every open(2) reaches the handler, and the
+// bytes it produced for one caller are never handed to another. Handlers
+// that do not implement it, or return false, may be cached (the default).
+type PerCaller interface{ PerCaller() bool }
+
+// PerCallerGenerated is Generated whose content depends on the caller
+// (CallerOf(ctx)): the function runs once per open(2), with the opening
+// caller's context, and that descriptor reads that snapshot only.
+type PerCallerGenerated func(ctx context.Context) ([]byte, error)
+
+var (
+	_ Opener    = PerCallerGenerated(nil)
+	_ Reader    = PerCallerGenerated(nil)
+	_ PerCaller = PerCallerGenerated(nil)
+)
+
+// Open takes the opening caller's snapshot.
+func (g PerCallerGenerated) Open(ctx context.Context, f *OpenFile) error {
+	b, err := g(ctx)
+	if err != nil {
+		return err
+	}
+	f.Private = b
+	return nil
+}
+
+// Read serves the snapshot taken at open.
+func (g PerCallerGenerated) Read(ctx context.Context, f *OpenFile, dst []byte, off int64) (int, error) {
+	b, _ := f.Private.([]byte)
+	if off < 0 || off >= int64(len(b)) {
+		return 0, nil
+	}
+	return copy(dst, b[off:]), nil
+}
+
+// PerCaller reports true: the content is the caller's own.
+func (g PerCallerGenerated) PerCaller() bool { return true }
+
+// Symlinker is a symbolic link's handler: Readlink returns the target for
+// the caller of ctx (CallerOf), so one link may point somewhere different
+// for every reader, as /proc/self does. An error is the errno readlink(2)
+// and path resolution get.
+type Symlinker interface {
+	Readlink(ctx context.Context) (string, error)
+}
+
+// Link is a symbolic link with a fixed target.
+type Link string
+
+// Readlink returns the target.
+func (l Link) Readlink(ctx context.Context) (string, error) { return string(l), nil }
+
+// LinkFunc is a symbolic link whose target is computed for each reader,
+// e.g. the caller's pid for a "self" link.
+type LinkFunc func(ctx context.Context) (string, error)
+
+// Readlink calls the function.
+func (f LinkFunc) Readlink(ctx context.Context) (string, error) { return f(ctx) }
+
+// DirHandler is a dynamic directory: its children are produced on demand,
+// as /proc produces /proc/<pid>, so they need no registration each.
+//
+// Lookup returns the child called name, or an error that is (or wraps)
+// syscall.ENOENT if there is none. List returns every child, in any order;
+// names must be unique. Both may be called concurrently, with the caller's
+// ctx (CallerOf). A child keeps its identity (its inode number, its open
+// descriptors, the Node given when it was first seen) for as long as
+// every Lookup and List keeps showing it under the same name; once one
+// does not, it is gone: descriptors opened on it get EIO, and a child of
+// that name seen later is a new one.
+type DirHandler interface {
+	Lookup(ctx context.Context, name string) (Child, error)
+	List(ctx context.Context) ([]Child, error)
+}
+
+// Child is one child of a dynamic directory. Node is a file handler (any
+// value implementing the file interfaces of this package), a Symlinker or
+// a DirHandler.
+type Child struct {
+	Name string
+	Mode fs.FileMode // permission bits
+	Node any
+}
