@@ -44,10 +44,30 @@ var (
 	_ fs.NodeGetattrer      = (*linkNode)(nil)
 )
 
-// dynTimeout is how long the kernel may trust a dynamic directory's names
-// and attributes: not at all (1 ns, since 0 means the mount's default),
-// so that every path walk asks the handler, as /proc/<pid> revalidates.
-const dynTimeout = time.Nanosecond
+// The bridge sets every entry and attribute timeout itself (go-fuse's
+// defaults would turn a zero into the mount's long timeout): the mount's
+// AttrTimeout for static names, zero for the children of a dynamic
+// directory, so that every path walk and stat(2) asks its handler, as
+// /proc/<pid> revalidates. A failed lookup in a dynamic directory carries a
+// nonzero timeout only so that go-fuse does not turn it into a cached
+// negative entry; the kernel caches no error.
+
+// timeout is how long the kernel may trust the names and attributes of
+// the children of d.
+func (d *Dir) timeout() time.Duration {
+	if d.dyn != nil {
+		return 0
+	}
+	return d.srv.opts.AttrTimeout
+}
+
+// attrTimeout is how long the kernel may trust d's own attributes.
+func (d *Dir) attrTimeout() time.Duration {
+	if d.parent == nil {
+		return d.srv.opts.AttrTimeout
+	}
+	return d.parent.timeout()
+}
 
 func (n *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
 	d := n.d
@@ -60,7 +80,7 @@ func (n *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 		if e, errno = d.dynLookup(ctx, name); errno != 0 {
 			// A nonzero timeout keeps go-fuse from caching the miss as a
 			// negative entry: a child may appear at any time.
-			out.SetEntryTimeout(dynTimeout)
+			out.SetEntryTimeout(time.Nanosecond)
 			return nil, errno
 		}
 	} else if e = d.lookupEntry(name); e == nil {
@@ -71,10 +91,8 @@ func (n *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 
 // child returns the kernel inode of e, a child of n, with its attributes.
 func (n *dirNode) child(ctx context.Context, e *Entry, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	if n.d.dyn != nil {
-		out.SetEntryTimeout(dynTimeout)
-		out.SetAttrTimeout(dynTimeout)
-	}
+	out.SetEntryTimeout(n.d.timeout())
+	out.SetAttrTimeout(n.d.timeout())
 	// Each Entry has its own inode number, so a name published again after
 	// removal is a new inode to the kernel, never the old one revived.
 	switch e.kind {
@@ -126,9 +144,7 @@ func (d *Dir) attr(out *fuse.Attr) {
 
 func (n *dirNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	n.d.attr(&out.Attr)
-	if n.d.parent != nil && n.d.parent.dyn != nil {
-		out.SetTimeout(dynTimeout)
-	}
+	out.SetTimeout(n.d.attrTimeout())
 	return 0
 }
 
@@ -372,8 +388,6 @@ func (n *linkNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrO
 		return syscall.ENOENT
 	}
 	defer e.exit()
-	if e.parent.dyn != nil {
-		out.SetTimeout(dynTimeout)
-	}
+	out.SetTimeout(e.parent.timeout())
 	return e.attr(ctx, &out.Attr)
 }

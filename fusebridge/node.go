@@ -275,6 +275,7 @@ func (n *fileNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrO
 		return syscall.EIO
 	}
 	defer e.exit()
+	out.SetTimeout(e.parent.timeout())
 	return e.attr(ctx, &out.Attr)
 }
 
@@ -333,5 +334,6 @@ func (n *fileNode) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAtt
 			e.gid.Store(*sa.Gid)
 		}
 	}
+	out.SetTimeout(e.parent.timeout())
 	return e.attr(ctx, &out.Attr)
 }

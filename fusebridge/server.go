@@ -72,9 +72,16 @@ const (
 // Options configure a mount. The zero value is a good default.
 type Options struct {
 	// AllowOther lets users other than the mounting one reach the files
-	// (the allow_other mount option; non-root mounts need user_allow_other
-	// in /etc/fuse.conf).
+	// (the allow_other mount option). It is on by default for a mount made
+	// by root, as for /proc (the files' mode bits then decide, since the
+	// mount uses default_permissions), and off by default otherwise;
+	// setting it asks for it on an unprivileged mount too, which needs
+	// user_allow_other in /etc/fuse.conf. See DefaultAllowOther.
 	AllowOther bool
+
+	// OwnerOnly switches AllowOther's root default off: only the mounting
+	// user (and root) reach the files. AllowOther wins if both are set.
+	OwnerOnly bool
 
 	// Passthrough chooses the I/O path of backing-file handlers.
 	Passthrough Passthrough
@@ -142,6 +149,14 @@ type Options struct {
 	UnmountGrace time.Duration
 }
 
+// DefaultAllowOther is the one rule for who may reach a mount's files when
+// Options say nothing: everyone (allow_other, with the mode bits deciding)
+// when the mount is made by root, which needs no configuration for it and
+// is what /proc does; only the mounting user otherwise, since an
+// unprivileged allow_other needs user_allow_other in /etc/fuse.conf.
+// ramproc mount's -allow-other flag defaults to it.
+func DefaultAllowOther() bool { return os.Geteuid() == 0 }
+
 // Server is one mounted directory of published entries.
 type Server struct {
 	mnt  string
@@ -191,6 +206,7 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	opts.AllowOther = opts.AllowOther || (DefaultAllowOther() && !opts.OwnerOnly)
 	if opts.AttrTimeout == 0 {
 		opts.AttrTimeout = time.Hour
 	}
@@ -288,9 +304,9 @@ func (s *Server) start(mountpoint string, direct bool) error {
 		Logger:                   slog.NewLogLogger(s.opts.Logger.Handler(), slog.LevelDebug),
 	}
 	rawFS := gofs.NewNodeFS(s.root, &gofs.Options{
-		MountOptions:    mo,
-		EntryTimeout:    &timeout,
-		AttrTimeout:     &timeout,
+		MountOptions: mo,
+		// Entry and attribute timeouts are set by every reply (dirnode.go):
+		// a dynamic directory's children have none.
 		NegativeTimeout: &timeout,
 		UID:             s.uid,
 		GID:             s.gid,

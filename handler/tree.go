@@ -1,8 +1,13 @@
 package handler
 
 import (
+	"bytes"
 	"context"
+	"fmt"
 	"io/fs"
+	"os"
+	"strconv"
+	"syscall"
 )
 
 // This file holds the node kinds of a /proc-style tree besides regular
@@ -69,6 +74,43 @@ type LinkFunc func(ctx context.Context) (string, error)
 
 // Readlink calls the function.
 func (f LinkFunc) Readlink(ctx context.Context) (string, error) { return f(ctx) }
+
+// SelfLink is a symbolic link to the calling process's id, as /proc/self:
+// "1234" for a reader in process 1234 (a relative target, so that it
+// resolves to a sibling directory such as a dynamic <pid> one).
+var SelfLink Symlinker = LinkFunc(func(ctx context.Context) (string, error) {
+	c, ok := CallerOf(ctx)
+	if !ok || c.Pid == 0 {
+		return "", syscall.ENOENT
+	}
+	pid, err := ProcessOf(c.Pid)
+	if err != nil {
+		return "", err
+	}
+	return strconv.FormatUint(uint64(pid), 10), nil
+})
+
+// ProcessOf returns the process id (the thread group id) of thread tid. The
+// kernel names the calling thread in a request, so Caller.Pid of a
+// multi-threaded process is one of its threads; /proc/self names the
+// process. It reads /proc/<tid>/status of the server's pid namespace, the
+// one Caller.Pid is in; an exited thread is ENOENT.
+func ProcessOf(tid uint32) (uint32, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", tid))
+	if err != nil {
+		return 0, err
+	}
+	_, rest, ok := bytes.Cut(b, []byte("\nTgid:"))
+	if !ok {
+		return 0, fmt.Errorf("handler: no Tgid in /proc/%d/status: %w", tid, syscall.EIO)
+	}
+	line, _, _ := bytes.Cut(rest, []byte("\n"))
+	pid, err := strconv.ParseUint(string(bytes.TrimSpace(line)), 10, 32)
+	if err != nil {
+		return 0, fmt.Errorf("handler: bad Tgid in /proc/%d/status: %w", tid, syscall.EIO)
+	}
+	return uint32(pid), nil
+}
 
 // DirHandler is a dynamic directory: its children are produced on demand,
 // as /proc produces /proc/<pid>, so they need no registration each.

@@ -28,7 +28,7 @@ func runMount(args []string) int {
 	maxSizeStr := fl.String("max-size", "50%", "capacity of the RAM file: bytes with an optional k/m/g/t suffix (powers of 1024), a percentage of physical RAM, or 0 for no limit; the default is tmpfs's")
 	// As root the file is meant for every local user, as /proc files are;
 	// unprivileged mounts need user_allow_other in /etc/fuse.conf for it.
-	allowOther := fl.Bool("allow-other", os.Geteuid() == 0, "let other users reach the file (the allow_other mount option; default on when root)")
+	allowOther := fl.Bool("allow-other", fusebridge.DefaultAllowOther(), "let other users reach the file (the allow_other mount option; default on when root)")
 	ptStr := fl.String("passthrough", "auto", "FUSE passthrough: auto (when root on Linux >= 6.9), on (fail without it) or off (forward every read and write through this process)")
 	noOpen := fl.Bool("no-open", false, "answer OPEN with ENOSYS: the kernel then sends no OPEN/RELEASE and caches every file across opens (open+read+close near tmpfs speed); implies -passthrough off")
 	stats := fl.Bool("stats", false, "also publish a read-only 'stats' file with live server counters (refreshed once a second where it is cached: with passthrough it is served over a second, no-open connection, so reading it costs no request)")
@@ -87,6 +87,7 @@ func runMount(args []string) int {
 
 	srv, err := fusebridge.Mount(fl.Arg(0), fusebridge.Options{
 		AllowOther:  *allowOther,
+		OwnerOnly:   !*allowOther,
 		Passthrough: pt,
 		Logger:      logger,
 		Debug:       *debug,
