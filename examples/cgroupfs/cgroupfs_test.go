@@ -20,7 +20,8 @@ import (
 )
 
 // serve mounts the example's tree on a fresh directory, as main does, and
-// returns the mount point; it is unmounted when the test ends.
+// returns the mount point; it is unmounted when the test ends. The
+// directory is one that every user can reach (t.TempDir's parent is 0700).
 func serve(t *testing.T) string {
 	t.Helper()
 	testenv.RequireFUSE(t)
@@ -28,14 +29,23 @@ func serve(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := fusebridge.Mount(t.TempDir(), fusebridge.Options{AllowOther: true})
+	mnt, err := os.MkdirTemp("", "cgroupfs-mnt")
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := fusebridge.Mount(mnt, fusebridge.Options{})
+	if err != nil {
+		os.Remove(mnt)
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		if err := srv.Unmount(); err != nil {
 			t.Errorf("unmount: %v", err)
 		}
+		os.Remove(mnt)
 	})
 	if err := publish(srv.Root(), v); err != nil {
 		t.Fatal(err)
@@ -122,7 +132,9 @@ func memTotal(meminfo []byte) string {
 
 // TestMeminfo: a reader in a v1 memory cgroup limited to 256 MiB and one in
 // an unlimited cgroup read meminfo at the same moment from the same mount;
-// each sees its own cgroup's MemTotal, every round.
+// each sees its own cgroup's MemTotal, every round. In every other round
+// the limited reader is user nobody, as a container's processes are users
+// of their own.
 func TestMeminfo(t *testing.T) {
 	mnt := serve(t)
 	limited := livecg.New(t, livecg.Memory, livecg.Name(), "memory.limit_in_bytes", "268435456")
@@ -134,7 +146,11 @@ func TestMeminfo(t *testing.T) {
 	hostTotal := memTotal(host)
 	file := filepath.Join(mnt, "proc/meminfo")
 	for round := 0; round < 5; round++ {
-		in := newReader(t, []*livecg.Group{limited}, "cat", file)
+		argv := []string{"cat", file}
+		if round%2 == 1 {
+			argv = append([]string{"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"}, argv...)
+		}
+		in := newReader(t, []*livecg.Group{limited}, argv...)
 		out := newReader(t, []*livecg.Group{free}, "cat", file)
 		race(t, in, out)
 		if got := memTotal(in.out.Bytes()); got != "MemTotal:         262144 kB" {

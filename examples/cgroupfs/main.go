@@ -44,8 +44,9 @@ func run(mnt string) error {
 	if err != nil {
 		return fmt.Errorf("reading the cgroup mounts: %w", err)
 	}
-	// AllowOther: a container's processes run as users of their own.
-	srv, err := fusebridge.Mount(mnt, fusebridge.Options{AllowOther: true})
+	// The zero Options let every user reach the files when root mounts
+	// (a container's processes run as users of their own).
+	srv, err := fusebridge.Mount(mnt, fusebridge.Options{})
 	if err != nil {
 		return err
 	}

@@ -1,11 +1,9 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strconv"
 	"syscall"
 
@@ -40,29 +38,20 @@ func publish(root *fusebridge.Dir, v *procview.View) error {
 	return err
 }
 
-// caller returns the process (its thread group leader) for whom a request
-// is made. The kernel names the calling thread; /proc/self names its
-// process, so a thread's id is mapped to its Tgid. ok is false for requests
-// on nobody's behalf and for callers outside the server's pid namespace
-// (the kernel sends pid 0 for them).
-func caller(ctx context.Context, v *procview.View) (int, bool) {
+// caller returns the process for whom a request is made (its thread
+// group: the kernel names the calling thread, /proc/self its process). ok
+// is false for requests on nobody's behalf and for callers outside the
+// server's pid namespace (the kernel sends pid 0 for them).
+func caller(ctx context.Context) (int, bool) {
 	c, ok := handler.CallerOf(ctx)
 	if !ok || c.Pid == 0 {
 		return 0, false
 	}
-	pid := int(c.Pid)
-	status, err := os.ReadFile(filepath.Join(v.Proc, strconv.Itoa(pid), "status"))
+	pid, err := handler.ProcessOf(c.Pid)
 	if err != nil {
-		return pid, true
+		return int(c.Pid), true // the thread exited: its cgroup is gone with it
 	}
-	for _, line := range bytes.Split(status, []byte("\n")) {
-		if t, found := bytes.CutPrefix(line, []byte("Tgid:")); found {
-			if tgid, err := strconv.Atoi(string(bytes.TrimSpace(t))); err == nil && tgid > 0 {
-				return tgid, true
-			}
-		}
-	}
-	return pid, true
+	return int(pid), true
 }
 
 // perCaller is a file whose content is derive(caller's pid), generated at
@@ -70,7 +59,7 @@ func caller(ctx context.Context, v *procview.View) (int, bool) {
 // host's own file.
 func perCaller(v *procview.View, derive func(pid int) ([]byte, error), host string) handler.PerCallerGenerated {
 	return func(ctx context.Context) ([]byte, error) {
-		pid, ok := caller(ctx, v)
+		pid, ok := caller(ctx)
 		if !ok {
 			return os.ReadFile(host)
 		}
@@ -91,13 +80,7 @@ func (d *procDir) fixed() []handler.Child {
 		{Name: "meminfo", Mode: 0o444, Node: perCaller(v, v.Meminfo, "/proc/meminfo")},
 		{Name: "cpuinfo", Mode: 0o444, Node: perCaller(v, v.Cpuinfo, "/proc/cpuinfo")},
 		{Name: "uptime", Mode: 0o444, Node: perCaller(v, v.Uptime, "/proc/uptime")},
-		{Name: "self", Mode: 0o777, Node: handler.LinkFunc(func(ctx context.Context) (string, error) {
-			pid, ok := caller(ctx, v)
-			if !ok {
-				return "", syscall.ENOENT // as /proc/self for a process outside the pid namespace
-			}
-			return strconv.Itoa(pid), nil
-		})},
+		{Name: "self", Mode: 0o777, Node: handler.SelfLink},
 	}
 }
 
@@ -112,7 +95,7 @@ func (d *procDir) Lookup(ctx context.Context, name string) (handler.Child, error
 	if err != nil || pid <= 0 || strconv.Itoa(pid) != name {
 		return handler.Child{}, syscall.ENOENT
 	}
-	me, ok := caller(ctx, d.v)
+	me, ok := caller(ctx)
 	if !ok {
 		return handler.Child{}, syscall.ENOENT
 	}
@@ -125,7 +108,7 @@ func (d *procDir) Lookup(ctx context.Context, name string) (handler.Child, error
 // List lists the fixed names and the caller's cgroup's processes.
 func (d *procDir) List(ctx context.Context) ([]handler.Child, error) {
 	kids := d.fixed()
-	me, ok := caller(ctx, d.v)
+	me, ok := caller(ctx)
 	if !ok {
 		return kids, nil
 	}
