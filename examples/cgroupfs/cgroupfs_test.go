@@ -22,7 +22,7 @@ import (
 // serve mounts the example's tree on a fresh directory, as main does, and
 // returns the mount point; it is unmounted when the test ends. The
 // directory is one that every user can reach (t.TempDir's parent is 0700).
-func serve(t *testing.T) string {
+func serve(t testing.TB) string {
 	t.Helper()
 	testenv.RequireFUSE(t)
 	v, err := procview.New()
@@ -325,4 +325,30 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// BenchmarkMeminfo: open+read+close of proc/meminfo through the mount
+// (per caller: a LOOKUP and an OPEN, the cgroup files read each time),
+// next to the kernel's own /proc/meminfo.
+func BenchmarkMeminfo(b *testing.B) {
+	for _, c := range []struct{ name, path string }{{"cgroupfs", ""}, {"procfs", "/proc/meminfo"}} {
+		b.Run(c.name, func(b *testing.B) {
+			path := c.path
+			if path == "" {
+				path = filepath.Join(serve(b), "proc/meminfo")
+			}
+			buf := make([]byte, 8192)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				f, err := os.Open(path)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := f.Read(buf); err != nil {
+					b.Fatal(err)
+				}
+				f.Close()
+			}
+		})
+	}
 }

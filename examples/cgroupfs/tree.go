@@ -38,20 +38,18 @@ func publish(root *fusebridge.Dir, v *procview.View) error {
 	return err
 }
 
-// caller returns the process for whom a request is made (its thread
-// group: the kernel names the calling thread, /proc/self its process). ok
-// is false for requests on nobody's behalf and for callers outside the
-// server's pid namespace (the kernel sends pid 0 for them).
+// caller returns the thread for whom a request is made, as the kernel
+// names it (the server's pid namespace's number). Its /proc/<tid>/cgroup
+// names the cgroups that confine that very thread, which is what its
+// files must show, so it is not mapped to its process (handler.SelfLink
+// does that for proc/self). ok is false for requests on nobody's behalf
+// and for callers outside the server's pid namespace (pid 0).
 func caller(ctx context.Context) (int, bool) {
 	c, ok := handler.CallerOf(ctx)
 	if !ok || c.Pid == 0 {
 		return 0, false
 	}
-	pid, err := handler.ProcessOf(c.Pid)
-	if err != nil {
-		return int(c.Pid), true // the thread exited: its cgroup is gone with it
-	}
-	return int(pid), true
+	return int(c.Pid), true
 }
 
 // perCaller is a file whose content is derive(caller's pid), generated at

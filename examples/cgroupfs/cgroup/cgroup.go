@@ -253,17 +253,22 @@ func within(p, root string) (string, bool) {
 	return "", false
 }
 
-// find walks from the place's directory up to the hierarchy's mount point
-// and returns the first directory that has file: in v2 a cgroup where a
-// controller is not enabled has none of its files, and is accounted in the
-// nearest ancestor that has them.
-func (p place) find(file string) (string, bool) {
-	for dir := p.dir; ; dir = filepath.Dir(dir) {
-		if _, err := os.Stat(filepath.Join(dir, file)); err == nil {
-			return dir, true
+// readUp reads file in the place's directory or, where it is missing, in
+// the nearest ancestor (up to the hierarchy's mount point) that has it: in
+// v2 a cgroup where a controller is not enabled has none of its files, and
+// is accounted in the nearest ancestor that has them. It returns the
+// content and the directory it was found in; ok is false if none has it.
+func (p place) readUp(file string) (data []byte, dir string, ok bool, err error) {
+	for dir = p.dir; ; dir = filepath.Dir(dir) {
+		data, err = os.ReadFile(filepath.Join(dir, file))
+		if err == nil {
+			return data, dir, true, nil
+		}
+		if !os.IsNotExist(err) {
+			return nil, "", false, err
 		}
 		if dir == p.mount.Dir || len(dir) <= len(p.mount.Dir) {
-			return "", false
+			return nil, "", false, nil
 		}
 	}
 }
@@ -286,7 +291,15 @@ func readUint(file string) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	return strconv.ParseUint(string(bytes.TrimSpace(data)), 10, 64)
+	return parseUint(data)
+}
+
+func parseUint(data []byte) (uint64, error) {
+	n, err := strconv.ParseUint(string(bytes.TrimSpace(data)), 10, 64)
+	if err != nil {
+		return 0, errMalformed
+	}
+	return n, nil
 }
 
 // errMalformed marks a cgroup file whose content is not what the kernel

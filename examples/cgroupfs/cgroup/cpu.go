@@ -3,8 +3,6 @@ package cgroup
 import (
 	"bytes"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -93,13 +91,12 @@ func (g *Group) CPUs() (set CPUSet, ok bool, err error) {
 		names = []string{"cpuset.cpus.effective"}
 	}
 	for _, name := range names {
-		dir, ok := p.find(name)
-		if !ok {
-			continue
-		}
-		data, err := os.ReadFile(filepath.Join(dir, name))
+		data, _, ok, err := p.readUp(name)
 		if err != nil {
 			return nil, false, err
+		}
+		if !ok {
+			continue
 		}
 		set, err := ParseCPUList(string(data))
 		if err != nil {
@@ -115,10 +112,14 @@ func (g *Group) CPUs() (set CPUSet, ok bool, err error) {
 // neither is there.
 func (g *Group) CPUTime() (d time.Duration, ok bool, err error) {
 	if p, ok := g.placeOf("cpuacct"); ok && !p.v2 {
-		if dir, ok := p.find("cpuacct.usage"); ok {
-			ns, err := readUint(filepath.Join(dir, "cpuacct.usage"))
-			if err != nil {
-				return 0, false, err
+		data, _, ok, err := p.readUp("cpuacct.usage")
+		if err != nil {
+			return 0, false, err
+		}
+		if ok {
+			ns, err := parseUint(data)
+			if err != nil || ns > 1<<62 {
+				return 0, false, fmt.Errorf("cpuacct.usage: %w", errMalformed)
 			}
 			return time.Duration(ns), true, nil
 		}
@@ -130,12 +131,8 @@ func (g *Group) CPUTime() (d time.Duration, ok bool, err error) {
 	if !ok {
 		return 0, false, nil
 	}
-	dir, ok := p.find("cpu.stat")
-	if !ok {
-		return 0, false, nil
-	}
-	data, err := os.ReadFile(filepath.Join(dir, "cpu.stat"))
-	if err != nil {
+	data, _, ok, err := p.readUp("cpu.stat")
+	if err != nil || !ok {
 		return 0, false, err
 	}
 	for _, line := range bytes.Split(data, []byte("\n")) {

@@ -44,7 +44,7 @@ type Swap struct {
 	// v1 the kernel may swap out all of a cgroup's memory, up to that
 	// limit, as LXCFS reasons.
 	Limit uint64
-	// Usage is the swap in use (v1: memsw usage minus memory usage).
+	// Usage is the swap in use (v1: memory.stat total_swap).
 	Usage uint64
 	// Swappiness is v1's memory.swappiness; -1 where there is none (v2).
 	// With 0 the kernel does not swap the cgroup's memory.
@@ -80,21 +80,34 @@ type Stat struct {
 // include the cgroup's descendants as v2's figures do. A line that is not
 // "name number" is an error.
 func ParseStat(data []byte, v2 bool) (Stat, error) {
-	kv := map[string]uint64{}
+	kv, err := parseKV(data)
+	if err != nil {
+		return Stat{}, err
+	}
+	return statOf(kv, v2), nil
+}
+
+// parseKV parses memory.stat's "name number" lines.
+func parseKV(data []byte) (map[string]uint64, error) {
+	kv := make(map[string]uint64, 64)
 	for _, line := range strings.Split(string(data), "\n") {
 		if line == "" {
 			continue
 		}
 		k, v, ok := strings.Cut(line, " ")
 		if !ok || k == "" {
-			return Stat{}, fmt.Errorf("memory.stat: malformed line %q", line)
+			return nil, fmt.Errorf("memory.stat: malformed line %q", line)
 		}
 		n, err := strconv.ParseUint(v, 10, 64)
 		if err != nil {
-			return Stat{}, fmt.Errorf("memory.stat: malformed line %q", line)
+			return nil, fmt.Errorf("memory.stat: malformed line %q", line)
 		}
 		kv[k] = n
 	}
+	return kv, nil
+}
+
+func statOf(kv map[string]uint64, v2 bool) Stat {
 	if v2 {
 		s := Stat{
 			File: kv["file"], Anon: kv["anon"], AnonHuge: kv["anon_thp"], Shmem: kv["shmem"],
@@ -108,7 +121,7 @@ func ParseStat(data []byte, v2 bool) (Stat, error) {
 		if _, ok := kv["slab"]; !ok {
 			s.Slab = s.SlabReclaimable + s.SlabUnreclaimable
 		}
-		return s, nil
+		return s
 	}
 	return Stat{
 		File: kv["total_cache"], Anon: kv["total_rss"], AnonHuge: kv["total_rss_huge"],
@@ -117,7 +130,7 @@ func ParseStat(data []byte, v2 bool) (Stat, error) {
 		ActiveAnon: kv["total_active_anon"], InactiveAnon: kv["total_inactive_anon"],
 		ActiveFile: kv["total_active_file"], InactiveFile: kv["total_inactive_file"],
 		Unevictable: kv["total_unevictable"],
-	}, nil
+	}
 }
 
 // ParseLimit parses a limit file: a byte count, v2's "max", or v1's
@@ -151,6 +164,11 @@ var (
 // false when no memory controller covers the process: none is mounted, or
 // it is in v2's root cgroup, which has no memory.current (its figures are
 // the host's).
+//
+// A v1 memory.stat carries hierarchical_memory_limit and
+// hierarchical_memsw_limit, the kernel's own smallest limit along the path
+// (above a partial mount's root too); they spare reading every ancestor.
+// Without them (v2) the ancestors' limit files are read.
 func (g *Group) Memory() (m Memory, ok bool, err error) {
 	p, ok := g.placeOf("memory")
 	if !ok {
@@ -160,79 +178,92 @@ func (g *Group) Memory() (m Memory, ok bool, err error) {
 	if p.v2 {
 		files = memoryV2
 	}
-	dir, ok := p.find(files.usage)
-	if !ok {
-		return Memory{}, false, nil
+	data, dir, ok, err := p.readUp(files.usage)
+	if err != nil || !ok {
+		return Memory{}, false, err
 	}
 	m.V2 = p.v2
-	if m.Usage, err = readUint(filepath.Join(dir, files.usage)); err != nil {
-		return Memory{}, false, err
+	if m.Usage, err = parseUint(data); err != nil {
+		return Memory{}, false, fmt.Errorf("%s: %w", filepath.Join(dir, files.usage), err)
 	}
-	if m.Limit, ok, err = minLimit(p, dir, files.limit); err != nil {
-		return Memory{}, false, err
-	} else if !ok {
-		m.Limit = NoLimit
-	}
-	data, err := os.ReadFile(filepath.Join(dir, "memory.stat"))
+	data, err = os.ReadFile(filepath.Join(dir, "memory.stat"))
 	if err != nil {
 		return Memory{}, false, err
 	}
-	if m.Stat, err = ParseStat(data, p.v2); err != nil {
+	kv, err := parseKV(data)
+	if err != nil {
 		return Memory{}, false, err
 	}
-	m.Swap, err = readSwap(p, dir, files, m)
-	if err != nil {
+	m.Stat = statOf(kv, p.v2)
+	if m.Limit, err = limitOf(p, dir, files.limit, kv, "hierarchical_memory_limit"); err != nil {
+		return Memory{}, false, err
+	}
+	if m.Swap, err = readSwap(p, dir, files, kv, m); err != nil {
 		return Memory{}, false, err
 	}
 	return m, true, nil
 }
 
-// minLimit is the smallest value of the limit file along the path from dir
-// to the hierarchy's root; ok is false if no directory on the way has it
-// (v2's root has no memory.max).
-func minLimit(p place, dir, file string) (lim uint64, ok bool, err error) {
-	lim = NoLimit
+// limitOf is the effective limit: v1's hierarchical figure from memory.stat
+// when it has one, else the smallest value of the limit file along the path
+// from dir to the hierarchy's root; NoLimit if no directory on the way has
+// the file (v2's root has no memory.max).
+func limitOf(p place, dir, file string, kv map[string]uint64, hierarchical string) (uint64, error) {
+	if !p.v2 {
+		if n, ok := kv[hierarchical]; ok {
+			if n >= v1Unlimited {
+				return NoLimit, nil
+			}
+			return n, nil
+		}
+	}
+	lim := NoLimit
 	for _, d := range p.ancestors(dir) {
 		data, err := os.ReadFile(filepath.Join(d, file))
 		if os.IsNotExist(err) {
 			continue
 		}
 		if err != nil {
-			return 0, false, err
+			return 0, err
 		}
 		n, err := ParseLimit(data)
 		if err != nil {
-			return 0, false, fmt.Errorf("%s: %w", filepath.Join(d, file), err)
+			return 0, fmt.Errorf("%s: %w", filepath.Join(d, file), err)
 		}
-		lim, ok = min(lim, n), true
+		lim = min(lim, n)
 	}
-	return lim, ok, nil
+	return lim, nil
 }
 
 // readSwap reads the swap figures, nil when the kernel keeps no swap
-// accounting (v1 without swapaccount, v2 without memory.swap.*).
-func readSwap(p place, dir string, files memoryFiles, m Memory) (*Swap, error) {
-	lim, ok, err := minLimit(p, dir, files.swapLimit)
-	if err != nil || !ok {
-		return nil, err
-	}
-	usage, err := readUint(filepath.Join(dir, files.swapUsage))
-	if os.IsNotExist(err) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	s := &Swap{Limit: lim, Usage: usage, Swappiness: -1}
-	if !p.v2 {
-		// memsw counts memory and swap together.
-		s.Usage = 0
-		if usage > m.Usage {
-			s.Usage = usage - m.Usage
+// accounting (v1 without swapaccount, v2 without memory.swap.*). v1's
+// memory.stat has the swap in use (total_swap) and the memory+swap limit
+// (hierarchical_memsw_limit) exactly when swap is accounted; v2 has files.
+func readSwap(p place, dir string, files memoryFiles, kv map[string]uint64, m Memory) (*Swap, error) {
+	var s *Swap
+	if p.v2 {
+		usage, err := readUint(filepath.Join(dir, files.swapUsage))
+		if os.IsNotExist(err) {
+			return nil, nil
 		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", filepath.Join(dir, files.swapUsage), err)
+		}
+		s = &Swap{Usage: usage, Swappiness: -1}
+	} else {
+		usage, ok := kv["total_swap"]
+		if !ok {
+			return nil, nil // no swap accounting
+		}
+		s = &Swap{Usage: usage, Swappiness: -1}
 		if n, err := readUint(filepath.Join(dir, "memory.swappiness")); err == nil && n <= 200 {
 			s.Swappiness = int(n)
 		}
 	}
+	lim, err := limitOf(p, dir, files.swapLimit, kv, "hierarchical_memsw_limit")
+	if err != nil {
+		return nil, err
+	}
+	s.Limit = lim
 	return s, nil
 }
