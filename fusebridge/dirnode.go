@@ -83,7 +83,7 @@ func (n *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 			out.SetEntryTimeout(time.Nanosecond)
 			return nil, errno
 		}
-	} else if e = d.lookupEntry(name); e == nil {
+	} else if e = d.lookupKernel(name); e == nil {
 		return nil, syscall.ENOENT
 	}
 	return n.child(ctx, e, out)

@@ -286,6 +286,11 @@ func (s *Server) start(mountpoint string, direct bool) error {
 		// SETATTR with size 0 for O_TRUNC instead.
 		caps = 0
 	}
+	// READDIRPLUS (a listing that also looks every entry up) only where
+	// it pays: for the first batch, and after a stat(2) of a child while
+	// the directory is being listed (ls -l). ls -R and find get plain
+	// READDIR, which makes the kernel build no inode per name.
+	caps |= fuse.CAP_READDIRPLUS_AUTO
 	mo := fuse.MountOptions{
 		AllowOther:        s.opts.AllowOther,
 		FsName:            "ramproc",

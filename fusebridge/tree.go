@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -47,6 +48,11 @@ type Dir struct {
 	pinned int
 	// twin is this directory on the no-open connection, or nil.
 	twin *Dir
+
+	// missed is set once a lookup in d failed: only then can the kernel
+	// hold a negative dentry that a new name must drop (a notification
+	// per Create would cost a write to /dev/fuse each).
+	missed atomic.Bool
 }
 
 // Root returns the mount's top directory.
@@ -192,6 +198,22 @@ func (e *Entry) Dir() *Dir { return e.dir }
 
 // Path returns the entry's path relative to the mountpoint.
 func (e *Entry) Path() string { return e.parent.entryPath(e.name) }
+
+// lookupKernel is lookupEntry for the kernel's LOOKUP: a miss is recorded
+// under the lock, so that a Create that follows sees it and drops the
+// negative dentry the kernel is about to cache.
+func (d *Dir) lookupKernel(name string) *Entry {
+	d.srv.mu.RLock()
+	defer d.srv.mu.RUnlock()
+	if d.removed {
+		return nil
+	}
+	e := d.children[name]
+	if e == nil {
+		d.missed.Store(true)
+	}
+	return e
+}
 
 func (d *Dir) lookupEntry(name string) *Entry {
 	d.srv.mu.RLock()
@@ -351,6 +373,7 @@ func (s *Server) publish(d *Dir, name string, mode fs.FileMode, h any, k kind, i
 		return nil, err
 	}
 	d.children[name] = e
+	missed := d.missed.Load()
 	if e.pins() {
 		for p := d; p != nil; p = p.parent {
 			p.pinned++
@@ -359,7 +382,9 @@ func (s *Server) publish(d *Dir, name string, mode fs.FileMode, h any, k kind, i
 	s.mu.Unlock()
 	// The kernel may hold a negative dentry for the name from an earlier
 	// lookup; with long timeouts it would hide the new file.
-	d.notifyGone(name)
+	if missed {
+		d.notifyGone(name)
+	}
 	return e, nil
 }
 
