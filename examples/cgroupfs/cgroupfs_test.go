@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -351,4 +352,47 @@ func BenchmarkMeminfo(b *testing.B) {
 			}
 		})
 	}
+}
+
+// TestWriteErrnos: writing to the files fails as it does on the kernel's
+// own: as root, open(O_WRONLY) of a /proc file succeeds and write(2) fails
+// (EIO, or EINVAL for a pid's status), a sysfs file refuses the open
+// (EACCES); as user nobody every open for writing is EACCES.
+func TestWriteErrnos(t *testing.T) {
+	mnt := serve(t)
+	pid := strconv.Itoa(os.Getpid())
+	for _, c := range []struct{ ours, real string }{
+		{"proc/meminfo", "/proc/meminfo"},
+		{"proc/cpuinfo", "/proc/cpuinfo"},
+		{"proc/uptime", "/proc/uptime"},
+		{"proc/" + pid + "/status", "/proc/" + pid + "/status"},
+		{"sys/devices/system/cpu/online", "/sys/devices/system/cpu/online"},
+	} {
+		if got, want := writeErrno(filepath.Join(mnt, c.ours)), writeErrno(c.real); got != want {
+			t.Errorf("%s: %s, want %s as %s gives", c.ours, got, want, c.real)
+		}
+		// As nobody: the shell's message names the errno.
+		sh := func(path string) string {
+			out, _ := exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+				"sh", "-c", `echo x 2>&1 > "$1" || echo " status $?"`, "sh", path).CombinedOutput()
+			return strings.ReplaceAll(string(out), path, "FILE")
+		}
+		if got, want := sh(filepath.Join(mnt, c.ours)), sh(c.real); got != want {
+			t.Errorf("%s as nobody: %q, want %q", c.ours, got, want)
+		}
+	}
+}
+
+// writeErrno opens path for writing and writes a byte: "open: errno",
+// "write: errno" or "ok".
+func writeErrno(path string) string {
+	fd, err := syscall.Open(path, syscall.O_WRONLY, 0)
+	if err != nil {
+		return "open: " + err.Error()
+	}
+	defer syscall.Close(fd)
+	if _, err := syscall.Write(fd, []byte("x")); err != nil {
+		return "write: " + err.Error()
+	}
+	return "ok"
 }

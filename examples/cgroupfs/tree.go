@@ -34,7 +34,7 @@ func publish(root *fusebridge.Dir, v *procview.View) error {
 	if err != nil {
 		return err
 	}
-	_, err = cpu.Create("online", 0o444, perCaller(v, v.Online, "/sys/devices/system/cpu/online"))
+	_, err = cpu.Create("online", 0o444, perCaller(v.Online, "/sys/devices/system/cpu/online"))
 	return err
 }
 
@@ -52,10 +52,10 @@ func caller(ctx context.Context) (int, bool) {
 	return int(c.Pid), true
 }
 
-// perCaller is a file whose content is derive(caller's pid), generated at
-// each open and never served to another caller; without a caller it is the
+// perCaller is a file whose content is derive(caller), generated at each
+// open and never served to another caller; without a caller it is the
 // host's own file.
-func perCaller(v *procview.View, derive func(pid int) ([]byte, error), host string) handler.PerCallerGenerated {
+func perCaller(derive func(pid int) ([]byte, error), host string) handler.PerCallerGenerated {
 	return func(ctx context.Context) ([]byte, error) {
 		pid, ok := caller(ctx)
 		if !ok {
@@ -63,6 +63,20 @@ func perCaller(v *procview.View, derive func(pid int) ([]byte, error), host stri
 		}
 		return derive(pid)
 	}
+}
+
+// procFile is a /proc file: read-only, but, as on procfs, root may open it
+// for writing (the mode bits do not stop root) and the write fails with
+// writeErr (EIO for meminfo and uptime, EINVAL for a pid's status), where a
+// file without a Writer would refuse the open with EACCES, as sysfs does.
+type procFile struct {
+	handler.PerCallerGenerated
+	writeErr syscall.Errno
+}
+
+// Write fails as the procfs file's write does.
+func (f procFile) Write(ctx context.Context, of *handler.OpenFile, src []byte, off int64) (int, error) {
+	return 0, f.writeErr
 }
 
 // procDir is proc/: the fixed files, self, and a directory for each
@@ -75,9 +89,9 @@ type procDir struct {
 func (d *procDir) fixed() []handler.Child {
 	v := d.v
 	return []handler.Child{
-		{Name: "meminfo", Mode: 0o444, Node: perCaller(v, v.Meminfo, "/proc/meminfo")},
-		{Name: "cpuinfo", Mode: 0o444, Node: perCaller(v, v.Cpuinfo, "/proc/cpuinfo")},
-		{Name: "uptime", Mode: 0o444, Node: perCaller(v, v.Uptime, "/proc/uptime")},
+		{Name: "meminfo", Mode: 0o444, Node: procFile{perCaller(v.Meminfo, "/proc/meminfo"), syscall.EIO}},
+		{Name: "cpuinfo", Mode: 0o444, Node: procFile{perCaller(v.Cpuinfo, "/proc/cpuinfo"), syscall.EIO}},
+		{Name: "uptime", Mode: 0o444, Node: procFile{perCaller(v.Uptime, "/proc/uptime"), syscall.EIO}},
 		{Name: "self", Mode: 0o777, Node: handler.SelfLink},
 	}
 }
@@ -132,9 +146,11 @@ type pidDir struct {
 }
 
 func (p *pidDir) status() handler.Child {
-	return handler.Child{Name: "status", Mode: 0o444, Node: handler.PerCallerGenerated(func(ctx context.Context) ([]byte, error) {
+	// Per caller although the content is not: it must be generated at
+	// every open, never served from a cache, in any mount mode.
+	return handler.Child{Name: "status", Mode: 0o444, Node: procFile{func(ctx context.Context) ([]byte, error) {
 		return p.v.Status(p.pid)
-	})}
+	}, syscall.EINVAL}}
 }
 
 // Lookup finds status.
