@@ -152,7 +152,7 @@ func (v *View) Uptime(pid int) ([]byte, error) {
 	age := max(0, hostUp-ticks(oldest))
 	var idle time.Duration
 	ncpu := 0
-	if set, ok, err := v.cpus(pid); err == nil && ok {
+	if set, ok, err := g.CPUs(); err == nil && ok && len(set) > 0 {
 		ncpu = len(set)
 	} else if online, err := os.ReadFile(filepath.Join(v.Sys, "devices/system/cpu/online")); err == nil {
 		if set, err := cgroup.ParseCPUList(string(online)); err == nil {
