@@ -46,6 +46,9 @@ func runChild(mode, arg string) int {
 		fmt.Println("ready")
 		select {}
 	}
+	if mode == "noopen-percaller" {
+		return noOpenPerCaller(arg)
+	}
 	return 2
 }
 

@@ -450,21 +450,97 @@ func TestPerCaller(t *testing.T) {
 	}
 }
 
-// TestPerCallerNoOpen: a NoOpen mount caches every file, so it refuses
-// what must not be cached instead of serving wrong content.
+// TestPerCallerNoOpen: a NoOpen mount made by root serves what must not
+// be cached over a second connection that keeps OPEN, bound over its name;
+// an unprivileged one, which cannot, refuses it at Create instead of
+// serving one caller's content to another.
 func TestPerCallerNoOpen(t *testing.T) {
 	srv := mount(t, fusebridge.Options{NoOpen: true})
-	me := handler.PerCallerGenerated(func(ctx context.Context) ([]byte, error) { return nil, nil })
-	for _, h := range []any{me, newMapDir()} {
-		if _, err := srv.Create("x", 0o444, h); errnoOf(err) != unix.EINVAL || !strings.Contains(err.Error(), "NoOpen") {
-			t.Errorf("Create(%T) on a NoOpen mount: %v, want EINVAL saying why", h, err)
+	mnt := srv.Mountpoint()
+	n := 0
+	me := handler.PerCallerGenerated(func(ctx context.Context) ([]byte, error) {
+		n++
+		return fmt.Appendf(nil, "open %d", n), nil
+	})
+	if _, err := srv.Root().Mkdir("d", 0o555); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srv.Create("d/me", 0o444, me); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srv.Create("d/cached", 0o444, text("c")); err != nil {
+		t.Fatal(err)
+	}
+	pids := newMapDir()
+	pids.set("x", text("x"))
+	if _, err := srv.Create("pids", 0o555, pids); err != nil {
+		t.Fatal(err)
+	}
+	// Each open generates afresh: nothing is served from a cache.
+	for i := 1; i <= 3; i++ {
+		if got := readAt(t, filepath.Join(mnt, "d/me")); got != fmt.Sprintf("open %d", i) {
+			t.Errorf("read %d of the per-caller file = %q", i, got)
 		}
 	}
-	if _, err := srv.Create("link", 0o777, handler.Link("x")); err != nil {
-		t.Errorf("a link on a NoOpen mount: %v", err)
+	if got := readAt(t, filepath.Join(mnt, "pids/x")); got != "x" {
+		t.Errorf("pids/x = %q", got)
 	}
-	names := listNames(t, srv.Mountpoint())
-	if names != "link" {
-		t.Errorf("ls = %q", names)
+	pids.set("x", nil)
+	if _, err := os.Stat(filepath.Join(mnt, "pids/x")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("stat of a vanished child: %v", err)
 	}
+	if devOf(t, filepath.Join(mnt, "d/me")) == devOf(t, mnt) || devOf(t, filepath.Join(mnt, "d/cached")) != devOf(t, mnt) {
+		t.Error("files are not on the connections that suit them")
+	}
+	if err := srv.Lookup("d").Remove(); err != nil {
+		t.Fatal(err)
+	}
+	mounts := testenv.MountsUnder(t, mnt)
+	if len(mounts) != 2 || mounts[1] != filepath.Join(mnt, "pids") {
+		t.Errorf("mounts after removing d = %q, want the directory and pids", mounts)
+	}
+
+	// Unprivileged, in a child process run as nobody.
+	if _, err := exec.LookPath("fusermount3"); err != nil {
+		testenv.Missing(t, "unprivileged mounts need fusermount3 (apt-get install fuse3)")
+	}
+	dir, err := os.MkdirTemp("", "fusebridge-nobody")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "test")
+	if b, err := os.ReadFile(self); err != nil || os.WriteFile(bin, b, 0o755) != nil {
+		t.Fatalf("copying the test binary: %v", err)
+	}
+	os.Chmod(dir, 0o755)
+	os.Chown(dir, 65534, 65534)
+	cmd := exec.Command(bin, filepath.Join(dir, "mnt"))
+	cmd.Env = append(os.Environ(), childEnv+"=noopen-percaller")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "refused: ") || !strings.Contains(string(out), "invalid argument") {
+		t.Errorf("unprivileged NoOpen mount, Create of a per-caller file: %s (%v); want it refused with EINVAL", out, err)
+	}
+}
+
+// noOpenPerCaller is the child side of TestPerCallerNoOpen.
+func noOpenPerCaller(mnt string) int {
+	srv, err := fusebridge.Mount(mnt, fusebridge.Options{NoOpen: true})
+	if err != nil {
+		fmt.Println("error:", err)
+		return 1
+	}
+	defer srv.Unmount()
+	_, err = srv.Create("me", 0o444, handler.PerCallerGenerated(func(ctx context.Context) ([]byte, error) { return nil, nil }))
+	if err == nil {
+		fmt.Println("accepted")
+		return 1
+	}
+	fmt.Println("refused:", err)
+	return 0
 }

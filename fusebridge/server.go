@@ -2,10 +2,19 @@
 // mount: the bridge between the typed handler API and the kernel.
 //
 // Mount is the seed module's load and Server.Unmount its unload. Between
-// the two, Server.Create publishes a handler under a name and Entry.Remove
-// withdraws it while it may be in use: callbacks in flight finish, new opens
-// get ENOENT, and descriptors opened before get EIO, as procfs does after
-// remove_proc_entry.
+// the two, Server.Create publishes a handler under a name or a path, and
+// Entry.Remove withdraws it while it may be in use: callbacks in flight
+// finish, new opens get ENOENT, and descriptors opened before get EIO, as
+// procfs does after remove_proc_entry.
+//
+// The names form a tree, like /proc's: Server.Root and Dir.Mkdir make
+// directories at any depth (proc_mkdir), Dir.Remove removes a subtree
+// (remove_proc_subtree), and Dir.Create publishes a file handler, a
+// symbolic link (handler.Symlinker) or a dynamic directory whose children
+// its handler.DirHandler produces on demand (/proc/<pid>). The code is in
+// three places: tree.go and dirnode.go name things, entry.go and node.go do
+// a file's I/O, and server.go and split.go own the mount and its
+// connections.
 //
 // The mount is tuned for a file that must be indistinguishable from a tmpfs
 // file and nearly as fast:
@@ -30,7 +39,11 @@
 //   - Options.NoOpenHandlers: the handler files of a passthrough mount are
 //     served over a second connection that answers OPEN with ENOSYS, so
 //     that cat of a /proc-style file costs no request while the RAM file
-//     keeps passthrough (see split.go for how).
+//     keeps passthrough; a directory whose subtree holds only such files
+//     is one bind mount of the second connection (see split.go for how).
+//   - Content that depends on the caller (handler.PerCaller) is never
+//     served from a cache: it lives on a connection that keeps OPEN and is
+//     read with FOPEN_DIRECT_IO.
 package fusebridge
 
 import (
@@ -122,7 +135,12 @@ type Options struct {
 	//     and the kernel's cached pages and attributes, and a handler whose
 	//     content changes by itself (a /proc-style Generated file) shows its
 	//     old content until Entry.Invalidate is called. Such handlers report
-	//     the snapshot's length as their size (handler.SnapshotSizer).
+	//     the snapshot's length as their size (handler.SnapshotSizer);
+	//   - what must not be cached (handler.PerCaller files, files of
+	//     unknown size, dynamic directories) is served by a second
+	//     connection that keeps OPEN, bind-mounted over its name, when the
+	//     mount is made by root; on an unprivileged NoOpen mount, which
+	//     cannot make one, Create refuses it with EINVAL.
 	NoOpen bool
 
 	// NoOpenHandlers, on a mount that gets passthrough, serves every entry
@@ -175,8 +193,9 @@ type Server struct {
 	// passthrough is set once the kernel has accepted a backing file.
 	passthrough atomic.Bool
 
-	// companion is the no-open connection of a NoOpenHandlers mount (nil
-	// without one). On the companion itself, mountFd is its detached mount
+	// companion is the second connection (split.go): the no-open one of
+	// a NoOpenHandlers mount, or the one that keeps OPEN beside a NoOpen
+	// mount made by root; nil without one. On the companion itself, mountFd is its detached mount
 	// (from fsmount), which its entries are bind-mounted from; -1 on a
 	// mount attached by path.
 	companion *Server
@@ -247,9 +266,18 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 			s.passthrough.Store(true)
 		}
 	}
-	if opts.NoOpenHandlers && s.passthrough.Load() {
+	switch {
+	case opts.NoOpenHandlers && s.passthrough.Load():
 		if c, err := s.mountCompanion(); err != nil {
 			s.log.Info("no second no-open connection; handler files are served on the main one", "reason", err)
+		} else {
+			s.companion = c
+		}
+	case opts.NoOpen && os.Geteuid() == 0:
+		// Per-caller files, streamed files and dynamic directories must
+		// not be cached: a second connection that keeps OPEN serves them.
+		if c, err := s.mountCompanion(); err != nil {
+			s.log.Info("no second connection that keeps OPEN; per-caller and streamed files and dynamic directories cannot be published", "reason", err)
 		} else {
 			s.companion = c
 		}

@@ -22,7 +22,12 @@ import (
 // still serves it until the bind is in place, so a lookup never fails in
 // between; path lookups then cross into the second connection.
 
-// mountCompanion mounts and starts the no-open connection of s.
+// On a NoOpen mount the roles swap: the second connection keeps OPEN and
+// serves, through the same binds, what a no-open connection must not cache.
+
+// mountCompanion mounts and starts the second connection of s, in the mode
+// the main one does not have (no-open beside a passthrough main one; OPEN
+// beside a NoOpen one).
 func (s *Server) mountCompanion() (*Server, error) {
 	dev, err := unix.Open("/dev/fuse", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -34,23 +39,27 @@ func (s *Server) mountCompanion() (*Server, error) {
 		return nil, err
 	}
 	opts := s.opts
-	opts.NoOpen = true
+	opts.NoOpen = !s.opts.NoOpen
 	opts.NoOpenHandlers = false
 	opts.Passthrough = PassthroughOff
-	opts.Logger = s.log.With("connection", "no-open")
+	if opts.NoOpen {
+		opts.Logger = s.log.With("connection", "no-open")
+	} else {
+		opts.Logger = s.log.With("connection", "open")
+	}
 	c := newServer(s.mnt, opts)
 	c.mountFd = mfd
 	// go-fuse serves an already mounted /dev/fuse descriptor given as
 	// /dev/fd/N, and owns it from then on.
 	if err := c.start("/dev/fd/"+strconv.Itoa(dev), false); err != nil {
 		unix.Close(mfd)
-		return nil, fmt.Errorf("serve the no-open connection: %w", err)
+		return nil, fmt.Errorf("serve the second connection: %w", err)
 	}
 	// Only now: stat(2) on the mount asks the server.
 	var st unix.Stat_t
 	if err := unix.Fstat(mfd, &st); err != nil {
 		c.Unmount()
-		return nil, fmt.Errorf("stat the no-open mount: %w", err)
+		return nil, fmt.Errorf("stat the second mount: %w", err)
 	}
 	c.connID = unix.Minor(st.Dev)
 	// go-fuse provokes one POLL at mount so that it can answer ENOSYS and
@@ -120,12 +129,13 @@ func detachedFuseMount(dev int, uid, gid uint32, allowOther bool) (int, error) {
 }
 
 // mirror publishes e, just created in d on the main connection, on the
-// no-open connection too when it belongs there, and makes the kernel reach
-// it there: through a bind of a directory above it, or a bind of its own.
-// Entries that must stay on the main connection (Entry.pins) are not
-// mirrored; a directory bound above one is unbound first, and its children
-// bound one by one instead. A bind that fails leaves the entry served by
-// the main connection, slower but correct.
+// second connection too when it belongs there (companionSuits), and makes
+// the kernel reach it there: through a bind of a directory above it, or a
+// bind of its own. Static directories and links are mirrored always; on a NoOpenHandlers mount each is one
+// bind for its whole subtree, until an entry that must stay on the main
+// connection (Entry.pins) is created inside: the bind above it is then
+// replaced by binds of its children. A bind that fails leaves the entry
+// served by the main connection, slower but correct.
 func (s *Server) mirror(d *Dir, e *Entry, mode fs.FileMode, h any) error {
 	c := s.companion
 	if c == nil {
@@ -133,9 +143,14 @@ func (s *Server) mirror(d *Dir, e *Entry, mode fs.FileMode, h any) error {
 	}
 	s.bindMu.Lock()
 	defer s.bindMu.Unlock()
-	if e.pins() {
-		if b := s.boundAbove(d); b != nil {
-			s.unbind(b)
+	// Static directories and links are mirrored always, so that the second
+	// connection has every path and a bound directory every name.
+	static := e.dir != nil && e.dir.dyn == nil
+	if !static && e.kind != kindLink && !s.companionSuits(e) {
+		if !s.opts.NoOpen && e.pins() {
+			if b := s.boundAbove(d); b != nil {
+				s.unbind(b)
+			}
 		}
 		return nil
 	}
@@ -157,13 +172,29 @@ func (s *Server) mirror(d *Dir, e *Entry, mode fs.FileMode, h any) error {
 		s.mu.Unlock()
 	}
 	e.twin.Store(ce)
-	if s.boundAbove(d) != nil || e.kind == kindLink {
-		// Reached through the directory's bind; a link needs no
-		// no-open connection, the main one serves it where no bind is.
+	if s.boundAbove(d) != nil || !s.companionSuits(e) || (static && s.opts.NoOpen) {
+		// Reached through the directory's bind, or served by the main
+		// connection where no bind is (links, and on a NoOpen mount the
+		// static directories).
 		return nil
 	}
 	s.bind(e)
 	return nil
+}
+
+// companionSuits reports whether e is better served by the second
+// connection: on a NoOpenHandlers mount every file and static directory
+// that need not stay on the main, OPEN, one (free opens); on a NoOpen mount
+// what a no-open connection must not serve (Entry.pins: per-caller files,
+// files of unknown size, dynamic directories). Links are the same on both.
+func (s *Server) companionSuits(e *Entry) bool {
+	if e.kind == kindLink {
+		return false
+	}
+	if s.opts.NoOpen {
+		return e.pins() && e.backing == nil
+	}
+	return !e.pins()
 }
 
 // boundAbove returns the bound entry d is (or is inside), or nil.
@@ -248,4 +279,4 @@ func bindPath(mfd int, name, target string) error {
 
 // HandlersNoOpen reports whether handler entries are served over a second,
 // no-open connection (Options.NoOpenHandlers took effect).
-func (s *Server) HandlersNoOpen() bool { return s.companion != nil }
+func (s *Server) HandlersNoOpen() bool { return s.companion != nil && !s.opts.NoOpen }

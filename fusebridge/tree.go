@@ -159,9 +159,9 @@ func (d *Dir) Create(name string, mode fs.FileMode, h any) (*Entry, error) {
 		return nil, fmt.Errorf("fusebridge: nil handler for %q: %w", name, syscall.EINVAL)
 	}
 	k := kindOf(h)
-	if d.srv.opts.NoOpen && d.srv.mountFd < 0 {
+	if d.srv.opts.NoOpen && d.srv.mountFd < 0 && d.srv.companion == nil {
 		if why := needsOpen(h, k); why != "" {
-			return nil, fmt.Errorf("fusebridge: create %q: %s cannot be served on a NoOpen mount, where the kernel caches every file; use Options.NoOpenHandlers or a mount without NoOpen: %w", name, why, syscall.EINVAL)
+			return nil, fmt.Errorf("fusebridge: create %q: %s cannot be served on this NoOpen mount, where the kernel caches every file (as root a second connection that keeps OPEN would serve it); mount without NoOpen, or as root: %w", name, why, syscall.EINVAL)
 		}
 	}
 	e, err := d.srv.publish(d, name, mode, h, k, 0, nil)

@@ -24,6 +24,11 @@
 // read(2) or write(2) with EIO, and size changes to a file without
 // Setattrer are ignored, as on sysfs.)
 //
+// Besides files, a tree has symbolic links (Symlinker: Link, LinkFunc,
+// SelfLink) and dynamic directories (DirHandler, whose Child values are
+// produced on demand), and a file may declare that its content depends on
+// the caller (PerCaller, PerCallerGenerated; CallerOf says who calls).
+//
 // Handlers return errors; an error that is (or wraps) a syscall.Errno is sent
 // to the caller as that errno, any other error becomes EIO. Every callback
 // may be called concurrently from several goroutines.
