@@ -44,14 +44,16 @@ func run(mnt string) error {
 	if err != nil {
 		return fmt.Errorf("reading the cgroup mounts: %w", err)
 	}
+	// Catch the signals before mounting: one arriving in between must
+	// unmount too, not kill the server under a live mount.
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGINT, syscall.SIGTERM)
 	// The zero Options let every user reach the files when root mounts
 	// (a container's processes run as users of their own).
 	srv, err := fusebridge.Mount(mnt, fusebridge.Options{})
 	if err != nil {
 		return err
 	}
-	stop := make(chan os.Signal, 1)
-	signal.Notify(stop, syscall.SIGINT, syscall.SIGTERM)
 	if err := publish(srv.Root(), v); err != nil {
 		srv.Unmount()
 		return err
