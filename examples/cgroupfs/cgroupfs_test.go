@@ -30,6 +30,13 @@ func serve(t testing.TB) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return serveView(t, v)
+}
+
+// serveView is serve with a given view of the cgroups.
+func serveView(t testing.TB, v *procview.View) string {
+	t.Helper()
+	testenv.RequireFUSE(t)
 	mnt, err := os.MkdirTemp("", "cgroupfs-mnt")
 	if err != nil {
 		t.Fatal(err)
@@ -395,4 +402,60 @@ func writeErrno(path string) string {
 		return "write: " + err.Error()
 	}
 	return "ok"
+}
+
+// TestPureV2 serves the files as on a machine with only cgroup v2 (the
+// view leaves out the v1 hierarchies; v2 here carries no memory or cpuset
+// controller, which are bound to v1): membership, the pid list and uptime
+// follow the v2 cgroups, and meminfo falls back to the host's file.
+func TestPureV2(t *testing.T) {
+	v, err := procview.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Cgroups.Unified == nil {
+		testenv.Missing(t, "no cgroup v2 hierarchy is mounted")
+	}
+	pure := *v.Cgroups
+	pure.V1 = nil
+	v.Cgroups = &pure
+	mnt := serveView(t, v)
+	a := livecg.New(t, livecg.Unified, livecg.Name())
+	b := livecg.New(t, livecg.Unified, livecg.Name())
+	sleeperA := livecg.Start(t, []*livecg.Group{a}, "sleep", "60").Process.Pid
+	sleeperB := livecg.Start(t, []*livecg.Group{b}, "sleep", "60").Process.Pid
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", sleeperA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := procview.ParseStat(stat)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := hostUptime(t)
+	ls := newReader(t, []*livecg.Group{a}, "ls", filepath.Join(mnt, "proc"))
+	up := newReader(t, []*livecg.Group{a}, "cat", filepath.Join(mnt, "proc/uptime"))
+	mi := newReader(t, []*livecg.Group{a}, "cat", filepath.Join(mnt, "proc/meminfo"))
+	race(t, ls, up, mi)
+	after := hostUptime(t)
+	names := strings.Fields(ls.out.String())
+	for name, want := range map[string]bool{
+		strconv.Itoa(sleeperA): true, strconv.Itoa(ls.cmd.Process.Pid): true, strconv.Itoa(sleeperB): false,
+	} {
+		if has := contains(names, name); has != want {
+			t.Errorf("ls proc in v2 cgroup a: %s listed %v, want %v (%v)", name, has, want, names)
+		}
+	}
+	got, _, err := procview.ParseUptime(up.out.Bytes())
+	started := time.Duration(st.StartTicks) * 10 * time.Millisecond
+	if slack := 20 * time.Millisecond; err != nil || got < before-started-slack || got > after-started+slack {
+		t.Errorf("uptime %v (%v), want the age of a's first process, %v to %v", got, err, before-started, after-started)
+	}
+	host, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if memTotal(mi.out.Bytes()) != memTotal(host) {
+		t.Errorf("meminfo without a memory controller: %q, want the host's %q", memTotal(mi.out.Bytes()), memTotal(host))
+	}
 }
