@@ -127,11 +127,7 @@ func (d *Dir) attr(out *fuse.Attr) {
 	nlink := uint32(2)
 	if d.dyn == nil {
 		d.srv.mu.RLock()
-		for _, e := range d.children {
-			if e.kind == kindDir {
-				nlink++
-			}
-		}
+		nlink += uint32(d.subdirs)
 		d.srv.mu.RUnlock()
 	}
 	out.Ino = d.ino

@@ -33,6 +33,7 @@
 //     cached attributes itself; the bridge invalidates names on Create and
 //     Remove, and Entry.Invalidate covers handlers whose attributes change
 //     by themselves. With short timeouts every stat(2) would cost a request.
+//     The children of a dynamic directory have none: the handler is asked.
 //   - Explicit data cache control: cached pages are dropped by the kernel on
 //     the changes it makes itself, not whenever a file's mtime moves.
 //   - default_permissions: the kernel checks mode bits, as for any file.
@@ -143,22 +144,28 @@ type Options struct {
 	//     cannot make one, Create refuses it with EINVAL.
 	NoOpen bool
 
-	// NoOpenHandlers, on a mount that gets passthrough, serves every entry
-	// whose handler is not a handler.BackingFiler over a second FUSE
-	// connection in no-open mode, bind-mounted over the entry's name,
-	// while backing-file entries keep passthrough on the first connection.
-	// No-open is a property of a whole connection and passthrough is set
-	// up in the OPEN reply, so one connection cannot give both; two give
-	// each file the mode that suits it: a generated file's open+read+close
-	// costs no request, the RAM file's write costs none either.
+	// NoOpenHandlers, on a mount that gets passthrough, serves the tree
+	// over a second FUSE connection in no-open mode, bind-mounted over it,
+	// except the entries that must stay on the first one: backing files
+	// (handler.BackingFiler, which keep passthrough), handler.PerCaller
+	// files and files of unknown size (which must not be cached), and
+	// dynamic directories. No-open is a property of a whole connection
+	// and passthrough is set up in the OPEN reply, so one connection
+	// cannot give both; two give each file the mode that suits it: a
+	// generated file's open+read+close costs no request, the RAM file's
+	// write costs none either.
 	//
-	// Handler entries then behave as on a NoOpen mount (see NoOpen: a
-	// Generated file shows its snapshot until Entry.Invalidate). Each one
-	// is also a mount of its own: its st_dev differs from the directory's,
-	// unlink(2) on it fails with EBUSY instead of EPERM, and umount(8) of
-	// the directory needs -R or -l while the server runs (Server.Unmount
-	// and the recovery of a killed server's mount detach the whole tree).
-	// It needs root, as passthrough does; elsewhere it changes nothing.
+	// A directory whose subtree holds none of those is one bind mount,
+	// whatever it holds; in a directory that does (the top directory of
+	// ramproc mount, with its RAM file), every other file and directory is
+	// bound by itself. Entries on the second connection behave as on a
+	// NoOpen mount (see NoOpen: a Generated file shows its snapshot until
+	// Entry.Invalidate). A bound name's st_dev differs from the top
+	// directory's, unlink(2) and rmdir(2) on it fail with EBUSY instead of
+	// EPERM, and umount(8) of the directory needs -R or -l while the
+	// server runs (Server.Unmount and the recovery of a killed server's
+	// mount detach the whole tree). It needs root, as passthrough does;
+	// elsewhere it changes nothing.
 	NoOpenHandlers bool
 
 	// UnmountGrace is how long Unmount lets descriptors that are still

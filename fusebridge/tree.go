@@ -42,6 +42,7 @@ type Dir struct {
 
 	// Guarded by srv.mu.
 	children map[string]*Entry // static children; a dynamic one's children seen so far
+	subdirs  int               // children that are directories (st_nlink - 2)
 	removed  bool
 	// pinned counts the entries in this subtree that must stay on the
 	// main connection of a NoOpenHandlers mount (see split.go).
@@ -312,15 +313,20 @@ func needsOpen(h any, k kind) string {
 	if pc, ok := h.(handler.PerCaller); ok && pc.PerCaller() {
 		return "a per-caller file (handler.PerCaller)"
 	}
-	if unknownSize(h) {
+	if _, sized := h.(handler.Getattrer); unknownSize(h) && !sized {
+		// With a Getattrer the handler states its size, which a no-open
+		// connection then trusts; elsewhere such files go to a connection
+		// that keeps OPEN all the same (Entry.pins).
 		return "a file of unknown size (a handler.Reader without SnapshotSizer or Getattrer)"
 	}
 	return ""
 }
 
-// unknownSize reports a file whose size nobody can tell before reading it
-// all (a streamed file): the kernel must then read it with FOPEN_DIRECT_IO,
-// to the end, instead of trusting a size.
+// unknownSize reports a file whose size the bridge cannot tell before it is
+// read to the end (a streamed file: a handler.Reader that takes no snapshot
+// of known size and has no backing file): the kernel must then read it with
+// FOPEN_DIRECT_IO, to the end, on a connection that keeps OPEN, instead of
+// caching it up to a size.
 func unknownSize(h any) bool {
 	if _, ok := h.(handler.Reader); !ok {
 		return false
@@ -328,10 +334,7 @@ func unknownSize(h any) bool {
 	if _, ok := h.(handler.BackingFiler); ok {
 		return false
 	}
-	if _, ok := h.(handler.SnapshotSizer); ok {
-		return false
-	}
-	_, ok := h.(handler.Getattrer)
+	_, ok := h.(handler.SnapshotSizer)
 	return !ok
 }
 
@@ -373,6 +376,9 @@ func (s *Server) publish(d *Dir, name string, mode fs.FileMode, h any, k kind, i
 		return nil, err
 	}
 	d.children[name] = e
+	if k == kindDir {
+		d.subdirs++
+	}
 	missed := d.missed.Load()
 	if e.pins() {
 		for p := d; p != nil; p = p.parent {
@@ -412,6 +418,9 @@ func (s *Server) unlink(e *Entry) (bool, []*Entry) {
 		return false, nil
 	}
 	delete(d.children, e.name)
+	if e.kind == kindDir {
+		d.subdirs--
+	}
 	if e.pins() {
 		for p := d; p != nil; p = p.parent {
 			p.pinned--
@@ -468,6 +477,10 @@ func (d *Dir) dynLookup(ctx context.Context, name string) (*Entry, syscall.Errno
 			d.forget(name)
 		}
 		return nil, errno
+	}
+	if c.Node == nil {
+		d.srv.log.Warn("a dynamic directory's Lookup returned a child without a Node", "dir", d.Path(), "name", name)
+		return nil, syscall.EIO
 	}
 	c.Name = name
 	e := d.adopt(c)

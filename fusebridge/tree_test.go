@@ -88,6 +88,9 @@ func TestTreeNested(t *testing.T) {
 			if err := unix.Stat(filepath.Join(mnt, "sys/kernel"), &st); err != nil || st.Mode != unix.S_IFDIR|0o555 {
 				t.Errorf("stat sys/kernel: mode %o, %v", st.Mode, err)
 			}
+			if err := unix.Stat(filepath.Join(mnt, "sys"), &st); err != nil || st.Nlink != 3 {
+				t.Errorf("stat sys: nlink %d, %v; want 3 (one subdirectory)", st.Nlink, err)
+			}
 			if e := srv.Lookup("sys/kernel/level"); e == nil || e.Path() != "sys/kernel/level" {
 				t.Errorf("Lookup(sys/kernel/level) = %v", e)
 			}
