@@ -459,3 +459,52 @@ func TestPureV2(t *testing.T) {
 		t.Errorf("meminfo without a memory controller: %q, want the host's %q", memTotal(mi.out.Bytes()), memTotal(host))
 	}
 }
+
+// TestMeminfoMany: twelve readers in four cgroups (64, 128 and 256 MiB, and
+// none) released at once; each gets its own cgroup's MemTotal, never a
+// neighbour's, and MemFree and MemAvailable stay within it.
+func TestMeminfoMany(t *testing.T) {
+	mnt := serve(t)
+	host, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(mnt, "proc/meminfo")
+	want := map[*livecg.Group]string{}
+	var groups []*livecg.Group
+	for _, mib := range []int{64, 128, 256, 0} {
+		var g *livecg.Group
+		if mib == 0 {
+			g = livecg.New(t, livecg.Memory, livecg.Name())
+			want[g] = memTotal(host)
+		} else {
+			g = livecg.New(t, livecg.Memory, livecg.Name(), "memory.limit_in_bytes", strconv.Itoa(mib<<20))
+			want[g] = fmt.Sprintf("MemTotal:       %8d kB", mib<<10)
+		}
+		groups = append(groups, g)
+	}
+	var readers []*reader
+	var of []*livecg.Group
+	for i := 0; i < 3; i++ {
+		for _, g := range groups {
+			readers = append(readers, newReader(t, []*livecg.Group{g}, "cat", file))
+			of = append(of, g)
+		}
+	}
+	race(t, readers...)
+	for i, r := range readers {
+		out := r.out.Bytes()
+		if got := memTotal(out); got != want[of[i]] {
+			t.Errorf("reader %d in %s: %q, want %q", i, of[i].Path, got, want[of[i]])
+			continue
+		}
+		total, _ := procview.MeminfoField(out, "MemTotal")
+		free, _ := procview.MeminfoField(out, "MemFree")
+		avail, _ := procview.MeminfoField(out, "MemAvailable")
+		// (The host's own MemAvailable may be below its MemFree: the
+		// kernel subtracts its reserves. A cgroup's is free + reclaimable.)
+		if free > total || avail > total || (of[i] != groups[3] && free > avail) {
+			t.Errorf("reader %d in %s: MemTotal %d, MemFree %d, MemAvailable %d", i, of[i].Path, total, free, avail)
+		}
+	}
+}
