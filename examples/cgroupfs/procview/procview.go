@@ -1,0 +1,286 @@
+// Package procview derives the /proc and /sys files that a process confined
+// to a cgroup should see, the way LXCFS does for containers: meminfo with
+// the cgroup's memory limit and usage, cpuinfo and cpu/online restricted to
+// its cpuset, uptime counted from the cgroup's oldest process, and the list
+// of the cgroup's processes.
+//
+// The pure functions (Meminfo, Cpuinfo, Uptime) turn the host's file and
+// the cgroup's figures into the file's bytes; View reads both for a pid.
+// A process whose controller is mounted nowhere, or that sits in the root
+// cgroup, sees the host's own figures.
+package procview
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ramproc/ramproc/examples/cgroupfs/cgroup"
+)
+
+// View reads the host's files and a process's cgroups and derives what the
+// process should see.
+type View struct {
+	// Cgroups says where the cgroup hierarchies and procfs are.
+	Cgroups *cgroup.Hierarchies
+	// Proc is the host's procfs ("/proc"), Sys its sysfs ("/sys").
+	Proc string
+	Sys  string
+}
+
+// New returns a View of the running system.
+func New() (*View, error) {
+	h, err := cgroup.Discover()
+	if err != nil {
+		return nil, err
+	}
+	return &View{Cgroups: h, Proc: "/proc", Sys: "/sys"}, nil
+}
+
+func (v *View) group(pid int) (*cgroup.Group, error) {
+	return v.Cgroups.Of(pid)
+}
+
+// Meminfo is /proc/meminfo as process pid should see it (see the function
+// Meminfo).
+func (v *View) Meminfo(pid int) ([]byte, error) {
+	host, err := os.ReadFile(filepath.Join(v.Proc, "meminfo"))
+	if err != nil {
+		return nil, err
+	}
+	g, err := v.group(pid)
+	if err != nil {
+		return nil, err
+	}
+	m, ok, err := g.Memory()
+	if err != nil || !ok {
+		return host, err
+	}
+	return Meminfo(host, m), nil
+}
+
+// cpus is the process's cpuset, ok false where it has none (the host's
+// CPUs apply).
+func (v *View) cpus(pid int) (cgroup.CPUSet, bool, error) {
+	g, err := v.group(pid)
+	if err != nil {
+		return nil, false, err
+	}
+	set, ok, err := g.CPUs()
+	if err != nil || !ok || len(set) == 0 {
+		return nil, false, err
+	}
+	return set, true, nil
+}
+
+// Cpuinfo is /proc/cpuinfo as process pid should see it: only the blocks
+// of the CPUs in its cpuset (see the function Cpuinfo).
+func (v *View) Cpuinfo(pid int) ([]byte, error) {
+	host, err := os.ReadFile(filepath.Join(v.Proc, "cpuinfo"))
+	if err != nil {
+		return nil, err
+	}
+	set, ok, err := v.cpus(pid)
+	if err != nil || !ok {
+		return host, err
+	}
+	return Cpuinfo(host, set), nil
+}
+
+// Online is /sys/devices/system/cpu/online as process pid should see it:
+// its cpuset in the kernel's list format, or the host's file where it has
+// no cpuset.
+func (v *View) Online(pid int) ([]byte, error) {
+	set, ok, err := v.cpus(pid)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return os.ReadFile(filepath.Join(v.Sys, "devices/system/cpu/online"))
+	}
+	return []byte(set.String() + "\n"), nil
+}
+
+// Uptime is /proc/uptime as process pid should see it: the time since the
+// oldest process of its cgroup started (the container's init), and the
+// idle time of its CPUs in that time (the CPU time the cgroup's CPUs could
+// have given, minus what the cgroup used). A process in the root cgroup
+// sees the host's file.
+func (v *View) Uptime(pid int) ([]byte, error) {
+	hostData, err := os.ReadFile(filepath.Join(v.Proc, "uptime"))
+	if err != nil {
+		return nil, err
+	}
+	g, err := v.group(pid)
+	if err != nil {
+		return nil, err
+	}
+	if g.IsRoot() {
+		return hostData, nil
+	}
+	hostUp, hostIdle, err := ParseUptime(hostData)
+	if err != nil {
+		return nil, err
+	}
+	pids, err := g.Members()
+	if err != nil {
+		return nil, err
+	}
+	oldest, found := uint64(0), false
+	for _, p := range pids {
+		data, err := os.ReadFile(filepath.Join(v.Proc, strconv.Itoa(p), "stat"))
+		if err != nil {
+			continue // exited since the listing
+		}
+		st, err := ParseStat(data)
+		if err != nil {
+			return nil, err
+		}
+		if !found || st.StartTicks < oldest {
+			oldest, found = st.StartTicks, true
+		}
+	}
+	if !found {
+		return hostData, nil
+	}
+	age := max(0, hostUp-ticks(oldest))
+	var idle time.Duration
+	ncpu := 0
+	if set, ok, err := g.CPUs(); err == nil && ok && len(set) > 0 {
+		ncpu = len(set)
+	} else if online, err := os.ReadFile(filepath.Join(v.Sys, "devices/system/cpu/online")); err == nil {
+		if set, err := cgroup.ParseCPUList(string(online)); err == nil {
+			ncpu = len(set)
+		}
+	}
+	if busy, ok, err := g.CPUTime(); err == nil && ok && ncpu > 0 {
+		idle = max(0, age*time.Duration(ncpu)-busy)
+	} else if hostUp > 0 {
+		// No CPU accounting: the host's idle share over that time.
+		idle = time.Duration(float64(hostIdle) * float64(age) / float64(hostUp))
+	}
+	return Uptime(age, idle), nil
+}
+
+// ticks converts clock ticks (USER_HZ, 100 on every Linux) to a duration.
+func ticks(n uint64) time.Duration { return time.Duration(n) * (time.Second / 100) }
+
+// Pids lists the processes of process pid's cgroup (and of its
+// descendants); in the root cgroup, all processes.
+func (v *View) Pids(pid int) ([]int, error) {
+	g, err := v.group(pid)
+	if err != nil {
+		return nil, err
+	}
+	return g.Members()
+}
+
+// Sees reports whether process pid may see process other: whether other
+// is in pid's cgroup or below it.
+func (v *View) Sees(pid, other int) (bool, error) {
+	g, err := v.group(pid)
+	if err != nil {
+		return false, err
+	}
+	return g.Contains(other)
+}
+
+// Status is /proc/PID/status of process pid (the host's, whose Name, Pid
+// and PPid are the server's pid namespace's view).
+func (v *View) Status(pid int) ([]byte, error) {
+	return os.ReadFile(filepath.Join(v.Proc, strconv.Itoa(pid), "status"))
+}
+
+// Cpuinfo keeps the blocks of host's /proc/cpuinfo whose "processor" line
+// names a CPU in set. The CPU numbers are kept, not renumbered from 0 (as
+// LXCFS does): they then agree with cpu/online, with sched_getaffinity(2)
+// and with taskset, which all name the real CPUs. Lines before the first
+// processor block (none on x86) are kept.
+func Cpuinfo(host []byte, set cgroup.CPUSet) []byte {
+	out := make([]byte, 0, len(host))
+	keep := true
+	for _, line := range bytes.SplitAfter(host, []byte("\n")) {
+		if cpu, ok := processorLine(line); ok {
+			keep = set.Contains(cpu)
+		}
+		if keep {
+			out = append(out, line...)
+		}
+	}
+	return out
+}
+
+// processorLine recognises "processor\t: N".
+func processorLine(line []byte) (int, bool) {
+	rest, ok := bytes.CutPrefix(line, []byte("processor"))
+	if !ok {
+		return 0, false
+	}
+	k, v, ok := bytes.Cut(rest, []byte(":"))
+	if !ok || len(bytes.TrimSpace(k)) != 0 {
+		return 0, false
+	}
+	n, err := strconv.Atoi(string(bytes.TrimSpace(v)))
+	return n, err == nil && n >= 0
+}
+
+// Uptime formats /proc/uptime: seconds up and seconds idle (summed over
+// CPUs), with two decimals.
+func Uptime(up, idle time.Duration) []byte {
+	return fmt.Appendf(nil, "%.2f %.2f\n", up.Seconds(), idle.Seconds())
+}
+
+// ParseUptime parses /proc/uptime.
+func ParseUptime(data []byte) (up, idle time.Duration, err error) {
+	f := strings.Fields(string(data))
+	if len(f) != 2 {
+		return 0, 0, fmt.Errorf("uptime %q: want two numbers", data)
+	}
+	u, err1 := strconv.ParseFloat(f[0], 64)
+	i, err2 := strconv.ParseFloat(f[1], 64)
+	if err1 != nil || err2 != nil || u < 0 || i < 0 || u > 1e12 || i > 1e15 {
+		return 0, 0, fmt.Errorf("uptime %q: want two numbers", data)
+	}
+	// /proc/uptime has two decimals: round away the float's error.
+	return time.Duration(math.Round(u*1e3)) * time.Millisecond, time.Duration(math.Round(i*1e3)) * time.Millisecond, nil
+}
+
+// Stat is the part of /proc/PID/stat this package uses.
+type Stat struct {
+	Comm       string
+	PPid       int
+	StartTicks uint64 // start time after boot, in clock ticks
+}
+
+// ParseStat parses /proc/PID/stat. The command name is in parentheses and
+// may itself hold spaces and parentheses, so the fields are counted from
+// the last ')'.
+func ParseStat(data []byte) (Stat, error) {
+	open := bytes.IndexByte(data, '(')
+	end := bytes.LastIndexByte(data, ')')
+	if open < 0 || end < open {
+		return Stat{}, errBadStat
+	}
+	// After ")": state(3) ppid(4) ... starttime(22).
+	f := strings.Fields(string(data[end+1:]))
+	if len(f) < 20 {
+		return Stat{}, errBadStat
+	}
+	ppid, err := strconv.Atoi(f[1])
+	if err != nil {
+		return Stat{}, errBadStat
+	}
+	start, err := strconv.ParseUint(f[19], 10, 64)
+	if err != nil || start > 1<<40 {
+		return Stat{}, errBadStat
+	}
+	return Stat{Comm: string(data[open+1 : end]), PPid: ppid, StartTicks: start}, nil
+}
+
+var errBadStat = errors.New("malformed /proc/PID/stat")
