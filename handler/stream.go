@@ -47,10 +47,12 @@ import (
 // ends.
 //
 // Its size is unknown, so a Stream has no SnapshotSizer and must be served
-// with direct I/O on a connection that sends OPEN: it works on an ordinary
-// fusebridge mount, but not on a NoOpen mount nor as a handler file of a
-// NoOpenHandlers mount, where the kernel caches files and reads no further
-// than the size it knows (0).
+// with direct I/O on a connection that sends OPEN (a connection that caches
+// files reads no further than the size it knows). fusebridge routes every
+// such handler there in every mount mode: on a NoOpenHandlers mount it stays
+// on the main connection, on a NoOpen mount made by root a second
+// connection that keeps OPEN serves it, and an unprivileged NoOpen mount,
+// which has none, refuses it at Create with EINVAL.
 type Stream func(ctx context.Context, w *RecordWriter) error
 
 var (
