@@ -10,7 +10,12 @@ import (
 // the way most /proc files are made with seq_file's single_open: the
 // function runs once per open(2), and every read(2) through that descriptor
 // sees the same snapshot, so a reader that reads in small pieces never sees
-// a torn mix of two generations.
+// a torn mix of two generations. As with seq_file, a descriptor that has
+// read and then reads from offset 0 again (lseek(fd, 0, SEEK_SET), or
+// pread at 0: the sysfs and procfs habit of re-reading after a change)
+// gets a fresh snapshot. Where the kernel caches the content across opens
+// (a no-open connection: OpenFile.Caching is set there) the snapshot is
+// kept until Entry.Invalidate or Entry.Notify instead.
 //
 // The snapshot lives until the descriptor is closed; Release then drops it
 // and, for a large one, gives its memory back to the operating system (see
@@ -30,13 +35,14 @@ func (g Generated) Open(ctx context.Context, f *OpenFile) error {
 	if err != nil {
 		return err
 	}
-	f.Private = b
+	f.Private = &snapshot{b: b}
 	return nil
 }
 
-// Read serves the snapshot.
+// Read serves the snapshot; a read from offset 0 after an earlier read
+// takes a new one.
 func (g Generated) Read(ctx context.Context, f *OpenFile, dst []byte, off int64) (int, error) {
-	return readSnapshot(f, dst, off), nil
+	return readSnapshot(ctx, f, dst, off, g)
 }
 
 // SnapshotSize is the length of the snapshot taken by Open.
@@ -87,7 +93,7 @@ func (v *Value) Get() []byte {
 
 // Open snapshots the value for readers.
 func (v *Value) Open(ctx context.Context, f *OpenFile) error {
-	f.Private = v.Get()
+	f.Private = &snapshot{b: v.Get()}
 	return nil
 }
 
@@ -97,9 +103,10 @@ func (v *Value) SnapshotSize(f *OpenFile) int64 { return snapshotSize(f) }
 // Release drops the snapshot taken at open.
 func (v *Value) Release(ctx context.Context, f *OpenFile) { releaseSnapshot(f) }
 
-// Read serves the snapshot taken at open.
+// Read serves the snapshot taken at open; a read from offset 0 after an
+// earlier read shows the current value, as a sysfs attribute does.
 func (v *Value) Read(ctx context.Context, f *OpenFile, dst []byte, off int64) (int, error) {
-	return readSnapshot(f, dst, off), nil
+	return readSnapshot(ctx, f, dst, off, func(context.Context) ([]byte, error) { return v.Get(), nil })
 }
 
 // Write replaces the value with src.
@@ -119,14 +126,41 @@ func (v *Value) Write(ctx context.Context, f *OpenFile, src []byte, off int64) (
 	return len(src), nil
 }
 
-// readSnapshot copies the part of the []byte that Open left in f.Private
-// starting at off.
-func readSnapshot(f *OpenFile, dst []byte, off int64) int {
-	b, _ := f.Private.([]byte)
-	if off < 0 || off >= int64(len(b)) {
-		return 0
+// snapshot is what the snapshot handlers (Generated, PerCallerGenerated,
+// Value, Knob) keep in OpenFile.Private: the content taken at open, and
+// whether a read has returned part of it since.
+type snapshot struct {
+	mu     sync.Mutex // reads through one descriptor may run concurrently
+	b      []byte
+	served bool
+}
+
+// readSnapshot copies the part of the snapshot in f.Private that starts at
+// off. A read from offset 0 after a read that returned bytes first replaces
+// the snapshot with regen's, as seq_file regenerates when a reader goes
+// back to the start, unless the kernel caches the content (f.Caching, set
+// on a no-open connection, where the bridge's size and the kernel's pages
+// must stay those of one snapshot until it is invalidated).
+func readSnapshot(ctx context.Context, f *OpenFile, dst []byte, off int64, regen func(context.Context) ([]byte, error)) (int, error) {
+	s, _ := f.Private.(*snapshot)
+	if s == nil || off < 0 {
+		return 0, nil
 	}
-	return copy(dst, b[off:])
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if off == 0 && s.served && !f.Caching {
+		b, err := regen(ctx)
+		if err != nil {
+			return 0, err
+		}
+		s.b, s.served = b, false
+	}
+	if off >= int64(len(s.b)) {
+		return 0, nil
+	}
+	n := copy(dst, s.b[off:])
+	s.served = n > 0
+	return n, nil
 }
 
 // BigSnapshot is the size from which releasing a snapshot (Generated,
@@ -150,9 +184,16 @@ const BigSnapshot = 4 << 20
 // requests that arrive while one runs are folded into one more run, so a
 // burst of big releases costs at most two GCs.
 func releaseSnapshot(f *OpenFile) {
-	b, _ := f.Private.([]byte)
+	s, _ := f.Private.(*snapshot)
 	f.Private = nil
-	if cap(b) >= BigSnapshot {
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	big := cap(s.b) >= BigSnapshot
+	s.b = nil
+	s.mu.Unlock()
+	if big {
 		scavenge()
 	}
 }
@@ -190,6 +231,11 @@ func scavenge() {
 }
 
 func snapshotSize(f *OpenFile) int64 {
-	b, _ := f.Private.([]byte)
-	return int64(len(b))
+	s, _ := f.Private.(*snapshot)
+	if s == nil {
+		return 0
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return int64(len(s.b))
 }

@@ -155,13 +155,14 @@ func (k *Knob[T]) store(v T, fromWrite bool) error {
 
 // Open snapshots the value's text for readers of this descriptor.
 func (k *Knob[T]) Open(ctx context.Context, f *OpenFile) error {
-	f.Private = k.codec.Format(k.Get())
+	f.Private = &snapshot{b: k.codec.Format(k.Get())}
 	return nil
 }
 
-// Read serves the text taken at open.
+// Read serves the text taken at open; a read from offset 0 after an
+// earlier read shows the current value, as a sysfs attribute does.
 func (k *Knob[T]) Read(ctx context.Context, f *OpenFile, dst []byte, off int64) (int, error) {
-	return readSnapshot(f, dst, off), nil
+	return readSnapshot(ctx, f, dst, off, func(context.Context) ([]byte, error) { return k.codec.Format(k.Get()), nil })
 }
 
 // SnapshotSize is the length of the text taken at open.

@@ -40,17 +40,14 @@ func (g PerCallerGenerated) Open(ctx context.Context, f *OpenFile) error {
 	if err != nil {
 		return err
 	}
-	f.Private = b
+	f.Private = &snapshot{b: b}
 	return nil
 }
 
-// Read serves the snapshot taken at open.
+// Read serves the snapshot taken at open; a read from offset 0 after an
+// earlier read takes a new one for the reading caller, as for Generated.
 func (g PerCallerGenerated) Read(ctx context.Context, f *OpenFile, dst []byte, off int64) (int, error) {
-	b, _ := f.Private.([]byte)
-	if off < 0 || off >= int64(len(b)) {
-		return 0, nil
-	}
-	return copy(dst, b[off:]), nil
+	return readSnapshot(ctx, f, dst, off, g)
 }
 
 // PerCaller reports true: the content is the caller's own.
