@@ -1,0 +1,153 @@
+package fusebridge
+
+import "syscall"
+
+// This file keeps the children of a per-caller dynamic directory (one
+// whose handler.DirHandler implements handler.PerCaller): there a Lookup
+// or List that does not show a child says only that this caller does not
+// see it, so no miss retires a child, as one would in a directory whose
+// answers are everyone's (tree.go). What the bridge cannot learn from the
+// answers it learns from the kernel: a child is forgotten when no answer
+// has shown it since the last sweep and the kernel holds no inode for it.
+// An open descriptor or a working directory keeps the inode, and with it
+// the Entry and its inode number; a cached dentry would keep it too, for
+// as long as the kernel pleases, so a sweep drops the dentries of the
+// children that no answer showed since the sweep before (the kernel asks
+// for every name of a dynamic directory anyway, its entries have no
+// timeout), and once the kernel has forgotten them the next sweep forgets
+// them. Children that no caller sees any more thus cannot accumulate under
+// pid churn. The handler retires a child at once with handler.ErrVanished.
+//
+// A sweep costs a pass over the children and runs in the background (the
+// kernel serves an entry invalidation only once the lookups in flight in
+// the directory are answered, and a sweep starts inside one): it starts
+// when as many children have been added since the last one as it kept
+// active (shown) children, and at least sweepMin, so the map holds about
+// the children that are shown or held, plus a few sweeps' worth of new
+// ones, and sweeping costs O(1) per child added.
+
+// sweepMin is the smallest number of children that triggers a sweep.
+const sweepMin = 128
+
+// The values of Entry.mark.
+const (
+	markNone     uint32 = iota // not shown since the last sweep
+	markSeen                   // shown since the last sweep
+	markNotified               // not shown, and its dentry dropped by a sweep
+	markSwept                  // forgotten by a sweep (no longer in the map)
+)
+
+// sweepLimitLocked is the number of children at which d sweeps next;
+// srv.mu held.
+func (d *Dir) sweepLimitLocked() int {
+	if d.sweepAt < sweepMin {
+		return sweepMin
+	}
+	return d.sweepAt
+}
+
+// startSweep runs a sweep of d in the background unless one is running.
+func (d *Dir) startSweep() {
+	if d.sweeping.CompareAndSwap(false, true) {
+		go func() {
+			defer d.sweeping.Store(false)
+			d.sweep()
+		}()
+	}
+}
+
+// sweep forgets the children of the per-caller dynamic directory d that no
+// answer has shown since the last sweep and that the kernel does not hold,
+// drops the kernel's dentries of those it holds, and gives the others a
+// new chance (clears their mark). A forgotten child is only unlinked, not
+// killed: nothing can be using it, and if a listing taken before still
+// returns it, relink puts it back.
+func (d *Dir) sweep() {
+	s := d.srv
+	var candidates []*Entry
+	s.mu.Lock()
+	if d.removed {
+		s.mu.Unlock()
+		return
+	}
+	active := 0
+	for _, e := range d.children {
+		// An entry shown since the last sweep survives this one: a
+		// lookup that just adopted it may not have handed its inode to
+		// the kernel yet.
+		if e.mark.CompareAndSwap(markSeen, markNone) {
+			active++
+		} else {
+			candidates = append(candidates, e)
+		}
+	}
+	s.mu.Unlock()
+
+	// The kernel's inodes are go-fuse's tree, which drops a node once the
+	// kernel has forgotten it; read outside s.mu, which no go-fuse lock
+	// may wait for.
+	var gone, held []*Entry
+	p := d.inode()
+	for _, e := range candidates {
+		if p != nil {
+			if c := p.GetChild(e.name); c != nil && c.StableAttr().Ino == e.ino {
+				held = append(held, e)
+				continue
+			}
+		}
+		gone = append(gone, e)
+	}
+	for _, e := range held {
+		// Once per child: if something other than its dentry holds it
+		// (a descriptor, a working directory), asking again is no use.
+		if e.mark.CompareAndSwap(markNone, markNotified) {
+			if errno := p.NotifyEntry(e.name); errno != 0 && errno != syscall.ENOENT {
+				s.log.Debug("entry invalidation failed", "name", d.entryPath(e.name), "errno", errno)
+			}
+		}
+	}
+
+	s.mu.Lock()
+	for _, e := range gone {
+		if d.children[e.name] != e {
+			continue
+		}
+		// Not if shown again meanwhile: a lookup may be handing it over.
+		if e.mark.CompareAndSwap(markNone, markSwept) || e.mark.CompareAndSwap(markNotified, markSwept) {
+			delete(d.children, e.name)
+		}
+	}
+	if !d.removed {
+		d.sweepAt = len(d.children) + max(active, sweepMin)
+	}
+	s.mu.Unlock()
+}
+
+// relink returns e, a child of a per-caller dynamic directory that a
+// listing returns, linked again if a sweep forgot it meanwhile (a slow
+// reader's listing outlived two sweeps); nil if it was retired, or its
+// name now belongs to another child.
+func (d *Dir) relink(e *Entry) *Entry {
+	s := d.srv
+	s.mu.RLock()
+	cur, removed := d.children[e.name], d.removed
+	s.mu.RUnlock()
+	if cur == e && !removed {
+		return e
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if d.removed {
+		return nil
+	}
+	switch d.children[e.name] {
+	case e:
+		return e
+	case nil:
+		if e.mark.CompareAndSwap(markSwept, markSeen) {
+			d.children[e.name] = e
+			return e
+		}
+	}
+	return nil
+}
