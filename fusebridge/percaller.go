@@ -1,6 +1,10 @@
 package fusebridge
 
-import "syscall"
+import (
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+)
 
 // This file keeps the children of a per-caller dynamic directory (one
 // whose handler.DirHandler implements handler.PerCaller): there a Lookup
@@ -18,13 +22,12 @@ import "syscall"
 // them. Children that no caller sees any more thus cannot accumulate under
 // pid churn. The handler retires a child at once with handler.ErrVanished.
 //
-// A sweep costs a pass over the children and runs in the background (the
-// kernel serves an entry invalidation only once the lookups in flight in
-// the directory are answered, and a sweep starts inside one): it starts
-// when as many children have been added since the last one as it kept
-// active (shown) children, and at least sweepMin, so the map holds about
-// the children that are shown or held, plus a few sweeps' worth of new
-// ones, and sweeping costs O(1) per child added.
+// A sweep costs a pass over the children, made by the adoption that
+// reaches the limit (the dentry invalidations it asks for are sent in the
+// background): it starts once half as many children as the last one kept
+// (and at least sweepMin) have been added since, so the map holds about
+// twice the children that are shown or held plus a few sweeps' worth of
+// new ones, and sweeping costs O(1) per child added.
 
 // sweepMin is the smallest number of children that triggers a sweep.
 const sweepMin = 128
@@ -46,23 +49,18 @@ func (d *Dir) sweepLimitLocked() int {
 	return d.sweepAt
 }
 
-// startSweep runs a sweep of d in the background unless one is running.
-func (d *Dir) startSweep() {
-	if d.sweeping.CompareAndSwap(false, true) {
-		go func() {
-			defer d.sweeping.Store(false)
-			d.sweep()
-		}()
-	}
-}
-
 // sweep forgets the children of the per-caller dynamic directory d that no
 // answer has shown since the last sweep and that the kernel does not hold,
-// drops the kernel's dentries of those it holds, and gives the others a
-// new chance (clears their mark). A forgotten child is only unlinked, not
+// has the kernel drop its dentries of those it holds, and gives the others
+// a new chance (clears their mark). A forgotten child is only unlinked, not
 // killed: nothing can be using it, and if a listing taken before still
-// returns it, relink puts it back.
+// returns it, relink puts it back. One sweep runs at a time; one that
+// would start meanwhile is skipped (the next adoption starts it).
 func (d *Dir) sweep() {
+	if !d.sweeping.CompareAndSwap(false, true) {
+		return
+	}
+	defer d.sweeping.Store(false)
 	s := d.srv
 	var candidates []*Entry
 	s.mu.Lock()
@@ -70,14 +68,11 @@ func (d *Dir) sweep() {
 		s.mu.Unlock()
 		return
 	}
-	active := 0
 	for _, e := range d.children {
 		// An entry shown since the last sweep survives this one: a
 		// lookup that just adopted it may not have handed its inode to
 		// the kernel yet.
-		if e.mark.CompareAndSwap(markSeen, markNone) {
-			active++
-		} else {
+		if !e.mark.CompareAndSwap(markSeen, markNone) {
 			candidates = append(candidates, e)
 		}
 	}
@@ -86,25 +81,28 @@ func (d *Dir) sweep() {
 	// The kernel's inodes are go-fuse's tree, which drops a node once the
 	// kernel has forgotten it; read outside s.mu, which no go-fuse lock
 	// may wait for.
-	var gone, held []*Entry
+	var gone []*Entry
+	var drop []string
 	p := d.inode()
 	for _, e := range candidates {
 		if p != nil {
 			if c := p.GetChild(e.name); c != nil && c.StableAttr().Ino == e.ino {
-				held = append(held, e)
+				// Asked once per child: if something other than its
+				// dentry holds it (a descriptor, a working directory),
+				// asking again is no use.
+				if e.mark.CompareAndSwap(markNone, markNotified) {
+					drop = append(drop, e.name)
+				}
 				continue
 			}
 		}
 		gone = append(gone, e)
 	}
-	for _, e := range held {
-		// Once per child: if something other than its dentry holds it
-		// (a descriptor, a working directory), asking again is no use.
-		if e.mark.CompareAndSwap(markNone, markNotified) {
-			if errno := p.NotifyEntry(e.name); errno != 0 && errno != syscall.ENOENT {
-				s.log.Debug("entry invalidation failed", "name", d.entryPath(e.name), "errno", errno)
-			}
-		}
+	if len(drop) > 0 {
+		// In the background: the kernel serves an entry invalidation only
+		// once the lookups in flight in d are answered, and this may run
+		// in one.
+		go d.dropDentries(p, drop)
 	}
 
 	s.mu.Lock()
@@ -118,9 +116,26 @@ func (d *Dir) sweep() {
 		}
 	}
 	if !d.removed {
-		d.sweepAt = len(d.children) + max(active, sweepMin)
+		// Half as many additions as children kept: O(1) sweeping per
+		// child added for any size of the live set, and a limit that
+		// does not feed on itself (the children added are the next
+		// sweep's active ones).
+		d.sweepAt = len(d.children) + max(len(d.children)/2, sweepMin)
 	}
 	s.mu.Unlock()
+}
+
+// dropDentries has the kernel drop its dentries of the names in p, d's
+// inode, so that it forgets the inodes that nothing else holds.
+func (d *Dir) dropDentries(p *fs.Inode, names []string) {
+	for _, name := range names {
+		if errno := p.NotifyEntry(name); errno != 0 && errno != syscall.ENOENT {
+			d.srv.log.Debug("entry invalidation failed", "name", d.entryPath(name), "errno", errno)
+			if errno == syscall.ENOTCONN || errno == syscall.ENODEV {
+				return // unmounted
+			}
+		}
+	}
 }
 
 // relink returns e, a child of a per-caller dynamic directory that a

@@ -601,7 +601,7 @@ func (d *Dir) adopt(c handler.Child) *Entry {
 		g.kill()
 	}
 	if sweep {
-		d.startSweep()
+		d.sweep()
 	}
 	return e
 }
