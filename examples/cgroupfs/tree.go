@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"strconv"
 	"syscall"
 
@@ -85,6 +88,13 @@ type procDir struct {
 	v *procview.View
 }
 
+// PerCaller tells the bridge that each caller sees its own pids, so that a
+// reader in one cgroup who lists proc, or looks up a pid it may not see,
+// does not make the bridge retire that pid's directory for a reader in
+// another (whose open descriptors then keep reading, and whose inode
+// numbers stay). Lookup says when a process has exited (ErrVanished).
+func (d *procDir) PerCaller() bool { return true }
+
 // fixed returns proc's children that every caller sees.
 func (d *procDir) fixed() []handler.Child {
 	v := d.v
@@ -107,14 +117,18 @@ func (d *procDir) Lookup(ctx context.Context, name string) (handler.Child, error
 	if err != nil || pid <= 0 || strconv.Itoa(pid) != name {
 		return handler.Child{}, syscall.ENOENT
 	}
-	me, ok := caller(ctx)
-	if !ok {
-		return handler.Child{}, syscall.ENOENT
+	if me, ok := caller(ctx); ok {
+		if sees, err := d.v.Sees(me, pid); err == nil && sees {
+			return d.pidChild(pid), nil
+		}
 	}
-	if sees, err := d.v.Sees(me, pid); err != nil || !sees {
-		return handler.Child{}, syscall.ENOENT
+	// Not this caller's. Gone for every caller only if the process has
+	// exited; a pid that is reused before anyone looks it up again keeps
+	// the old directory (the bridge cannot tell the two processes apart).
+	if _, err := os.Stat(filepath.Join(d.v.Proc, name)); errors.Is(err, fs.ErrNotExist) {
+		return handler.Child{}, fmt.Errorf("process %d: %w", pid, handler.ErrVanished)
 	}
-	return d.pidChild(pid), nil
+	return handler.Child{}, syscall.ENOENT
 }
 
 // List lists the fixed names and the caller's cgroup's processes.
