@@ -50,6 +50,9 @@ type Entry struct {
 	uid  atomic.Uint32
 	gid  atomic.Uint32
 
+	// gen is a dynamic child's handler.Child.Gen, set before it is linked.
+	gen uint64
+
 	// life is read-held by every callback while it runs and write-held by
 	// remove: removal waits for callbacks in flight to finish (as
 	// proc_remove waits for in_use to drain) and callbacks that start

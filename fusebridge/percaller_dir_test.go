@@ -258,3 +258,73 @@ func TestPerCallerDirVisibility(t *testing.T) {
 		})
 	}
 }
+
+// genDir shows one child, "p", whose generation the test sets: a pid that
+// a new process reuses.
+type genDir struct {
+	mu        sync.Mutex
+	gen       uint64
+	perCaller bool
+}
+
+func (g *genDir) PerCaller() bool { return g.perCaller }
+
+func (g *genDir) child() handler.Child {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return handler.Child{Name: "p", Mode: 0o444, Node: text(fmt.Sprintf("gen %d\n", g.gen)), Gen: g.gen}
+}
+
+func (g *genDir) Lookup(ctx context.Context, name string) (handler.Child, error) {
+	if name != "p" {
+		return handler.Child{}, syscall.ENOENT
+	}
+	return g.child(), nil
+}
+
+func (g *genDir) List(ctx context.Context) ([]handler.Child, error) {
+	return []handler.Child{g.child()}, nil
+}
+
+// TestDynamicChildGen: a child shown under the same name with another
+// handler.Child.Gen is a new child, with no answer in between that missed
+// it: a new inode number, the new Node's content, EIO for the old one's
+// descriptors. The same Gen keeps the child.
+func TestDynamicChildGen(t *testing.T) {
+	srv := mount(t, fusebridge.Options{})
+	for _, perCaller := range []bool{false, true} {
+		g := &genDir{gen: 1, perCaller: perCaller}
+		name := fmt.Sprintf("d%v", perCaller)
+		if _, err := srv.Create(name, 0o555, g); err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(srv.Mountpoint(), name, "p")
+		f, err := os.Open(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		ino := fstatIno(t, f)
+		if got := inoOf(t, p); got != ino {
+			t.Errorf("per-caller %v: same Gen, inode %d then %d", perCaller, ino, got)
+		}
+		if got := listNames(t, filepath.Dir(p)); got != "p" {
+			t.Errorf("per-caller %v: ls = %q", perCaller, got)
+		}
+		if got, err := preadString(f); err != nil || got != "gen 1\n" {
+			t.Errorf("per-caller %v: same Gen, the descriptor reads %q, %v", perCaller, got, err)
+		}
+		g.mu.Lock()
+		g.gen = 2
+		g.mu.Unlock()
+		if got := inoOf(t, p); got == ino {
+			t.Errorf("per-caller %v: a new Gen kept the inode number %d", perCaller, ino)
+		}
+		if got := readAt(t, p); got != "gen 2\n" {
+			t.Errorf("per-caller %v: the new child reads %q", perCaller, got)
+		}
+		if _, err := f.ReadAt(make([]byte, 8), 0); !errors.Is(err, syscall.EIO) {
+			t.Errorf("per-caller %v: the old child's descriptor: %v, want EIO", perCaller, err)
+		}
+	}
+}

@@ -556,15 +556,17 @@ func (d *Dir) dynList(ctx context.Context) ([]*Entry, syscall.Errno) {
 }
 
 // adopt returns the entry of child c of the dynamic directory d: the one
-// already known under c.Name if it is of the same kind (its inode number
-// and Node stay), a new one otherwise. nil if d was removed.
+// already known under c.Name if it is of the same kind and generation (its
+// inode number and Node stay), a new one otherwise (the old one retired).
+// nil if d was removed.
 func (d *Dir) adopt(c handler.Child) *Entry {
 	s := d.srv
 	k := kindOf(c.Node)
 	s.mu.RLock()
 	e := d.children[c.Name]
 	removed := d.removed
-	if e != nil && !removed && e.kind == k {
+	same := e != nil && e.kind == k && e.gen == c.Gen
+	if same && !removed {
 		// Marked under the lock, so that a sweep that has not yet
 		// forgotten it no longer will.
 		e.mark.Store(markSeen)
@@ -573,7 +575,7 @@ func (d *Dir) adopt(c handler.Child) *Entry {
 	if removed {
 		return nil
 	}
-	if e != nil && e.kind == k {
+	if same {
 		e.perm.Store(handler.UnixMode(c.Mode))
 		return e
 	}
@@ -584,7 +586,7 @@ func (d *Dir) adopt(c handler.Child) *Entry {
 	}
 	var gone []*Entry
 	if old := d.children[c.Name]; old != nil {
-		if old.kind == k {
+		if old.kind == k && old.gen == c.Gen {
 			old.mark.Store(markSeen)
 			s.mu.Unlock()
 			return old
@@ -592,6 +594,7 @@ func (d *Dir) adopt(c handler.Child) *Entry {
 		gone = d.dropLocked(old)
 	}
 	e = newEntry(s, d, c.Name, s.nextIno, c.Mode, c.Node, k, nil)
+	e.gen = c.Gen
 	s.nextIno++
 	e.mark.Store(markSeen)
 	d.children[c.Name] = e

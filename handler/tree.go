@@ -161,4 +161,12 @@ type Child struct {
 	Name string
 	Mode fs.FileMode // permission bits
 	Node any
+	// Gen, if not zero, tells successive children of one name apart (for
+	// a pid, the process's start time): a child shown with another Gen
+	// than the one the bridge holds under that name is a new child (a new
+	// inode number), and the old one is retired, its descriptors get EIO.
+	// Without it the bridge can tell a name that vanished and came back
+	// only if an answer in between did not show it (or, in a per-caller
+	// directory, said ErrVanished). Every caller's answers must agree on it.
+	Gen uint64
 }
