@@ -2,6 +2,7 @@ package fusebridge
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -69,19 +70,33 @@ func (c *churnDir) set(i int) {
 // no answer shows any more but a descriptor holds keeps its entry, inode
 // number and content.
 func TestPerCallerDirChurn(t *testing.T) {
+	for _, opts := range []Options{{}, {NoOpenHandlers: true}} {
+		t.Run(fmt.Sprintf("noopenhandlers=%v", opts.NoOpenHandlers), func(t *testing.T) {
+			perCallerDirChurn(t, opts)
+		})
+	}
+}
+
+func perCallerDirChurn(t *testing.T, opts Options) {
 	testenv.RequireFUSE(t)
-	srv, err := Mount(filepath.Join(t.TempDir(), "mnt"), Options{})
+	srv, err := Mount(filepath.Join(t.TempDir(), "mnt"), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer srv.Unmount()
+	// Below a static directory, which a NoOpenHandlers mount serves on its
+	// other connection, as cgroupfs's proc would be if it were not at the
+	// top.
+	if _, err := srv.Root().Mkdir("s", 0o555); err != nil {
+		t.Fatal(err)
+	}
 	cd := &churnDir{showHeld: true}
-	e, err := srv.Create("d", 0o555, cd)
+	e, err := srv.Create("s/d", 0o555, cd)
 	if err != nil {
 		t.Fatal(err)
 	}
 	d := e.Dir()
-	dir := filepath.Join(srv.Mountpoint(), "d")
+	dir := filepath.Join(srv.Mountpoint(), "s/d")
 	ino := func(name string) uint64 {
 		t.Helper()
 		var st unix.Stat_t
@@ -100,7 +115,7 @@ func TestPerCallerDirChurn(t *testing.T) {
 	if err := unix.Fstat(int(held.Fd()), &st); err != nil {
 		t.Fatal(err)
 	}
-	heldIno, heldEntry := st.Ino, srv.Lookup("d/held")
+	heldIno, heldEntry := st.Ino, srv.Lookup("s/d/held")
 	cd.mu.Lock()
 	cd.showHeld = false
 	cd.mu.Unlock()
@@ -150,7 +165,54 @@ func TestPerCallerDirChurn(t *testing.T) {
 	if err := unix.Fstat(int(held.Fd()), &st); err != nil || st.Ino != heldIno {
 		t.Errorf("the held child's inode: %d, %v; was %d", st.Ino, err, heldIno)
 	}
-	if got := srv.Lookup("d/held"); got != heldEntry {
+	if got := srv.Lookup("s/d/held"); got != heldEntry {
 		t.Errorf("the held child's entry was forgotten while a descriptor holds it")
+	}
+}
+
+// TestPerCallerRelink: a child that two sweeps forgot while a listing
+// held it (nothing else did) is linked back, with its inode number, when
+// the listing returns it; one retired meanwhile is not, nor one whose
+// name another child has taken.
+func TestPerCallerRelink(t *testing.T) {
+	testenv.RequireFUSE(t)
+	srv, err := Mount(filepath.Join(t.TempDir(), "mnt"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Unmount()
+	cd := &churnDir{cur: -1}
+	e, err := srv.Create("d", 0o555, cd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := e.Dir()
+	listed := map[string]*Entry{}
+	for _, name := range []string{"x", "y", "z"} {
+		listed[name] = d.adopt(cd.child(name))
+	}
+	d.sweep() // clears their marks
+	d.sweep() // forgets them: the kernel never looked them up
+	for name := range listed {
+		if d.Lookup(name) != nil {
+			t.Fatalf("%s survived two sweeps", name)
+		}
+	}
+	if got := d.relink(listed["x"]); got != listed["x"] || d.Lookup("x") != listed["x"] {
+		t.Errorf("relink of a swept child: %v, map has %v", got, d.Lookup("x"))
+	}
+	// y's name is taken by a new child meanwhile.
+	ny := d.adopt(cd.child("y"))
+	if ny == listed["y"] {
+		t.Fatal("adopt revived a swept child")
+	}
+	if got := d.relink(listed["y"]); got != nil || d.Lookup("y") != ny {
+		t.Errorf("relink over a newer child: %v, map has %v", got, d.Lookup("y"))
+	}
+	// z is retired by the handler after a new adoption of the name.
+	nz := d.adopt(cd.child("z"))
+	d.forget("z", nz.ino+1)
+	if got := d.relink(nz); got != nil || d.Lookup("z") != nil {
+		t.Errorf("relink of a retired child: %v, map has %v", got, d.Lookup("z"))
 	}
 }
