@@ -20,7 +20,9 @@ import (
 // bytes it produced for one caller are never handed to another (an
 // OpenFile.Caching set by its Open is ignored). Handlers that do not
 // implement it, or return false, may be cached (the default). The answer is
-// taken once, when the handler is published.
+// taken once, when the handler is published. On a DirHandler it says that
+// each caller has its own children, so one caller's miss retires no child
+// (see DirHandler).
 type PerCaller interface{ PerCaller() bool }
 
 // PerCallerGenerated is Generated whose content depends on the caller
