@@ -211,7 +211,11 @@ func (h *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Err
 	for len(h.list) > 0 {
 		e := h.list[0]
 		h.list = h.list[1:]
-		if !d.srv.linked(e) {
+		if d.perCaller {
+			if e = d.relink(e); e == nil {
+				continue // retired since the listing was taken
+			}
+		} else if !d.srv.linked(e) {
 			continue // removed since the listing was taken
 		}
 		h.pos, h.last = e.ino+2, e
@@ -230,7 +234,9 @@ func (h *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 // dynamic directory's handler again.
 func (h *dirHandle) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
 	if e := h.last; e != nil && e.name == name {
-		return h.n.child(ctx, e, out)
+		if d := h.n.d; !d.perCaller || d.relink(e) != nil {
+			return h.n.child(ctx, e, out)
+		}
 	}
 	return h.n.Lookup(ctx, name, out)
 }

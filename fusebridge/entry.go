@@ -37,6 +37,9 @@ type Entry struct {
 	// bound is set while the twin is bind-mounted over this entry's path
 	// (a file's own bind, or a whole directory's).
 	bound bool
+	// mark is a child of a per-caller dynamic directory's sweep state
+	// (percaller.go): markSeen each time a handler's answer shows it.
+	mark atomic.Uint32
 
 	dir  *Dir              // kindDir: the directory this entry names
 	link handler.Symlinker // kindLink
@@ -46,6 +49,9 @@ type Entry struct {
 	perm atomic.Uint32
 	uid  atomic.Uint32
 	gid  atomic.Uint32
+
+	// gen is a dynamic child's handler.Child.Gen, set before it is linked.
+	gen uint64
 
 	// life is read-held by every callback while it runs and write-held by
 	// remove: removal waits for callbacks in flight to finish (as
@@ -138,6 +144,9 @@ func newEntry(s *Server, parent *Dir, name string, ino uint64, mode fs.FileMode,
 		e.dir = newDir(s, parent, name, ino, mode)
 		e.dir.self = e
 		e.dir.dyn, _ = h.(handler.DirHandler)
+		if pc, ok := h.(handler.PerCaller); ok && e.dir.dyn != nil {
+			e.dir.perCaller = pc.PerCaller()
+		}
 	case kindLink:
 		e.fileOps = noOps
 		e.link = h.(handler.Symlinker)

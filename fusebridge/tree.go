@@ -39,6 +39,9 @@ type Dir struct {
 	// dyn produces the children of a dynamic directory; nil for a static
 	// one.
 	dyn handler.DirHandler
+	// perCaller: dyn's answers depend on the caller (handler.PerCaller),
+	// so a miss retires no child (see sweep).
+	perCaller bool
 
 	// Guarded by srv.mu.
 	children map[string]*Entry // static children; a dynamic one's children seen so far
@@ -49,6 +52,11 @@ type Dir struct {
 	pinned int
 	// twin is this directory on the no-open connection, or nil.
 	twin *Dir
+	// sweepAt is the number of children at which a per-caller dynamic
+	// directory next sweeps them (0: sweepMin); sweeping is set while a
+	// sweep runs (percaller.go).
+	sweepAt  int
+	sweeping atomic.Bool
 
 	// missed is set once a lookup in d failed: only then can the kernel
 	// hold a negative dentry that a new name must drop (a notification
@@ -181,7 +189,8 @@ func (d *Dir) Create(name string, mode fs.FileMode, h any) (*Entry, error) {
 
 // Lookup returns the entry published under name in d, or nil. For a
 // dynamic directory it returns the children the bridge has seen (through
-// a lookup or a listing) and not yet seen vanish.
+// a lookup or a listing) and not yet seen vanish (for a per-caller one:
+// not yet retired or forgotten, see handler.DirHandler).
 func (d *Dir) Lookup(name string) *Entry { return d.lookupEntry(name) }
 
 // Remove removes d and everything below it, as remove_proc_subtree does:
@@ -479,7 +488,9 @@ func (d *Dir) dynLookup(ctx context.Context, name string) (*Entry, syscall.Errno
 	c, err := d.dyn.Lookup(ctx, name)
 	if err != nil {
 		errno := handler.Errno(err)
-		if errno == syscall.ENOENT {
+		// In a per-caller directory a miss is this caller's only; the
+		// handler says when a child is gone for everyone.
+		if errno == syscall.ENOENT && (!d.perCaller || errors.Is(err, handler.ErrVanished)) {
 			d.forget(name, start)
 		}
 		return nil, errno
@@ -496,8 +507,9 @@ func (d *Dir) dynLookup(ctx context.Context, name string) (*Entry, syscall.Errno
 	return e, 0
 }
 
-// dynList lists a dynamic directory, adopting every child shown and
-// forgetting those seen before that it no longer shows.
+// dynList lists a dynamic directory, adopting every child shown and, unless
+// the directory is per-caller, forgetting those seen before that it no
+// longer shows.
 func (d *Dir) dynList(ctx context.Context) ([]*Entry, syscall.Errno) {
 	// Children adopted while the handler lists (by a concurrent lookup)
 	// may be newer than its answer: only those seen before it started,
@@ -523,6 +535,11 @@ func (d *Dir) dynList(ctx context.Context) ([]*Entry, syscall.Errno) {
 			list = append(list, e)
 		}
 	}
+	if d.perCaller {
+		// Another caller may see what this one does not.
+		sort.Slice(list, func(i, j int) bool { return list[i].ino < list[j].ino })
+		return list, 0
+	}
 	var gone []*Entry
 	d.srv.mu.Lock()
 	for name, e := range d.children {
@@ -539,19 +556,26 @@ func (d *Dir) dynList(ctx context.Context) ([]*Entry, syscall.Errno) {
 }
 
 // adopt returns the entry of child c of the dynamic directory d: the one
-// already known under c.Name if it is of the same kind (its inode number
-// and Node stay), a new one otherwise. nil if d was removed.
+// already known under c.Name if it is of the same kind and generation (its
+// inode number and Node stay), a new one otherwise (the old one retired).
+// nil if d was removed.
 func (d *Dir) adopt(c handler.Child) *Entry {
 	s := d.srv
 	k := kindOf(c.Node)
 	s.mu.RLock()
 	e := d.children[c.Name]
 	removed := d.removed
+	same := e != nil && e.kind == k && e.gen == c.Gen
+	if same && !removed {
+		// Marked under the lock, so that a sweep that has not yet
+		// forgotten it no longer will.
+		e.mark.Store(markSeen)
+	}
 	s.mu.RUnlock()
 	if removed {
 		return nil
 	}
-	if e != nil && e.kind == k {
+	if same {
 		e.perm.Store(handler.UnixMode(c.Mode))
 		return e
 	}
@@ -562,18 +586,25 @@ func (d *Dir) adopt(c handler.Child) *Entry {
 	}
 	var gone []*Entry
 	if old := d.children[c.Name]; old != nil {
-		if old.kind == k {
+		if old.kind == k && old.gen == c.Gen {
+			old.mark.Store(markSeen)
 			s.mu.Unlock()
 			return old
 		}
 		gone = d.dropLocked(old)
 	}
 	e = newEntry(s, d, c.Name, s.nextIno, c.Mode, c.Node, k, nil)
+	e.gen = c.Gen
 	s.nextIno++
+	e.mark.Store(markSeen)
 	d.children[c.Name] = e
+	sweep := d.perCaller && len(d.children) >= d.sweepLimitLocked()
 	s.mu.Unlock()
 	for _, g := range gone {
 		g.kill()
+	}
+	if sweep {
+		d.sweep()
 	}
 	return e
 }

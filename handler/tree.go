@@ -20,7 +20,9 @@ import (
 // bytes it produced for one caller are never handed to another (an
 // OpenFile.Caching set by its Open is ignored). Handlers that do not
 // implement it, or return false, may be cached (the default). The answer is
-// taken once, when the handler is published.
+// taken once, when the handler is published. On a DirHandler it says that
+// each caller has its own children, so one caller's miss retires no child
+// (see DirHandler).
 type PerCaller interface{ PerCaller() bool }
 
 // PerCallerGenerated is Generated whose content depends on the caller
@@ -118,14 +120,38 @@ func ProcessOf(tid uint32) (uint32, error) {
 // syscall.ENOENT if there is none. List returns every child, in any order;
 // names must be unique. Both may be called concurrently, with the caller's
 // ctx (CallerOf). A child keeps its identity (its inode number, its open
-// descriptors, the Node given when it was first seen) for as long as
-// every Lookup and List keeps showing it under the same name; once one
-// does not, it is gone: descriptors opened on it get EIO, and a child of
-// that name seen later is a new one.
+// descriptors, the Node given when it was first seen) for as long as it
+// exists; when it has vanished, descriptors opened on it get EIO, and a
+// child of that name seen later is a new one (a new inode number). What
+// tells the bridge that a child has vanished depends on whether the
+// answers depend on the caller:
+//
+//   - A DirHandler that does not implement PerCaller (or returns false)
+//     gives every caller the same answers, so a child is gone as soon as
+//     one Lookup or List does not show it under the same name.
+//   - A DirHandler whose PerCaller returns true (as /proc in a pid
+//     namespace, where each caller sees its own pids) may show a child to
+//     one caller and not to another: a miss is then only "not for this
+//     caller" and retires nothing. A child has vanished when a Lookup
+//     returns an error that is (or wraps) ErrVanished, which only the
+//     handler can know; and the bridge forgets by itself a child that no
+//     caller's answer has shown for a while and that the kernel no longer
+//     holds (no descriptor, working directory or cached entry), so that
+//     children nobody sees do not accumulate. Such a child shown again
+//     later gets a new inode number, as a /proc/<pid> whose inode the
+//     kernel evicted does.
 type DirHandler interface {
 	Lookup(ctx context.Context, name string) (Child, error)
 	List(ctx context.Context) ([]Child, error)
 }
+
+// ErrVanished is the error a per-caller DirHandler's Lookup returns (or
+// wraps) for a child that no longer exists for any caller, as opposed to
+// plain syscall.ENOENT, "not visible to this caller": the bridge then
+// retires the child at once (descriptors on it get EIO). The caller's
+// errno is ENOENT. In a directory that is not per-caller it means the same
+// as ENOENT.
+var ErrVanished = fmt.Errorf("handler: the child has vanished for every caller: %w", syscall.ENOENT)
 
 // Child is one child of a dynamic directory. Node is a file handler (any
 // value implementing the file interfaces of this package), a Symlinker or
@@ -134,4 +160,12 @@ type Child struct {
 	Name string
 	Mode fs.FileMode // permission bits
 	Node any
+	// Gen, if not zero, tells successive children of one name apart (for
+	// a pid, the process's start time): a child shown with another Gen
+	// than the one the bridge holds under that name is a new child (a new
+	// inode number), and the old one is retired, its descriptors get EIO.
+	// Without it the bridge can tell a name that vanished and came back
+	// only if an answer in between did not show it (or, in a per-caller
+	// directory, said ErrVanished). Every caller's answers must agree on it.
+	Gen uint64
 }

@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"strconv"
 	"syscall"
 
@@ -85,6 +88,15 @@ type procDir struct {
 	v *procview.View
 }
 
+// PerCaller tells the bridge that each caller sees its own pids, so that a
+// reader in one cgroup who lists proc, or looks up a pid it may not see,
+// does not make the bridge retire that pid's directory for a reader in
+// another (whose open descriptors then keep reading, and whose inode
+// numbers stay). Lookup says when a process has exited (ErrVanished), and
+// each pid's Gen, its start time, tells a reused pid from the process
+// that had it.
+func (d *procDir) PerCaller() bool { return true }
+
 // fixed returns proc's children that every caller sees.
 func (d *procDir) fixed() []handler.Child {
 	v := d.v
@@ -107,14 +119,35 @@ func (d *procDir) Lookup(ctx context.Context, name string) (handler.Child, error
 	if err != nil || pid <= 0 || strconv.Itoa(pid) != name {
 		return handler.Child{}, syscall.ENOENT
 	}
-	me, ok := caller(ctx)
-	if !ok {
-		return handler.Child{}, syscall.ENOENT
+	start, err := d.started(pid)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ESRCH) {
+		// Exited (ESRCH: while procfs was reading it): gone for every
+		// caller.
+		return handler.Child{}, fmt.Errorf("process %d: %w", pid, handler.ErrVanished)
 	}
-	if sees, err := d.v.Sees(me, pid); err != nil || !sees {
-		return handler.Child{}, syscall.ENOENT
+	if err != nil {
+		return handler.Child{}, err
 	}
-	return d.pidChild(pid), nil
+	if me, ok := caller(ctx); ok {
+		if sees, err := d.v.Sees(me, pid); err == nil && sees {
+			return d.pidChild(pid, start), nil
+		}
+	}
+	return handler.Child{}, syscall.ENOENT // not this caller's
+}
+
+// started returns the start time of process pid, which tells it from a
+// later process that reuses the pid (the pid directory's Gen).
+func (d *procDir) started(pid int) (uint64, error) {
+	data, err := os.ReadFile(filepath.Join(d.v.Proc, strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return 0, err
+	}
+	st, err := procview.ParseStat(data)
+	if err != nil {
+		return 0, err
+	}
+	return st.StartTicks + 1, nil // never 0, which would mean no Gen
 }
 
 // List lists the fixed names and the caller's cgroup's processes.
@@ -129,13 +162,16 @@ func (d *procDir) List(ctx context.Context) ([]handler.Child, error) {
 		return nil, fmt.Errorf("pids of %d's cgroup: %w", me, err)
 	}
 	for _, pid := range pids {
-		kids = append(kids, d.pidChild(pid))
+		if start, err := d.started(pid); err == nil {
+			kids = append(kids, d.pidChild(pid, start))
+		} // else it exited since the cgroup was read
 	}
 	return kids, nil
 }
 
-func (d *procDir) pidChild(pid int) handler.Child {
-	return handler.Child{Name: strconv.Itoa(pid), Mode: 0o555, Node: &pidDir{v: d.v, pid: pid}}
+// pidChild is proc/<pid> of the process that started at start.
+func (d *procDir) pidChild(pid int, start uint64) handler.Child {
+	return handler.Child{Name: strconv.Itoa(pid), Mode: 0o555, Node: &pidDir{v: d.v, pid: pid}, Gen: start}
 }
 
 // pidDir is proc/<pid>/: the process's status, the host's own file (its
