@@ -103,14 +103,17 @@ func (n *fileNode) Read(ctx context.Context, f fs.FileHandle, dest []byte, off i
 		// page cache page before a partial write; procfs answers EIO.
 		return nil, syscall.EIO
 	}
+	if e.srv.opts.NoOpen {
+		// Counted before the snapshot is taken: a WRITE that drops it
+		// afterwards must see that this READ may cache its text
+		// (pagedrop.go).
+		n.pages.readStarting()
+	}
 	of, sh, errno := n.handle(ctx, f)
 	if errno != 0 {
 		return nil, errno
 	}
 	defer n.unhandle(sh)
-	if sh != nil {
-		n.pages.readStarting() // pagedrop.go
-	}
 	nr, err := e.reader.Read(ctx, of, dest, off)
 	if err != nil && nr == 0 {
 		return nil, handler.Errno(err)
