@@ -266,7 +266,13 @@ func (e *Entry) Invalidate() error {
 	if n == nil {
 		return nil // the kernel has not looked it up, so it caches nothing
 	}
-	if errno := n.NotifyContent(off, 0); errno != 0 && errno != syscall.ENOENT {
+	errno := syscall.Errno(0)
+	if fn, ok := n.Operations().(*fileNode); ok && off == 0 {
+		errno = fn.dropPages() // pagedrop.go: also records it
+	} else {
+		errno = n.NotifyContent(off, 0)
+	}
+	if errno != 0 && errno != syscall.ENOENT {
 		return errno
 	}
 	return nil

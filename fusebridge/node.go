@@ -15,6 +15,9 @@ import (
 type fileNode struct {
 	fs.Inode
 	e *Entry
+	// pages tracks what a no-open connection's kernel may cache of the
+	// file (pagedrop.go).
+	pages pageState
 }
 
 // openFile is the FUSE file handle of one open(2).
@@ -100,6 +103,12 @@ func (n *fileNode) Read(ctx context.Context, f fs.FileHandle, dest []byte, off i
 		// page cache page before a partial write; procfs answers EIO.
 		return nil, syscall.EIO
 	}
+	if e.srv.opts.NoOpen {
+		// Counted before the snapshot is taken: a WRITE that drops it
+		// afterwards must see that this READ may cache its text
+		// (pagedrop.go).
+		n.pages.readStarting()
+	}
 	of, sh, errno := n.handle(ctx, f)
 	if errno != 0 {
 		return nil, errno
@@ -130,17 +139,13 @@ func (n *fileNode) Write(ctx context.Context, f fs.FileHandle, data []byte, off 
 	if nw > 0 {
 		if sh != nil && !sh.exact {
 			// A NoOpen mount serves content that is not byte-exact from
-			// the kernel's cache: drop the snapshot at once, so that any
-			// READ answered after this WRITE sees the new content, and
-			// the kernel's pages and attributes after the reply, from
-			// another goroutine. Invalidating the pages from inside the
-			// WRITE would deadlock: the kernel holds the written pages
-			// locked until the reply arrives, and the invalidation waits
-			// for those locks. A READ that raced with the write and read
-			// the old snapshot holds its pages locked too, so the
-			// invalidation waits for it and then drops what it cached.
+			// the kernel's cache: drop the snapshot, so that any READ
+			// answered after this WRITE sees the new content, and the
+			// pages the write may have left holding its bytes over the
+			// old text before answering, so that no read(2) after
+			// write(2) returns sees them (pagedrop.go).
 			e.dropShared()
-			go n.NotifyContent(0, 0)
+			n.dropWritten(off, len(data))
 		}
 		// A short count is a short write; the error is what the
 		// caller's next write will get.
@@ -272,6 +277,10 @@ func (n *fileNode) Allocate(ctx context.Context, f fs.FileHandle, off uint64, si
 }
 
 func (n *fileNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	// A read(2) after a write asks for the attributes first, as the write
+	// made them stale; it must not get to the pages before they are
+	// dropped (pagedrop.go).
+	n.waitDropped()
 	e := n.e
 	if !e.enter() {
 		return syscall.EIO

@@ -33,6 +33,12 @@ import (
 //   - a read shows the value as it was at open(2) (sysfs generates the
 //     text once per open, at the first read), so reading in small pieces
 //     never mixes two values.
+//   - a read that starts after a write(2) returned shows the new value, in
+//     every mount mode: where the kernel caches the text across opens (a
+//     no-open connection), the bridge drops the cached pages before it
+//     answers the write. A read running while the write is in flight may
+//     see the old text, the new one, or there the written bytes over the
+//     old text (sysfs shows old or new).
 //
 // Changes are serialized: Validate and OnChange functions run one change
 // at a time, in the order the changes take effect, and must not call Set
