@@ -33,23 +33,24 @@ type PerCallerGenerated func(ctx context.Context) ([]byte, error)
 var (
 	_ Opener    = PerCallerGenerated(nil)
 	_ Reader    = PerCallerGenerated(nil)
+	_ Releaser  = PerCallerGenerated(nil)
 	_ PerCaller = PerCallerGenerated(nil)
 )
 
-// Open takes the opening caller's snapshot.
+// Open takes the opening caller's snapshot, as Generated does.
 func (g PerCallerGenerated) Open(ctx context.Context, f *OpenFile) error {
-	b, err := g(ctx)
-	if err != nil {
-		return err
-	}
-	f.Private = &snapshot{b: b}
-	return nil
+	return Generated(g).Open(ctx, f)
 }
 
 // Read serves the snapshot taken at open; a read from offset 0 after an
 // earlier read takes a new one for the reading caller, as for Generated.
 func (g PerCallerGenerated) Read(ctx context.Context, f *OpenFile, dst []byte, off int64) (int, error) {
-	return readSnapshot(ctx, f, dst, off, g)
+	return Generated(g).Read(ctx, f, dst, off)
+}
+
+// Release drops the snapshot, as Generated does.
+func (g PerCallerGenerated) Release(ctx context.Context, f *OpenFile) {
+	Generated(g).Release(ctx, f)
 }
 
 // PerCaller reports true: the content is the caller's own.
