@@ -61,9 +61,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -393,7 +395,7 @@ func (s *Server) start(mountpoint string, direct bool) error {
 		UID:             s.uid,
 		GID:             s.gid,
 	})
-	srv, err := fuse.NewServer(s.wrapRawFS(rawFS), mountpoint, &mo)
+	srv, err := newFuseServer(s.wrapRawFS(rawFS), mountpoint, &mo, direct)
 	if err != nil {
 		return err
 	}
@@ -402,7 +404,54 @@ func (s *Server) start(mountpoint string, direct bool) error {
 		srv.Serve()
 		close(s.served)
 	}()
+	// WaitMount runs go-fuse's poll hack, which opens a file of the new
+	// mount without O_CLOEXEC: a child forked meanwhile would inherit an
+	// open file of this mount, and its first close of it (a FLUSH) could
+	// wait on a server that has stopped. No fork while it is open.
+	syscall.ForkLock.RLock()
+	defer syscall.ForkLock.RUnlock()
 	return srv.WaitMount()
+}
+
+// newFuseServer is fuse.NewServer with the /dev/fuse descriptor kept out of
+// child processes. go-fuse's direct mount (as root) opens /dev/fuse with
+// syscall.Open, without O_CLOEXEC, and its direct path never sets
+// close-on-exec afterwards (go-fuse v2.12.1, mount_linux.go: only the
+// fusermount and /dev/fd/N paths do), so every child this process starts
+// inherits the descriptor. A child that outlives the server then keeps the
+// connection alive with nobody to answer it, and its own requests on the
+// mount wait forever (seen: a cat in D state for an hour, holding the
+// device of the mount it was reading). So the direct mount runs under
+// syscall.ForkLock held for reading, the standard library's rule for
+// descriptors made without O_CLOEXEC (os/exec takes it for writing around
+// fork), and every /dev/fuse descriptor of the process is marked
+// close-on-exec before the lock is released. The fusermount path cannot
+// hold the lock (go-fuse starts fusermount itself); go-fuse marks that
+// descriptor itself, right after receiving it.
+func newFuseServer(fs fuse.RawFileSystem, mountpoint string, mo *fuse.MountOptions, direct bool) (*fuse.Server, error) {
+	if direct {
+		syscall.ForkLock.RLock()
+		defer syscall.ForkLock.RUnlock()
+		defer closeFuseDevicesOnExec()
+	}
+	return fuse.NewServer(fs, mountpoint, mo)
+}
+
+// closeFuseDevicesOnExec marks every descriptor of this process that is
+// open on /dev/fuse close-on-exec. None is ever meant for a child: the
+// descriptors handed to go-fuse as /dev/fd/N are used in this process.
+func closeFuseDevicesOnExec() {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return
+	}
+	for _, ent := range ents {
+		if target, err := os.Readlink("/proc/self/fd/" + ent.Name()); err == nil && target == "/dev/fuse" {
+			if fd, err := strconv.Atoi(ent.Name()); err == nil {
+				syscall.CloseOnExec(fd)
+			}
+		}
+	}
 }
 
 // probePassthrough asks the kernel to register a throwaway backing file: the
