@@ -1,8 +1,9 @@
 // Package doctest checks the project's Markdown (README.md and docs/*.md) the
 // way a newcomer meets it: every code fence stands alone on its line (a
 // fence with text after it does not close its block, and everything below
-// renders as code), every relative link and anchor leads somewhere, and the
-// Go programs shown still compile against this checkout.
+// renders as code), every relative link and anchor leads somewhere, every
+// runnable example it names exists, and the Go programs shown still compile
+// against this checkout.
 //
 // Convention for Go snippets: a ```go block that starts with a package
 // clause is a complete program and is built (and vetted) in a module of its
@@ -19,6 +20,7 @@ import (
 	"fmt"
 	"go/parser"
 	"go/token"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -286,4 +288,41 @@ func TestGoSnippetsCompile(t *testing.T) {
 		}
 	}
 	t.Logf("%d programs built", programs)
+}
+
+// exampleName is a runnable example named in the documentation, as code:
+// `ExampleNewKnob` or `fusebridge.Example_childGen` (after "Example", what
+// go test accepts: nothing, an upper-case letter or "_").
+var exampleName = regexp.MustCompile("`(?:[a-z]+\\.)?(Example(?:[A-Z_][A-Za-z0-9_]*)?)`")
+
+// TestNamedExamplesExist keeps the documentation's lists of runnable
+// examples true: every Example... it names is a function of a test file.
+func TestNamedExamplesExist(t *testing.T) {
+	root := repoRoot(t)
+	defined := map[string]bool{}
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(path, "_test.go") {
+			return err
+		}
+		src, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for _, m := range regexp.MustCompile(`(?m)^func (Example[A-Za-z0-9_]*)\(`).FindAllSubmatch(src, -1) {
+			defined[string(m[1])] = true
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, p := range docs(t) {
+		for _, line := range p.text {
+			for _, m := range exampleName.FindAllStringSubmatch(line, -1) {
+				if ex := m[1]; !defined[ex] {
+					t.Errorf("%s names %s, which no test file defines", name, ex)
+				}
+			}
+		}
+	}
 }
