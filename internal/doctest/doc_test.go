@@ -326,3 +326,31 @@ func TestNamedExamplesExist(t *testing.T) {
 		}
 	}
 }
+
+// TestReadmeFrontDoor keeps the README a front door: the commands that run
+// the main job and the tests on its first screen, and the library's first
+// example (a complete program) within its first 100 lines, ahead of any
+// reference material that later edits may add.
+func TestReadmeFrontDoor(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join(repoRoot(t), "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(string(data), "\n")
+	screen := strings.Join(lines[:min(len(lines), 40)], "\n")
+	for _, cmd := range []string{"go run ./cmd/ramproc mount ", "go test -race -count=1 ./..."} {
+		if !strings.Contains(screen, cmd) {
+			t.Errorf("README.md: %q is not on the first screen (40 lines)", cmd)
+		}
+	}
+	p := parseMarkdown(string(data))
+	for _, b := range p.blocks {
+		if b.info == "go" {
+			if b.line > 100 || b.fragment {
+				t.Errorf("README.md: the first Go example is at line %d (a fragment: %v); a newcomer finds a complete one within the first 100 lines", b.line, b.fragment)
+			}
+			return
+		}
+	}
+	t.Error("README.md has no Go example")
+}
