@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-	"log"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -23,12 +22,14 @@ import (
 func ExampleEntry_Notify() {
 	dir, err := os.MkdirTemp("", "myproc")
 	if err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	defer os.RemoveAll(dir)
 	srv, err := fusebridge.Mount(filepath.Join(dir, "mnt"), fusebridge.Options{NoOpenHandlers: true})
 	if err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	defer srv.Unmount()
 
@@ -37,7 +38,8 @@ func ExampleEntry_Notify() {
 		return fmt.Appendf(nil, "%d\n", celsius.Load()), nil
 	}))
 	if err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	path := filepath.Join(srv.Mountpoint(), "temperature")
 	b, _ := os.ReadFile(path)
@@ -46,11 +48,13 @@ func ExampleEntry_Notify() {
 	// The watcher: usually another program.
 	in, err := unix.InotifyInit1(unix.IN_CLOEXEC)
 	if err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	defer unix.Close(in)
 	if _, err := unix.InotifyAddWatch(in, path, unix.IN_MODIFY); err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 
 	celsius.Store(42) // the source moved on (a sensor, a counter)
@@ -58,7 +62,8 @@ func ExampleEntry_Notify() {
 
 	ev := make([]byte, 4096)
 	if _, err := unix.Read(in, ev); err != nil { // blocks until the event
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	mask := binary.NativeEndian.Uint32(ev[4:8]) // struct inotify_event's mask
 	b, _ = os.ReadFile(path)

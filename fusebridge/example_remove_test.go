@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"log"
 	"os"
 	"path/filepath"
 	"sync"
@@ -33,19 +32,22 @@ func ExampleEntry_Remove() {
 
 	level, err := srv.Create("level", 0o644, handler.NewInt(1, 0, 10))
 	if err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	path := filepath.Join(srv.Mountpoint(), "level")
 	f, err := os.Open(path) // a reader that keeps the file open
 	if err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	defer f.Close()
 
 	// Remove returns once no callback of the handler runs any more: what
 	// the handler uses may be freed then.
 	if err := level.Remove(); err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	_, err = f.Read(make([]byte, 10))
 	fmt.Println("read on the old descriptor:", errors.Unwrap(err))
@@ -53,7 +55,8 @@ func ExampleEntry_Remove() {
 	fmt.Println("open:", errors.Unwrap(err))
 
 	if _, err := srv.Create("level", 0o644, handler.NewInt(5, 0, 10)); err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	b, _ := os.ReadFile(path)
 	fmt.Printf("published again: %s", b)
@@ -73,18 +76,21 @@ func ExampleEntry_Remove_dynamicChild() {
 	defer done()
 
 	if _, err := srv.Create("services", 0o555, services{"sshd": "running"}); err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	path := filepath.Join(srv.Mountpoint(), "services", "sshd")
 	f, err := os.Open(path) // the bridge now holds the child "sshd"
 	if err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	defer f.Close()
 	before := inode(path)
 
 	if err := srv.Lookup("services/sshd").Remove(); err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	_, err = f.Read(make([]byte, 10))
 	fmt.Println("read on the old descriptor:", errors.Unwrap(err))
@@ -105,28 +111,34 @@ func ExampleDir_Remove() {
 	defer done()
 
 	if _, err := srv.MkdirAll("sys/kernel", 0o555); err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	if _, err := srv.Create("sys/kernel/version", 0o444, str("1\n")); err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	if _, err := srv.Create("sys/services", 0o555, services{"cron": "stopped"}); err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	mnt := srv.Mountpoint()
 	version, err := os.Open(filepath.Join(mnt, "sys/kernel/version"))
 	if err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	defer version.Close()
 	cron, err := os.Open(filepath.Join(mnt, "sys/services/cron")) // a dynamic child
 	if err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	defer cron.Close()
 
 	if err := srv.Lookup("sys").Dir().Remove(); err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	for _, f := range []*os.File{version, cron} {
 		_, err := f.Read(make([]byte, 10))
@@ -181,12 +193,14 @@ func Example_childGen() {
 
 	procs := &procTable{started: map[string]uint64{"42": 100}}
 	if _, err := srv.Create("proc", 0o555, procs); err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	path := filepath.Join(srv.Mountpoint(), "proc", "42")
 	old, err := os.Open(path)
 	if err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	defer old.Close()
 	first := inode(path)
@@ -216,13 +230,15 @@ func ExampleServer_MkdirAll() {
 
 	mm, err := srv.MkdirAll("sys/kernel/mm", 0o555)
 	if err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	fmt.Println(mm.Path(), mm.Name())
 	kernel, err := srv.MkdirAll("sys/kernel", 0o555) // exists: returned as is
 	fmt.Println(kernel == srv.Lookup("sys/kernel").Dir(), err)
 	if _, err := kernel.Create("version", 0o444, str("1\n")); err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	_, err = srv.MkdirAll("sys/kernel/version/x", 0o555)
 	fmt.Println(errors.Unwrap(err))

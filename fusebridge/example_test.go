@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"log"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -25,12 +24,14 @@ import (
 func Example() {
 	dir, err := os.MkdirTemp("", "myproc")
 	if err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	defer os.RemoveAll(dir)
 	srv, err := fusebridge.Mount(filepath.Join(dir, "mnt"), fusebridge.Options{})
 	if err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	defer srv.Unmount()
 
@@ -39,7 +40,8 @@ func Example() {
 	if _, err := srv.Create("opens", 0o444, handler.Generated(func(ctx context.Context) ([]byte, error) {
 		return fmt.Appendf(nil, "%d\n", opens.Add(1)), nil
 	})); err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	// A /sys-style knob that accepts only numbers.
 	value := handler.NewValue("1\n")
@@ -51,7 +53,8 @@ func Example() {
 	}
 	level, err := srv.Create("level", 0o644, value)
 	if err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 
 	path := func(name string) string { return filepath.Join(srv.Mountpoint(), name) }
@@ -67,7 +70,8 @@ func Example() {
 	fmt.Printf("level: %s", b)
 
 	if err := level.Remove(); err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	_, err = os.ReadFile(path("level"))
 	fmt.Println(errors.Is(err, fs.ErrNotExist))
@@ -88,34 +92,40 @@ func Example() {
 func ExampleOptions_noOpenHandlers() {
 	dir, err := os.MkdirTemp("", "myproc")
 	if err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	defer os.RemoveAll(dir)
 	srv, err := fusebridge.Mount(filepath.Join(dir, "mnt"), fusebridge.Options{NoOpenHandlers: true})
 	if err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	defer srv.Unmount()
 
 	store, err := bytestore.New(bytestore.Options{})
 	if err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	defer store.Close()
 	if _, err := srv.Create("data", 0o666, ramfile.New(store)); err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	stats, err := srv.Create("stats", 0o444, handler.Generated(func(ctx context.Context) ([]byte, error) {
 		st, err := store.Stat()
 		return fmt.Appendf(nil, "size %d\n", st.Size), err
 	}))
 	if err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	// srv.Passthrough() and srv.HandlersNoOpen() say whether it took effect.
 
 	if err := os.WriteFile(filepath.Join(srv.Mountpoint(), "data"), []byte("hello\n"), 0); err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	stats.Invalidate() // the store changed: the next read generates afresh
 	b, err := os.ReadFile(filepath.Join(srv.Mountpoint(), "stats"))

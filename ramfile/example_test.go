@@ -2,7 +2,6 @@ package ramfile_test
 
 import (
 	"fmt"
-	"log"
 	"os"
 	"path/filepath"
 
@@ -19,12 +18,14 @@ import (
 func Example() {
 	store, err := bytestore.New(bytestore.Options{Capacity: 64 << 20})
 	if err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	defer store.Close()
 	dir, err := os.MkdirTemp("", "ramproc")
 	if err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	defer os.RemoveAll(dir)
 	srv, err := fusebridge.Mount(filepath.Join(dir, "mnt"), fusebridge.Options{
@@ -35,22 +36,26 @@ func Example() {
 		},
 	})
 	if err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	defer srv.Unmount()
 	if _, err := srv.Create("ramfile", 0o666, ramfile.New(store)); err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 
 	path := filepath.Join(srv.Mountpoint(), "ramfile")
 	if err := os.WriteFile(path, []byte("abcd\n"), 0); err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	b, err := os.ReadFile(path)
 	fmt.Printf("%s%v\n", b, err)
 	var fs unix.Statfs_t
 	if err := unix.Statfs(srv.Mountpoint(), &fs); err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	fmt.Println(fs.Blocks*uint64(fs.Bsize)>>20, "MiB") // as df reports it
 	// Output:

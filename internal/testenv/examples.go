@@ -23,9 +23,8 @@ func FUSEMissing() string {
 
 // ExamplesNeedFUSE is for the TestMain of a package whose runnable examples
 // mount FUSE file systems, called before m.Run. An Example cannot skip
-// itself, and those examples are written as a user's program is (Mount's
-// error ends it with log.Fatal, which would end the whole test binary),
-// so where FUSE is missing this skips the package's examples (it adds
+// itself: where FUSE is missing it prints Mount's error instead of its
+// output and fails. So there this skips the package's examples (it adds
 // "^Example" to -test.skip) with one line saying why. Under CI it leaves
 // them to run and fail, as RequireFUSE fails a test there: a CI run that
 // skipped them proved nothing.
