@@ -20,18 +20,8 @@ import (
 // the new value, even on a connection where the kernel caches the file's
 // content, as for the handler files of a NoOpenHandlers mount.
 func ExampleEntry_Notify() {
-	dir, err := os.MkdirTemp("", "myproc")
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	defer os.RemoveAll(dir)
-	srv, err := fusebridge.Mount(filepath.Join(dir, "mnt"), fusebridge.Options{NoOpenHandlers: true})
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	defer srv.Unmount()
+	srv, done := exampleMount(fusebridge.Options{NoOpenHandlers: true})
+	defer done()
 
 	var celsius atomic.Int64
 	temp, err := srv.Create("temperature", 0o444, handler.Generated(func(ctx context.Context) ([]byte, error) {

@@ -90,18 +90,8 @@ func Example() {
 // where the kernel serves it from its cache, so the program calls
 // Invalidate when the content it shows has changed.
 func ExampleOptions_noOpenHandlers() {
-	dir, err := os.MkdirTemp("", "myproc")
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	defer os.RemoveAll(dir)
-	srv, err := fusebridge.Mount(filepath.Join(dir, "mnt"), fusebridge.Options{NoOpenHandlers: true})
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	defer srv.Unmount()
+	srv, done := exampleMount(fusebridge.Options{NoOpenHandlers: true})
+	defer done()
 
 	store, err := bytestore.New(bytestore.Options{})
 	if err != nil {
