@@ -31,6 +31,7 @@ func TestMain(m *testing.M) {
 	if mode := os.Getenv(childEnv); mode != "" {
 		os.Exit(runChild(mode, os.Args[len(os.Args)-1]))
 	}
+	testenv.ExamplesNeedFUSE() // the examples mount, as a user's program does
 	os.Exit(m.Run())
 }
 

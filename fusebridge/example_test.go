@@ -2,9 +2,15 @@ package fusebridge_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"log"
-	"time"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
 
 	"github.com/ramproc/ramproc/bytestore"
 	"github.com/ramproc/ramproc/fusebridge"
@@ -12,61 +18,111 @@ import (
 	"github.com/ramproc/ramproc/ramfile"
 )
 
-// Publishing a live file and a knob from a Go program. (Not run by go test:
-// it mounts on a fixed path; the tests in this package mount the same way.)
+// Publishing a live file and a knob from a Go program, reading and writing
+// them as any program does, then withdrawing the knob while it may be in use.
+// (A server that runs until someone unmounts it calls srv.Wait() instead.)
 func Example() {
-	srv, err := fusebridge.Mount("/tmp/myproc", fusebridge.Options{})
+	dir, err := os.MkdirTemp("", "myproc")
 	if err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
+	}
+	defer os.RemoveAll(dir)
+	srv, err := fusebridge.Mount(filepath.Join(dir, "mnt"), fusebridge.Options{})
+	if err != nil {
+		fmt.Println(err)
+		return
 	}
 	defer srv.Unmount()
 
-	start := time.Now()
-	if _, err := srv.Create("uptime", 0o444, handler.Generated(func(ctx context.Context) ([]byte, error) {
-		return fmt.Appendf(nil, "%.0f\n", time.Since(start).Seconds()), nil
+	// A /proc-style file: generated afresh at every open.
+	var opens atomic.Int64
+	if _, err := srv.Create("opens", 0o444, handler.Generated(func(ctx context.Context) ([]byte, error) {
+		return fmt.Appendf(nil, "%d\n", opens.Add(1)), nil
 	})); err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
-	level, err := srv.Create("level", 0o644, handler.NewValue("1\n"))
+	// A /sys-style knob that accepts only numbers.
+	value := handler.NewValue("1\n")
+	value.Set = func(ctx context.Context, v []byte) error {
+		if _, err := strconv.Atoi(strings.TrimSuffix(string(v), "\n")); err != nil {
+			return syscall.EINVAL
+		}
+		return nil
+	}
+	level, err := srv.Create("level", 0o644, value)
 	if err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 
-	// ... serve until done; then withdraw the knob while it may be in use.
-	level.Remove()
+	path := func(name string) string { return filepath.Join(srv.Mountpoint(), name) }
+	for range 2 {
+		b, _ := os.ReadFile(path("opens"))
+		fmt.Printf("opens: %s", b)
+	}
+	for _, v := range []string{"42\n", "high\n"} {
+		err := os.WriteFile(path("level"), []byte(v), 0)
+		fmt.Printf("echo %q > level: %v\n", v, errors.Unwrap(err)) // the errno
+	}
+	b, _ := os.ReadFile(path("level"))
+	fmt.Printf("level: %s", b)
+
+	if err := level.Remove(); err != nil {
+		fmt.Println(err)
+		return
+	}
+	_, err = os.ReadFile(path("level"))
+	fmt.Println(errors.Is(err, fs.ErrNotExist))
+	// Output:
+	// opens: 1
+	// opens: 2
+	// echo "42\n" > level: <nil>
+	// echo "high\n" > level: invalid argument
+	// level: 42
+	// true
 }
 
 // A RAM file served by passthrough next to a /proc-style file that costs
 // no request to cat: the generated file goes over a second, no-open
-// connection, refreshed once a second. (Not run by go test, like Example.)
+// connection (root, Linux >= 6.9; elsewhere the option changes nothing),
+// where the kernel serves it from its cache, so the program calls
+// Invalidate when the content it shows has changed.
 func ExampleOptions_noOpenHandlers() {
-	srv, err := fusebridge.Mount("/tmp/myproc", fusebridge.Options{NoOpenHandlers: true})
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer srv.Unmount()
+	srv, done := exampleMount(fusebridge.Options{NoOpenHandlers: true})
+	defer done()
 
 	store, err := bytestore.New(bytestore.Options{})
 	if err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	defer store.Close()
 	if _, err := srv.Create("data", 0o666, ramfile.New(store)); err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	stats, err := srv.Create("stats", 0o444, handler.Generated(func(ctx context.Context) ([]byte, error) {
 		st, err := store.Stat()
 		return fmt.Appendf(nil, "size %d\n", st.Size), err
 	}))
 	if err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
-	fmt.Println(srv.Passthrough(), srv.HandlersNoOpen()) // true true as root on Linux >= 6.9
+	// srv.Passthrough() and srv.HandlersNoOpen() say whether it took effect.
 
-	// The kernel serves the stats file from its cache: refresh it.
-	for range time.Tick(time.Second) {
-		stats.Invalidate()
+	if err := os.WriteFile(filepath.Join(srv.Mountpoint(), "data"), []byte("hello\n"), 0); err != nil {
+		fmt.Println(err)
+		return
 	}
+	stats.Invalidate() // the store changed: the next read generates afresh
+	b, err := os.ReadFile(filepath.Join(srv.Mountpoint(), "stats"))
+	fmt.Printf("%s%v\n", b, err)
+	// Output:
+	// size 6
+	// <nil>
 }
 
 // Counters a mount serves into; the zero value is ready (runnable: no

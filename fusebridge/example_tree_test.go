@@ -43,20 +43,24 @@ func ExampleDir_Mkdir() {
 
 	kernel, err := srv.MkdirAll("sys/kernel", 0o555)
 	if err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	if _, err := kernel.Create("hostname", 0o444, str("ramproc\n")); err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	if _, err := srv.Create("sys/kernel/version", 0o444, str("1\n")); err != nil { // by path
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	b, err := os.ReadFile(filepath.Join(srv.Mountpoint(), "sys/kernel/hostname"))
 	fmt.Printf("%s%v\n", b, err)
 
 	// Remove the whole subtree: its names are gone at once.
 	if err := srv.Lookup("sys").Dir().Remove(); err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	_, err = os.Stat(filepath.Join(srv.Mountpoint(), "sys/kernel/hostname"))
 	fmt.Println(errors.Is(err, fs.ErrNotExist))
@@ -95,12 +99,14 @@ func Example_dynamicDirectory() {
 
 	table := services{"sshd": "running", "cron": "stopped"}
 	if _, err := srv.Create("services", 0o555, table); err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	dir := filepath.Join(srv.Mountpoint(), "services")
 	ents, err := os.ReadDir(dir)
 	if err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	for _, e := range ents {
 		b, _ := os.ReadFile(filepath.Join(dir, e.Name()))
@@ -121,13 +127,16 @@ func Example_symlink() {
 	defer done()
 
 	if _, err := srv.Create("version", 0o444, str("1\n")); err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	if _, err := srv.Create("current", 0o777, handler.Link("version")); err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	if _, err := srv.Create("self", 0o777, handler.SelfLink); err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	b, _ := os.ReadFile(filepath.Join(srv.Mountpoint(), "current"))
 	fmt.Printf("%s", b)
@@ -149,7 +158,8 @@ func Example_perCaller() {
 		return fmt.Appendf(nil, "uid %d\n", c.Uid), nil
 	})
 	if _, err := srv.Create("whoami", 0o444, whoami); err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	b, _ := os.ReadFile(filepath.Join(srv.Mountpoint(), "whoami"))
 	fmt.Println(string(b) == fmt.Sprintf("uid %d\n", os.Getuid()))

@@ -33,6 +33,7 @@ func TestMain(m *testing.M) {
 	if mode := os.Getenv(childEnv); mode != "" {
 		os.Exit(runChild(mode, os.Args[len(os.Args)-2:]))
 	}
+	testenv.ExamplesNeedFUSE() // the examples mount, as a user's program does
 	os.Exit(m.Run())
 }
 

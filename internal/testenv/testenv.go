@@ -20,13 +20,7 @@ func InCI() bool { return os.Getenv("CI") != "" }
 // nothing.
 func RequireFUSE(t testing.TB) {
 	t.Helper()
-	why := ""
-	if os.Geteuid() != 0 {
-		why = "FUSE tests mount file systems directly and must run as root"
-	} else if err := unix.Access("/dev/fuse", unix.R_OK|unix.W_OK); err != nil {
-		why = "/dev/fuse is not usable: " + err.Error() + " (load the fuse module: modprobe fuse)"
-	}
-	Missing(t, why)
+	Missing(t, FUSEMissing())
 }
 
 // Missing stops the test for a missing prerequisite, why, unless why is
