@@ -3,7 +3,7 @@ package cgroup_test
 import (
 	"fmt"
 
-	"github.com/ramproc/ramproc/examples/cgroupfs/cgroup"
+	"github.com/ramproc/ramproc/cgroupfs/cgroup"
 )
 
 func ExampleParseProcCgroup() {

@@ -5,7 +5,7 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/ramproc/ramproc/examples/cgroupfs/cgroup"
+	"github.com/ramproc/ramproc/cgroupfs/cgroup"
 )
 
 func FuzzMeminfo(f *testing.F) {

@@ -1,4 +1,14 @@
-package main
+// Package cgroupfs publishes a cgroup-aware /proc on a fusebridge mount, as
+// LXCFS does for containers: each file shows the figures of the reading
+// process's own cgroup (its memory limit in proc/meminfo, its cpuset in
+// proc/cpuinfo and sys/devices/system/cpu/online, its CPU time in
+// proc/stat, ...). A container bind-mounts the files over its own
+// (mount --bind MOUNTPOINT/proc/meminfo /proc/meminfo).
+//
+// The cgroup reading is in package cgroup, the file formats in package
+// procview; this package builds the tree of per-caller files. The command
+// cgroupfs (cmd/cgroupfs) serves it.
+package cgroupfs
 
 import (
 	"context"
@@ -10,16 +20,29 @@ import (
 	"strconv"
 	"syscall"
 
-	"github.com/ramproc/ramproc/examples/cgroupfs/procview"
+	"github.com/ramproc/ramproc/cgroupfs/procview"
 	"github.com/ramproc/ramproc/fusebridge"
 	"github.com/ramproc/ramproc/handler"
 )
 
-// The files this example publishes, relative to the mount point. The README
-// and the startup message list them from here.
-var paths = []string{"proc/meminfo", "proc/cpuinfo", "proc/uptime", "proc/self", "proc/<pid>/status", "sys/devices/system/cpu/online"}
+// Options choose what is served, where LXCFS has a flag for it.
+type Options struct {
+	// NoLoadavg leaves proc/loadavg out (LXCFS serves it only with -l,
+	// because its sampling thread costs CPU; here the sampling is done only
+	// for the cgroups that are read, so it is on by default).
+	NoLoadavg bool
+	// NoSwap shows the host's swap figures rather than the cgroup's
+	// (LXCFS's -u, --disable-swap).
+	NoSwap bool
+}
 
-// publish builds the tree under root:
+// Paths lists the files Publish serves with o, relative to the mount
+// point. The command prints them at startup.
+func Paths(o Options) []string {
+	return []string{"proc/meminfo", "proc/cpuinfo", "proc/uptime", "proc/self", "proc/<pid>/status", "sys/devices/system/cpu/online"}
+}
+
+// Publish builds the tree under root:
 //
 //	proc/                          a dynamic directory (procDir)
 //	    meminfo cpuinfo uptime     per-caller files: the caller's cgroup's view
@@ -29,7 +52,7 @@ var paths = []string{"proc/meminfo", "proc/cpuinfo", "proc/uptime", "proc/self",
 //
 // proc is dynamic because it holds both fixed names and the pids, which
 // only a handler can produce; sys is static directories, made once.
-func publish(root *fusebridge.Dir, v *procview.View) error {
+func Publish(root *fusebridge.Dir, v *procview.View, o Options) error {
 	if _, err := root.Create("proc", 0o555, &procDir{v: v}); err != nil {
 		return err
 	}

@@ -4,8 +4,8 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/ramproc/ramproc/examples/cgroupfs/cgroup"
-	"github.com/ramproc/ramproc/examples/cgroupfs/procview"
+	"github.com/ramproc/ramproc/cgroupfs/cgroup"
+	"github.com/ramproc/ramproc/cgroupfs/procview"
 )
 
 func ExampleMeminfo() {

@@ -1,4 +1,4 @@
-package main
+package cgroupfs
 
 import (
 	"bufio"
@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ramproc/ramproc/examples/cgroupfs/internal/livecg"
+	"github.com/ramproc/ramproc/cgroupfs/internal/livecg"
 )
 
 // holder is a process in a cgroup that opens a file, prints its inode

@@ -6,7 +6,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/ramproc/ramproc/examples/cgroupfs/cgroup"
+	"github.com/ramproc/ramproc/cgroupfs/cgroup"
 )
 
 // MeminfoField reads the value of one "Name:   N kB" line of a meminfo

@@ -21,7 +21,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/ramproc/ramproc/examples/cgroupfs/cgroup"
+	"github.com/ramproc/ramproc/cgroupfs/cgroup"
 )
 
 // View reads the host's files and a process's cgroups and derives what the

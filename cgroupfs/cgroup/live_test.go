@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ramproc/ramproc/examples/cgroupfs/cgroup"
-	"github.com/ramproc/ramproc/examples/cgroupfs/internal/livecg"
+	"github.com/ramproc/ramproc/cgroupfs/cgroup"
+	"github.com/ramproc/ramproc/cgroupfs/internal/livecg"
 )
 
 // The live tests read real cgroups they create (and remove) under the

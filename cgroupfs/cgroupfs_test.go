@@ -1,4 +1,4 @@
-package main
+package cgroupfs
 
 import (
 	"bytes"
@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ramproc/ramproc/examples/cgroupfs/internal/livecg"
-	"github.com/ramproc/ramproc/examples/cgroupfs/procview"
+	"github.com/ramproc/ramproc/cgroupfs/internal/livecg"
+	"github.com/ramproc/ramproc/cgroupfs/procview"
 	"github.com/ramproc/ramproc/fusebridge"
 	"github.com/ramproc/ramproc/internal/testenv"
 )
@@ -55,7 +55,7 @@ func serveView(t testing.TB, v *procview.View) string {
 		}
 		os.Remove(mnt)
 	})
-	if err := publish(srv.Root(), v); err != nil {
+	if err := Publish(srv.Root(), v, Options{}); err != nil {
 		t.Fatal(err)
 	}
 	return srv.Mountpoint()

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ramproc/ramproc/cgroupfs"
 	"github.com/ramproc/ramproc/internal/testenv"
 )
 
@@ -28,7 +29,7 @@ func build(t *testing.T) string {
 		t.Fatal(err)
 	}
 	bin := filepath.Join(dir, "cgroupfs")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/ramproc/ramproc/examples/cgroupfs").CombinedOutput(); err != nil {
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/ramproc/ramproc/cmd/cgroupfs").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	return bin
@@ -66,6 +67,7 @@ func TestCommand(t *testing.T) {
 	}()
 	var printed []string
 	timeout := time.After(20 * time.Second)
+	paths := cgroupfs.Paths(cgroupfs.Options{})
 	for len(printed) < len(paths) {
 		select {
 		case l, ok := <-lines:
@@ -102,23 +104,36 @@ func TestCommand(t *testing.T) {
 	}
 }
 
-// TestCommandErrors: wrong use is one line on stderr saying what to do, and
-// exit status 2; an unprivileged user is told it needs root.
+// TestCommandErrors: wrong use is one line on stderr saying what was wrong
+// and how to use the command, and exit status 2; -h is the help, exit 0;
+// an unprivileged user is told it needs root.
 func TestCommandErrors(t *testing.T) {
 	bin := build(t)
-	for _, args := range [][]string{nil, {"a", "b"}, {"-h"}} {
-		out, err := exec.Command(bin, args...).CombinedOutput()
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "cgroupfs: want one MOUNTPOINT, got 0 arguments; usage: cgroupfs"},
+		{[]string{"a", "b"}, "cgroupfs: want one MOUNTPOINT, got 2 arguments; usage: cgroupfs"},
+		{[]string{"-o", "noswap,bogus", "/x"}, `cgroupfs: "noswap,bogus" for flag -o: unknown option "bogus" (known: loadavg, noloadavg, swap, noswap); usage: cgroupfs`},
+		{[]string{"-x", "/x"}, "cgroupfs: flag provided but not defined: -x; usage: cgroupfs"},
+	} {
+		out, err := exec.Command(bin, c.args...).CombinedOutput()
 		var ee *exec.ExitError
-		if !errors.As(err, &ee) || ee.ExitCode() != 2 || strings.Count(string(out), "\n") != 1 || !strings.HasPrefix(string(out), "usage: cgroupfs MOUNTPOINT") {
-			t.Errorf("%q: %v, %q; want exit 2 and one usage line", args, err, out)
+		if !errors.As(err, &ee) || ee.ExitCode() != 2 || strings.Count(string(out), "\n") != 1 || !strings.HasPrefix(string(out), c.want) {
+			t.Errorf("%q: %v, %q; want exit 2 and one line starting %q", c.args, err, out, c.want)
 		}
+	}
+	out, err := exec.Command(bin, "-h").Output()
+	if err != nil || !strings.HasPrefix(string(out), "usage: cgroupfs") || !strings.Contains(string(out), "noloadavg") {
+		t.Errorf("-h: %v, %q; want the help on stdout, exit 0", err, out)
 	}
 	if os.Geteuid() != 0 {
 		testenv.Missing(t, "running the command as user nobody needs root")
 	}
 	cmd := exec.Command(bin, t.TempDir())
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-	out, err := cmd.CombinedOutput()
+	out, err = cmd.CombinedOutput()
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != 1 || string(out) != "cgroupfs: must run as root: it mounts FUSE and reads every process's cgroups (try sudo)\n" {
 		t.Errorf("as nobody: %v, %q", err, out)

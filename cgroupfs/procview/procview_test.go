@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ramproc/ramproc/examples/cgroupfs/cgroup"
+	"github.com/ramproc/ramproc/cgroupfs/cgroup"
 )
 
 func read(t *testing.T, name string) []byte {
