@@ -17,6 +17,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"syscall"
 
@@ -31,29 +32,76 @@ type Options struct {
 	// because its sampling thread costs CPU; here the sampling is done only
 	// for the cgroups that are read, so it is on by default).
 	NoLoadavg bool
-	// NoSwap shows the host's swap figures rather than the cgroup's
-	// (LXCFS's -u, --disable-swap).
+	// NoSwap shows no swap to a confined reader: SwapTotal 0 in meminfo,
+	// no device in swaps (LXCFS's -u, --disable-swap).
 	NoSwap bool
 }
 
 // Paths lists the files Publish serves with o, relative to the mount
 // point. The command prints them at startup.
 func Paths(o Options) []string {
-	return []string{"proc/meminfo", "proc/cpuinfo", "proc/uptime", "proc/self", "proc/<pid>/status", "sys/devices/system/cpu/online"}
+	var list []string
+	for _, f := range procFiles {
+		if f.name == "loadavg" && o.NoLoadavg {
+			continue
+		}
+		list = append(list, "proc/"+f.name)
+	}
+	for _, r := range pressures {
+		list = append(list, "proc/pressure/"+r)
+	}
+	return append(list, "proc/self", "proc/<pid>/status", "sys/devices/system/cpu/online")
 }
+
+// procFiles are proc's per-caller files: the name, the mode, the View's
+// method that derives the caller's content. As root may open /proc files
+// for writing whatever the mode, each is a procFile whose write fails with
+// EIO, as theirs do.
+var procFiles = []struct {
+	name   string
+	mode   fs.FileMode
+	derive func(v *procview.View, pid int) ([]byte, error)
+}{
+	{"meminfo", 0o444, (*procview.View).Meminfo},
+	{"cpuinfo", 0o444, (*procview.View).Cpuinfo},
+	{"stat", 0o444, (*procview.View).Stat},
+	{"uptime", 0o444, (*procview.View).Uptime},
+	{"loadavg", 0o444, (*procview.View).Loadavg},
+	{"diskstats", 0o444, (*procview.View).Diskstats},
+	{"swaps", 0o444, (*procview.View).Swaps},
+	{"slabinfo", 0o400, (*procview.View).Slabinfo},
+}
+
+// pressures are the resources of proc/pressure.
+var pressures = []string{"cpu", "io", "memory"}
 
 // Publish builds the tree under root:
 //
 //	proc/                          a dynamic directory (procDir)
-//	    meminfo cpuinfo uptime     per-caller files: the caller's cgroup's view
+//	    meminfo cpuinfo stat ...   per-caller files: the caller's cgroup's view
+//	    pressure/{cpu,io,memory}   per-caller files: its v2 cgroup's PSI
 //	    self                       a link to the caller's pid
 //	    <pid>/status               one directory per process of the caller's cgroup
 //	sys/devices/system/cpu/online  a per-caller file: the caller's cpuset
 //
 // proc is dynamic because it holds both fixed names and the pids, which
-// only a handler can produce; sys is static directories, made once.
+// only a handler can produce; sys is static directories, made once. The
+// view's NoSwap is set from o.
 func Publish(root *fusebridge.Dir, v *procview.View, o Options) error {
-	if _, err := root.Create("proc", 0o555, &procDir{v: v}); err != nil {
+	v.NoSwap = o.NoSwap
+	d := &procDir{v: v}
+	for _, f := range procFiles {
+		if f.name == "loadavg" && o.NoLoadavg {
+			continue
+		}
+		host := "/proc/" + f.name
+		d.fixed = append(d.fixed, handler.Child{Name: f.name, Mode: f.mode,
+			Node: procFile{perCaller(func(pid int) ([]byte, error) { return f.derive(v, pid) }, host), syscall.EIO}})
+	}
+	d.fixed = append(d.fixed,
+		handler.Child{Name: "pressure", Mode: 0o555, Node: pressureDir{v}},
+		handler.Child{Name: "self", Mode: 0o777, Node: handler.SelfLink})
+	if _, err := root.Create("proc", 0o555, d); err != nil {
 		return err
 	}
 	cpu, err := root.MkdirAll("sys/devices/system/cpu", 0o555)
@@ -62,6 +110,37 @@ func Publish(root *fusebridge.Dir, v *procview.View, o Options) error {
 	}
 	_, err = cpu.Create("online", 0o444, perCaller(v.Online, "/sys/devices/system/cpu/online"))
 	return err
+}
+
+// pressureDir is proc/pressure: the caller's v2 cgroup's pressure files.
+// They are read-only: the kernel's accept triggers written to them, which
+// need poll(2), and a write fails with EINVAL, as the kernel's does for
+// a malformed trigger.
+type pressureDir struct{ v *procview.View }
+
+func (p pressureDir) child(r string) handler.Child {
+	return handler.Child{Name: r, Mode: 0o444, Node: procFile{perCaller(func(pid int) ([]byte, error) {
+		return p.v.Pressure(pid, r)
+	}, "/proc/pressure/"+r), syscall.EINVAL}}
+}
+
+// Lookup finds cpu, io or memory.
+func (p pressureDir) Lookup(ctx context.Context, name string) (handler.Child, error) {
+	for _, r := range pressures {
+		if r == name {
+			return p.child(r), nil
+		}
+	}
+	return handler.Child{}, syscall.ENOENT
+}
+
+// List lists cpu, io and memory.
+func (p pressureDir) List(ctx context.Context) ([]handler.Child, error) {
+	var kids []handler.Child
+	for _, r := range pressures {
+		kids = append(kids, p.child(r))
+	}
+	return kids, nil
 }
 
 // caller returns the thread for whom a request is made, as the kernel
@@ -108,7 +187,8 @@ func (f procFile) Write(ctx context.Context, of *handler.OpenFile, src []byte, o
 // procDir is proc/: the fixed files, self, and a directory for each
 // process the caller may see (its cgroup's, with the sub-cgroups').
 type procDir struct {
-	v *procview.View
+	v     *procview.View
+	fixed []handler.Child // the names every caller sees
 }
 
 // PerCaller tells the bridge that each caller sees its own pids, so that a
@@ -120,20 +200,9 @@ type procDir struct {
 // that had it.
 func (d *procDir) PerCaller() bool { return true }
 
-// fixed returns proc's children that every caller sees.
-func (d *procDir) fixed() []handler.Child {
-	v := d.v
-	return []handler.Child{
-		{Name: "meminfo", Mode: 0o444, Node: procFile{perCaller(v.Meminfo, "/proc/meminfo"), syscall.EIO}},
-		{Name: "cpuinfo", Mode: 0o444, Node: procFile{perCaller(v.Cpuinfo, "/proc/cpuinfo"), syscall.EIO}},
-		{Name: "uptime", Mode: 0o444, Node: procFile{perCaller(v.Uptime, "/proc/uptime"), syscall.EIO}},
-		{Name: "self", Mode: 0o777, Node: handler.SelfLink},
-	}
-}
-
 // Lookup finds a fixed name, or a pid the caller may see.
 func (d *procDir) Lookup(ctx context.Context, name string) (handler.Child, error) {
-	for _, c := range d.fixed() {
+	for _, c := range d.fixed {
 		if c.Name == name {
 			return c, nil
 		}
@@ -175,7 +244,7 @@ func (d *procDir) started(pid int) (uint64, error) {
 
 // List lists the fixed names and the caller's cgroup's processes.
 func (d *procDir) List(ctx context.Context) ([]handler.Child, error) {
-	kids := d.fixed()
+	kids := slices.Clone(d.fixed)
 	me, ok := caller(ctx)
 	if !ok {
 		return kids, nil

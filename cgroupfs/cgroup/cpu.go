@@ -146,3 +146,122 @@ func (g *Group) CPUTime() (d time.Duration, ok bool, err error) {
 	}
 	return 0, false, nil
 }
+
+// CPUUsage is the CPU time a cgroup (with its descendants) has used, split
+// into user and system time.
+type CPUUsage struct {
+	// PerCPU holds the time used on each CPU, indexed by CPU number; nil
+	// where the hierarchy keeps only totals (v2's cpu.stat).
+	PerCPU []CPUTimes
+	// Total is the sum over the CPUs.
+	Total CPUTimes
+}
+
+// CPUTimes is user and system CPU time.
+type CPUTimes struct {
+	User, System time.Duration
+}
+
+// Usage reads the cgroup's CPU time: v1 cpuacct.usage_all (per CPU, user
+// and system; cpuacct.usage_percpu, all counted as user, on kernels
+// without it), else v2 cpu.stat's user_usec and system_usec (totals
+// only). ok is false when neither is there, and in a root cgroup, whose
+// figures are the host's /proc/stat.
+func (g *Group) Usage() (u CPUUsage, ok bool, err error) {
+	if p, ok := g.placeOf("cpuacct"); ok && !p.v2 {
+		if p.dir == p.mount.Dir {
+			return CPUUsage{}, false, nil
+		}
+		data, dir, ok, err := p.readUp("cpuacct.usage_all")
+		if err != nil {
+			return CPUUsage{}, false, err
+		}
+		if ok {
+			per, err := ParseUsageAll(data)
+			if err != nil {
+				return CPUUsage{}, false, fmt.Errorf("%s/cpuacct.usage_all: %w", dir, err)
+			}
+			return sumUsage(per), true, nil
+		}
+		data, dir, ok, err = p.readUp("cpuacct.usage_percpu")
+		if err != nil {
+			return CPUUsage{}, false, err
+		}
+		if ok {
+			per, err := parsePercpu(data)
+			if err != nil {
+				return CPUUsage{}, false, fmt.Errorf("%s/cpuacct.usage_percpu: %w", dir, err)
+			}
+			return sumUsage(per), true, nil
+		}
+	}
+	if g.h.Unified == nil || !g.Membership.HasUnified {
+		return CPUUsage{}, false, nil
+	}
+	p, ok := at(*g.h.Unified, g.Membership.Unified, true)
+	if !ok || p.dir == p.mount.Dir {
+		return CPUUsage{}, false, nil
+	}
+	data, dir, ok, err := p.readUp("cpu.stat")
+	if err != nil || !ok {
+		return CPUUsage{}, false, err
+	}
+	kv, err := parseKV(data)
+	if err != nil {
+		return CPUUsage{}, false, fmt.Errorf("%s/cpu.stat: %w", dir, err)
+	}
+	user, ok1 := kv["user_usec"]
+	sys, ok2 := kv["system_usec"]
+	if !ok1 || !ok2 || user > 1<<53 || sys > 1<<53 {
+		return CPUUsage{}, false, nil
+	}
+	return CPUUsage{Total: CPUTimes{time.Duration(user) * time.Microsecond, time.Duration(sys) * time.Microsecond}}, true, nil
+}
+
+func sumUsage(per []CPUTimes) CPUUsage {
+	u := CPUUsage{PerCPU: per}
+	for _, t := range per {
+		u.Total.User += t.User
+		u.Total.System += t.System
+	}
+	return u
+}
+
+// ParseUsageAll parses v1's cpuacct.usage_all: a header "cpu user system"
+// and a line "N USER_NS SYSTEM_NS" per CPU, in CPU order. The result is
+// indexed by CPU number.
+func ParseUsageAll(data []byte) ([]CPUTimes, error) {
+	lines := strings.Split(strings.TrimSuffix(string(data), "\n"), "\n")
+	if len(lines) == 0 || strings.Join(strings.Fields(lines[0]), " ") != "cpu user system" {
+		return nil, fmt.Errorf("usage_all: %w: no header", errMalformed)
+	}
+	var per []CPUTimes
+	for _, line := range lines[1:] {
+		f := strings.Fields(line)
+		if len(f) != 3 {
+			return nil, fmt.Errorf("usage_all: %w: line %q", errMalformed, line)
+		}
+		cpu, err1 := strconv.Atoi(f[0])
+		user, err2 := strconv.ParseUint(f[1], 10, 62)
+		sys, err3 := strconv.ParseUint(f[2], 10, 62)
+		if err1 != nil || err2 != nil || err3 != nil || cpu != len(per) || cpu >= MaxCPUs {
+			return nil, fmt.Errorf("usage_all: %w: line %q", errMalformed, line)
+		}
+		per = append(per, CPUTimes{User: time.Duration(user), System: time.Duration(sys)})
+	}
+	return per, nil
+}
+
+// parsePercpu parses cpuacct.usage_percpu: the nanoseconds of each CPU
+// on one line. Without a split it is all user time.
+func parsePercpu(data []byte) ([]CPUTimes, error) {
+	var per []CPUTimes
+	for _, f := range strings.Fields(string(data)) {
+		ns, err := strconv.ParseUint(f, 10, 62)
+		if err != nil || len(per) >= MaxCPUs {
+			return nil, errMalformed
+		}
+		per = append(per, CPUTimes{User: time.Duration(ns)})
+	}
+	return per, nil
+}

@@ -1,12 +1,14 @@
 package cgroup
 
 import (
+	"errors"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // home is the hierarchy whose cgroup counts as "the process's cgroup" for
@@ -57,10 +59,28 @@ func (g *Group) Members() ([]int, error) {
 	if !ok || p.dir == p.mount.Dir {
 		return allPids(g.h.Proc)
 	}
+	return MembersOf(p.dir)
+}
+
+// Dir is the directory of the process's cgroup in its home hierarchy (see
+// Members); ok is false in the root cgroup or where there is none.
+func (g *Group) Dir() (string, bool) {
+	p, ok := g.home()
+	if !ok || p.dir == p.mount.Dir {
+		return "", false
+	}
+	return p.dir, true
+}
+
+// MembersOf lists the processes of the cgroup whose directory is dir and
+// of its descendants, sorted. A sub-cgroup removed during the walk is
+// skipped; dir itself missing is an error satisfying
+// errors.Is(err, fs.ErrNotExist).
+func MembersOf(dir string) ([]int, error) {
 	var pids []int
-	err := filepath.WalkDir(p.dir, func(path string, d fs.DirEntry, err error) error {
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
-			if path != p.dir && os.IsNotExist(err) {
+			if path != dir && os.IsNotExist(err) {
 				return nil // a sub-cgroup removed while we walk
 			}
 			return err
@@ -69,8 +89,8 @@ func (g *Group) Members() ([]int, error) {
 			return nil
 		}
 		data, err := os.ReadFile(filepath.Join(path, "cgroup.procs"))
-		if os.IsNotExist(err) {
-			return nil
+		if os.IsNotExist(err) || errors.Is(err, syscall.ENODEV) {
+			return nil // removed between the listing and the read
 		}
 		if err != nil {
 			return err

@@ -89,16 +89,7 @@ func Meminfo(host []byte, m cgroup.Memory) []byte {
 		"Zswap":          kb(s.Zswap),
 		"Zswapped":       kb(s.Zswapped),
 	}
-	if sw := m.Swap; sw != nil {
-		hostSwap, _ := MeminfoField(host, "SwapTotal")
-		swTotal := hostSwap
-		if sw.Limit != cgroup.NoLimit {
-			swTotal = min(swTotal, sw.Limit/1024)
-		}
-		swUsed := min(sw.Usage/1024, swTotal)
-		if sw.Swappiness == 0 {
-			swTotal = swUsed // the kernel will not swap this cgroup out
-		}
+	if swTotal, swUsed, ok := swapOf(host, m); ok {
 		vals["SwapTotal"] = swTotal
 		vals["SwapFree"] = swTotal - swUsed
 	}

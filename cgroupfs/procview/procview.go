@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/ramproc/ramproc/cgroupfs/cgroup"
+	"github.com/ramproc/ramproc/cgroupfs/loadavg"
 )
 
 // View reads the host's files and a process's cgroups and derives what the
@@ -32,6 +33,11 @@ type View struct {
 	// Proc is the host's procfs ("/proc"), Sys its sysfs ("/sys").
 	Proc string
 	Sys  string
+	// NoSwap shows no swap to a confined process (LXCFS's -u).
+	NoSwap bool
+	// Load keeps the cgroups' load averages; nil serves the host's
+	// loadavg.
+	Load *loadavg.Sampler
 }
 
 // New returns a View of the running system.
@@ -40,7 +46,14 @@ func New() (*View, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &View{Cgroups: h, Proc: "/proc", Sys: "/sys"}, nil
+	return &View{Cgroups: h, Proc: "/proc", Sys: "/sys", Load: &loadavg.Sampler{Proc: "/proc"}}, nil
+}
+
+// Close stops the load sampling.
+func (v *View) Close() {
+	if v.Load != nil {
+		v.Load.Close()
+	}
 }
 
 func (v *View) group(pid int) (*cgroup.Group, error) {
@@ -58,7 +71,7 @@ func (v *View) Meminfo(pid int) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	m, ok, err := g.Memory()
+	m, ok, err := v.memory(g)
 	if err != nil || !ok {
 		return host, err
 	}

@@ -13,7 +13,7 @@
 // then unmounts and exits 0. OPTIONS is a comma-separated list:
 //
 //	noloadavg  no proc/loadavg (LXCFS serves it only with -l)
-//	noswap     the host's swap figures, not the cgroup's (LXCFS's -u)
+//	noswap     a confined reader sees no swap (LXCFS's -u)
 //	loadavg, swap  the defaults, spelled out
 package main
 
@@ -42,7 +42,7 @@ container bind-mounts over its own (mount --bind MOUNTPOINT/proc/meminfo
 /proc/meminfo); each reader sees its own cgroup's figures.
 
   -o noloadavg  leave proc/loadavg out (LXCFS serves it only with -l)
-  -o noswap     show the host's swap, not the cgroup's (LXCFS's -u)
+  -o noswap     a confined reader sees no swap (LXCFS's -u)
   -h            this help
 `
 
@@ -105,6 +105,7 @@ func run(mnt string, o cgroupfs.Options) error {
 	if err != nil {
 		return fmt.Errorf("reading the cgroup mounts: %w", err)
 	}
+	defer v.Close()
 	// Catch the signals before mounting: one arriving in between must
 	// unmount too, not kill the server under a live mount.
 	stop := make(chan os.Signal, 1)

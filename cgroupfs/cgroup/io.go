@@ -1,0 +1,192 @@
+package cgroup
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Dev is a block device number.
+type Dev struct{ Major, Minor uint32 }
+
+// IOStat is what a cgroup has done on one block device: the counters of
+// /proc/diskstats that cgroups account. A counter the hierarchy does not
+// keep is 0.
+type IOStat struct {
+	Reads, Writes, Discards            uint64 // requests completed
+	ReadMerges, WriteMerges            uint64 // requests merged (v1 with CFQ/BFQ only)
+	ReadBytes, WrittenBytes, Discarded uint64
+	ReadTime, WriteTime, DiscardTime   time.Duration // service + wait (v1 with CFQ/BFQ only)
+	TotalTime                          time.Duration // service time of all requests (ditto)
+}
+
+// blkioFiles are v1's blkio files, by the IOStat fields they feed. The
+// throttle files exist on every kernel with blkio; the others only with the
+// CFQ or BFQ scheduler (BFQ names them blkio.bfq.*), which LXCFS reads.
+var blkioFiles = []struct {
+	names []string
+	set   func(s *IOStat, op string, n uint64)
+}{
+	{[]string{"blkio.throttle.io_serviced_recursive", "blkio.io_serviced_recursive"}, func(s *IOStat, op string, n uint64) {
+		switch op {
+		case "Read":
+			s.Reads = n
+		case "Write":
+			s.Writes = n
+		case "Discard":
+			s.Discards = n
+		}
+	}},
+	{[]string{"blkio.throttle.io_service_bytes_recursive", "blkio.io_service_bytes_recursive"}, func(s *IOStat, op string, n uint64) {
+		switch op {
+		case "Read":
+			s.ReadBytes = n
+		case "Write":
+			s.WrittenBytes = n
+		case "Discard":
+			s.Discarded = n
+		}
+	}},
+	{[]string{"blkio.io_merged_recursive", "blkio.bfq.io_merged_recursive"}, func(s *IOStat, op string, n uint64) {
+		switch op {
+		case "Read":
+			s.ReadMerges = n
+		case "Write":
+			s.WriteMerges = n
+		}
+	}},
+	{[]string{"blkio.io_service_time_recursive", "blkio.bfq.io_service_time_recursive", "blkio.io_wait_time_recursive", "blkio.bfq.io_wait_time_recursive"}, func(s *IOStat, op string, n uint64) {
+		d := time.Duration(min(n, 1<<62))
+		switch op {
+		case "Read":
+			s.ReadTime += d
+		case "Write":
+			s.WriteTime += d
+		case "Discard":
+			s.DiscardTime += d
+		case "Total":
+			s.TotalTime += d
+		}
+	}},
+}
+
+// IO reads the cgroup's block I/O per device: v1 blkio (the throttle
+// counters, and the CFQ/BFQ ones where the kernel has them), v2 io.stat.
+// ok is false when no io or blkio controller covers the process.
+func (g *Group) IO() (map[Dev]IOStat, bool, error) {
+	if p, ok := g.placeOf("blkio"); ok && !p.v2 {
+		stats := map[Dev]IOStat{}
+		found := false
+		for _, f := range blkioFiles {
+			for i, name := range f.names {
+				// The time files are summed (service + wait): read each
+				// that is there. Of the others, the first one there.
+				data, dir, ok, err := p.readUp(name)
+				if err != nil {
+					return nil, false, err
+				}
+				if !ok {
+					continue
+				}
+				if err := ParseBlkio(data, func(d Dev, op string, n uint64) {
+					s := stats[d]
+					f.set(&s, op, n)
+					stats[d] = s
+				}); err != nil {
+					return nil, false, fmt.Errorf("%s/%s: %w", dir, name, err)
+				}
+				found = true
+				if len(f.names) == 2 || i%2 == 1 {
+					break
+				}
+			}
+		}
+		return stats, found, nil
+	}
+	p, ok := g.placeOf("io")
+	if !ok || !p.v2 {
+		return nil, false, nil
+	}
+	data, dir, ok, err := p.readUp("io.stat")
+	if err != nil || !ok {
+		return nil, false, err
+	}
+	stats, err := ParseIOStat(data)
+	if err != nil {
+		return nil, false, fmt.Errorf("%s/io.stat: %w", dir, err)
+	}
+	return stats, true, nil
+}
+
+// ParseBlkio parses a v1 blkio file ("MAJ:MIN Op N" lines and a final
+// "Total N"), calling each for every device line. The Total line is
+// skipped; the per-device "Total" op is passed on.
+func ParseBlkio(data []byte, each func(d Dev, op string, n uint64)) error {
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || (len(f) == 2 && f[0] == "Total") {
+			continue
+		}
+		if len(f) != 3 {
+			return fmt.Errorf("%w: line %q", errMalformed, line)
+		}
+		d, err := parseDev(f[0])
+		n, err2 := strconv.ParseUint(f[2], 10, 64)
+		if err != nil || err2 != nil {
+			return fmt.Errorf("%w: line %q", errMalformed, line)
+		}
+		each(d, f[1], n)
+	}
+	return nil
+}
+
+// ParseIOStat parses v2's io.stat: "MAJ:MIN key=value ..." per device.
+// Unknown keys (the cost model's, a newer kernel's) are skipped.
+func ParseIOStat(data []byte) (map[Dev]IOStat, error) {
+	stats := map[Dev]IOStat{}
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		d, err := parseDev(f[0])
+		if err != nil {
+			return nil, fmt.Errorf("%w: line %q", errMalformed, line)
+		}
+		s := stats[d]
+		for _, kv := range f[1:] {
+			k, v, ok := strings.Cut(kv, "=")
+			n, err := strconv.ParseUint(v, 10, 64)
+			if !ok || err != nil {
+				continue // e.g. cost.vrate=123.45 where io.cost is on
+			}
+			switch k {
+			case "rbytes":
+				s.ReadBytes = n
+			case "wbytes":
+				s.WrittenBytes = n
+			case "dbytes":
+				s.Discarded = n
+			case "rios":
+				s.Reads = n
+			case "wios":
+				s.Writes = n
+			case "dios":
+				s.Discards = n
+			}
+		}
+		stats[d] = s
+	}
+	return stats, nil
+}
+
+func parseDev(s string) (Dev, error) {
+	a, b, ok := strings.Cut(s, ":")
+	ma, err1 := strconv.ParseUint(a, 10, 32)
+	mi, err2 := strconv.ParseUint(b, 10, 32)
+	if !ok || err1 != nil || err2 != nil {
+		return Dev{}, errMalformed
+	}
+	return Dev{uint32(ma), uint32(mi)}, nil
+}
