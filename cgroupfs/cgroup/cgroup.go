@@ -258,6 +258,11 @@ func within(p, root string) (string, bool) {
 // v2 a cgroup where a controller is not enabled has none of its files, and
 // is accounted in the nearest ancestor that has them. It returns the
 // content and the directory it was found in; ok is false if none has it.
+//
+// If the place's own directory is gone (the cgroup was removed after
+// /proc/PID/cgroup was read: the process has moved), it returns an error
+// wrapping ErrRemoved rather than an ancestor's figures, which are not the
+// process's.
 func (p place) readUp(file string) (data []byte, dir string, ok bool, err error) {
 	for dir = p.dir; ; dir = filepath.Dir(dir) {
 		data, err = os.ReadFile(filepath.Join(dir, file))
@@ -266,6 +271,11 @@ func (p place) readUp(file string) (data []byte, dir string, ok bool, err error)
 		}
 		if !os.IsNotExist(err) {
 			return nil, "", false, err
+		}
+		if dir == p.dir {
+			if _, err := os.Stat(dir); os.IsNotExist(err) {
+				return nil, "", false, fmt.Errorf("%s: %w", dir, ErrRemoved)
+			}
 		}
 		if dir == p.mount.Dir || len(dir) <= len(p.mount.Dir) {
 			return nil, "", false, nil
@@ -301,6 +311,11 @@ func parseUint(data []byte) (uint64, error) {
 	}
 	return n, nil
 }
+
+// ErrRemoved says that a process's cgroup was removed while it was being
+// read: the process has moved to another cgroup since /proc/PID/cgroup
+// was read, and Of must be asked again.
+var ErrRemoved = errors.New("cgroup removed")
 
 // errMalformed marks a cgroup file whose content is not what the kernel
 // writes.

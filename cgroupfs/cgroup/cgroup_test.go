@@ -301,6 +301,7 @@ func TestCPUs(t *testing.T) {
 		"proc/1/cgroup":                   "0::/a/b\n",
 		"unified/cpuset.cpus.effective":   "0-3\n",
 		"unified/a/cpuset.cpus.effective": "1-2\n",
+		"unified/a/b/cgroup.procs":        "1\n", // b has no cpuset of its own
 	})
 	g, _ := v2.Of(1)
 	if set, ok, err := g.CPUs(); err != nil || !ok || set.String() != "1-2" {

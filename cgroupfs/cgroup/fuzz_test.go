@@ -98,3 +98,45 @@ func FuzzParseLimit(f *testing.F) {
 		}
 	})
 }
+
+func FuzzParseUsageAll(f *testing.F) {
+	f.Add("cpu user system\n0 38934641127 16777843563\n1 44365770942 20510219986\n")
+	f.Add("cpu user system\n")
+	f.Add("cpu user system\n0 1 99999999999999999999\n")
+	f.Fuzz(func(t *testing.T, s string) {
+		per, err := ParseUsageAll([]byte(s))
+		if err != nil {
+			return
+		}
+		for i, c := range per {
+			if c.User < 0 || c.System < 0 {
+				t.Fatalf("%q: cpu %d negative %+v", s, i, c)
+			}
+		}
+	})
+}
+
+func FuzzParseBlkio(f *testing.F) {
+	f.Add("8:0 Read 10\n8:0 Write 20\n8:0 Total 30\nTotal 30\n")
+	f.Add("Total 0\n")
+	f.Add("8:0 Read\n")
+	f.Fuzz(func(t *testing.T, s string) {
+		_ = ParseBlkio([]byte(s), func(d Dev, op string, n uint64) {
+			if op == "" {
+				t.Fatalf("%q: empty op", s)
+			}
+		})
+	})
+}
+
+func FuzzParseIOStat(f *testing.F) {
+	f.Add("8:16 rbytes=512 wbytes=1024 rios=1 wios=2 dbytes=0 dios=0\n")
+	f.Add("254:0 rbytes=1 cost.vrate=100.00\n")
+	f.Add("x:y rbytes=1\n")
+	f.Fuzz(func(t *testing.T, s string) {
+		stats, err := ParseIOStat([]byte(s))
+		if err == nil && len(stats) > len(s) {
+			t.Fatalf("%q: %d devices", s, len(stats))
+		}
+	})
+}

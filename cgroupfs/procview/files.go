@@ -31,28 +31,26 @@ func (v *View) Stat(pid int) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	g, err := v.group(pid)
-	if err != nil {
-		return nil, err
-	}
-	set, hasSet, err := g.CPUs()
-	if err != nil {
-		return nil, err
-	}
-	if !hasSet || len(set) == 0 {
-		set = nil
-	}
-	u, hasUsage, err := g.Usage()
-	if err != nil {
-		return nil, err
-	}
-	if set == nil && !hasUsage {
-		return host, nil
-	}
-	if !hasUsage {
-		return SystemStat(host, set, nil), nil
-	}
-	return SystemStat(host, set, &u), nil
+	return v.derive(pid, func(g *cgroup.Group) ([]byte, error) {
+		set, hasSet, err := g.CPUs()
+		if err != nil {
+			return nil, err
+		}
+		if !hasSet || len(set) == 0 {
+			set = nil
+		}
+		u, hasUsage, err := g.Usage()
+		if err != nil {
+			return nil, err
+		}
+		if set == nil && !hasUsage {
+			return host, nil
+		}
+		if !hasUsage {
+			return SystemStat(host, set, nil), nil
+		}
+		return SystemStat(host, set, &u), nil
+	})
 }
 
 // Diskstats is /proc/diskstats as process pid should see it (see the
@@ -63,18 +61,16 @@ func (v *View) Diskstats(pid int) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	g, err := v.group(pid)
-	if err != nil {
-		return nil, err
-	}
-	if g.IsRoot() {
-		return host, nil
-	}
-	io, ok, err := g.IO()
-	if err != nil || !ok {
-		return host, err
-	}
-	return Diskstats(host, io), nil
+	return v.derive(pid, func(g *cgroup.Group) ([]byte, error) {
+		if g.IsRoot() {
+			return host, nil
+		}
+		io, ok, err := g.IO()
+		if err != nil || !ok {
+			return host, err
+		}
+		return Diskstats(host, io), nil
+	})
 }
 
 // Swaps is /proc/swaps as process pid should see it (see the function
@@ -84,19 +80,17 @@ func (v *View) Swaps(pid int) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	g, err := v.group(pid)
-	if err != nil {
-		return nil, err
-	}
-	m, ok, err := v.memory(g)
-	if err != nil || !ok {
-		return host, err
-	}
-	meminfo, err := os.ReadFile(filepath.Join(v.Proc, "meminfo"))
-	if err != nil {
-		return nil, err
-	}
-	return Swaps(host, meminfo, m), nil
+	return v.derive(pid, func(g *cgroup.Group) ([]byte, error) {
+		m, ok, err := v.memory(g)
+		if err != nil || !ok {
+			return host, err
+		}
+		meminfo, err := os.ReadFile(filepath.Join(v.Proc, "meminfo"))
+		if err != nil {
+			return nil, err
+		}
+		return Swaps(host, meminfo, m), nil
+	})
 }
 
 // Slabinfo is /proc/slabinfo as process pid should see it: v1's
@@ -107,22 +101,20 @@ func (v *View) Swaps(pid int) ([]byte, error) {
 // no such file, and a process in a root cgroup is the host's: the host's
 // file.
 func (v *View) Slabinfo(pid int) ([]byte, error) {
-	g, err := v.group(pid)
-	if err != nil {
-		return nil, err
-	}
-	data, ok, err := g.Slabinfo()
-	if err != nil {
-		return nil, err
-	}
-	if ok && len(data) > 0 {
-		return data, nil
-	}
-	host, err := os.ReadFile(filepath.Join(v.Proc, "slabinfo"))
-	if err != nil || !ok {
-		return host, err
-	}
-	return SlabinfoHeader(host), nil
+	return v.derive(pid, func(g *cgroup.Group) ([]byte, error) {
+		data, ok, err := g.Slabinfo()
+		if err != nil {
+			return nil, err
+		}
+		if ok && len(data) > 0 {
+			return data, nil
+		}
+		host, err := os.ReadFile(filepath.Join(v.Proc, "slabinfo"))
+		if err != nil || !ok {
+			return host, err
+		}
+		return SlabinfoHeader(host), nil
+	})
 }
 
 // SlabinfoHeader is the header of a slabinfo file: its lines up to the
@@ -144,15 +136,13 @@ func SlabinfoHeader(host []byte) []byte {
 // pressure figures), sees the host's file; on a hybrid machine that is
 // every process whose v2 cgroup is the root, whatever its v1 cgroups.
 func (v *View) Pressure(pid int, resource string) ([]byte, error) {
-	g, err := v.group(pid)
-	if err != nil {
-		return nil, err
-	}
-	data, ok, err := g.Pressure(resource)
-	if err != nil || ok {
-		return data, err
-	}
-	return os.ReadFile(filepath.Join(v.Proc, "pressure", resource))
+	return v.derive(pid, func(g *cgroup.Group) ([]byte, error) {
+		data, ok, err := g.Pressure(resource)
+		if err != nil || ok {
+			return data, err
+		}
+		return os.ReadFile(filepath.Join(v.Proc, "pressure", resource))
+	})
 }
 
 // Loadavg is /proc/loadavg as process pid should see it: the load of its
@@ -160,13 +150,11 @@ func (v *View) Pressure(pid int, resource string) ([]byte, error) {
 // by v.Load (see package loadavg). In a root cgroup, or without a
 // sampler, the host's file.
 func (v *View) Loadavg(pid int) ([]byte, error) {
-	g, err := v.group(pid)
-	if err != nil {
-		return nil, err
-	}
-	dir, ok := g.Dir()
-	if !ok || v.Load == nil {
-		return os.ReadFile(filepath.Join(v.Proc, "loadavg"))
-	}
-	return loadavg.Format(v.Load.Read(dir, pid)), nil
+	return v.derive(pid, func(g *cgroup.Group) ([]byte, error) {
+		dir, ok := g.Dir()
+		if !ok || v.Load == nil {
+			return os.ReadFile(filepath.Join(v.Proc, "loadavg"))
+		}
+		return loadavg.Format(v.Load.Read(dir, pid)), nil
+	})
 }

@@ -14,6 +14,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io/fs"
 	"math"
 	"os"
 	"path/filepath"
@@ -56,6 +57,25 @@ func (v *View) Close() {
 	}
 }
 
+// derive returns f of process pid's cgroups. If a cgroup is removed while
+// f reads it (cgroup.ErrRemoved, or a file or directory of it vanishing),
+// the process has moved: its cgroups are looked up once more, so that it
+// never gets the figures of an ancestor or of a cgroup it has left. A
+// second failure is returned (its errno reaches the reader).
+func (v *View) derive(pid int, f func(g *cgroup.Group) ([]byte, error)) ([]byte, error) {
+	for try := 0; ; try++ {
+		g, err := v.Cgroups.Of(pid)
+		if err != nil {
+			return nil, err
+		}
+		data, err := f(g)
+		if try == 0 && (errors.Is(err, cgroup.ErrRemoved) || errors.Is(err, fs.ErrNotExist)) {
+			continue
+		}
+		return data, err
+	}
+}
+
 func (v *View) group(pid int) (*cgroup.Group, error) {
 	return v.Cgroups.Of(pid)
 }
@@ -67,24 +87,18 @@ func (v *View) Meminfo(pid int) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	g, err := v.group(pid)
-	if err != nil {
-		return nil, err
-	}
-	m, ok, err := v.memory(g)
-	if err != nil || !ok {
-		return host, err
-	}
-	return Meminfo(host, m), nil
+	return v.derive(pid, func(g *cgroup.Group) ([]byte, error) {
+		m, ok, err := v.memory(g)
+		if err != nil || !ok {
+			return host, err
+		}
+		return Meminfo(host, m), nil
+	})
 }
 
 // cpus is the process's cpuset, ok false where it has none (the host's
 // CPUs apply).
-func (v *View) cpus(pid int) (cgroup.CPUSet, bool, error) {
-	g, err := v.group(pid)
-	if err != nil {
-		return nil, false, err
-	}
+func (v *View) cpus(g *cgroup.Group) (cgroup.CPUSet, bool, error) {
 	set, ok, err := g.CPUs()
 	if err != nil || !ok || len(set) == 0 {
 		return nil, false, err
@@ -99,25 +113,29 @@ func (v *View) Cpuinfo(pid int) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	set, ok, err := v.cpus(pid)
-	if err != nil || !ok {
-		return host, err
-	}
-	return Cpuinfo(host, set), nil
+	return v.derive(pid, func(g *cgroup.Group) ([]byte, error) {
+		set, ok, err := v.cpus(g)
+		if err != nil || !ok {
+			return host, err
+		}
+		return Cpuinfo(host, set), nil
+	})
 }
 
 // Online is /sys/devices/system/cpu/online as process pid should see it:
 // its cpuset in the kernel's list format, or the host's file where it has
 // no cpuset.
 func (v *View) Online(pid int) ([]byte, error) {
-	set, ok, err := v.cpus(pid)
-	if err != nil {
-		return nil, err
-	}
-	if !ok {
-		return os.ReadFile(filepath.Join(v.Sys, "devices/system/cpu/online"))
-	}
-	return []byte(set.String() + "\n"), nil
+	return v.derive(pid, func(g *cgroup.Group) ([]byte, error) {
+		set, ok, err := v.cpus(g)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			return os.ReadFile(filepath.Join(v.Sys, "devices/system/cpu/online"))
+		}
+		return []byte(set.String() + "\n"), nil
+	})
 }
 
 // Uptime is /proc/uptime as process pid should see it: the time since the
@@ -130,55 +148,53 @@ func (v *View) Uptime(pid int) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	g, err := v.group(pid)
-	if err != nil {
-		return nil, err
-	}
-	if g.IsRoot() {
-		return hostData, nil
-	}
-	hostUp, hostIdle, err := ParseUptime(hostData)
-	if err != nil {
-		return nil, err
-	}
-	pids, err := g.Members()
-	if err != nil {
-		return nil, err
-	}
-	oldest, found := uint64(0), false
-	for _, p := range pids {
-		data, err := os.ReadFile(filepath.Join(v.Proc, strconv.Itoa(p), "stat"))
-		if err != nil {
-			continue // exited since the listing
+	return v.derive(pid, func(g *cgroup.Group) ([]byte, error) {
+		if g.IsRoot() {
+			return hostData, nil
 		}
-		st, err := ParseStat(data)
+		hostUp, hostIdle, err := ParseUptime(hostData)
 		if err != nil {
 			return nil, err
 		}
-		if !found || st.StartTicks < oldest {
-			oldest, found = st.StartTicks, true
+		pids, err := g.Members()
+		if err != nil {
+			return nil, err
 		}
-	}
-	if !found {
-		return hostData, nil
-	}
-	age := max(0, hostUp-ticks(oldest))
-	var idle time.Duration
-	ncpu := 0
-	if set, ok, err := g.CPUs(); err == nil && ok && len(set) > 0 {
-		ncpu = len(set)
-	} else if online, err := os.ReadFile(filepath.Join(v.Sys, "devices/system/cpu/online")); err == nil {
-		if set, err := cgroup.ParseCPUList(string(online)); err == nil {
+		oldest, found := uint64(0), false
+		for _, p := range pids {
+			data, err := os.ReadFile(filepath.Join(v.Proc, strconv.Itoa(p), "stat"))
+			if err != nil {
+				continue // exited since the listing
+			}
+			st, err := ParseStat(data)
+			if err != nil {
+				return nil, err
+			}
+			if !found || st.StartTicks < oldest {
+				oldest, found = st.StartTicks, true
+			}
+		}
+		if !found {
+			return hostData, nil
+		}
+		age := max(0, hostUp-ticks(oldest))
+		var idle time.Duration
+		ncpu := 0
+		if set, ok, err := g.CPUs(); err == nil && ok && len(set) > 0 {
 			ncpu = len(set)
+		} else if online, err := os.ReadFile(filepath.Join(v.Sys, "devices/system/cpu/online")); err == nil {
+			if set, err := cgroup.ParseCPUList(string(online)); err == nil {
+				ncpu = len(set)
+			}
 		}
-	}
-	if busy, ok, err := g.CPUTime(); err == nil && ok && ncpu > 0 {
-		idle = max(0, age*time.Duration(ncpu)-busy)
-	} else if hostUp > 0 {
-		// No CPU accounting: the host's idle share over that time.
-		idle = time.Duration(float64(hostIdle) * float64(age) / float64(hostUp))
-	}
-	return Uptime(age, idle), nil
+		if busy, ok, err := g.CPUTime(); err == nil && ok && ncpu > 0 {
+			idle = max(0, age*time.Duration(ncpu)-busy)
+		} else if hostUp > 0 {
+			// No CPU accounting: the host's idle share over that time.
+			idle = time.Duration(float64(hostIdle) * float64(age) / float64(hostUp))
+		}
+		return Uptime(age, idle), nil
+	})
 }
 
 // ticks converts clock ticks (USER_HZ, 100 on every Linux) to a duration.
