@@ -36,7 +36,14 @@ func serve(t testing.TB) string {
 // serveView is serve with a given view of the cgroups.
 func serveView(t testing.TB, v *procview.View) string {
 	t.Helper()
+	return serveWith(t, v, Options{})
+}
+
+// serveWith is serveView with options.
+func serveWith(t testing.TB, v *procview.View, o Options) string {
+	t.Helper()
 	testenv.RequireFUSE(t)
+	t.Cleanup(v.Close)
 	mnt, err := os.MkdirTemp("", "cgroupfs-mnt")
 	if err != nil {
 		t.Fatal(err)
@@ -55,7 +62,7 @@ func serveView(t testing.TB, v *procview.View) string {
 		}
 		os.Remove(mnt)
 	})
-	if err := Publish(srv.Root(), v, Options{}); err != nil {
+	if err := Publish(srv.Root(), v, o); err != nil {
 		t.Fatal(err)
 	}
 	return srv.Mountpoint()
@@ -372,6 +379,11 @@ func TestWriteErrnos(t *testing.T) {
 		{"proc/meminfo", "/proc/meminfo"},
 		{"proc/cpuinfo", "/proc/cpuinfo"},
 		{"proc/uptime", "/proc/uptime"},
+		{"proc/stat", "/proc/stat"},
+		{"proc/loadavg", "/proc/loadavg"},
+		{"proc/diskstats", "/proc/diskstats"},
+		{"proc/swaps", "/proc/swaps"},
+		{"proc/slabinfo", "/proc/slabinfo"},
 		{"proc/" + pid + "/status", "/proc/" + pid + "/status"},
 		{"sys/devices/system/cpu/online", "/sys/devices/system/cpu/online"},
 	} {
