@@ -21,14 +21,17 @@ type IOStat struct {
 	TotalTime                          time.Duration // service time of all requests (ditto)
 }
 
-// blkioFiles are v1's blkio files, by the IOStat fields they feed. The
-// throttle files exist on every kernel with blkio; the others only with the
-// CFQ or BFQ scheduler (BFQ names them blkio.bfq.*), which LXCFS reads.
+// blkioFiles are v1's blkio files, by the IOStat fields they feed: those
+// of the CFQ scheduler (kernels before 5.0) or of BFQ (blkio.bfq.*), as
+// LXCFS reads them. The blkio.throttle.* counters are not used: kernels
+// since 5.x count there only the I/O of devices that have a throttle rule,
+// so they are 0 for a cgroup that is not throttled however much it reads.
 var blkioFiles = []struct {
 	names []string
+	sum   bool // every file there is added (service + wait time)
 	set   func(s *IOStat, op string, n uint64)
 }{
-	{[]string{"blkio.throttle.io_serviced_recursive", "blkio.io_serviced_recursive"}, func(s *IOStat, op string, n uint64) {
+	{[]string{"blkio.io_serviced_recursive", "blkio.bfq.io_serviced_recursive"}, false, func(s *IOStat, op string, n uint64) {
 		switch op {
 		case "Read":
 			s.Reads = n
@@ -38,7 +41,7 @@ var blkioFiles = []struct {
 			s.Discards = n
 		}
 	}},
-	{[]string{"blkio.throttle.io_service_bytes_recursive", "blkio.io_service_bytes_recursive"}, func(s *IOStat, op string, n uint64) {
+	{[]string{"blkio.io_service_bytes_recursive", "blkio.bfq.io_service_bytes_recursive"}, false, func(s *IOStat, op string, n uint64) {
 		switch op {
 		case "Read":
 			s.ReadBytes = n
@@ -48,7 +51,7 @@ var blkioFiles = []struct {
 			s.Discarded = n
 		}
 	}},
-	{[]string{"blkio.io_merged_recursive", "blkio.bfq.io_merged_recursive"}, func(s *IOStat, op string, n uint64) {
+	{[]string{"blkio.io_merged_recursive", "blkio.bfq.io_merged_recursive"}, false, func(s *IOStat, op string, n uint64) {
 		switch op {
 		case "Read":
 			s.ReadMerges = n
@@ -56,7 +59,7 @@ var blkioFiles = []struct {
 			s.WriteMerges = n
 		}
 	}},
-	{[]string{"blkio.io_service_time_recursive", "blkio.bfq.io_service_time_recursive", "blkio.io_wait_time_recursive", "blkio.bfq.io_wait_time_recursive"}, func(s *IOStat, op string, n uint64) {
+	{[]string{"blkio.io_service_time_recursive", "blkio.bfq.io_service_time_recursive", "blkio.io_wait_time_recursive", "blkio.bfq.io_wait_time_recursive"}, true, func(s *IOStat, op string, n uint64) {
 		d := time.Duration(min(n, 1<<62))
 		switch op {
 		case "Read":
@@ -71,17 +74,16 @@ var blkioFiles = []struct {
 	}},
 }
 
-// IO reads the cgroup's block I/O per device: v1 blkio (the throttle
-// counters, and the CFQ/BFQ ones where the kernel has them), v2 io.stat.
-// ok is false when no io or blkio controller covers the process.
+// IO reads the cgroup's block I/O per device: v1 blkio's CFQ or BFQ
+// counters, v2 io.stat. ok is false when no io or blkio controller covers
+// the process, or v1 has no scheduler counters (the caller then shows the
+// host's figures, as LXCFS does).
 func (g *Group) IO() (map[Dev]IOStat, bool, error) {
 	if p, ok := g.placeOf("blkio"); ok && !p.v2 {
 		stats := map[Dev]IOStat{}
 		found := false
-		for _, f := range blkioFiles {
-			for i, name := range f.names {
-				// The time files are summed (service + wait): read each
-				// that is there. Of the others, the first one there.
+		for k, f := range blkioFiles {
+			for _, name := range f.names {
 				data, dir, ok, err := p.readUp(name)
 				if err != nil {
 					return nil, false, err
@@ -96,9 +98,9 @@ func (g *Group) IO() (map[Dev]IOStat, bool, error) {
 				}); err != nil {
 					return nil, false, fmt.Errorf("%s/%s: %w", dir, name, err)
 				}
-				found = true
-				if len(f.names) == 2 || i%2 == 1 {
-					break
+				found = found || k == 0
+				if !f.sum {
+					break // CFQ's file, else BFQ's
 				}
 			}
 		}

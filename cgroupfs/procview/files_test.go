@@ -117,15 +117,15 @@ func TestViewFiles(t *testing.T) {
 	v := viewFixture(t)
 	root := filepath.Dir(v.Proc)
 	for name, content := range map[string]string{
-		"proc/stat":                       hostStat,
-		"proc/diskstats":                  hostDiskstats,
-		"proc/swaps":                      "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n",
-		"proc/slabinfo":                   "slabinfo - version: 2.1\n# name <active_objs>\nkmalloc-8 1 2 8 512 1 : tunables 0 0 0 : slabdata 0 0 0\n",
-		"proc/pressure/cpu":               "some host\n",
-		"proc/loadavg":                    "9.99 9.99 9.99 1/1 1\n",
-		"cpuacct/ctr/cpuacct.usage_all":   "cpu user system\n0 0 0\n1 1000000000 0\n2 0 0\n3 0 0\n",
-		"memory/ctr/memory.kmem.slabinfo": "",
-		"blkio/ctr/blkio.throttle.io_serviced_recursive": "8:0 Read 10\nTotal 10\n",
+		"proc/stat":                             hostStat,
+		"proc/diskstats":                        hostDiskstats,
+		"proc/swaps":                            "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n",
+		"proc/slabinfo":                         "slabinfo - version: 2.1\n# name <active_objs>\nkmalloc-8 1 2 8 512 1 : tunables 0 0 0 : slabdata 0 0 0\n",
+		"proc/pressure/cpu":                     "some host\n",
+		"proc/loadavg":                          "9.99 9.99 9.99 1/1 1\n",
+		"cpuacct/ctr/cpuacct.usage_all":         "cpu user system\n0 0 0\n1 1000000000 0\n2 0 0\n3 0 0\n",
+		"memory/ctr/memory.kmem.slabinfo":       "",
+		"blkio/ctr/blkio.io_serviced_recursive": "8:0 Read 10\nTotal 10\n",
 	} {
 		p := filepath.Join(root, name)
 		os.MkdirAll(filepath.Dir(p), 0o755)
