@@ -20,6 +20,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/ramproc/ramproc/cgroupfs/internal/kept"
 )
 
 // Mount is one mounted cgroup hierarchy.
@@ -265,7 +267,7 @@ func within(p, root string) (string, bool) {
 // process's.
 func (p place) readUp(file string) (data []byte, dir string, ok bool, err error) {
 	for dir = p.dir; ; dir = filepath.Dir(dir) {
-		data, err = os.ReadFile(filepath.Join(dir, file))
+		data, err = keptFiles.ReadFile(filepath.Join(dir, file))
 		if err == nil {
 			return data, dir, true, nil
 		}
@@ -297,7 +299,7 @@ func (p place) ancestors(dir string) []string {
 
 // readUint reads a file holding one unsigned number (and a newline).
 func readUint(file string) (uint64, error) {
-	data, err := os.ReadFile(file)
+	data, err := keptFiles.ReadFile(file)
 	if err != nil {
 		return 0, err
 	}
@@ -320,3 +322,10 @@ var ErrRemoved = errors.New("cgroup removed")
 // errMalformed marks a cgroup file whose content is not what the kernel
 // writes.
 var errMalformed = errors.New("malformed cgroup file")
+
+// keptFiles keeps the cgroup files that are read open, to read them again with
+// pread (see package kept): a cgroup removed and recreated under the same
+// name is read anew, never through the removed one's descriptor. The
+// processes' own files (/proc/PID/cgroup) are opened at each read: pids
+// are reused.
+var keptFiles kept.Files

@@ -186,7 +186,7 @@ func (g *Group) Memory() (m Memory, ok bool, err error) {
 	if m.Usage, err = parseUint(data); err != nil {
 		return Memory{}, false, fmt.Errorf("%s: %w", filepath.Join(dir, files.usage), err)
 	}
-	data, err = os.ReadFile(filepath.Join(dir, "memory.stat"))
+	data, err = keptFiles.ReadFile(filepath.Join(dir, "memory.stat"))
 	if err != nil {
 		return Memory{}, false, err
 	}
@@ -219,7 +219,7 @@ func limitOf(p place, dir, file string, kv map[string]uint64, hierarchical strin
 	}
 	lim := NoLimit
 	for _, d := range p.ancestors(dir) {
-		data, err := os.ReadFile(filepath.Join(d, file))
+		data, err := keptFiles.ReadFile(filepath.Join(d, file))
 		if os.IsNotExist(err) {
 			continue
 		}

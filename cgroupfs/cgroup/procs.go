@@ -88,7 +88,7 @@ func MembersOf(dir string) ([]int, error) {
 		if !d.IsDir() {
 			return nil
 		}
-		data, err := os.ReadFile(filepath.Join(path, "cgroup.procs"))
+		data, err := keptFiles.ReadFile(filepath.Join(path, "cgroup.procs"))
 		if os.IsNotExist(err) || errors.Is(err, syscall.ENODEV) {
 			return nil // removed between the listing and the read
 		}

@@ -2,7 +2,6 @@ package procview
 
 import (
 	"bytes"
-	"os"
 	"path/filepath"
 
 	"github.com/ramproc/ramproc/cgroupfs/cgroup"
@@ -27,7 +26,7 @@ func (v *View) memory(g *cgroup.Group) (cgroup.Memory, bool, error) {
 // cpuset's CPUs with its cgroup's CPU time. A process with neither a
 // cpuset nor CPU accounting of its own sees the host's file.
 func (v *View) Stat(pid int) ([]byte, error) {
-	host, err := os.ReadFile(filepath.Join(v.Proc, "stat"))
+	host, err := keptFiles.ReadFile(filepath.Join(v.Proc, "stat"))
 	if err != nil {
 		return nil, err
 	}
@@ -57,7 +56,7 @@ func (v *View) Stat(pid int) ([]byte, error) {
 // function Diskstats); the host's file where no blkio or io controller
 // covers it, or in a root cgroup.
 func (v *View) Diskstats(pid int) ([]byte, error) {
-	host, err := os.ReadFile(filepath.Join(v.Proc, "diskstats"))
+	host, err := keptFiles.ReadFile(filepath.Join(v.Proc, "diskstats"))
 	if err != nil {
 		return nil, err
 	}
@@ -76,7 +75,7 @@ func (v *View) Diskstats(pid int) ([]byte, error) {
 // Swaps is /proc/swaps as process pid should see it (see the function
 // Swaps).
 func (v *View) Swaps(pid int) ([]byte, error) {
-	host, err := os.ReadFile(filepath.Join(v.Proc, "swaps"))
+	host, err := keptFiles.ReadFile(filepath.Join(v.Proc, "swaps"))
 	if err != nil {
 		return nil, err
 	}
@@ -85,7 +84,7 @@ func (v *View) Swaps(pid int) ([]byte, error) {
 		if err != nil || !ok {
 			return host, err
 		}
-		meminfo, err := os.ReadFile(filepath.Join(v.Proc, "meminfo"))
+		meminfo, err := keptFiles.ReadFile(filepath.Join(v.Proc, "meminfo"))
 		if err != nil {
 			return nil, err
 		}
@@ -109,11 +108,10 @@ func (v *View) Slabinfo(pid int) ([]byte, error) {
 		if ok && len(data) > 0 {
 			return data, nil
 		}
-		host, err := os.ReadFile(filepath.Join(v.Proc, "slabinfo"))
-		if err != nil || !ok {
-			return host, err
+		if ok {
+			return v.slabinfoHeader()
 		}
-		return SlabinfoHeader(host), nil
+		return keptFiles.ReadFile(filepath.Join(v.Proc, "slabinfo"))
 	})
 }
 
@@ -141,7 +139,7 @@ func (v *View) Pressure(pid int, resource string) ([]byte, error) {
 		if err != nil || ok {
 			return data, err
 		}
-		return os.ReadFile(filepath.Join(v.Proc, "pressure", resource))
+		return keptFiles.ReadFile(filepath.Join(v.Proc, "pressure", resource))
 	})
 }
 
@@ -153,8 +151,25 @@ func (v *View) Loadavg(pid int) ([]byte, error) {
 	return v.derive(pid, func(g *cgroup.Group) ([]byte, error) {
 		dir, ok := g.Dir()
 		if !ok || v.Load == nil {
-			return os.ReadFile(filepath.Join(v.Proc, "loadavg"))
+			return keptFiles.ReadFile(filepath.Join(v.Proc, "loadavg"))
 		}
 		return loadavg.Format(v.Load.Read(dir, pid)), nil
 	})
+}
+
+// slabinfoHeader is the host's slabinfo header, read once: it names the
+// format's version and columns, which do not change while the kernel runs
+// (and reading the whole host file, which the kernel generates by walking
+// every cache, costs a hundred times a cgroup file).
+func (v *View) slabinfoHeader() ([]byte, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.slabHeader == nil {
+		host, err := keptFiles.ReadFile(filepath.Join(v.Proc, "slabinfo"))
+		if err != nil {
+			return nil, err
+		}
+		v.slabHeader = SlabinfoHeader(host)
+	}
+	return v.slabHeader, nil
 }

@@ -20,10 +20,13 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ramproc/ramproc/cgroupfs/cgroup"
 	"github.com/ramproc/ramproc/cgroupfs/loadavg"
+
+	"github.com/ramproc/ramproc/cgroupfs/internal/kept"
 )
 
 // View reads the host's files and a process's cgroups and derives what the
@@ -39,6 +42,10 @@ type View struct {
 	// Load keeps the cgroups' load averages; nil serves the host's
 	// loadavg.
 	Load *loadavg.Sampler
+
+	mu         sync.Mutex
+	oldestOf   map[string]oldestProc // by cgroup directory (see oldest)
+	slabHeader []byte                // see slabinfoHeader
 }
 
 // New returns a View of the running system.
@@ -83,7 +90,7 @@ func (v *View) group(pid int) (*cgroup.Group, error) {
 // Meminfo is /proc/meminfo as process pid should see it (see the function
 // Meminfo).
 func (v *View) Meminfo(pid int) ([]byte, error) {
-	host, err := os.ReadFile(filepath.Join(v.Proc, "meminfo"))
+	host, err := keptFiles.ReadFile(filepath.Join(v.Proc, "meminfo"))
 	if err != nil {
 		return nil, err
 	}
@@ -109,7 +116,7 @@ func (v *View) cpus(g *cgroup.Group) (cgroup.CPUSet, bool, error) {
 // Cpuinfo is /proc/cpuinfo as process pid should see it: only the blocks
 // of the CPUs in its cpuset (see the function Cpuinfo).
 func (v *View) Cpuinfo(pid int) ([]byte, error) {
-	host, err := os.ReadFile(filepath.Join(v.Proc, "cpuinfo"))
+	host, err := keptFiles.ReadFile(filepath.Join(v.Proc, "cpuinfo"))
 	if err != nil {
 		return nil, err
 	}
@@ -132,7 +139,7 @@ func (v *View) Online(pid int) ([]byte, error) {
 			return nil, err
 		}
 		if !ok {
-			return os.ReadFile(filepath.Join(v.Sys, "devices/system/cpu/online"))
+			return keptFiles.ReadFile(filepath.Join(v.Sys, "devices/system/cpu/online"))
 		}
 		return []byte(set.String() + "\n"), nil
 	})
@@ -144,7 +151,7 @@ func (v *View) Online(pid int) ([]byte, error) {
 // have given, minus what the cgroup used). A process in the root cgroup
 // sees the host's file.
 func (v *View) Uptime(pid int) ([]byte, error) {
-	hostData, err := os.ReadFile(filepath.Join(v.Proc, "uptime"))
+	hostData, err := keptFiles.ReadFile(filepath.Join(v.Proc, "uptime"))
 	if err != nil {
 		return nil, err
 	}
@@ -156,23 +163,9 @@ func (v *View) Uptime(pid int) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		pids, err := g.Members()
+		oldest, found, err := v.oldest(g)
 		if err != nil {
 			return nil, err
-		}
-		oldest, found := uint64(0), false
-		for _, p := range pids {
-			data, err := os.ReadFile(filepath.Join(v.Proc, strconv.Itoa(p), "stat"))
-			if err != nil {
-				continue // exited since the listing
-			}
-			st, err := ParseStat(data)
-			if err != nil {
-				return nil, err
-			}
-			if !found || st.StartTicks < oldest {
-				oldest, found = st.StartTicks, true
-			}
 		}
 		if !found {
 			return hostData, nil
@@ -182,7 +175,7 @@ func (v *View) Uptime(pid int) ([]byte, error) {
 		ncpu := 0
 		if set, ok, err := g.CPUs(); err == nil && ok && len(set) > 0 {
 			ncpu = len(set)
-		} else if online, err := os.ReadFile(filepath.Join(v.Sys, "devices/system/cpu/online")); err == nil {
+		} else if online, err := keptFiles.ReadFile(filepath.Join(v.Sys, "devices/system/cpu/online")); err == nil {
 			if set, err := cgroup.ParseCPUList(string(online)); err == nil {
 				ncpu = len(set)
 			}
@@ -195,6 +188,77 @@ func (v *View) Uptime(pid int) ([]byte, error) {
 		}
 		return Uptime(age, idle), nil
 	})
+}
+
+// oldest returns the start time of the oldest process of g's cgroup (and
+// of its descendants). Scanning the members costs a read per process, so
+// the answer is kept per cgroup directory for up to a second, and only
+// while that process lives (its start time unchanged: not a reused pid)
+// and is still in the cgroup: a process that moves in from elsewhere and
+// is older than it is seen within that second.
+func (v *View) oldest(g *cgroup.Group) (start uint64, found bool, err error) {
+	dir, inGroup := g.Dir()
+	if inGroup {
+		v.mu.Lock()
+		o, ok := v.oldestOf[dir]
+		v.mu.Unlock()
+		if ok && time.Since(o.at) < time.Second && v.stillOldest(o, dir) {
+			return o.start, true, nil
+		}
+	}
+	pids, err := g.Members()
+	if err != nil {
+		return 0, false, err
+	}
+	var o oldestProc
+	for _, p := range pids {
+		data, err := os.ReadFile(filepath.Join(v.Proc, strconv.Itoa(p), "stat"))
+		if err != nil {
+			continue // exited since the listing
+		}
+		st, err := ParseStat(data)
+		if err != nil {
+			return 0, false, err
+		}
+		if !found || st.StartTicks < o.start {
+			o, found = oldestProc{pid: p, start: st.StartTicks}, true
+		}
+	}
+	if found && inGroup {
+		o.at = time.Now()
+		v.mu.Lock()
+		if v.oldestOf == nil || len(v.oldestOf) > 4096 {
+			v.oldestOf = map[string]oldestProc{} // bounded: start over
+		}
+		v.oldestOf[dir] = o
+		v.mu.Unlock()
+	}
+	return o.start, found, nil
+}
+
+// oldestProc is the oldest process of a cgroup when it was looked for.
+type oldestProc struct {
+	pid   int
+	start uint64
+	at    time.Time
+}
+
+// stillOldest reports whether o's process still runs (the same start
+// time) in the cgroup at dir or below it.
+func (v *View) stillOldest(o oldestProc, dir string) bool {
+	data, err := os.ReadFile(filepath.Join(v.Proc, strconv.Itoa(o.pid), "stat"))
+	if err != nil {
+		return false
+	}
+	if st, err := ParseStat(data); err != nil || st.StartTicks != o.start {
+		return false
+	}
+	g, err := v.Cgroups.Of(o.pid)
+	if err != nil {
+		return false
+	}
+	d, ok := g.Dir()
+	return ok && (d == dir || strings.HasPrefix(d, dir+"/"))
 }
 
 // ticks converts clock ticks (USER_HZ, 100 on every Linux) to a duration.
@@ -313,3 +377,7 @@ func ParseStat(data []byte) (Stat, error) {
 }
 
 var errBadStat = errors.New("malformed /proc/PID/stat")
+
+// keptFiles keeps the host's /proc and /sys files open, to read them with
+// pread (see package kept); /proc/PID files are opened at each read.
+var keptFiles kept.Files

@@ -30,9 +30,9 @@ const (
 var seq atomic.Int64
 
 // Name returns a cgroup name no other test (nor another run at the same
-// time) uses: ramproc-test-<pid>-<n>.
+// time) uses: cgroupfs-test-<pid>-<n>.
 func Name() string {
-	return fmt.Sprintf("ramproc-test-%d-%d", os.Getpid(), seq.Add(1))
+	return fmt.Sprintf("cgroupfs-test-%d-%d", os.Getpid(), seq.Add(1))
 }
 
 // Group is a cgroup a test made.
