@@ -50,7 +50,7 @@ func Paths(o Options) []string {
 	for _, r := range pressures {
 		list = append(list, "proc/pressure/"+r)
 	}
-	return append(list, "proc/self", "proc/<pid>/status", "sys/devices/system/cpu/online")
+	return append(list, "proc/self", "proc/<pid>/status", "sys/devices/system/cpu/online", "by-cgroup/<cgroup path>/{proc/...,sys/...}")
 }
 
 // procFiles are proc's per-caller files: the name, the mode, the View's
@@ -83,6 +83,8 @@ var pressures = []string{"cpu", "io", "memory"}
 //	    self                       a link to the caller's pid
 //	    <pid>/status               one directory per process of the caller's cgroup
 //	sys/devices/system/cpu/online  a per-caller file: the caller's cpuset
+//	by-cgroup/<cgroup path>/       the same files for one cgroup, whoever reads
+//	    proc/... sys/...           (see byCgroupDir)
 //
 // proc is dynamic because it holds both fixed names and the pids, which
 // only a handler can produce; sys is static directories, made once. The
@@ -102,6 +104,9 @@ func Publish(root *fusebridge.Dir, v *procview.View, o Options) error {
 		handler.Child{Name: "pressure", Mode: 0o555, Node: pressureDir{v}},
 		handler.Child{Name: "self", Mode: 0o777, Node: handler.SelfLink})
 	if _, err := root.Create("proc", 0o555, d); err != nil {
+		return err
+	}
+	if _, err := root.Create("by-cgroup", 0o555, byCgroupDir{v: v, o: o, path: "/"}); err != nil {
 		return err
 	}
 	cpu, err := root.MkdirAll("sys/devices/system/cpu", 0o555)

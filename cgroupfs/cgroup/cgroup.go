@@ -329,3 +329,55 @@ var errMalformed = errors.New("malformed cgroup file")
 // processes' own files (/proc/PID/cgroup) are opened at each read: pids
 // are reused.
 var keptFiles kept.Files
+
+// At returns the Group of the cgroup at path (a path as /proc/PID/cgroup
+// gives it) in every hierarchy: what a process there would be in, with
+// runtimes' habit of using one path in all of them. A hierarchy that has
+// no cgroup at path counts the cgroup in its root (that controller's
+// figures are then the host's). Its Pid is 0. ok is false when the home
+// hierarchy (see HomeMount) has no cgroup at path: it does not exist, or
+// no longer.
+func (h *Hierarchies) At(path string) (g *Group, ok bool) {
+	path = "/" + strings.Trim(path, "/")
+	m := Membership{V1: map[string]string{}}
+	for c, mnt := range h.V1 {
+		m.V1[c] = "/"
+		if p, ok := at(mnt, path, false); ok && isDir(p.dir) {
+			m.V1[c] = path
+		}
+	}
+	if h.Unified != nil {
+		m.Unified, m.HasUnified = "/", true
+		if p, ok := at(*h.Unified, path, true); ok && isDir(p.dir) {
+			m.Unified = path
+		}
+	}
+	g = &Group{h: h, Membership: m}
+	if home, found := g.home(); !found || !isDir(home.dir) || (home.cg != path && path != "/") {
+		return nil, false
+	}
+	return g, true
+}
+
+func isDir(dir string) bool {
+	st, err := os.Stat(dir)
+	return err == nil && st.IsDir()
+}
+
+// HomeMount is the hierarchy whose cgroup paths name a process's cgroup
+// (see Group.Members): the memory controller's, else v2's, else the pids
+// or cpuset controller's. ok is false when none is mounted.
+func (h *Hierarchies) HomeMount() (Mount, bool) {
+	if m, ok := h.V1["memory"]; ok {
+		return m, true
+	}
+	if h.Unified != nil {
+		return *h.Unified, true
+	}
+	for _, c := range []string{"pids", "cpuset"} {
+		if m, ok := h.V1[c]; ok {
+			return m, true
+		}
+	}
+	return Mount{}, false
+}

@@ -135,3 +135,20 @@ func TestParseUsageAll(t *testing.T) {
 		}
 	}
 }
+
+// TestAt: the Group of a cgroup path takes the path in every hierarchy
+// that has it, the root in the others; a path the home hierarchy lacks is
+// not a Group.
+func TestAt(t *testing.T) {
+	h, _ := fixture(t, []string{"memory", "cpuset"}, true, map[string]string{
+		"memory/a/memory.usage_in_bytes": "1\n",
+		"cpuset/cpuset.cpus":             "0-1\n",
+	})
+	g, ok := h.At("/a")
+	if !ok || g.Membership.V1["memory"] != "/a" || g.Membership.V1["cpuset"] != "/" || g.Membership.Unified != "/" || g.Path() != "/a" {
+		t.Errorf("At(/a) = %+v, %v", g, ok)
+	}
+	if _, ok := h.At("/b"); ok {
+		t.Error("At a path that no hierarchy has")
+	}
+}

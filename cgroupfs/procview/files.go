@@ -162,14 +162,15 @@ func (v *View) Loadavg(pid int) ([]byte, error) {
 // (and reading the whole host file, which the kernel generates by walking
 // every cache, costs a hundred times a cgroup file).
 func (v *View) slabinfoHeader() ([]byte, error) {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	if v.slabHeader == nil {
+	st := v.state()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.slabHeader == nil {
 		host, err := keptFiles.ReadFile(filepath.Join(v.Proc, "slabinfo"))
 		if err != nil {
 			return nil, err
 		}
-		v.slabHeader = SlabinfoHeader(host)
+		st.slabHeader = SlabinfoHeader(host)
 	}
-	return v.slabHeader, nil
+	return st.slabHeader, nil
 }

@@ -43,9 +43,11 @@ type View struct {
 	// loadavg.
 	Load *loadavg.Sampler
 
-	mu         sync.Mutex
-	oldestOf   map[string]oldestProc // by cgroup directory (see oldest)
-	slabHeader []byte                // see slabinfoHeader
+	// Path, when set, is a cgroup path: the View then answers for that
+	// cgroup whoever asks (see At).
+	Path string
+
+	s *shared
 }
 
 // New returns a View of the running system.
@@ -64,12 +66,49 @@ func (v *View) Close() {
 	}
 }
 
-// derive returns f of process pid's cgroups. If a cgroup is removed while
+// shared is what a View and the Views made from it by At share.
+type shared struct {
+	mu         sync.Mutex
+	oldestOf   map[string]oldestProc // by cgroup directory (see oldest)
+	slabHeader []byte                // see slabinfoHeader
+}
+
+var sharedInit sync.Mutex
+
+// state returns v's shared state, made at the first call.
+func (v *View) state() *shared {
+	sharedInit.Lock()
+	defer sharedInit.Unlock()
+	if v.s == nil {
+		v.s = &shared{}
+	}
+	return v.s
+}
+
+// At returns a View that answers for the cgroup at path (as
+// /proc/PID/cgroup names it in the memory controller's hierarchy, or v2's)
+// whatever pid it is asked for: the files of MOUNT/by-cgroup/PATH. It
+// shares v's caches and load sampler.
+func (v *View) At(path string) *View {
+	v.state()
+	at := *v
+	at.Path = path
+	return &at
+}
+
+// derive returns f of process pid's cgroups (of v.Path's, if set). If a cgroup is removed while
 // f reads it (cgroup.ErrRemoved, or a file or directory of it vanishing),
 // the process has moved: its cgroups are looked up once more, so that it
 // never gets the figures of an ancestor or of a cgroup it has left. A
 // second failure is returned (its errno reaches the reader).
 func (v *View) derive(pid int, f func(g *cgroup.Group) ([]byte, error)) ([]byte, error) {
+	if v.Path != "" {
+		g, ok := v.Cgroups.At(v.Path)
+		if !ok {
+			return nil, fmt.Errorf("cgroup %s: %w", v.Path, fs.ErrNotExist)
+		}
+		return f(g)
+	}
 	for try := 0; ; try++ {
 		g, err := v.Cgroups.Of(pid)
 		if err != nil {
@@ -199,9 +238,10 @@ func (v *View) Uptime(pid int) ([]byte, error) {
 func (v *View) oldest(g *cgroup.Group) (start uint64, found bool, err error) {
 	dir, inGroup := g.Dir()
 	if inGroup {
-		v.mu.Lock()
-		o, ok := v.oldestOf[dir]
-		v.mu.Unlock()
+		st := v.state()
+		st.mu.Lock()
+		o, ok := st.oldestOf[dir]
+		st.mu.Unlock()
 		if ok && time.Since(o.at) < time.Second && v.stillOldest(o, dir) {
 			return o.start, true, nil
 		}
@@ -226,12 +266,13 @@ func (v *View) oldest(g *cgroup.Group) (start uint64, found bool, err error) {
 	}
 	if found && inGroup {
 		o.at = time.Now()
-		v.mu.Lock()
-		if v.oldestOf == nil || len(v.oldestOf) > 4096 {
-			v.oldestOf = map[string]oldestProc{} // bounded: start over
+		st := v.state()
+		st.mu.Lock()
+		if st.oldestOf == nil || len(st.oldestOf) > 4096 {
+			st.oldestOf = map[string]oldestProc{} // bounded: start over
 		}
-		v.oldestOf[dir] = o
-		v.mu.Unlock()
+		st.oldestOf[dir] = o
+		st.mu.Unlock()
 	}
 	return o.start, found, nil
 }
