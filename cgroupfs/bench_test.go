@@ -262,21 +262,31 @@ func BenchmarkVsLXCFS(b *testing.B) {
 	for _, f := range benchFiles {
 		paths := [2]string{bind(b, filepath.Join(lx, f), binds, "lxcfs"), bind(b, filepath.Join(ours, f), binds, "cgroupfs")}
 		for _, n := range []int{1, 4} {
-			b.Run(fmt.Sprintf("%s/readers=%d", filepath.Base(f), n), func(b *testing.B) {
-				// Alternating rounds, so that a change of load on the
-				// machine weighs on both alike.
-				var r [2]float64
-				for range 2 {
-					for i, p := range paths {
-						r[i] += rate(b, groups, p, n, 300*time.Millisecond) / 2
-					}
-				}
-				b.ReportMetric(r[0], "lxcfs-opens/s")
-				b.ReportMetric(r[1], "cgroupfs-opens/s")
-				b.ReportMetric(r[1]/r[0], "x-lxcfs")
-				b.ReportMetric(0, "ns/op")
-			})
+			b.Run(fmt.Sprintf("%s/readers=%d", filepath.Base(f), n), func(b *testing.B) { sideBySide(b, groups, paths, n) })
 		}
 	}
+	// The per-cgroup view: the container's own cgroup's meminfo, beside
+	// LXCFS's meminfo.
+	paths := [2]string{bind(b, filepath.Join(lx, "proc/meminfo"), binds, "lxcfs-view"),
+		bind(b, filepath.Join(ours, "by-cgroup", groups[0].Path, "proc/meminfo"), binds, "cgroupfs-view")}
+	for _, n := range []int{1, 4} {
+		b.Run(fmt.Sprintf("by-cgroup-meminfo/readers=%d", n), func(b *testing.B) { sideBySide(b, groups, paths, n) })
+	}
 	b.Logf("RSS after: LXCFS %d KiB, cgroupfs %d KiB", rssKiB(b, lxPid), rssKiB(b, ourPid))
+}
+
+// sideBySide measures n readers of paths[0] (LXCFS) and paths[1] (ours) in
+// alternating rounds, so that a change of load on the machine weighs on
+// both alike, and reports both rates and their ratio.
+func sideBySide(b *testing.B, groups []*livecg.Group, paths [2]string, n int) {
+	var r [2]float64
+	for range 2 {
+		for i, p := range paths {
+			r[i] += rate(b, groups, p, n, 300*time.Millisecond) / 2
+		}
+	}
+	b.ReportMetric(r[0], "lxcfs-opens/s")
+	b.ReportMetric(r[1], "cgroupfs-opens/s")
+	b.ReportMetric(r[1]/r[0], "x-lxcfs")
+	b.ReportMetric(0, "ns/op")
 }
