@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/ramproc/ramproc/cgroupfs/internal/kept"
 )
@@ -193,7 +194,7 @@ type Group struct {
 // Of looks up the cgroups of process pid. A process that does not exist
 // gives an error satisfying errors.Is(err, fs.ErrNotExist).
 func (h *Hierarchies) Of(pid int) (*Group, error) {
-	data, err := os.ReadFile(filepath.Join(h.Proc, strconv.Itoa(pid), "cgroup"))
+	data, err := readProc(filepath.Join(h.Proc, strconv.Itoa(pid), "cgroup"))
 	if err != nil {
 		return nil, err
 	}
@@ -380,4 +381,32 @@ func (h *Hierarchies) HomeMount() (Mount, bool) {
 		}
 	}
 	return Mount{}, false
+}
+
+// readProc reads a small procfs file as os.ReadFile does, without its
+// fstat (procfs files have size 0): the one read of every open that
+// cannot be kept open, since it names the process.
+func readProc(path string) ([]byte, error) {
+	fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	defer syscall.Close(fd)
+	buf := make([]byte, 0, 1024)
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := syscall.Read(fd, buf[len(buf):cap(buf)])
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, &os.PathError{Op: "read", Path: path, Err: err}
+		}
+		if n == 0 {
+			return buf, nil
+		}
+		buf = buf[:len(buf)+n]
+	}
 }

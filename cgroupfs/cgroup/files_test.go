@@ -41,15 +41,14 @@ func TestUsage(t *testing.T) {
 // has none with the throttle counters alone); v2 reads io.stat.
 func TestIO(t *testing.T) {
 	h, _ := fixture(t, []string{"blkio"}, true, map[string]string{
-		"proc/1/cgroup": "7:blkio:/a\n0::/\n",
-		"proc/2/cgroup": "0::/b\n",
-		"proc/3/cgroup": "7:blkio:/t\n0::/\n",
-		"blkio/t/blkio.throttle.io_serviced_recursive": "8:0 Read 10\nTotal 10\n",
-		"blkio/a/blkio.io_serviced_recursive":          "8:0 Read 10\n8:0 Write 20\n8:0 Sync 30\n8:0 Async 0\n8:0 Discard 1\n8:0 Total 31\nTotal 31\n",
-		"blkio/a/blkio.io_service_bytes_recursive":     "8:0 Read 4096\n8:0 Write 8192\n8:0 Total 12288\nTotal 12288\n",
-		"blkio/a/blkio.io_service_time_recursive":      "8:0 Read 2000000\n8:0 Write 3000000\n8:0 Total 5000000\nTotal 5000000\n",
-		"blkio/a/blkio.io_wait_time_recursive":         "8:0 Read 1000000\nTotal 1000000\n",
-		"unified/b/io.stat":                            "8:16 rbytes=512 wbytes=1024 rios=1 wios=2 dbytes=0 dios=0 cost.vrate=100.00\n",
+		"proc/1/cgroup":                            "7:blkio:/a\n0::/\n",
+		"proc/2/cgroup":                            "0::/b\n",
+		"blkio/blkio.io_serviced_recursive":        "Total 0\n",
+		"blkio/a/blkio.io_serviced_recursive":      "8:0 Read 10\n8:0 Write 20\n8:0 Sync 30\n8:0 Async 0\n8:0 Discard 1\n8:0 Total 31\nTotal 31\n",
+		"blkio/a/blkio.io_service_bytes_recursive": "8:0 Read 4096\n8:0 Write 8192\n8:0 Total 12288\nTotal 12288\n",
+		"blkio/a/blkio.io_service_time_recursive":  "8:0 Read 2000000\n8:0 Write 3000000\n8:0 Total 5000000\nTotal 5000000\n",
+		"blkio/a/blkio.io_wait_time_recursive":     "8:0 Read 1000000\nTotal 1000000\n",
+		"unified/b/io.stat":                        "8:16 rbytes=512 wbytes=1024 rios=1 wios=2 dbytes=0 dios=0 cost.vrate=100.00\n",
 	})
 	g, _ := h.Of(1)
 	io, ok, err := g.IO()
@@ -58,7 +57,12 @@ func TestIO(t *testing.T) {
 	if err != nil || !ok || io[Dev{8, 0}] != want || len(io) != 1 {
 		t.Errorf("v1: %+v %v %v, want %+v", io, ok, err, want)
 	}
-	g, _ = h.Of(3)
+	throttle, _ := fixture(t, []string{"blkio"}, false, map[string]string{
+		"proc/3/cgroup": "7:blkio:/t\n",
+		"blkio/blkio.throttle.io_serviced_recursive":   "Total 10\n",
+		"blkio/t/blkio.throttle.io_serviced_recursive": "8:0 Read 10\nTotal 10\n",
+	})
+	g, _ = throttle.Of(3)
 	if io, ok, err := g.IO(); ok || err != nil {
 		t.Errorf("v1 with throttle counters only: %+v %v %v, want none", io, ok, err)
 	}

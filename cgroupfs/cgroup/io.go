@@ -2,6 +2,8 @@ package cgroup
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -80,6 +82,13 @@ var blkioFiles = []struct {
 // host's figures, as LXCFS does).
 func (g *Group) IO() (map[Dev]IOStat, bool, error) {
 	if p, ok := g.placeOf("blkio"); ok && !p.v2 {
+		// A v1 hierarchy has the same files in every cgroup, its root
+		// included: without the scheduler's counters there, no cgroup has
+		// them, and looking for each in every ancestor would cost a dozen
+		// failed opens per read.
+		if !exists(filepath.Join(p.mount.Dir, blkioFiles[0].names[0])) && !exists(filepath.Join(p.mount.Dir, blkioFiles[0].names[1])) {
+			return nil, false, nil
+		}
 		stats := map[Dev]IOStat{}
 		found := false
 		for k, f := range blkioFiles {
@@ -181,6 +190,11 @@ func ParseIOStat(data []byte) (map[Dev]IOStat, error) {
 		stats[d] = s
 	}
 	return stats, nil
+}
+
+func exists(file string) bool {
+	_, err := os.Stat(file)
+	return err == nil
 }
 
 func parseDev(s string) (Dev, error) {

@@ -126,6 +126,7 @@ func TestViewFiles(t *testing.T) {
 		"cpuacct/ctr/cpuacct.usage_all":         "cpu user system\n0 0 0\n1 1000000000 0\n2 0 0\n3 0 0\n",
 		"memory/ctr/memory.kmem.slabinfo":       "",
 		"blkio/ctr/blkio.io_serviced_recursive": "8:0 Read 10\nTotal 10\n",
+		"blkio/blkio.io_serviced_recursive":     "Total 10\n",
 	} {
 		p := filepath.Join(root, name)
 		os.MkdirAll(filepath.Dir(p), 0o755)
