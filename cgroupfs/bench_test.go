@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,7 +26,7 @@ import (
 // cgroups (256 MiB, one CPU) open, read to EOF and close one file through
 // a bind mount of it, as a container reads its /proc, for a fixed time,
 // alternating between the two servers. It reports the rates, the ratio to
-// LXCFS and both servers' RSS:
+// LXCFS and both servers' RSS (logged: -v):
 //
 //	go test -run '^$' -bench VsLXCFS -benchtime=1x ./cgroupfs
 
@@ -276,17 +277,21 @@ func BenchmarkVsLXCFS(b *testing.B) {
 }
 
 // sideBySide measures n readers of paths[0] (LXCFS) and paths[1] (ours) in
-// alternating rounds, so that a change of load on the machine weighs on
-// both alike, and reports both rates and their ratio.
+// five alternating rounds, so that a change of load on the machine weighs
+// on both alike, and reports the median of each rate and of the rounds'
+// ratios (a burst of other work on the machine moves one round, not the
+// median).
 func sideBySide(b *testing.B, groups []*livecg.Group, paths [2]string, n int) {
-	var r [2]float64
-	for range 2 {
-		for i, p := range paths {
-			r[i] += rate(b, groups, p, n, 300*time.Millisecond) / 2
-		}
+	const rounds = 5
+	var lx, ours, ratio []float64
+	for range rounds {
+		a := rate(b, groups, paths[0], n, 200*time.Millisecond)
+		c := rate(b, groups, paths[1], n, 200*time.Millisecond)
+		lx, ours, ratio = append(lx, a), append(ours, c), append(ratio, c/a)
 	}
-	b.ReportMetric(r[0], "lxcfs-opens/s")
-	b.ReportMetric(r[1], "cgroupfs-opens/s")
-	b.ReportMetric(r[1]/r[0], "x-lxcfs")
+	median := func(v []float64) float64 { slices.Sort(v); return v[len(v)/2] }
+	b.ReportMetric(median(lx), "lxcfs-opens/s")
+	b.ReportMetric(median(ours), "cgroupfs-opens/s")
+	b.ReportMetric(median(ratio), "x-lxcfs")
 	b.ReportMetric(0, "ns/op")
 }

@@ -172,27 +172,21 @@ func (g *Group) Usage() (u CPUUsage, ok bool, err error) {
 		if p.dir == p.mount.Dir {
 			return CPUUsage{}, false, nil
 		}
-		data, dir, ok, err := p.readUp("cpuacct.usage_all")
-		if err != nil {
-			return CPUUsage{}, false, err
-		}
-		if ok {
-			per, err := ParseUsageAll(data)
+		for _, f := range []struct {
+			name  string
+			parse func([]byte) ([]CPUTimes, error)
+		}{{"cpuacct.usage_all", ParseUsageAll}, {"cpuacct.usage_percpu", parsePercpu}} {
+			data, dir, ok, err := p.readUp(f.name)
 			if err != nil {
-				return CPUUsage{}, false, fmt.Errorf("%s/cpuacct.usage_all: %w", dir, err)
+				return CPUUsage{}, false, err
 			}
-			return sumUsage(per), true, nil
-		}
-		data, dir, ok, err = p.readUp("cpuacct.usage_percpu")
-		if err != nil {
-			return CPUUsage{}, false, err
-		}
-		if ok {
-			per, err := parsePercpu(data)
-			if err != nil {
-				return CPUUsage{}, false, fmt.Errorf("%s/cpuacct.usage_percpu: %w", dir, err)
+			if ok {
+				per, err := f.parse(data)
+				if err != nil {
+					return CPUUsage{}, false, fmt.Errorf("%s/%s: %w", dir, f.name, err)
+				}
+				return sumUsage(per), true, nil
 			}
-			return sumUsage(per), true, nil
 		}
 	}
 	if g.h.Unified == nil || !g.Membership.HasUnified {

@@ -34,46 +34,41 @@ var blkioFiles = []struct {
 	set   func(s *IOStat, op string, n uint64)
 }{
 	{[]string{"blkio.io_serviced_recursive", "blkio.bfq.io_serviced_recursive"}, false, func(s *IOStat, op string, n uint64) {
-		switch op {
-		case "Read":
-			s.Reads = n
-		case "Write":
-			s.Writes = n
-		case "Discard":
-			s.Discards = n
-		}
+		set(pick(op, &s.Reads, &s.Writes, &s.Discards), n)
 	}},
 	{[]string{"blkio.io_service_bytes_recursive", "blkio.bfq.io_service_bytes_recursive"}, false, func(s *IOStat, op string, n uint64) {
-		switch op {
-		case "Read":
-			s.ReadBytes = n
-		case "Write":
-			s.WrittenBytes = n
-		case "Discard":
-			s.Discarded = n
-		}
+		set(pick(op, &s.ReadBytes, &s.WrittenBytes, &s.Discarded), n)
 	}},
 	{[]string{"blkio.io_merged_recursive", "blkio.bfq.io_merged_recursive"}, false, func(s *IOStat, op string, n uint64) {
-		switch op {
-		case "Read":
-			s.ReadMerges = n
-		case "Write":
-			s.WriteMerges = n
-		}
+		set(pick(op, &s.ReadMerges, &s.WriteMerges, nil), n)
 	}},
 	{[]string{"blkio.io_service_time_recursive", "blkio.bfq.io_service_time_recursive", "blkio.io_wait_time_recursive", "blkio.bfq.io_wait_time_recursive"}, true, func(s *IOStat, op string, n uint64) {
-		d := time.Duration(min(n, 1<<62))
-		switch op {
-		case "Read":
-			s.ReadTime += d
-		case "Write":
-			s.WriteTime += d
-		case "Discard":
-			s.DiscardTime += d
-		case "Total":
-			s.TotalTime += d
+		if op == "Total" {
+			s.TotalTime += time.Duration(min(n, 1<<62))
+		} else if t := pick(op, &s.ReadTime, &s.WriteTime, &s.DiscardTime); t != nil {
+			*t += time.Duration(min(n, 1<<62))
 		}
 	}},
+}
+
+// pick returns the one of read, write and discard that a blkio line's
+// operation names; nil for the others (Sync, Async, Total).
+func pick[T any](op string, read, write, discard *T) *T {
+	switch op {
+	case "Read":
+		return read
+	case "Write":
+		return write
+	case "Discard":
+		return discard
+	}
+	return nil
+}
+
+func set(c *uint64, n uint64) {
+	if c != nil {
+		*c = n
+	}
 }
 
 // IO reads the cgroup's block I/O per device: v1 blkio's CFQ or BFQ

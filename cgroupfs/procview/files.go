@@ -26,11 +26,7 @@ func (v *View) memory(g *cgroup.Group) (cgroup.Memory, bool, error) {
 // cpuset's CPUs with its cgroup's CPU time. A process with neither a
 // cpuset nor CPU accounting of its own sees the host's file.
 func (v *View) Stat(pid int) ([]byte, error) {
-	host, err := keptFiles.ReadFile(filepath.Join(v.Proc, "stat"))
-	if err != nil {
-		return nil, err
-	}
-	return v.derive(pid, func(g *cgroup.Group) ([]byte, error) {
+	return v.withHost(pid, "stat", func(host []byte, g *cgroup.Group) ([]byte, error) {
 		set, hasSet, err := g.CPUs()
 		if err != nil {
 			return nil, err
@@ -56,11 +52,7 @@ func (v *View) Stat(pid int) ([]byte, error) {
 // function Diskstats); the host's file where no blkio or io controller
 // covers it, or in a root cgroup.
 func (v *View) Diskstats(pid int) ([]byte, error) {
-	host, err := keptFiles.ReadFile(filepath.Join(v.Proc, "diskstats"))
-	if err != nil {
-		return nil, err
-	}
-	return v.derive(pid, func(g *cgroup.Group) ([]byte, error) {
+	return v.withHost(pid, "diskstats", func(host []byte, g *cgroup.Group) ([]byte, error) {
 		if g.IsRoot() {
 			return host, nil
 		}
@@ -75,11 +67,7 @@ func (v *View) Diskstats(pid int) ([]byte, error) {
 // Swaps is /proc/swaps as process pid should see it (see the function
 // Swaps).
 func (v *View) Swaps(pid int) ([]byte, error) {
-	host, err := keptFiles.ReadFile(filepath.Join(v.Proc, "swaps"))
-	if err != nil {
-		return nil, err
-	}
-	return v.derive(pid, func(g *cgroup.Group) ([]byte, error) {
+	return v.withHost(pid, "swaps", func(host []byte, g *cgroup.Group) ([]byte, error) {
 		m, ok, err := v.memory(g)
 		if err != nil || !ok {
 			return host, err

@@ -122,6 +122,16 @@ func (v *View) derive(pid int, f func(g *cgroup.Group) ([]byte, error)) ([]byte,
 	}
 }
 
+// withHost returns f of the host's file /proc/name and of process pid's
+// cgroups (see derive).
+func (v *View) withHost(pid int, name string, f func(host []byte, g *cgroup.Group) ([]byte, error)) ([]byte, error) {
+	host, err := keptFiles.ReadFile(filepath.Join(v.Proc, name))
+	if err != nil {
+		return nil, err
+	}
+	return v.derive(pid, func(g *cgroup.Group) ([]byte, error) { return f(host, g) })
+}
+
 func (v *View) group(pid int) (*cgroup.Group, error) {
 	return v.Cgroups.Of(pid)
 }
@@ -129,11 +139,7 @@ func (v *View) group(pid int) (*cgroup.Group, error) {
 // Meminfo is /proc/meminfo as process pid should see it (see the function
 // Meminfo).
 func (v *View) Meminfo(pid int) ([]byte, error) {
-	host, err := keptFiles.ReadFile(filepath.Join(v.Proc, "meminfo"))
-	if err != nil {
-		return nil, err
-	}
-	return v.derive(pid, func(g *cgroup.Group) ([]byte, error) {
+	return v.withHost(pid, "meminfo", func(host []byte, g *cgroup.Group) ([]byte, error) {
 		m, ok, err := v.memory(g)
 		if err != nil || !ok {
 			return host, err
@@ -155,11 +161,7 @@ func (v *View) cpus(g *cgroup.Group) (cgroup.CPUSet, bool, error) {
 // Cpuinfo is /proc/cpuinfo as process pid should see it: only the blocks
 // of the CPUs in its cpuset (see the function Cpuinfo).
 func (v *View) Cpuinfo(pid int) ([]byte, error) {
-	host, err := keptFiles.ReadFile(filepath.Join(v.Proc, "cpuinfo"))
-	if err != nil {
-		return nil, err
-	}
-	return v.derive(pid, func(g *cgroup.Group) ([]byte, error) {
+	return v.withHost(pid, "cpuinfo", func(host []byte, g *cgroup.Group) ([]byte, error) {
 		set, ok, err := v.cpus(g)
 		if err != nil || !ok {
 			return host, err
@@ -190,11 +192,7 @@ func (v *View) Online(pid int) ([]byte, error) {
 // have given, minus what the cgroup used). A process in the root cgroup
 // sees the host's file.
 func (v *View) Uptime(pid int) ([]byte, error) {
-	hostData, err := keptFiles.ReadFile(filepath.Join(v.Proc, "uptime"))
-	if err != nil {
-		return nil, err
-	}
-	return v.derive(pid, func(g *cgroup.Group) ([]byte, error) {
+	return v.withHost(pid, "uptime", func(hostData []byte, g *cgroup.Group) ([]byte, error) {
 		if g.IsRoot() {
 			return hostData, nil
 		}
