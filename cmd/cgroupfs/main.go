@@ -25,7 +25,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime/debug"
 	"strings"
 	"syscall"
 
@@ -99,11 +98,6 @@ func parseArgs(args []string) (cgroupfs.Options, string, error) {
 }
 
 func run(mnt string, o cgroupfs.Options) error {
-	// Each open makes a few KiB of garbage; a soft limit has the collector
-	// keep the heap small rather than let it grow to twice the live data
-	// between collections (the server lives long and beside containers
-	// whose memory is counted).
-	debug.SetMemoryLimit(8 << 20)
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("must run as root: it mounts FUSE and reads every process's cgroups (try sudo)")
 	}
