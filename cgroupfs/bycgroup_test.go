@@ -5,9 +5,14 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/ramproc/ramproc/cgroupfs/internal/livecg"
+	"github.com/ramproc/ramproc/cgroupfs/procview"
+	"github.com/ramproc/ramproc/fusebridge"
+	"github.com/ramproc/ramproc/internal/testenv"
 )
 
 // TestByCgroup: by-cgroup/<path>/ serves a cgroup's files to whoever reads
@@ -69,5 +74,78 @@ func TestByCgroup(t *testing.T) {
 	_ = again
 	if got := memTotal([]byte(read("proc/meminfo"))); got != "MemTotal:          65536 kB" {
 		t.Errorf("the cgroup made anew: %q", got)
+	}
+}
+
+// TestRequestsPerOpen counts what an open+read+close of a bind-mounted
+// file costs: OPEN, READ, the EOF READ and RELEASE for a per-reader file
+// (no LOOKUP through the bind, no GETATTR: proc is a static directory, and
+// no FLUSH: the bridge refuses it once); by-cgroup's files, children of
+// dynamic directories, cost a GETATTR more.
+func TestRequestsPerOpen(t *testing.T) {
+	testenv.RequireFUSE(t)
+	v, err := procview.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(v.Close)
+	mnt := t.TempDir()
+	m := &fusebridge.Metrics{}
+	srv, err := fusebridge.Mount(mnt, fusebridge.Options{Metrics: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Unmount() })
+	if err := Publish(srv.Root(), v, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	for _, c := range []struct {
+		file string
+		want map[fusebridge.Op]uint64
+	}{
+		{"proc/meminfo", map[fusebridge.Op]uint64{fusebridge.OpOpen: 10, fusebridge.OpRead: 20, fusebridge.OpRelease: 10}},
+		{"by-cgroup/proc/meminfo", map[fusebridge.Op]uint64{fusebridge.OpGetattr: 10, fusebridge.OpOpen: 10, fusebridge.OpRead: 20, fusebridge.OpRelease: 10}},
+	} {
+		target := bind(t, filepath.Join(mnt, c.file), dir, strings.ReplaceAll(c.file, "/", "_"))
+		// As a reader does: open, read(2) to EOF, close (os.ReadFile's
+		// fstat would ask for fresh attributes). One cycle first: the
+		// kernel asks once per connection whether FLUSH is wanted.
+		cycle := func() {
+			fd, err := syscall.Open(target, syscall.O_RDONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer syscall.Close(fd)
+			buf := make([]byte, 64<<10)
+			for {
+				n, err := syscall.Read(fd, buf)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if n == 0 {
+					return
+				}
+			}
+		}
+		cycle()
+		for i := 0; i < 500 && m.Requests(fusebridge.OpRelease) < m.Requests(fusebridge.OpOpen); i++ {
+			time.Sleep(10 * time.Millisecond) // RELEASE follows close(2) (bounded wait)
+		}
+		before := map[fusebridge.Op]uint64{}
+		for _, op := range fusebridge.Ops() {
+			before[op] = m.Requests(op)
+		}
+		for range 10 {
+			cycle()
+		}
+		for i := 0; i < 500 && m.Requests(fusebridge.OpRelease)-before[fusebridge.OpRelease] < 10; i++ {
+			time.Sleep(10 * time.Millisecond)
+		}
+		for _, op := range fusebridge.Ops() {
+			if got := m.Requests(op) - before[op]; got != c.want[op] {
+				t.Errorf("%s: %d %s requests for 10 opens, want %d", c.file, got, op, c.want[op])
+			}
+		}
 	}
 }

@@ -92,14 +92,14 @@ func (h *holder) finish() string {
 }
 
 // TestPidsOfConcurrentContainers: a reader in cgroup a holds
-// proc/<pid>/status of a process of a open while a reader in cgroup b,
-// which may not see that pid, lists proc and looks the pid up: a's
+// pids/<pid>/status of a process of a open while a reader in cgroup b,
+// which may not see that pid, lists pids and looks the pid up: a's
 // descriptor keeps reading and the inode number stays. Once the process
 // exits, the next lookup retires its directory: a descriptor still open on
 // it gets EIO.
 func TestPidsOfConcurrentContainers(t *testing.T) {
 	mnt := serve(t)
-	proc := filepath.Join(mnt, "proc")
+	proc := filepath.Join(mnt, "pids")
 	a := livecg.New(t, livecg.Memory, livecg.Name())
 	b := livecg.New(t, livecg.Memory, livecg.Name())
 	sleeper := livecg.Start(t, []*livecg.Group{a}, "sleep", "60")

@@ -17,7 +17,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"syscall"
 
@@ -50,7 +49,7 @@ func Paths(o Options) []string {
 	for _, r := range pressures {
 		list = append(list, "proc/pressure/"+r)
 	}
-	return append(list, "proc/self", "proc/<pid>/status", "sys/devices/system/cpu/online", "by-cgroup/<cgroup path>/{proc/...,sys/...}")
+	return append(list, "sys/devices/system/cpu/online", "pids/self", "pids/<pid>/status", "by-cgroup/<cgroup path>/{proc/...,sys/...}")
 }
 
 // procFiles are proc's per-caller files: the name, the mode, the View's
@@ -77,82 +76,70 @@ var pressures = []string{"cpu", "io", "memory"}
 
 // Publish builds the tree under root:
 //
-//	proc/                          a dynamic directory (procDir)
-//	    meminfo cpuinfo stat ...   per-caller files: the caller's cgroup's view
-//	    pressure/{cpu,io,memory}   per-caller files: its v2 cgroup's PSI
+//	proc/meminfo cpuinfo stat ...  per-caller files: the caller's cgroup's view
+//	proc/pressure/{cpu,io,memory}  per-caller files: its v2 cgroup's PSI
+//	sys/devices/system/cpu/online  a per-caller file: the caller's cpuset
+//	pids/                          a per-caller dynamic directory (pidsDir):
 //	    self                       a link to the caller's pid
 //	    <pid>/status               one directory per process of the caller's cgroup
-//	sys/devices/system/cpu/online  a per-caller file: the caller's cpuset
-//	by-cgroup/<cgroup path>/       the same files for one cgroup, whoever reads
-//	    proc/... sys/...           (see byCgroupDir)
+//	by-cgroup/<cgroup path>/       the files of proc and sys for one cgroup,
+//	    proc/... sys/...           whoever reads (see byCgroupDir)
 //
-// proc is dynamic because it holds both fixed names and the pids, which
-// only a handler can produce; sys is static directories, made once. The
-// view's NoSwap is set from o.
+// proc and sys are static directories, made once: the kernel keeps their
+// names and their files' attributes (the same for every caller), so an
+// open of a file costs OPEN, READ, an EOF READ and RELEASE, where a child
+// of a dynamic directory would cost a GETATTR more (the kernel checks the
+// mode bits against fresh attributes, and a dynamic directory's children
+// have none that stay fresh). The pids are only a handler's to name, so
+// they have a dynamic directory of their own. The view's NoSwap is set
+// from o.
 func Publish(root *fusebridge.Dir, v *procview.View, o Options) error {
 	v.NoSwap = o.NoSwap
-	d := &procDir{v: v}
+	proc, err := root.Mkdir("proc", 0o555)
+	if err != nil {
+		return err
+	}
 	for _, f := range procFiles {
 		if f.name == "loadavg" && o.NoLoadavg {
 			continue
 		}
-		host := "/proc/" + f.name
-		d.fixed = append(d.fixed, handler.Child{Name: f.name, Mode: f.mode,
-			Node: procFile{perCaller(func(pid int) ([]byte, error) { return f.derive(v, pid) }, host), syscall.EIO}})
+		derive := func(pid int) ([]byte, error) { return f.derive(v, pid) }
+		if _, err := proc.Create(f.name, f.mode, procFile{perCaller(derive, "/proc/"+f.name), syscall.EIO}); err != nil {
+			return err
+		}
 	}
-	d.fixed = append(d.fixed,
-		handler.Child{Name: "pressure", Mode: 0o555, Node: pressureDir{v}},
-		handler.Child{Name: "self", Mode: 0o777, Node: handler.SelfLink})
-	if _, err := root.Create("proc", 0o555, d); err != nil {
+	pressure, err := proc.Mkdir("pressure", 0o555)
+	if err != nil {
 		return err
 	}
-	if _, err := root.Create("by-cgroup", 0o555, byCgroupDir{v: v, o: o, path: "/"}); err != nil {
-		return err
+	for _, r := range pressures {
+		// The kernel's pressure files accept triggers, which need
+		// poll(2): these are read-only, and a write fails with EINVAL, as
+		// the kernel's does for a malformed trigger.
+		derive := func(pid int) ([]byte, error) { return v.Pressure(pid, r) }
+		if _, err := pressure.Create(r, 0o444, procFile{perCaller(derive, "/proc/pressure/"+r), syscall.EINVAL}); err != nil {
+			return err
+		}
 	}
 	cpu, err := root.MkdirAll("sys/devices/system/cpu", 0o555)
 	if err != nil {
 		return err
 	}
-	_, err = cpu.Create("online", 0o444, perCaller(v.Online, "/sys/devices/system/cpu/online"))
+	if _, err := cpu.Create("online", 0o444, perCaller(v.Online, "/sys/devices/system/cpu/online")); err != nil {
+		return err
+	}
+	if _, err := root.Create("pids", 0o555, &pidsDir{v: v}); err != nil {
+		return err
+	}
+	_, err = root.Create("by-cgroup", 0o555, byCgroupDir{v: v, o: o, path: "/"})
 	return err
-}
-
-// pressureDir is proc/pressure: the caller's v2 cgroup's pressure files.
-// They are read-only: the kernel's accept triggers written to them, which
-// need poll(2), and a write fails with EINVAL, as the kernel's does for
-// a malformed trigger.
-type pressureDir struct{ v *procview.View }
-
-func (p pressureDir) child(r string) handler.Child {
-	return handler.Child{Name: r, Mode: 0o444, Node: procFile{perCaller(func(pid int) ([]byte, error) {
-		return p.v.Pressure(pid, r)
-	}, "/proc/pressure/"+r), syscall.EINVAL}}
-}
-
-// Lookup finds cpu, io or memory.
-func (p pressureDir) Lookup(ctx context.Context, name string) (handler.Child, error) {
-	for _, r := range pressures {
-		if r == name {
-			return p.child(r), nil
-		}
-	}
-	return handler.Child{}, syscall.ENOENT
-}
-
-// List lists cpu, io and memory.
-func (p pressureDir) List(ctx context.Context) ([]handler.Child, error) {
-	var kids []handler.Child
-	for _, r := range pressures {
-		kids = append(kids, p.child(r))
-	}
-	return kids, nil
 }
 
 // caller returns the thread for whom a request is made, as the kernel
 // names it (the server's pid namespace's number). Its /proc/<tid>/cgroup
 // names the cgroups that confine that very thread, which is what its
 // files must show, so it is not mapped to its process (handler.SelfLink
-// does that for proc/self). ok is false for requests on nobody's behalf
+// does that for pids/self). ok is false for requests on nobody's behalf
 // and for callers outside the server's pid namespace (pid 0).
 func caller(ctx context.Context) (int, bool) {
 	c, ok := handler.CallerOf(ctx)
@@ -189,28 +176,28 @@ func (f procFile) Write(ctx context.Context, of *handler.OpenFile, src []byte, o
 	return 0, f.writeErr
 }
 
-// procDir is proc/: the fixed files, self, and a directory for each
-// process the caller may see (its cgroup's, with the sub-cgroups').
-type procDir struct {
-	v     *procview.View
-	fixed []handler.Child // the names every caller sees
+// pidsDir is pids/: self, and a directory for each process the caller may
+// see (its cgroup's, with the sub-cgroups').
+type pidsDir struct {
+	v *procview.View
 }
 
+// self is pids/self, which every caller sees.
+var self = handler.Child{Name: "self", Mode: 0o777, Node: handler.SelfLink}
+
 // PerCaller tells the bridge that each caller sees its own pids, so that a
-// reader in one cgroup who lists proc, or looks up a pid it may not see,
+// reader in one cgroup who lists pids, or looks up a pid it may not see,
 // does not make the bridge retire that pid's directory for a reader in
 // another (whose open descriptors then keep reading, and whose inode
 // numbers stay). Lookup says when a process has exited (ErrVanished), and
 // each pid's Gen, its start time, tells a reused pid from the process
 // that had it.
-func (d *procDir) PerCaller() bool { return true }
+func (d *pidsDir) PerCaller() bool { return true }
 
-// Lookup finds a fixed name, or a pid the caller may see.
-func (d *procDir) Lookup(ctx context.Context, name string) (handler.Child, error) {
-	for _, c := range d.fixed {
-		if c.Name == name {
-			return c, nil
-		}
+// Lookup finds self, or a pid the caller may see.
+func (d *pidsDir) Lookup(ctx context.Context, name string) (handler.Child, error) {
+	if name == self.Name {
+		return self, nil
 	}
 	pid, err := strconv.Atoi(name)
 	if err != nil || pid <= 0 || strconv.Itoa(pid) != name {
@@ -235,7 +222,7 @@ func (d *procDir) Lookup(ctx context.Context, name string) (handler.Child, error
 
 // started returns the start time of process pid, which tells it from a
 // later process that reuses the pid (the pid directory's Gen).
-func (d *procDir) started(pid int) (uint64, error) {
+func (d *pidsDir) started(pid int) (uint64, error) {
 	data, err := os.ReadFile(filepath.Join(d.v.Proc, strconv.Itoa(pid), "stat"))
 	if err != nil {
 		return 0, err
@@ -247,9 +234,9 @@ func (d *procDir) started(pid int) (uint64, error) {
 	return st.StartTicks + 1, nil // never 0, which would mean no Gen
 }
 
-// List lists the fixed names and the caller's cgroup's processes.
-func (d *procDir) List(ctx context.Context) ([]handler.Child, error) {
-	kids := slices.Clone(d.fixed)
+// List lists self and the caller's cgroup's processes.
+func (d *pidsDir) List(ctx context.Context) ([]handler.Child, error) {
+	kids := []handler.Child{self}
 	me, ok := caller(ctx)
 	if !ok {
 		return kids, nil
@@ -266,12 +253,12 @@ func (d *procDir) List(ctx context.Context) ([]handler.Child, error) {
 	return kids, nil
 }
 
-// pidChild is proc/<pid> of the process that started at start.
-func (d *procDir) pidChild(pid int, start uint64) handler.Child {
+// pidChild is pids/<pid> of the process that started at start.
+func (d *pidsDir) pidChild(pid int, start uint64) handler.Child {
 	return handler.Child{Name: strconv.Itoa(pid), Mode: 0o555, Node: &pidDir{v: d.v, pid: pid}, Gen: start}
 }
 
-// pidDir is proc/<pid>/: the process's status, the host's own file (its
+// pidDir is pids/<pid>/: the process's status, the host's own file (its
 // Name, Pid, PPid, ... as the server's pid namespace sees them).
 type pidDir struct {
 	v   *procview.View
