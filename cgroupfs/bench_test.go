@@ -274,6 +274,17 @@ func BenchmarkVsLXCFS(b *testing.B) {
 		b.Run(fmt.Sprintf("by-cgroup-meminfo/readers=%d", n), func(b *testing.B) { sideBySide(b, groups, paths, n) })
 	}
 	b.Logf("RSS after: LXCFS %d KiB, cgroupfs %d KiB", rssKiB(b, lxPid), rssKiB(b, ourPid))
+	// 100 cgroups read: each one's files through by-cgroup (its loadavg
+	// too, which the sampler then keeps).
+	for range 100 {
+		g := livecg.New(b, livecg.Memory, livecg.Name(), "memory.limit_in_bytes", "268435456")
+		for _, f := range benchFiles {
+			if _, err := os.ReadFile(filepath.Join(ours, "by-cgroup", g.Path, f)); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.Logf("RSS after 100 cgroups read: cgroupfs %d KiB", rssKiB(b, ourPid))
 }
 
 // sideBySide measures n readers of paths[0] (LXCFS) and paths[1] (ours) in
