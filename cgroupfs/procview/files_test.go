@@ -215,3 +215,26 @@ func FuzzSwaps(f *testing.F) {
 		}
 	})
 }
+
+// TestMalformed: a kernel file that is not what the kernel writes is an
+// error for the reader (an errno), never a panic nor figures made up from
+// part of it.
+func TestMalformed(t *testing.T) {
+	v := viewFixture(t)
+	root := filepath.Dir(v.Proc)
+	for name, content := range map[string]string{
+		"proc/stat":                     hostStat,
+		"cpuacct/ctr/cpuacct.usage_all": "cpu user system\n0 1 x\n",
+		"memory/ctr/memory.stat":        "total_cache many\n",
+	} {
+		if err := os.WriteFile(filepath.Join(root, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, err := v.Stat(10); err == nil {
+		t.Errorf("stat with a malformed cpuacct.usage_all: %q", got)
+	}
+	if got, err := v.Meminfo(10); err == nil {
+		t.Errorf("meminfo with a malformed memory.stat: %q", got)
+	}
+}
