@@ -1,0 +1,308 @@
+package cgroupfs
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ramproc/ramproc/cgroupfs/internal/livecg"
+	"github.com/ramproc/ramproc/internal/testenv"
+)
+
+// The side-by-side benchmark: the real LXCFS and the cgroupfs command, each
+// a process of its own, serve the same files; readers in a container's
+// cgroups (256 MiB, one CPU) open, read to EOF and close one file through
+// a bind mount of it, as a container reads its /proc, for a fixed time,
+// alternating between the two servers. It reports the rates, the ratio to
+// LXCFS and both servers' RSS (logged: -v):
+//
+//	go test -run '^$' -bench VsLXCFS -benchtime=1x ./cgroupfs
+
+// The test binary is also the readers: started with benchReadEnv set, it
+// reads that file in a loop (see benchReader).
+const (
+	benchReadEnv = "CGROUPFS_BENCH_READ"
+	benchForEnv  = "CGROUPFS_BENCH_FOR"
+)
+
+func TestMain(m *testing.M) {
+	if path := os.Getenv(benchReadEnv); path != "" {
+		os.Exit(benchReader(path))
+	}
+	code := m.Run()
+	if cmdDir != "" {
+		os.RemoveAll(cmdDir)
+	}
+	os.Exit(code)
+}
+
+// benchReader waits for its stdin to close (the start signal shared by all
+// readers), then opens, reads to EOF and closes path for the time in
+// benchForEnv, and prints the number of cycles and the nanoseconds taken.
+func benchReader(path string) int {
+	d, err := time.ParseDuration(os.Getenv(benchForEnv))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	io.Copy(io.Discard, os.Stdin)
+	buf := make([]byte, 64<<10)
+	n := 0
+	start := time.Now()
+	for time.Since(start) < d {
+		fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "open:", err)
+			return 1
+		}
+		for {
+			k, err := syscall.Read(fd, buf)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "read:", err)
+				return 1
+			}
+			if k == 0 {
+				break
+			}
+		}
+		syscall.Close(fd)
+		n++
+	}
+	fmt.Println(n, time.Since(start).Nanoseconds())
+	return 0
+}
+
+var (
+	cmdOnce sync.Once
+	cmdDir  string
+	cmdPath string
+	cmdErr  error
+)
+
+// startCommand builds the cgroupfs command (without -race: it is measured)
+// and serves a fresh mount point with it; it returns the mount point and
+// the server's pid. It is stopped at the end.
+func startCommand(t testing.TB) (string, int) {
+	t.Helper()
+	testenv.RequireFUSE(t)
+	cmdOnce.Do(func() {
+		if cmdDir, cmdErr = os.MkdirTemp("", "cgroupfs-bin"); cmdErr != nil {
+			return
+		}
+		cmdPath = filepath.Join(cmdDir, "cgroupfs")
+		var out []byte
+		if out, cmdErr = exec.Command("go", "build", "-o", cmdPath, "github.com/ramproc/ramproc/cmd/cgroupfs").CombinedOutput(); cmdErr != nil {
+			cmdErr = fmt.Errorf("%v: %s", cmdErr, out)
+		}
+	})
+	if cmdErr != nil {
+		t.Fatalf("go build cgroupfs: %v", cmdErr)
+	}
+	dir, err := os.MkdirTemp("", "cgroupfs-cmd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(dir, 0o755)
+	mnt := filepath.Join(dir, "mnt")
+	cmd := exec.Command(cmdPath, mnt)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+		if len(testenv.MountsUnder(t, mnt)) > 0 {
+			syscall.Unmount(mnt, syscall.MNT_DETACH)
+		}
+		os.RemoveAll(dir)
+	})
+	// It prints the paths once it serves.
+	sc := bufio.NewScanner(stdout)
+	if !sc.Scan() {
+		t.Fatalf("cgroupfs printed nothing: %s", stderr.Bytes())
+	}
+	go io.Copy(io.Discard, stdout)
+	return mnt, cmd.Process.Pid
+}
+
+// bind bind-mounts file onto a fresh file in dir and returns its path; it
+// is unmounted at the end (before the servers stop: cleanups run last
+// first).
+func bind(t testing.TB, file, dir, prefix string) string {
+	t.Helper()
+	target := filepath.Join(dir, prefix+"_"+filepath.Base(file))
+	if err := os.WriteFile(target, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount(file, target, "", syscall.MS_BIND, ""); err != nil {
+		t.Fatalf("bind %s: %v", file, err)
+	}
+	t.Cleanup(func() { syscall.Unmount(target, syscall.MNT_DETACH) })
+	return target
+}
+
+// rate runs n readers of path in groups for d and returns their summed
+// rate of open+read+close cycles per second.
+func rate(t testing.TB, groups []*livecg.Group, path string, n int, d time.Duration) float64 {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	type reader struct {
+		cmd   *exec.Cmd
+		start io.Closer
+		out   bytes.Buffer
+		err   bytes.Buffer
+	}
+	var rs []*reader
+	for range n {
+		r := &reader{cmd: livecg.Command(t, groups, self)}
+		r.cmd.Env = append(os.Environ(), benchReadEnv+"="+path, benchForEnv+"="+d.String())
+		r.cmd.Stdout, r.cmd.Stderr = &r.out, &r.err
+		if r.start, err = r.cmd.StdinPipe(); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		rs = append(rs, r)
+	}
+	// Bounded wait until every reader is in the cgroups.
+	deadline := time.Now().Add(10 * time.Second)
+	for _, r := range rs {
+		for !inAll(r.cmd.Process.Pid, groups) {
+			if time.Now().After(deadline) {
+				t.Fatalf("reader %d did not enter its cgroups", r.cmd.Process.Pid)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	for _, r := range rs {
+		r.start.Close()
+	}
+	total := 0.0
+	for _, r := range rs {
+		if err := r.cmd.Wait(); err != nil {
+			t.Fatalf("reader of %s: %v: %s", path, err, r.err.Bytes())
+		}
+		var cycles, ns int64
+		if _, err := fmt.Sscan(r.out.String(), &cycles, &ns); err != nil || ns <= 0 {
+			t.Fatalf("reader of %s printed %q: %v", path, r.out.String(), err)
+		}
+		total += float64(cycles) / (float64(ns) / 1e9)
+	}
+	return total
+}
+
+// rssKiB is a process's resident set (VmRSS), in KiB.
+func rssKiB(t testing.TB, pid int) int {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			n, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+			return n
+		}
+	}
+	t.Fatal(errors.New("no VmRSS"))
+	return 0
+}
+
+// lxcfsPid finds the pid of the lxcfs serving mnt, from its pid file.
+func lxcfsPid(t testing.TB, mnt string) int {
+	data, err := os.ReadFile(filepath.Join(filepath.Dir(mnt), "pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pid
+}
+
+// benchFiles are the files both serve.
+var benchFiles = []string{"proc/meminfo", "proc/cpuinfo", "proc/stat", "proc/uptime", "proc/loadavg", "proc/diskstats", "proc/swaps", "proc/slabinfo", "sys/devices/system/cpu/online"}
+
+func BenchmarkVsLXCFS(b *testing.B) {
+	lx := startLXCFS(b)
+	ours, ourPid := startCommand(b)
+	lxPid := lxcfsPid(b, lx)
+	groups := containerGroups(b)
+	binds := b.TempDir()
+	b.Logf("RSS idle: LXCFS %d KiB, cgroupfs %d KiB", rssKiB(b, lxPid), rssKiB(b, ourPid))
+	for _, f := range benchFiles {
+		paths := [2]string{bind(b, filepath.Join(lx, f), binds, "lxcfs"), bind(b, filepath.Join(ours, f), binds, "cgroupfs")}
+		for _, n := range []int{1, 4} {
+			b.Run(fmt.Sprintf("%s/readers=%d", filepath.Base(f), n), func(b *testing.B) { sideBySide(b, groups, paths, n) })
+		}
+	}
+	// The per-cgroup view: the container's own cgroup's meminfo, beside
+	// LXCFS's meminfo.
+	paths := [2]string{bind(b, filepath.Join(lx, "proc/meminfo"), binds, "lxcfs-view"),
+		bind(b, filepath.Join(ours, "by-cgroup", groups[0].Path, "proc/meminfo"), binds, "cgroupfs-view")}
+	for _, n := range []int{1, 4} {
+		b.Run(fmt.Sprintf("by-cgroup-meminfo/readers=%d", n), func(b *testing.B) { sideBySide(b, groups, paths, n) })
+	}
+	b.Logf("RSS after: LXCFS %d KiB, cgroupfs %d KiB", rssKiB(b, lxPid), rssKiB(b, ourPid))
+	// 100 cgroups read: each one's files through by-cgroup (its loadavg
+	// too, which the sampler then keeps).
+	for range 100 {
+		g := livecg.New(b, livecg.Memory, livecg.Name(), "memory.limit_in_bytes", "268435456")
+		for _, f := range benchFiles {
+			if _, err := os.ReadFile(filepath.Join(ours, "by-cgroup", g.Path, f)); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.Logf("RSS after 100 cgroups read: cgroupfs %d KiB", rssKiB(b, ourPid))
+}
+
+// sideBySide measures n readers of paths[0] (LXCFS) and paths[1] (ours) in
+// five alternating rounds, so that a change of load on the machine weighs
+// on both alike, and reports the median of each rate and of the rounds'
+// ratios (a burst of other work on the machine moves one round, not the
+// median).
+func sideBySide(b *testing.B, groups []*livecg.Group, paths [2]string, n int) {
+	const rounds = 5
+	var lx, ours, ratio []float64
+	for range rounds {
+		a := rate(b, groups, paths[0], n, 200*time.Millisecond)
+		c := rate(b, groups, paths[1], n, 200*time.Millisecond)
+		lx, ours, ratio = append(lx, a), append(ours, c), append(ratio, c/a)
+	}
+	median := func(v []float64) float64 { slices.Sort(v); return v[len(v)/2] }
+	b.ReportMetric(median(lx), "lxcfs-opens/s")
+	b.ReportMetric(median(ours), "cgroupfs-opens/s")
+	b.ReportMetric(median(ratio), "x-lxcfs")
+	b.ReportMetric(0, "ns/op")
+}

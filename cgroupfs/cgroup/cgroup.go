@@ -1,0 +1,412 @@
+// Package cgroup reads what the kernel's cgroup file systems say about a
+// process: which cgroups it is in (/proc/PID/cgroup) and, for those cgroups,
+// the memory limit and usage, swap, the cpuset, the CPU time used and the
+// member processes. It handles cgroup v2 (the unified hierarchy), v1, and
+// the hybrid of both that many machines run (memory and cpuset on v1, the
+// rest on v2), finding each controller where it is mounted.
+//
+// Every figure is read afresh at each call: nothing is cached, because the
+// callers (the cgroupfs example's files) answer for whoever reads them at
+// that moment. A controller that is mounted nowhere gives ok == false, and
+// the caller falls back to the host's own figures.
+package cgroup
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/ramproc/ramproc/cgroupfs/internal/kept"
+)
+
+// Mount is one mounted cgroup hierarchy.
+type Mount struct {
+	// Dir is where the hierarchy is mounted, e.g. /sys/fs/cgroup/memory.
+	Dir string
+	// Root is the cgroup that the mount shows at Dir: "/" normally, a
+	// sub-cgroup when a container was given a bind of part of the tree.
+	Root string
+}
+
+// Hierarchies says where the cgroup hierarchies of this machine are
+// mounted, and where procfs is. Discover fills it from the running system;
+// tests fill it by hand to point at fixture trees.
+type Hierarchies struct {
+	// Proc is the procfs root ("/proc"), where PID/cgroup is read.
+	Proc string
+	// V1 maps each v1 controller ("memory", "cpuset", "cpuacct",
+	// "name=systemd", ...) to the hierarchy it is bound to.
+	V1 map[string]Mount
+	// Unified is the v2 hierarchy, nil if none is mounted.
+	Unified *Mount
+}
+
+// Discover finds the cgroup hierarchies of the running system from
+// /proc/self/mountinfo.
+func Discover() (*Hierarchies, error) {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	h, err := ParseMountinfo(data)
+	if err != nil {
+		return nil, err
+	}
+	h.Proc = "/proc"
+	return h, nil
+}
+
+// ParseMountinfo collects the cgroup and cgroup2 mounts listed in a
+// mountinfo file (proc(5)). The first mount of a controller wins, as a
+// controller is bound to one hierarchy however often it is mounted. Proc is
+// left empty.
+func ParseMountinfo(data []byte) (*Hierarchies, error) {
+	h := &Hierarchies{V1: map[string]Mount{}}
+	for _, line := range strings.Split(string(data), "\n") {
+		if line == "" {
+			continue
+		}
+		// id parent major:minor root mountpoint options [optional...] - fstype source superoptions
+		f := strings.Fields(line)
+		sep := -1
+		for i := 6; i < len(f); i++ {
+			if f[i] == "-" {
+				sep = i
+				break
+			}
+		}
+		if len(f) < 5 || sep < 0 || sep+3 > len(f) {
+			return nil, fmt.Errorf("mountinfo: malformed line %q", line)
+		}
+		m := Mount{Dir: unescapeOctal(f[4]), Root: unescapeOctal(f[3])}
+		switch f[sep+1] {
+		case "cgroup2":
+			if h.Unified == nil {
+				h.Unified = &m
+			}
+		case "cgroup":
+			super := ""
+			if sep+3 < len(f) {
+				super = f[sep+3]
+			}
+			for _, opt := range strings.Split(super, ",") {
+				if isOption(opt) {
+					continue
+				}
+				if _, dup := h.V1[opt]; !dup {
+					h.V1[opt] = m
+				}
+			}
+		}
+	}
+	return h, nil
+}
+
+// isOption tells the generic mount options of a v1 cgroup mount from the
+// controller names that share its superblock options.
+func isOption(opt string) bool {
+	switch opt {
+	case "", "rw", "ro", "noprefix", "clone_children", "xattr", "cpuset_v2_mode", "favordynmods", "nofavordynmods":
+		return true
+	}
+	return strings.HasPrefix(opt, "release_agent=")
+}
+
+// unescapeOctal undoes mountinfo's \NNN escapes (space, tab, newline,
+// backslash in paths).
+func unescapeOctal(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+4 <= len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// Membership is the content of /proc/PID/cgroup: the cgroup path of a
+// process in each hierarchy.
+type Membership struct {
+	// V1 maps each v1 controller (and named hierarchy, "name=systemd") to
+	// the process's cgroup path in it.
+	V1 map[string]string
+	// Unified is the path on the "0::" line; HasUnified says whether there
+	// was one.
+	Unified    string
+	HasUnified bool
+}
+
+// ParseProcCgroup parses /proc/PID/cgroup: lines "ID:CONTROLLERS:PATH",
+// where ID 0 with empty controllers is cgroup v2 and the others are v1
+// hierarchies (controllers separated by commas).
+func ParseProcCgroup(data []byte) (Membership, error) {
+	m := Membership{V1: map[string]string{}}
+	for _, line := range strings.Split(string(data), "\n") {
+		if line == "" {
+			continue
+		}
+		id, rest, ok1 := strings.Cut(line, ":")
+		ctrls, p, ok2 := strings.Cut(rest, ":")
+		if !ok1 || !ok2 || !strings.HasPrefix(p, "/") {
+			return Membership{}, fmt.Errorf("cgroup: malformed line %q", line)
+		}
+		if _, err := strconv.ParseUint(id, 10, 32); err != nil {
+			return Membership{}, fmt.Errorf("cgroup: malformed hierarchy id in %q", line)
+		}
+		if id == "0" && ctrls == "" {
+			m.Unified, m.HasUnified = p, true
+			continue
+		}
+		for _, c := range strings.Split(ctrls, ",") {
+			if c != "" {
+				m.V1[c] = p
+			}
+		}
+	}
+	return m, nil
+}
+
+// Group is a process's place in the cgroup hierarchies: the answer to
+// "which cgroup is this process in", per controller. Its methods read the
+// cgroups' figures at the moment of the call.
+type Group struct {
+	h *Hierarchies
+	// Pid is the process the group was looked up for.
+	Pid int
+	// Membership is what /proc/PID/cgroup said.
+	Membership Membership
+}
+
+// Of looks up the cgroups of process pid. A process that does not exist
+// gives an error satisfying errors.Is(err, fs.ErrNotExist).
+func (h *Hierarchies) Of(pid int) (*Group, error) {
+	data, err := readProc(filepath.Join(h.Proc, strconv.Itoa(pid), "cgroup"))
+	if err != nil {
+		return nil, err
+	}
+	m, err := ParseProcCgroup(data)
+	if err != nil {
+		return nil, err
+	}
+	return &Group{h: h, Pid: pid, Membership: m}, nil
+}
+
+// place is where one controller of a process lives: the hierarchy and the
+// directory of the process's cgroup in it.
+type place struct {
+	mount Mount
+	cg    string // cgroup path, as /proc/PID/cgroup gives it
+	dir   string // directory of that cgroup in the mounted hierarchy
+	v2    bool
+}
+
+// placeOf finds the hierarchy that holds controller: v1 if it is bound to
+// a v1 hierarchy that the process has a line for (a controller can be
+// bound to only one hierarchy at a time), else the unified one. ok is
+// false when the process's cgroup cannot be reached through the mounts
+// (a cgroup outside a partial mount's Root).
+func (g *Group) placeOf(controller string) (place, bool) {
+	if mnt, ok := g.h.V1[controller]; ok {
+		if p, ok := g.Membership.V1[controller]; ok {
+			return at(mnt, p, false)
+		}
+	}
+	if g.h.Unified != nil && g.Membership.HasUnified {
+		return at(*g.h.Unified, g.Membership.Unified, true)
+	}
+	return place{}, false
+}
+
+func at(mnt Mount, cg string, v2 bool) (place, bool) {
+	root := path.Clean("/" + mnt.Root)
+	cg = path.Clean("/" + cg)
+	rel, ok := within(cg, root)
+	if !ok {
+		return place{}, false
+	}
+	return place{mount: mnt, cg: cg, dir: filepath.Join(mnt.Dir, rel), v2: v2}, true
+}
+
+// within reports whether cgroup path p is root or below it, and p relative
+// to root.
+func within(p, root string) (string, bool) {
+	if root == "/" {
+		return p, true
+	}
+	if p == root {
+		return "/", true
+	}
+	if strings.HasPrefix(p, root+"/") {
+		return p[len(root):], true
+	}
+	return "", false
+}
+
+// readUp reads file in the place's directory or, where it is missing, in
+// the nearest ancestor (up to the hierarchy's mount point) that has it: in
+// v2 a cgroup where a controller is not enabled has none of its files, and
+// is accounted in the nearest ancestor that has them. It returns the
+// content and the directory it was found in; ok is false if none has it.
+//
+// If the place's own directory is gone (the cgroup was removed after
+// /proc/PID/cgroup was read: the process has moved), it returns an error
+// wrapping ErrRemoved rather than an ancestor's figures, which are not the
+// process's.
+func (p place) readUp(file string) (data []byte, dir string, ok bool, err error) {
+	for dir = p.dir; ; dir = filepath.Dir(dir) {
+		data, err = keptFiles.ReadFile(filepath.Join(dir, file))
+		if err == nil {
+			return data, dir, true, nil
+		}
+		if !os.IsNotExist(err) {
+			return nil, "", false, err
+		}
+		if dir == p.dir {
+			if _, err := os.Stat(dir); os.IsNotExist(err) {
+				return nil, "", false, fmt.Errorf("%s: %w", dir, ErrRemoved)
+			}
+		}
+		if dir == p.mount.Dir || len(dir) <= len(p.mount.Dir) {
+			return nil, "", false, nil
+		}
+	}
+}
+
+// ancestors lists dir and its parents up to the mount point, nearest first.
+func (p place) ancestors(dir string) []string {
+	var list []string
+	for {
+		list = append(list, dir)
+		if dir == p.mount.Dir || len(dir) <= len(p.mount.Dir) {
+			return list
+		}
+		dir = filepath.Dir(dir)
+	}
+}
+
+// readUint reads a file holding one unsigned number (and a newline).
+func readUint(file string) (uint64, error) {
+	data, err := keptFiles.ReadFile(file)
+	if err != nil {
+		return 0, err
+	}
+	return parseUint(data)
+}
+
+func parseUint(data []byte) (uint64, error) {
+	n, err := strconv.ParseUint(string(bytes.TrimSpace(data)), 10, 64)
+	if err != nil {
+		return 0, errMalformed
+	}
+	return n, nil
+}
+
+// ErrRemoved says that a process's cgroup was removed while it was being
+// read: the process has moved to another cgroup since /proc/PID/cgroup
+// was read, and Of must be asked again.
+var ErrRemoved = errors.New("cgroup removed")
+
+// errMalformed marks a cgroup file whose content is not what the kernel
+// writes.
+var errMalformed = errors.New("malformed cgroup file")
+
+// keptFiles keeps the cgroup files that are read open, to read them again with
+// pread (see package kept): a cgroup removed and recreated under the same
+// name is read anew, never through the removed one's descriptor. The
+// processes' own files (/proc/PID/cgroup) are opened at each read: pids
+// are reused.
+var keptFiles kept.Files
+
+// At returns the Group of the cgroup at path (a path as /proc/PID/cgroup
+// gives it) in every hierarchy: what a process there would be in, with
+// runtimes' habit of using one path in all of them. A hierarchy that has
+// no cgroup at path counts the cgroup in its root (that controller's
+// figures are then the host's). Its Pid is 0. ok is false when the home
+// hierarchy (see HomeMount) has no cgroup at path: it does not exist, or
+// no longer.
+func (h *Hierarchies) At(path string) (g *Group, ok bool) {
+	path = "/" + strings.Trim(path, "/")
+	m := Membership{V1: map[string]string{}}
+	for c, mnt := range h.V1 {
+		m.V1[c] = "/"
+		if p, ok := at(mnt, path, false); ok && isDir(p.dir) {
+			m.V1[c] = path
+		}
+	}
+	if h.Unified != nil {
+		m.Unified, m.HasUnified = "/", true
+		if p, ok := at(*h.Unified, path, true); ok && isDir(p.dir) {
+			m.Unified = path
+		}
+	}
+	g = &Group{h: h, Membership: m}
+	if home, found := g.home(); !found || !isDir(home.dir) || (home.cg != path && path != "/") {
+		return nil, false
+	}
+	return g, true
+}
+
+func isDir(dir string) bool {
+	st, err := os.Stat(dir)
+	return err == nil && st.IsDir()
+}
+
+// HomeMount is the hierarchy whose cgroup paths name a process's cgroup
+// (see Group.Members): the memory controller's, else v2's, else the pids
+// or cpuset controller's. ok is false when none is mounted.
+func (h *Hierarchies) HomeMount() (Mount, bool) {
+	if m, ok := h.V1["memory"]; ok {
+		return m, true
+	}
+	if h.Unified != nil {
+		return *h.Unified, true
+	}
+	for _, c := range []string{"pids", "cpuset"} {
+		if m, ok := h.V1[c]; ok {
+			return m, true
+		}
+	}
+	return Mount{}, false
+}
+
+// readProc reads a small procfs file as os.ReadFile does, without its
+// fstat (procfs files have size 0): the one read of every open that
+// cannot be kept open, since it names the process.
+func readProc(path string) ([]byte, error) {
+	fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	defer syscall.Close(fd)
+	buf := make([]byte, 0, 1024)
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := syscall.Read(fd, buf[len(buf):cap(buf)])
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, &os.PathError{Op: "read", Path: path, Err: err}
+		}
+		if n == 0 {
+			return buf, nil
+		}
+		buf = buf[:len(buf)+n]
+	}
+}

@@ -1,0 +1,269 @@
+package cgroup
+
+import (
+	"bytes"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// NoLimit is the limit of a cgroup that has none (v2 "max", v1's
+// PAGE_COUNTER_MAX), nor any ancestor with one.
+const NoLimit uint64 = math.MaxUint64
+
+// v1Unlimited is the smallest v1 value read as "no limit": v1 writes
+// PAGE_COUNTER_MAX pages (9223372036854771712 bytes with 4 KiB pages, more
+// with larger pages), never "max". No machine has 4 EiB of memory.
+const v1Unlimited = 1 << 62
+
+// Memory is a cgroup's memory figures, in bytes.
+type Memory struct {
+	// V2 says which hierarchy the figures come from.
+	V2 bool
+	// Limit is the effective limit: the smallest along the path from the
+	// cgroup to the root of its hierarchy, as a limit on an ancestor binds
+	// its descendants too. NoLimit when there is none.
+	Limit uint64
+	// Usage is the memory charged to the cgroup (v2 memory.current, v1
+	// memory.usage_in_bytes), page cache included.
+	Usage uint64
+	// Stat is memory.stat, by field.
+	Stat Stat
+	// Swap is nil where the kernel keeps no swap accounting for cgroups.
+	Swap *Swap
+}
+
+// Swap is a cgroup's swap figures, in bytes.
+type Swap struct {
+	// Limit is how much swap the cgroup may use (NoLimit for no limit of
+	// its own). v2: the smallest memory.swap.max along the path. v1: the
+	// smallest memory.memsw.limit_in_bytes (memory plus swap), because in
+	// v1 the kernel may swap out all of a cgroup's memory, up to that
+	// limit, as LXCFS reasons.
+	Limit uint64
+	// Usage is the swap in use (v1: memory.stat total_swap).
+	Usage uint64
+	// Swappiness is v1's memory.swappiness; -1 where there is none (v2).
+	// With 0 the kernel does not swap the cgroup's memory.
+	Swappiness int
+}
+
+// Stat is the part of memory.stat that /proc/meminfo's fields derive from,
+// in bytes, with v1's hierarchical names (total_cache, total_rss, ...) and
+// v2's names (file, anon, ...) mapped to one set. A field that the
+// hierarchy does not report (v1 has no slab figures) is 0.
+type Stat struct {
+	File              uint64 // v1 total_cache, v2 file
+	Anon              uint64 // v1 total_rss, v2 anon
+	AnonHuge          uint64 // v1 total_rss_huge, v2 anon_thp
+	Shmem             uint64 // v1 total_shmem, v2 shmem
+	FileMapped        uint64 // v1 total_mapped_file, v2 file_mapped
+	Dirty             uint64 // v1 total_dirty, v2 file_dirty
+	Writeback         uint64 // v1 total_writeback, v2 file_writeback
+	ActiveAnon        uint64
+	InactiveAnon      uint64
+	ActiveFile        uint64
+	InactiveFile      uint64
+	Unevictable       uint64
+	Slab              uint64 // v2 only
+	SlabReclaimable   uint64 // v2 only
+	SlabUnreclaimable uint64 // v2 only
+	Zswap             uint64 // v2 only
+	Zswapped          uint64 // v2 only
+}
+
+// ParseStat parses a memory.stat file ("key value" lines). v2 selects the
+// unified names; for v1 the hierarchical total_* figures are used, which
+// include the cgroup's descendants as v2's figures do. A line that is not
+// "name number" is an error.
+func ParseStat(data []byte, v2 bool) (Stat, error) {
+	kv, err := parseKV(data)
+	if err != nil {
+		return Stat{}, err
+	}
+	return statOf(kv, v2), nil
+}
+
+// parseKV parses memory.stat's "name number" lines.
+func parseKV(data []byte) (map[string]uint64, error) {
+	kv := make(map[string]uint64, 64)
+	for _, line := range strings.Split(string(data), "\n") {
+		if line == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(line, " ")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("memory.stat: malformed line %q", line)
+		}
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("memory.stat: malformed line %q", line)
+		}
+		kv[k] = n
+	}
+	return kv, nil
+}
+
+func statOf(kv map[string]uint64, v2 bool) Stat {
+	if v2 {
+		s := Stat{
+			File: kv["file"], Anon: kv["anon"], AnonHuge: kv["anon_thp"], Shmem: kv["shmem"],
+			FileMapped: kv["file_mapped"], Dirty: kv["file_dirty"], Writeback: kv["file_writeback"],
+			ActiveAnon: kv["active_anon"], InactiveAnon: kv["inactive_anon"],
+			ActiveFile: kv["active_file"], InactiveFile: kv["inactive_file"],
+			Unevictable: kv["unevictable"], Slab: kv["slab"],
+			SlabReclaimable: kv["slab_reclaimable"], SlabUnreclaimable: kv["slab_unreclaimable"],
+			Zswap: kv["zswap"], Zswapped: kv["zswapped"],
+		}
+		if _, ok := kv["slab"]; !ok {
+			s.Slab = s.SlabReclaimable + s.SlabUnreclaimable
+		}
+		return s
+	}
+	return Stat{
+		File: kv["total_cache"], Anon: kv["total_rss"], AnonHuge: kv["total_rss_huge"],
+		Shmem: kv["total_shmem"], FileMapped: kv["total_mapped_file"],
+		Dirty: kv["total_dirty"], Writeback: kv["total_writeback"],
+		ActiveAnon: kv["total_active_anon"], InactiveAnon: kv["total_inactive_anon"],
+		ActiveFile: kv["total_active_file"], InactiveFile: kv["total_inactive_file"],
+		Unevictable: kv["total_unevictable"],
+	}
+}
+
+// ParseLimit parses a limit file: a byte count, v2's "max", or v1's
+// "unlimited" value (PAGE_COUNTER_MAX pages); the last two are NoLimit.
+func ParseLimit(data []byte) (uint64, error) {
+	s := string(bytes.TrimSpace(data))
+	if s == "max" {
+		return NoLimit, nil
+	}
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("limit %q: %w", s, errMalformed)
+	}
+	if n >= v1Unlimited {
+		return NoLimit, nil
+	}
+	return n, nil
+}
+
+// memoryFiles names a hierarchy's memory files.
+type memoryFiles struct {
+	limit, usage, swapLimit, swapUsage string
+}
+
+var (
+	memoryV1 = memoryFiles{"memory.limit_in_bytes", "memory.usage_in_bytes", "memory.memsw.limit_in_bytes", "memory.memsw.usage_in_bytes"}
+	memoryV2 = memoryFiles{"memory.max", "memory.current", "memory.swap.max", "memory.swap.current"}
+)
+
+// Memory reads the memory figures of the process's memory cgroup. ok is
+// false when no memory controller covers the process: none is mounted, or
+// it is in v2's root cgroup, which has no memory.current (its figures are
+// the host's).
+//
+// A v1 memory.stat carries hierarchical_memory_limit and
+// hierarchical_memsw_limit, the kernel's own smallest limit along the path
+// (above a partial mount's root too); they spare reading every ancestor.
+// Without them (v2) the ancestors' limit files are read.
+func (g *Group) Memory() (m Memory, ok bool, err error) {
+	p, ok := g.placeOf("memory")
+	if !ok {
+		return Memory{}, false, nil
+	}
+	files := memoryV1
+	if p.v2 {
+		files = memoryV2
+	}
+	data, dir, ok, err := p.readUp(files.usage)
+	if err != nil || !ok {
+		return Memory{}, false, err
+	}
+	m.V2 = p.v2
+	if m.Usage, err = parseUint(data); err != nil {
+		return Memory{}, false, fmt.Errorf("%s: %w", filepath.Join(dir, files.usage), err)
+	}
+	data, err = keptFiles.ReadFile(filepath.Join(dir, "memory.stat"))
+	if err != nil {
+		return Memory{}, false, err
+	}
+	kv, err := parseKV(data)
+	if err != nil {
+		return Memory{}, false, err
+	}
+	m.Stat = statOf(kv, p.v2)
+	if m.Limit, err = limitOf(p, dir, files.limit, kv, "hierarchical_memory_limit"); err != nil {
+		return Memory{}, false, err
+	}
+	if m.Swap, err = readSwap(p, dir, files, kv, m); err != nil {
+		return Memory{}, false, err
+	}
+	return m, true, nil
+}
+
+// limitOf is the effective limit: v1's hierarchical figure from memory.stat
+// when it has one, else the smallest value of the limit file along the path
+// from dir to the hierarchy's root; NoLimit if no directory on the way has
+// the file (v2's root has no memory.max).
+func limitOf(p place, dir, file string, kv map[string]uint64, hierarchical string) (uint64, error) {
+	if !p.v2 {
+		if n, ok := kv[hierarchical]; ok {
+			if n >= v1Unlimited {
+				return NoLimit, nil
+			}
+			return n, nil
+		}
+	}
+	lim := NoLimit
+	for _, d := range p.ancestors(dir) {
+		data, err := keptFiles.ReadFile(filepath.Join(d, file))
+		if os.IsNotExist(err) {
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
+		n, err := ParseLimit(data)
+		if err != nil {
+			return 0, fmt.Errorf("%s: %w", filepath.Join(d, file), err)
+		}
+		lim = min(lim, n)
+	}
+	return lim, nil
+}
+
+// readSwap reads the swap figures, nil when the kernel keeps no swap
+// accounting (v1 without swapaccount, v2 without memory.swap.*). v1's
+// memory.stat has the swap in use (total_swap) and the memory+swap limit
+// (hierarchical_memsw_limit) exactly when swap is accounted; v2 has files.
+func readSwap(p place, dir string, files memoryFiles, kv map[string]uint64, m Memory) (*Swap, error) {
+	var s *Swap
+	if p.v2 {
+		usage, err := readUint(filepath.Join(dir, files.swapUsage))
+		if os.IsNotExist(err) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", filepath.Join(dir, files.swapUsage), err)
+		}
+		s = &Swap{Usage: usage, Swappiness: -1}
+	} else {
+		usage, ok := kv["total_swap"]
+		if !ok {
+			return nil, nil // no swap accounting
+		}
+		s = &Swap{Usage: usage, Swappiness: -1}
+		if n, err := readUint(filepath.Join(dir, "memory.swappiness")); err == nil && n <= 200 {
+			s.Swappiness = int(n)
+		}
+	}
+	lim, err := limitOf(p, dir, files.swapLimit, kv, "hierarchical_memsw_limit")
+	if err != nil {
+		return nil, err
+	}
+	s.Limit = lim
+	return s, nil
+}

@@ -1,0 +1,422 @@
+// Package procview derives the /proc and /sys files that a process confined
+// to a cgroup should see, the way LXCFS does for containers: meminfo with
+// the cgroup's memory limit and usage, cpuinfo and cpu/online restricted to
+// its cpuset, uptime counted from the cgroup's oldest process, and the list
+// of the cgroup's processes.
+//
+// The pure functions (Meminfo, Cpuinfo, Uptime) turn the host's file and
+// the cgroup's figures into the file's bytes; View reads both for a pid.
+// A process whose controller is mounted nowhere, or that sits in the root
+// cgroup, sees the host's own figures.
+package procview
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ramproc/ramproc/cgroupfs/cgroup"
+	"github.com/ramproc/ramproc/cgroupfs/loadavg"
+
+	"github.com/ramproc/ramproc/cgroupfs/internal/kept"
+)
+
+// View reads the host's files and a process's cgroups and derives what the
+// process should see.
+type View struct {
+	// Cgroups says where the cgroup hierarchies and procfs are.
+	Cgroups *cgroup.Hierarchies
+	// Proc is the host's procfs ("/proc"), Sys its sysfs ("/sys").
+	Proc string
+	Sys  string
+	// NoSwap shows no swap to a confined process (LXCFS's -u).
+	NoSwap bool
+	// Load keeps the cgroups' load averages; nil serves the host's
+	// loadavg.
+	Load *loadavg.Sampler
+
+	// Path, when set, is a cgroup path: the View then answers for that
+	// cgroup whoever asks (see At).
+	Path string
+
+	s *shared
+}
+
+// New returns a View of the running system.
+func New() (*View, error) {
+	h, err := cgroup.Discover()
+	if err != nil {
+		return nil, err
+	}
+	return &View{Cgroups: h, Proc: "/proc", Sys: "/sys", Load: &loadavg.Sampler{Proc: "/proc"}}, nil
+}
+
+// Close stops the load sampling.
+func (v *View) Close() {
+	if v.Load != nil {
+		v.Load.Close()
+	}
+}
+
+// shared is what a View and the Views made from it by At share.
+type shared struct {
+	mu         sync.Mutex
+	oldestOf   map[string]oldestProc // by cgroup directory (see oldest)
+	slabHeader []byte                // see slabinfoHeader
+}
+
+var sharedInit sync.Mutex
+
+// state returns v's shared state, made at the first call.
+func (v *View) state() *shared {
+	sharedInit.Lock()
+	defer sharedInit.Unlock()
+	if v.s == nil {
+		v.s = &shared{}
+	}
+	return v.s
+}
+
+// At returns a View that answers for the cgroup at path (as
+// /proc/PID/cgroup names it in the memory controller's hierarchy, or v2's)
+// whatever pid it is asked for: the files of MOUNT/by-cgroup/PATH. It
+// shares v's caches and load sampler.
+func (v *View) At(path string) *View {
+	v.state()
+	at := *v
+	at.Path = path
+	return &at
+}
+
+// derive returns f of process pid's cgroups (of v.Path's, if set). If a cgroup is removed while
+// f reads it (cgroup.ErrRemoved, or a file or directory of it vanishing),
+// the process has moved: its cgroups are looked up once more, so that it
+// never gets the figures of an ancestor or of a cgroup it has left. A
+// second failure is returned (its errno reaches the reader).
+func (v *View) derive(pid int, f func(g *cgroup.Group) ([]byte, error)) ([]byte, error) {
+	if v.Path != "" {
+		g, ok := v.Cgroups.At(v.Path)
+		if !ok {
+			return nil, fmt.Errorf("cgroup %s: %w", v.Path, fs.ErrNotExist)
+		}
+		return f(g)
+	}
+	for try := 0; ; try++ {
+		g, err := v.Cgroups.Of(pid)
+		if err != nil {
+			return nil, err
+		}
+		data, err := f(g)
+		if try == 0 && (errors.Is(err, cgroup.ErrRemoved) || errors.Is(err, fs.ErrNotExist)) {
+			continue
+		}
+		return data, err
+	}
+}
+
+// withHost returns f of the host's file /proc/name and of process pid's
+// cgroups (see derive).
+func (v *View) withHost(pid int, name string, f func(host []byte, g *cgroup.Group) ([]byte, error)) ([]byte, error) {
+	host, err := keptFiles.ReadFile(filepath.Join(v.Proc, name))
+	if err != nil {
+		return nil, err
+	}
+	return v.derive(pid, func(g *cgroup.Group) ([]byte, error) { return f(host, g) })
+}
+
+func (v *View) group(pid int) (*cgroup.Group, error) {
+	return v.Cgroups.Of(pid)
+}
+
+// Meminfo is /proc/meminfo as process pid should see it (see the function
+// Meminfo).
+func (v *View) Meminfo(pid int) ([]byte, error) {
+	return v.withHost(pid, "meminfo", func(host []byte, g *cgroup.Group) ([]byte, error) {
+		m, ok, err := v.memory(g)
+		if err != nil || !ok {
+			return host, err
+		}
+		return Meminfo(host, m), nil
+	})
+}
+
+// cpus is the process's cpuset, ok false where it has none (the host's
+// CPUs apply).
+func (v *View) cpus(g *cgroup.Group) (cgroup.CPUSet, bool, error) {
+	set, ok, err := g.CPUs()
+	if err != nil || !ok || len(set) == 0 {
+		return nil, false, err
+	}
+	return set, true, nil
+}
+
+// Cpuinfo is /proc/cpuinfo as process pid should see it: only the blocks
+// of the CPUs in its cpuset (see the function Cpuinfo).
+func (v *View) Cpuinfo(pid int) ([]byte, error) {
+	return v.withHost(pid, "cpuinfo", func(host []byte, g *cgroup.Group) ([]byte, error) {
+		set, ok, err := v.cpus(g)
+		if err != nil || !ok {
+			return host, err
+		}
+		return Cpuinfo(host, set), nil
+	})
+}
+
+// Online is /sys/devices/system/cpu/online as process pid should see it:
+// its cpuset in the kernel's list format, or the host's file where it has
+// no cpuset.
+func (v *View) Online(pid int) ([]byte, error) {
+	return v.derive(pid, func(g *cgroup.Group) ([]byte, error) {
+		set, ok, err := v.cpus(g)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			return keptFiles.ReadFile(filepath.Join(v.Sys, "devices/system/cpu/online"))
+		}
+		return []byte(set.String() + "\n"), nil
+	})
+}
+
+// Uptime is /proc/uptime as process pid should see it: the time since the
+// oldest process of its cgroup started (the container's init), and the
+// idle time of its CPUs in that time (the CPU time the cgroup's CPUs could
+// have given, minus what the cgroup used). A process in the root cgroup
+// sees the host's file.
+func (v *View) Uptime(pid int) ([]byte, error) {
+	return v.withHost(pid, "uptime", func(hostData []byte, g *cgroup.Group) ([]byte, error) {
+		if g.IsRoot() {
+			return hostData, nil
+		}
+		hostUp, hostIdle, err := ParseUptime(hostData)
+		if err != nil {
+			return nil, err
+		}
+		oldest, found, err := v.oldest(g)
+		if err != nil {
+			return nil, err
+		}
+		if !found {
+			return hostData, nil
+		}
+		age := max(0, hostUp-ticks(oldest))
+		var idle time.Duration
+		ncpu := 0
+		if set, ok, err := g.CPUs(); err == nil && ok && len(set) > 0 {
+			ncpu = len(set)
+		} else if online, err := keptFiles.ReadFile(filepath.Join(v.Sys, "devices/system/cpu/online")); err == nil {
+			if set, err := cgroup.ParseCPUList(string(online)); err == nil {
+				ncpu = len(set)
+			}
+		}
+		if busy, ok, err := g.CPUTime(); err == nil && ok && ncpu > 0 {
+			idle = max(0, age*time.Duration(ncpu)-busy)
+		} else if hostUp > 0 {
+			// No CPU accounting: the host's idle share over that time.
+			idle = time.Duration(float64(hostIdle) * float64(age) / float64(hostUp))
+		}
+		return Uptime(age, idle), nil
+	})
+}
+
+// oldest returns the start time of the oldest process of g's cgroup (and
+// of its descendants). Scanning the members costs a read per process, so
+// the answer is kept per cgroup directory for up to a second, and only
+// while that process lives (its start time unchanged: not a reused pid)
+// and is still in the cgroup: a process that moves in from elsewhere and
+// is older than it is seen within that second.
+func (v *View) oldest(g *cgroup.Group) (start uint64, found bool, err error) {
+	dir, inGroup := g.Dir()
+	if inGroup {
+		st := v.state()
+		st.mu.Lock()
+		o, ok := st.oldestOf[dir]
+		st.mu.Unlock()
+		if ok && time.Since(o.at) < time.Second && v.stillOldest(o, dir) {
+			return o.start, true, nil
+		}
+	}
+	pids, err := g.Members()
+	if err != nil {
+		return 0, false, err
+	}
+	var o oldestProc
+	for _, p := range pids {
+		data, err := os.ReadFile(filepath.Join(v.Proc, strconv.Itoa(p), "stat"))
+		if err != nil {
+			continue // exited since the listing
+		}
+		st, err := ParseStat(data)
+		if err != nil {
+			return 0, false, err
+		}
+		if !found || st.StartTicks < o.start {
+			o, found = oldestProc{pid: p, start: st.StartTicks}, true
+		}
+	}
+	if found && inGroup {
+		o.at = time.Now()
+		st := v.state()
+		st.mu.Lock()
+		if st.oldestOf == nil || len(st.oldestOf) > 4096 {
+			st.oldestOf = map[string]oldestProc{} // bounded: start over
+		}
+		st.oldestOf[dir] = o
+		st.mu.Unlock()
+	}
+	return o.start, found, nil
+}
+
+// oldestProc is the oldest process of a cgroup when it was looked for.
+type oldestProc struct {
+	pid   int
+	start uint64
+	at    time.Time
+}
+
+// stillOldest reports whether o's process still runs (the same start
+// time) in the cgroup at dir or below it.
+func (v *View) stillOldest(o oldestProc, dir string) bool {
+	data, err := os.ReadFile(filepath.Join(v.Proc, strconv.Itoa(o.pid), "stat"))
+	if err != nil {
+		return false
+	}
+	if st, err := ParseStat(data); err != nil || st.StartTicks != o.start {
+		return false
+	}
+	g, err := v.Cgroups.Of(o.pid)
+	if err != nil {
+		return false
+	}
+	d, ok := g.Dir()
+	return ok && (d == dir || strings.HasPrefix(d, dir+"/"))
+}
+
+// ticks converts clock ticks (USER_HZ, 100 on every Linux) to a duration.
+func ticks(n uint64) time.Duration { return time.Duration(n) * (time.Second / 100) }
+
+// Pids lists the processes of process pid's cgroup (and of its
+// descendants); in the root cgroup, all processes.
+func (v *View) Pids(pid int) ([]int, error) {
+	g, err := v.group(pid)
+	if err != nil {
+		return nil, err
+	}
+	return g.Members()
+}
+
+// Sees reports whether process pid may see process other: whether other
+// is in pid's cgroup or below it.
+func (v *View) Sees(pid, other int) (bool, error) {
+	g, err := v.group(pid)
+	if err != nil {
+		return false, err
+	}
+	return g.Contains(other)
+}
+
+// Status is /proc/PID/status of process pid (the host's, whose Name, Pid
+// and PPid are the server's pid namespace's view).
+func (v *View) Status(pid int) ([]byte, error) {
+	return os.ReadFile(filepath.Join(v.Proc, strconv.Itoa(pid), "status"))
+}
+
+// Cpuinfo keeps the blocks of host's /proc/cpuinfo whose "processor" line
+// names a CPU in set. The CPU numbers are kept, not renumbered from 0 (as
+// LXCFS does): they then agree with cpu/online, with sched_getaffinity(2)
+// and with taskset, which all name the real CPUs. Lines before the first
+// processor block (none on x86) are kept.
+func Cpuinfo(host []byte, set cgroup.CPUSet) []byte {
+	out := make([]byte, 0, len(host))
+	keep := true
+	for _, line := range bytes.SplitAfter(host, []byte("\n")) {
+		if cpu, ok := processorLine(line); ok {
+			keep = set.Contains(cpu)
+		}
+		if keep {
+			out = append(out, line...)
+		}
+	}
+	return out
+}
+
+// processorLine recognises "processor\t: N".
+func processorLine(line []byte) (int, bool) {
+	rest, ok := bytes.CutPrefix(line, []byte("processor"))
+	if !ok {
+		return 0, false
+	}
+	k, v, ok := bytes.Cut(rest, []byte(":"))
+	if !ok || len(bytes.TrimSpace(k)) != 0 {
+		return 0, false
+	}
+	n, err := strconv.Atoi(string(bytes.TrimSpace(v)))
+	return n, err == nil && n >= 0
+}
+
+// Uptime formats /proc/uptime: seconds up and seconds idle (summed over
+// CPUs), with two decimals.
+func Uptime(up, idle time.Duration) []byte {
+	return fmt.Appendf(nil, "%.2f %.2f\n", up.Seconds(), idle.Seconds())
+}
+
+// ParseUptime parses /proc/uptime.
+func ParseUptime(data []byte) (up, idle time.Duration, err error) {
+	f := strings.Fields(string(data))
+	if len(f) != 2 {
+		return 0, 0, fmt.Errorf("uptime %q: want two numbers", data)
+	}
+	u, err1 := strconv.ParseFloat(f[0], 64)
+	i, err2 := strconv.ParseFloat(f[1], 64)
+	if err1 != nil || err2 != nil || u < 0 || i < 0 || u > 1e12 || i > 1e15 {
+		return 0, 0, fmt.Errorf("uptime %q: want two numbers", data)
+	}
+	// /proc/uptime has two decimals: round away the float's error.
+	return time.Duration(math.Round(u*1e3)) * time.Millisecond, time.Duration(math.Round(i*1e3)) * time.Millisecond, nil
+}
+
+// Stat is the part of /proc/PID/stat this package uses.
+type Stat struct {
+	Comm       string
+	PPid       int
+	StartTicks uint64 // start time after boot, in clock ticks
+}
+
+// ParseStat parses /proc/PID/stat. The command name is in parentheses and
+// may itself hold spaces and parentheses, so the fields are counted from
+// the last ')'.
+func ParseStat(data []byte) (Stat, error) {
+	open := bytes.IndexByte(data, '(')
+	end := bytes.LastIndexByte(data, ')')
+	if open < 0 || end < open {
+		return Stat{}, errBadStat
+	}
+	// After ")": state(3) ppid(4) ... starttime(22).
+	f := strings.Fields(string(data[end+1:]))
+	if len(f) < 20 {
+		return Stat{}, errBadStat
+	}
+	ppid, err := strconv.Atoi(f[1])
+	if err != nil {
+		return Stat{}, errBadStat
+	}
+	start, err := strconv.ParseUint(f[19], 10, 64)
+	if err != nil || start > 1<<40 {
+		return Stat{}, errBadStat
+	}
+	return Stat{Comm: string(data[open+1 : end]), PPid: ppid, StartTicks: start}, nil
+}
+
+var errBadStat = errors.New("malformed /proc/PID/stat")
+
+// keptFiles keeps the host's /proc and /sys files open, to read them with
+// pread (see package kept); /proc/PID files are opened at each read.
+var keptFiles kept.Files
