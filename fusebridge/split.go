@@ -249,6 +249,9 @@ func (s *Server) bind(e *Entry) error {
 			return nil
 		}
 	}
+	if s.adoptedBind(e) { // restart: the old process's bind is in place
+		return nil
+	}
 	if err := bindPath(s.companion.mountFd, ce.Path(), filepath.Join(s.mnt, e.Path())); err != nil {
 		s.bindFailed(e, err)
 		return err
