@@ -42,7 +42,9 @@ import (
 //	            its tree, Ready opens every node and handle again)
 //	new -> old  accept | refuse REASON  a refusal reopens the old gates:
 //	                                    the old process goes on serving
-//	old -> new  go                      the old Server's Wait returns and
+//	old -> new  go
+//	new -> old  taken                   the new process holds the claim:
+//	                                    the old Server's Wait returns and
 //	                                    its program exits
 //	            (new: serves; once the old process has exited, it asks the
 //	            kernel to resend what the old one read and never answered,
@@ -165,6 +167,9 @@ func (s *Server) Restart() (pid int, err error) {
 	if s.rs.done {
 		return 0, errors.New("fusebridge: the mount has already been handed over")
 	}
+	if s.rs.adopt != nil {
+		return 0, errors.New("fusebridge: the server does not serve yet (Ready has not returned)")
+	}
 	conns := s.connections()
 	for _, c := range conns {
 		if c.rs.rfs == nil || c.rs.devFd < 0 {
@@ -231,6 +236,12 @@ func (s *Server) Restart() (pid int, err error) {
 		return 0, fmt.Errorf("fusebridge: restart: %w", err)
 	}
 	committed = true
+	// The new process has taken the claim once it says so: from then on
+	// ServerPID names it.
+	var taken handoverMsg
+	if _, err := recvMsg(sock, &taken); err != nil || taken.Kind != "taken" {
+		s.log.Warn("the new process did not confirm that it took the mount over", "err", errOr(err, taken))
+	}
 	for _, c := range conns {
 		c.rs.done = true
 		close(c.rs.handedOver)
@@ -680,7 +691,6 @@ func (s *Server) Ready() error {
 	if _, err := recvMsg(in.sock, &m); err != nil || m.Kind != "go" {
 		return fmt.Errorf("fusebridge: handover: the old process did not let go: %v", errOr(err, m))
 	}
-	unix.Close(in.sock)
 	s.rs.in = nil
 	// Committed: this process serves the mount.
 	for i, c := range conns {
@@ -689,6 +699,8 @@ func (s *Server) Ready() error {
 		}
 	}
 	s.claim.retake()
+	sendMsg(in.sock, handoverMsg{Kind: "taken"}, nil)
+	unix.Close(in.sock)
 	resent := make(chan struct{})
 	go func() {
 		defer close(resent)

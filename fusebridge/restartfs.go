@@ -106,6 +106,9 @@ func (r *restartFS) kernelFh(fh uint64) uint64 { return r.epoch<<32 | fh }
 // bridgeFh maps a kernel handle to the bridge's; ok is false for a handle
 // whose node was not found again.
 func (r *restartFS) bridgeFh(kfh uint64) (uint64, bool) {
+	if kfh == 0 {
+		return 0, true // no handle: a no-open connection's, or a path's
+	}
 	if kfh>>32 == r.epoch {
 		return kfh & 0xffffffff, true
 	}

@@ -237,12 +237,14 @@ func mountMain(args []string, helper bool) int {
 		defer hs.Close()
 	}
 
+	// Listening before Ready: the next 'ramproc restart' may come as soon
+	// as the predecessor reports this process.
+	stopRestarts := serveRestarts(srv, say)
+	defer stopRestarts()
 	if err := srv.Ready(); err != nil { // a restart's: serve from here on
 		say.Error(err.Error())
 		return 1
 	}
-	stopRestarts := serveRestarts(srv, say)
-	defer stopRestarts()
 
 	path := filepath.Join(srv.Mountpoint(), *name)
 	// The log line first: the path on stdout is what scripts wait for,
@@ -273,7 +275,9 @@ func mountMain(args []string, helper bool) int {
 	case <-ctx.Done():
 	case <-gone:
 		if srv.Restarted() {
-			// The new process serves the mount: leave it mounted.
+			// The new process serves the mount: leave it mounted, once
+			// 'ramproc restart' has its answer.
+			stopRestarts()
 			return 0
 		}
 		say.Info("unmounted from outside; stopping", "mountpoint", srv.Mountpoint())

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -116,7 +117,7 @@ func adoptStore(srv *fusebridge.Server, name string, capacity int64, metricsAddr
 func controlName(pid int) string { return "@ramproc-restart-" + strconv.Itoa(pid) }
 
 // serveRestarts restarts srv on SIGUSR2 and on requests on its control
-// socket, until ctx's server stops. A failed restart is logged and
+// socket, until the returned stop is called. A failed restart is logged and
 // reported; the server goes on serving. A successful one ends srv.Wait.
 func serveRestarts(srv *fusebridge.Server, say *slog.Logger) (stop func()) {
 	sig := make(chan os.Signal, 1)
@@ -142,7 +143,9 @@ func serveRestarts(srv *fusebridge.Server, say *slog.Logger) (stop func()) {
 		}()
 	}
 	done := make(chan struct{})
+	finished := make(chan struct{})
 	go func() {
+		defer close(finished)
 		for {
 			var c net.Conn
 			select {
@@ -169,12 +172,18 @@ func serveRestarts(srv *fusebridge.Server, say *slog.Logger) (stop func()) {
 			return
 		}
 	}()
+	// Waits for the loop: after a restart, until the requester has its
+	// answer.
+	var once sync.Once
 	return func() {
-		signal.Stop(sig)
-		close(done)
-		if ln != nil {
-			ln.Close()
-		}
+		once.Do(func() {
+			signal.Stop(sig)
+			close(done)
+			<-finished
+			if ln != nil {
+				ln.Close()
+			}
+		})
 	}
 }
 
