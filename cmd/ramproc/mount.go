@@ -202,6 +202,7 @@ func mountMain(args []string, helper bool) int {
 			defer metricsLn.Close()
 		}
 	}
+	serving := make(chan struct{})
 	file := ramfile.New(store)
 	if _, err := srv.Create(*name, handler.ModeFromUnix(uint32(mode)), file); err != nil {
 		srv.Unmount()
@@ -217,6 +218,7 @@ func mountMain(args []string, helper bool) int {
 		// The content changes every second (uptime): drop the kernel's
 		// cached copy and wake inotify watchers of the file, in every mode.
 		go func() {
+			<-serving // after a restart, Notify talks to the kernel from Ready on
 			t := time.NewTicker(time.Second)
 			defer t.Stop()
 			for {
@@ -245,6 +247,7 @@ func mountMain(args []string, helper bool) int {
 		say.Error(err.Error())
 		return 1
 	}
+	close(serving)
 
 	path := filepath.Join(srv.Mountpoint(), *name)
 	// The log line first: the path on stdout is what scripts wait for,

@@ -103,6 +103,9 @@ func reapServer(t *testing.T, pid int) {
 func TestRestartKeepsWriters(t *testing.T) {
 	testenv.RequireFUSE(t)
 	adoptOrphans(t)
+	// Requests the old server read wait for its exit (handover.go), and a
+	// race-built program sleeps a second at exit by default.
+	t.Setenv("GORACE", "atexit_sleep_ms=0")
 	for _, mode := range []struct{ name, flag string }{
 		{"default", ""},
 		{"passthrough-off", "-passthrough=off"},
