@@ -112,6 +112,12 @@ type Config struct {
 	UnloadCmd string
 	LoadCmd   string
 
+	// RestartCmd, instead of those, restarts the file's server without
+	// unmounting it (ramproc restart): seed/reload then requires that
+	// writers keep their descriptors open across it with no error at all,
+	// and that every write they were told succeeded is in the file.
+	RestartCmd string
+
 	// CommandTimeout bounds each of those commands and each wait for a
 	// child process (60s if zero).
 	CommandTimeout time.Duration
@@ -276,6 +282,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	if cfg.ReloadCmd != "" && (cfg.UnloadCmd != "" || cfg.LoadCmd != "") {
 		return nil, usagef("give either a reload command or an unload and a load command, not both")
+	}
+	if cfg.RestartCmd != "" && (cfg.ReloadCmd != "" || cfg.UnloadCmd != "") {
+		return nil, usagef("a restart command replaces the reload or unload and load commands: give only one kind")
 	}
 	if (cfg.UnloadCmd == "") != (cfg.LoadCmd == "") {
 		return nil, usagef("an unload command needs a load command and vice versa: give both")

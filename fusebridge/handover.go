@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"runtime"
@@ -701,22 +702,12 @@ func (s *Server) Ready() error {
 	s.claim.retake()
 	sendMsg(in.sock, handoverMsg{Kind: "taken"}, nil)
 	unix.Close(in.sock)
-	resent := make(chan struct{})
-	go func() {
-		defer close(resent)
-		waitExit(in.old, s.log.Warn)
-		for _, c := range conns {
-			if err := notifyResend(c.rs.devFd); err != nil {
-				s.log.Warn("cannot have the kernel resend the requests the old process read; they wait until the mount ends", "err", err)
-			}
-		}
-	}()
+	go resendHeld(in.old, conns, s.log)
 	for _, c := range conns {
 		if err := c.serveAdopted(); err != nil {
 			return err
 		}
 	}
-	<-resent
 	for _, c := range conns {
 		c.rs.adopt = nil
 	}
@@ -861,23 +852,50 @@ func notifyResend(fd int) error {
 	return err
 }
 
-// waitExit waits until the process of pidfd has exited, and with it every
-// reader of the connection it had.
-func waitExit(pidfd int, warn func(string, ...any)) {
-	if pidfd < 0 {
-		time.Sleep(time.Second) // no pidfd (Linux < 5.3): give it time
-		return
+// resendGrace is how long the old process gets to exit before the held
+// requests are resent anyway, and again each time it passes while the old
+// process lives (its readers may take requests until it exits). The old
+// process answers nothing once its gates are closed, so a resend is safe
+// at any time but in the microseconds in which the last requests it ran
+// before the gates closed still have their answers on the way.
+const resendGrace = 2 * time.Second
+
+// resendHeld has the kernel resend, once the old process (pidfd) has
+// exited, every request that process read and never answered: with it gone
+// nothing else reads them.
+func resendHeld(pidfd int, conns []*Server, log *slog.Logger) {
+	if pidfd >= 0 {
+		defer unix.Close(pidfd)
 	}
-	defer unix.Close(pidfd)
 	for {
-		n, err := unix.Poll([]unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}, 5000)
+		exited := waitExit(pidfd, resendGrace)
+		for _, c := range conns {
+			if err := notifyResend(c.rs.devFd); err != nil {
+				log.Warn("cannot have the kernel resend the requests the old process read; they wait until the mount ends", "err", err)
+				return
+			}
+		}
+		if exited {
+			return
+		}
+		log.Warn("the old process has not exited; resending what it holds again", "after", resendGrace)
+	}
+}
+
+// waitExit waits at most d until the process of pidfd has exited, and
+// with it every reader of the connection it had.
+func waitExit(pidfd int, d time.Duration) bool {
+	if pidfd < 0 {
+		time.Sleep(d) // no pidfd (Linux < 5.3): give it time
+		return true
+	}
+	deadline := time.Now().Add(d)
+	for {
+		n, err := unix.Poll([]unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}, int(max(time.Until(deadline), 0).Milliseconds()))
 		if err == unix.EINTR {
 			continue
 		}
-		if n > 0 || err != nil {
-			return
-		}
-		warn("the old process has not exited yet; the requests it read wait for it")
+		return n > 0 || err != nil
 	}
 }
 

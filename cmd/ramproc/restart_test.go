@@ -90,6 +90,8 @@ func reapServer(t *testing.T, pid int) {
 			t.Errorf("server %d: %v", pid, err)
 		}
 	case <-time.After(30 * time.Second):
+		syscall.Kill(pid, syscall.SIGQUIT)
+		time.Sleep(time.Second)
 		syscall.Kill(pid, syscall.SIGKILL)
 		t.Fatalf("server %d did not stop within 30s", pid)
 	}
@@ -374,4 +376,44 @@ func replaceFile(t *testing.T, from, to string) {
 	if err := os.Rename(tmp, to); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// ramproc check's reload check in its restart mode: writers keep their
+// descriptors across 'ramproc restart' with no error and every append is
+// in the file, in every I/O mode. The control: a stop and a new mount as
+// the "restart" fails the same check.
+func TestCheckRestartKeepsDescriptors(t *testing.T) {
+	testenv.RequireFUSE(t)
+	adoptOrphans(t)
+	t.Setenv("GORACE", "atexit_sleep_ms=0")
+	bin := ramprocBinary(t)
+	for _, mode := range []string{"-passthrough=auto", "-passthrough=off", "-no-open"} {
+		t.Run(strings.TrimLeft(mode, "-"), func(t *testing.T) {
+			mnt := filepath.Join(t.TempDir(), "mnt")
+			cmd, path := launchMount(t, bin, nil, os.Stderr, mode, mnt)
+			restart := `"` + bin + `" restart "` + mnt + `" >/dev/null`
+			code, out, errOut := runRamproc(t, "check", "--run", "^seed/reload$", "--restart-cmd", restart, path)
+			if code != 0 || !strings.Contains(out, "PASS seed/reload") {
+				t.Fatalf("exit %d, want 0 and seed/reload passed\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+			}
+			cmd.Wait()
+			stopServer(t, mnt)
+		})
+	}
+	t.Run("stop-and-mount-is-no-restart", func(t *testing.T) {
+		mnt := filepath.Join(t.TempDir(), "mnt")
+		_, path := launchMount(t, bin, nil, os.Stderr, mnt)
+		log := filepath.Join(t.TempDir(), "log")
+		restart := `pid=$(cat /proc/locks >/dev/null; "` + bin + `" restart --help >/dev/null 2>&1; echo) ; ` +
+			`kill -TERM ` + strconv.Itoa(fusebridge.ServerPID(mnt)) + `; sleep 0.5; "` + bin + `" mount "` + mnt + `" >/dev/null 2>"` + log + `" &
+for i in $(seq 200); do [ -e "` + path + `" ] && exit 0; sleep 0.05; done; exit 1`
+		code, out, _ := runRamproc(t, "check", "--run", "^seed/reload$", "--timeout", "20s", "--restart-cmd", restart, path)
+		if code == 0 || !strings.Contains(out, "FAIL seed/reload") {
+			t.Errorf("a stop and a new mount passed as a restart (exit %d):\n%s", code, out)
+		}
+		if pid := fusebridge.ServerPID(mnt); pid > 0 {
+			syscall.Kill(pid, syscall.SIGTERM)
+			reapServer(t, pid)
+		}
+	})
 }
