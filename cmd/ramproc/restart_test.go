@@ -402,15 +402,16 @@ func TestCheckRestartKeepsDescriptors(t *testing.T) {
 	}
 	t.Run("stop-and-mount-is-no-restart", func(t *testing.T) {
 		mnt := filepath.Join(t.TempDir(), "mnt")
-		_, path := launchMount(t, bin, nil, os.Stderr, mnt)
-		log := filepath.Join(t.TempDir(), "log")
-		restart := `pid=$(cat /proc/locks >/dev/null; "` + bin + `" restart --help >/dev/null 2>&1; echo) ; ` +
-			`kill -TERM ` + strconv.Itoa(fusebridge.ServerPID(mnt)) + `; sleep 0.5; "` + bin + `" mount "` + mnt + `" >/dev/null 2>"` + log + `" &
+		cmd, path := launchMount(t, bin, nil, os.Stderr, mnt)
+		// A stop (the server unmounts within its 2 s grace) and a new
+		// mount: what a restart without a handover is.
+		restart := `kill -TERM ` + strconv.Itoa(cmd.Process.Pid) + `; sleep 3; "` + bin + `" mount "` + mnt + `" >/dev/null 2>&1 &
 for i in $(seq 200); do [ -e "` + path + `" ] && exit 0; sleep 0.05; done; exit 1`
 		code, out, _ := runRamproc(t, "check", "--run", "^seed/reload$", "--timeout", "20s", "--restart-cmd", restart, path)
 		if code == 0 || !strings.Contains(out, "FAIL seed/reload") {
 			t.Errorf("a stop and a new mount passed as a restart (exit %d):\n%s", code, out)
 		}
+		cmd.Wait()
 		if pid := fusebridge.ServerPID(mnt); pid > 0 {
 			syscall.Kill(pid, syscall.SIGTERM)
 			reapServer(t, pid)
