@@ -260,12 +260,8 @@ func mountMain(args []string, helper bool) int {
 		fmt.Println(path)
 	}
 	// Ready: for systemd (Type=notify) and for the mount helper's caller.
-	// After a restart this process is the service's main one now.
-	readyMsg := "READY=1"
-	if inheriting {
-		readyMsg = fmt.Sprintf("MAINPID=%d\nREADY=1", os.Getpid())
-	}
-	if err := sdNotify(readyMsg); err != nil {
+	// After a restart the predecessor has named this process MAINPID.
+	if err := sdNotify("READY=1"); err != nil {
 		say.Warn("cannot tell the service manager that the file is served", "err", err)
 	}
 	if isChild {

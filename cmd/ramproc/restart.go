@@ -165,6 +165,9 @@ func serveRestarts(srv *fusebridge.Server, say *slog.Logger) (stop func()) {
 				continue
 			}
 			say.Info("restarted: the mount is served by the new process", "pid", pid)
+			// Told while this process is still the service's main one:
+			// systemd takes MAINPID= from it (NotifyAccess=main).
+			sdNotify(fmt.Sprintf("MAINPID=%d", pid))
 			if c != nil {
 				fmt.Fprintf(c, "ok %d\n", pid)
 				c.Close()
