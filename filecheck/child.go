@@ -322,15 +322,7 @@ func (w *childWorker) writeLoop(req request) response {
 			time.Sleep(2 * time.Millisecond)
 			continue
 		}
-		n, err := unix.Write(fd, req.Data)
-		switch {
-		case err != nil:
-			counts["write "+errnoName(unix.Errno(errnoOf(err)))]++
-		case n != len(req.Data):
-			counts["write short"]++
-		default:
-			counts["write ok"]++
-		}
+		countWrite(counts, fd, req.Data)
 		if err := unix.Close(fd); err != nil {
 			counts["close "+errnoName(unix.Errno(errnoOf(err)))]++
 		}
@@ -350,21 +342,26 @@ func (w *childWorker) writeKeep(req request) response {
 	}
 	deadline := time.Now().Add(time.Duration(req.Len) * time.Millisecond)
 	for !w.stop.Load() && time.Now().Before(deadline) {
-		n, err := unix.Write(fd, req.Data)
-		switch {
-		case err != nil:
-			counts["write "+errnoName(unix.Errno(errnoOf(err)))]++
-		case n != len(req.Data):
-			counts["write short"]++
-		default:
-			counts["write ok"]++
-		}
+		countWrite(counts, fd, req.Data)
 		time.Sleep(2 * time.Millisecond)
 	}
 	if err := unix.Close(fd); err != nil {
 		counts["close "+errnoName(unix.Errno(errnoOf(err)))]++
 	}
 	return response{Counts: counts}
+}
+
+// countWrite writes data to fd and counts the outcome.
+func countWrite(counts map[string]int, fd int, data []byte) {
+	n, err := unix.Write(fd, data)
+	switch {
+	case err != nil:
+		counts["write "+errnoName(unix.Errno(errnoOf(err)))]++
+	case n != len(data):
+		counts["write short"]++
+	default:
+		counts["write ok"]++
+	}
 }
 
 // roundTrip empties path, writes data and reads it back.

@@ -154,17 +154,53 @@ func (r *restartFS) released(kfh uint64) {
 	delete(r.inherited, kfh)
 }
 
-func (r *restartFS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out *fuse.EntryOut) fuse.Status {
-	if r.stale(h.NodeId) {
-		return fuse.Status(syscall.ESTALE)
-	}
+// gated runs op inside the gate.
+func (r *restartFS) gated(op func() fuse.Status) fuse.Status {
 	r.enter()
 	defer r.exit()
-	st := r.RawFileSystem.Lookup(cancel, h, name, out)
-	if st == fuse.OK {
-		r.looked(h.NodeId, name, out.NodeId)
+	return op()
+}
+
+// made runs op, which makes or finds name in parent, and records the
+// lookup its reply gives the kernel.
+func (r *restartFS) made(parent uint64, name string, out *fuse.EntryOut, op func() fuse.Status) fuse.Status {
+	if r.stale(parent) {
+		return fuse.Status(syscall.ESTALE)
 	}
-	return st
+	return r.gated(func() fuse.Status {
+		st := op()
+		if st == fuse.OK {
+			r.looked(parent, name, out.NodeId)
+		}
+		return st
+	})
+}
+
+// onNode runs op on node, which fails with ESTALE if node was not found
+// again, with the optional handle *fh (there when *flags has bit) mapped
+// to the bridge's, or dropped if its node was not found again.
+func (r *restartFS) onNode(node uint64, fh *uint64, flags *uint32, bit uint32, op func() fuse.Status) fuse.Status {
+	if r.stale(node) {
+		return fuse.Status(syscall.ESTALE)
+	}
+	return r.gated(func() fuse.Status {
+		if fh == nil || *flags&bit == 0 {
+			return op()
+		}
+		kfh, kflags := *fh, *flags
+		bfh, ok := r.bridgeFh(kfh)
+		if !ok {
+			*flags &^= bit
+			bfh = 0
+		}
+		*fh = bfh
+		defer func() { *fh, *flags = kfh, kflags }()
+		return op()
+	})
+}
+
+func (r *restartFS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out *fuse.EntryOut) fuse.Status {
+	return r.made(h.NodeId, name, out, func() fuse.Status { return r.RawFileSystem.Lookup(cancel, h, name, out) })
 }
 
 func (r *restartFS) Forget(nodeid, nlookup uint64) {
@@ -191,180 +227,91 @@ func (r *restartFS) Forget(nodeid, nlookup uint64) {
 }
 
 func (r *restartFS) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.AttrOut) fuse.Status {
-	if r.stale(in.NodeId) {
-		return fuse.Status(syscall.ESTALE)
-	}
-	r.enter()
-	defer r.exit()
-	if in.Flags_&fuse.FUSE_GETATTR_FH != 0 {
-		c := *in
-		fh, ok := r.bridgeFh(in.Fh_)
-		if !ok {
-			c.Flags_ &^= fuse.FUSE_GETATTR_FH
-			fh = 0
-		}
-		c.Fh_ = fh
-		in = &c
-	}
-	return r.RawFileSystem.GetAttr(cancel, in, out)
+	return r.onNode(in.NodeId, &in.Fh_, &in.Flags_, fuse.FUSE_GETATTR_FH, func() fuse.Status { return r.RawFileSystem.GetAttr(cancel, in, out) })
 }
 
 func (r *restartFS) SetAttr(cancel <-chan struct{}, in *fuse.SetAttrIn, out *fuse.AttrOut) fuse.Status {
-	if r.stale(in.NodeId) {
-		return fuse.Status(syscall.ESTALE)
-	}
-	r.enter()
-	defer r.exit()
-	if in.Valid&fuse.FATTR_FH != 0 {
-		c := *in
-		fh, ok := r.bridgeFh(in.Fh)
-		if !ok {
-			c.Valid &^= fuse.FATTR_FH
-			fh = 0
-		}
-		c.Fh = fh
-		in = &c
-	}
-	return r.RawFileSystem.SetAttr(cancel, in, out)
+	return r.onNode(in.NodeId, &in.Fh, &in.Valid, fuse.FATTR_FH, func() fuse.Status { return r.RawFileSystem.SetAttr(cancel, in, out) })
 }
 
 func (r *restartFS) Statx(cancel <-chan struct{}, in *fuse.StatxIn, out *fuse.StatxOut) fuse.Status {
-	if r.stale(in.NodeId) {
-		return fuse.Status(syscall.ESTALE)
-	}
-	r.enter()
-	defer r.exit()
-	if in.GetattrFlags&fuse.FUSE_GETATTR_FH != 0 {
-		c := *in
-		fh, ok := r.bridgeFh(in.Fh)
-		if !ok {
-			c.GetattrFlags &^= fuse.FUSE_GETATTR_FH
-			fh = 0
-		}
-		c.Fh = fh
-		in = &c
-	}
-	return r.RawFileSystem.Statx(cancel, in, out)
+	return r.onNode(in.NodeId, &in.Fh, &in.GetattrFlags, fuse.FUSE_GETATTR_FH, func() fuse.Status { return r.RawFileSystem.Statx(cancel, in, out) })
 }
 
 func (r *restartFS) Mknod(cancel <-chan struct{}, in *fuse.MknodIn, name string, out *fuse.EntryOut) fuse.Status {
-	r.enter()
-	defer r.exit()
-	st := r.RawFileSystem.Mknod(cancel, in, name, out)
-	if st == fuse.OK {
-		r.looked(in.NodeId, name, out.NodeId)
-	}
-	return st
+	return r.made(in.NodeId, name, out, func() fuse.Status { return r.RawFileSystem.Mknod(cancel, in, name, out) })
 }
 
 func (r *restartFS) Mkdir(cancel <-chan struct{}, in *fuse.MkdirIn, name string, out *fuse.EntryOut) fuse.Status {
-	r.enter()
-	defer r.exit()
-	st := r.RawFileSystem.Mkdir(cancel, in, name, out)
-	if st == fuse.OK {
-		r.looked(in.NodeId, name, out.NodeId)
-	}
-	return st
+	return r.made(in.NodeId, name, out, func() fuse.Status { return r.RawFileSystem.Mkdir(cancel, in, name, out) })
 }
 
 func (r *restartFS) Symlink(cancel <-chan struct{}, h *fuse.InHeader, target, name string, out *fuse.EntryOut) fuse.Status {
-	r.enter()
-	defer r.exit()
-	st := r.RawFileSystem.Symlink(cancel, h, target, name, out)
-	if st == fuse.OK {
-		r.looked(h.NodeId, name, out.NodeId)
-	}
-	return st
+	return r.made(h.NodeId, name, out, func() fuse.Status { return r.RawFileSystem.Symlink(cancel, h, target, name, out) })
 }
 
 func (r *restartFS) Link(cancel <-chan struct{}, in *fuse.LinkIn, name string, out *fuse.EntryOut) fuse.Status {
-	r.enter()
-	defer r.exit()
-	st := r.RawFileSystem.Link(cancel, in, name, out)
-	if st == fuse.OK {
-		r.looked(in.NodeId, name, out.NodeId)
-	}
-	return st
+	return r.made(in.NodeId, name, out, func() fuse.Status { return r.RawFileSystem.Link(cancel, in, name, out) })
 }
 
 func (r *restartFS) Unlink(cancel <-chan struct{}, h *fuse.InHeader, name string) fuse.Status {
-	r.enter()
-	defer r.exit()
-	return r.RawFileSystem.Unlink(cancel, h, name)
+	return r.onNode(h.NodeId, nil, nil, 0, func() fuse.Status { return r.RawFileSystem.Unlink(cancel, h, name) })
 }
 
 func (r *restartFS) Rmdir(cancel <-chan struct{}, h *fuse.InHeader, name string) fuse.Status {
-	r.enter()
-	defer r.exit()
-	return r.RawFileSystem.Rmdir(cancel, h, name)
+	return r.onNode(h.NodeId, nil, nil, 0, func() fuse.Status { return r.RawFileSystem.Rmdir(cancel, h, name) })
 }
 
 func (r *restartFS) Rename(cancel <-chan struct{}, in *fuse.RenameIn, oldName, newName string) fuse.Status {
-	r.enter()
-	defer r.exit()
-	return r.RawFileSystem.Rename(cancel, in, oldName, newName)
+	return r.onNode(in.NodeId, nil, nil, 0, func() fuse.Status { return r.RawFileSystem.Rename(cancel, in, oldName, newName) })
 }
 
-func (r *restartFS) Readlink(cancel <-chan struct{}, h *fuse.InHeader) ([]byte, fuse.Status) {
-	if r.stale(h.NodeId) {
-		return nil, fuse.Status(syscall.ESTALE)
-	}
-	r.enter()
-	defer r.exit()
-	return r.RawFileSystem.Readlink(cancel, h)
+func (r *restartFS) Readlink(cancel <-chan struct{}, h *fuse.InHeader) (b []byte, st fuse.Status) {
+	st = r.onNode(h.NodeId, nil, nil, 0, func() fuse.Status {
+		b, st = r.RawFileSystem.Readlink(cancel, h)
+		return st
+	})
+	return b, st
 }
 
 func (r *restartFS) Access(cancel <-chan struct{}, in *fuse.AccessIn) fuse.Status {
-	if r.stale(in.NodeId) {
-		return fuse.Status(syscall.ESTALE)
-	}
-	r.enter()
-	defer r.exit()
-	return r.RawFileSystem.Access(cancel, in)
+	return r.onNode(in.NodeId, nil, nil, 0, func() fuse.Status { return r.RawFileSystem.Access(cancel, in) })
 }
 
 func (r *restartFS) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, out *fuse.CreateOut) fuse.Status {
-	r.enter()
-	defer r.exit()
-	st := r.RawFileSystem.Create(cancel, in, name, out)
-	if st == fuse.OK {
-		r.looked(in.NodeId, name, out.NodeId)
-		r.opened(out.NodeId, in.Flags, false, &out.OpenOut)
-	}
-	return st
+	return r.made(in.NodeId, name, &out.EntryOut, func() fuse.Status {
+		st := r.RawFileSystem.Create(cancel, in, name, out)
+		if st == fuse.OK {
+			r.opened(out.NodeId, in.Flags, false, &out.OpenOut)
+		}
+		return st
+	})
 }
 
 func (r *restartFS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
-	if r.stale(in.NodeId) {
-		return fuse.Status(syscall.ESTALE)
-	}
-	r.enter()
-	defer r.exit()
-	st := r.RawFileSystem.Open(cancel, in, out)
-	if st == fuse.OK {
-		r.opened(in.NodeId, in.Flags, false, out)
-	}
-	return st
+	return r.open(in, out, false, func() fuse.Status { return r.RawFileSystem.Open(cancel, in, out) })
 }
 
 func (r *restartFS) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
-	if r.stale(in.NodeId) {
-		return fuse.Status(syscall.ESTALE)
-	}
-	r.enter()
-	defer r.exit()
-	st := r.RawFileSystem.OpenDir(cancel, in, out)
-	if st == fuse.OK {
-		r.opened(in.NodeId, in.Flags, true, out)
-	}
-	return st
+	return r.open(in, out, true, func() fuse.Status { return r.RawFileSystem.OpenDir(cancel, in, out) })
+}
+
+// open runs op, an OPEN or OPENDIR, and records the handle it gives.
+func (r *restartFS) open(in *fuse.OpenIn, out *fuse.OpenOut, dir bool, op func() fuse.Status) fuse.Status {
+	return r.onNode(in.NodeId, nil, nil, 0, func() fuse.Status {
+		st := op()
+		if st == fuse.OK {
+			r.opened(in.NodeId, in.Flags, dir, out)
+		}
+		return st
+	})
 }
 
 // withFh runs op with in's handle mapped to the bridge's, or answers EIO
 // for a handle whose node was not found again.
 func (r *restartFS) withFh(fh *uint64, op func() fuse.Status) fuse.Status {
-	r.enter()
-	defer r.exit()
+	r.gate.RLock()
+	defer r.gate.RUnlock()
 	kfh := *fh
 	bfh, ok := r.bridgeFh(kfh)
 	if !ok {
@@ -517,32 +464,30 @@ func (r *restartFS) SetLkw(cancel <-chan struct{}, in *fuse.LkIn) fuse.Status {
 	return r.withFh(&in.Fh, func() fuse.Status { return r.RawFileSystem.SetLkw(cancel, in) })
 }
 
-func (r *restartFS) GetXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string, dest []byte) (uint32, fuse.Status) {
-	r.enter()
-	defer r.exit()
-	return r.RawFileSystem.GetXAttr(cancel, h, attr, dest)
+func (r *restartFS) GetXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string, dest []byte) (n uint32, st fuse.Status) {
+	st = r.gated(func() fuse.Status {
+		n, st = r.RawFileSystem.GetXAttr(cancel, h, attr, dest)
+		return st
+	})
+	return n, st
 }
 
-func (r *restartFS) ListXAttr(cancel <-chan struct{}, h *fuse.InHeader, dest []byte) (uint32, fuse.Status) {
-	r.enter()
-	defer r.exit()
-	return r.RawFileSystem.ListXAttr(cancel, h, dest)
+func (r *restartFS) ListXAttr(cancel <-chan struct{}, h *fuse.InHeader, dest []byte) (n uint32, st fuse.Status) {
+	st = r.gated(func() fuse.Status {
+		n, st = r.RawFileSystem.ListXAttr(cancel, h, dest)
+		return st
+	})
+	return n, st
 }
 
 func (r *restartFS) SetXAttr(cancel <-chan struct{}, in *fuse.SetXAttrIn, attr string, data []byte) fuse.Status {
-	r.enter()
-	defer r.exit()
-	return r.RawFileSystem.SetXAttr(cancel, in, attr, data)
+	return r.gated(func() fuse.Status { return r.RawFileSystem.SetXAttr(cancel, in, attr, data) })
 }
 
 func (r *restartFS) RemoveXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string) fuse.Status {
-	r.enter()
-	defer r.exit()
-	return r.RawFileSystem.RemoveXAttr(cancel, h, attr)
+	return r.gated(func() fuse.Status { return r.RawFileSystem.RemoveXAttr(cancel, h, attr) })
 }
 
 func (r *restartFS) StatFs(cancel <-chan struct{}, h *fuse.InHeader, out *fuse.StatfsOut) fuse.Status {
-	r.enter()
-	defer r.exit()
-	return r.RawFileSystem.StatFs(cancel, h, out)
+	return r.gated(func() fuse.Status { return r.RawFileSystem.StatFs(cancel, h, out) })
 }
