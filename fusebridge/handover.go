@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -801,19 +802,29 @@ func (c *Server) replay(epoch uint64) error {
 
 // serveAdopted starts go-fuse's server on the adopted connection. go-fuse
 // serves a /dev/fd/N descriptor, and reads the first request inside
-// NewServer whatever it is: one request is provoked (a statfs of the
-// mount), so that NewServer returns even on an idle mount. go-fuse closes
+// NewServer whatever it is: a request is provoked (a statfs of the mount),
+// so that NewServer returns even on an idle mount. go-fuse closes
 // the descriptor it is given if that first answer fails (the request was
 // interrupted): it is given a duplicate, and tried again.
 func (c *Server) serveAdopted() error {
+	// Again until it is served: a request still waiting in the kernel
+	// when a signal reaches the caller (the Go runtime's preemption
+	// signal, say) is withdrawn, and the statfs fails with EINTR.
+	var up atomic.Bool
 	poked := make(chan struct{})
 	go func() {
 		defer close(poked)
-		var sfs unix.Statfs_t
-		if c.mountFd >= 0 {
-			unix.Fstatfs(c.mountFd, &sfs)
-		} else {
-			unix.Statfs(c.mnt, &sfs)
+		for !up.Load() {
+			var sfs unix.Statfs_t
+			var err error
+			if c.mountFd >= 0 {
+				err = unix.Fstatfs(c.mountFd, &sfs)
+			} else {
+				err = unix.Statfs(c.mnt, &sfs)
+			}
+			if err != nil && err != unix.EINTR {
+				time.Sleep(10 * time.Millisecond)
+			}
 		}
 	}()
 	var srv *fuse.Server
@@ -829,6 +840,7 @@ func (c *Server) serveAdopted() error {
 		}
 		c.log.Warn("serving the adopted connection failed; trying again", "err", err)
 	}
+	up.Store(true)
 	if err != nil {
 		return fmt.Errorf("fusebridge: handover: serve the adopted connection: %w", err)
 	}

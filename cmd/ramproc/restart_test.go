@@ -30,16 +30,6 @@ func restartRounds() int {
 	return 20
 }
 
-// adoptOrphans makes this test process the reaper of the servers a restart
-// starts (each is the child of the server it replaces, which exits), so
-// that reapServer can wait for them.
-func adoptOrphans(t *testing.T) {
-	t.Helper()
-	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
-		t.Fatalf("prctl(PR_SET_CHILD_SUBREAPER): %v", err)
-	}
-}
-
 // restartServer runs 'ramproc restart' (bin) on mnt and returns the pid of
 // the new server from its output.
 func restartServer(t *testing.T, bin, mnt string) (int, string) {
@@ -75,25 +65,9 @@ func stopServer(t *testing.T, mnt string) {
 
 func reapServer(t *testing.T, pid int) {
 	t.Helper()
-	done := make(chan error, 1)
-	go func() {
-		var ws unix.WaitStatus
-		_, err := unix.Wait4(pid, &ws, 0, nil)
-		if err == nil && ws.ExitStatus() != 0 {
-			err = fmt.Errorf("exit status %d", ws.ExitStatus())
-		}
-		done <- err
-	}()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("server %d: %v", pid, err)
-		}
-	case <-time.After(30 * time.Second):
-		syscall.Kill(pid, syscall.SIGQUIT)
-		time.Sleep(time.Second)
+	if err := testenv.Reap(pid, 30*time.Second); err != nil {
 		syscall.Kill(pid, syscall.SIGKILL)
-		t.Fatalf("server %d did not stop within 30s", pid)
+		t.Errorf("server: %v", err)
 	}
 }
 
@@ -104,7 +78,7 @@ func reapServer(t *testing.T, pid int) {
 // during each restart is logged, not asserted (the machine is shared).
 func TestRestartKeepsWriters(t *testing.T) {
 	testenv.RequireFUSE(t)
-	adoptOrphans(t)
+	testenv.AdoptOrphans(t)
 	// Requests the old server read wait for its exit (handover.go), and a
 	// race-built program sleeps a second at exit by default.
 	t.Setenv("GORACE", "atexit_sleep_ms=0")
@@ -259,7 +233,7 @@ func soakWriters(t *testing.T, bin, mnt, path string, rounds int, after func(rou
 // new opens keep working.
 func TestRestartRefusedKeepsServing(t *testing.T) {
 	testenv.RequireFUSE(t)
-	adoptOrphans(t)
+	testenv.AdoptOrphans(t)
 	bin := ramprocBinary(t)
 	other := buildRamproc(t, "-X", "github.com/ramproc/ramproc/fusebridge.handoverFormat=fusebridge-handover/999")
 	mnt := filepath.Join(t.TempDir(), "mnt")
@@ -298,7 +272,7 @@ func TestRestartRefusedKeepsServing(t *testing.T) {
 // and the file's bytes are the same.
 func TestRestartUpgrade(t *testing.T) {
 	testenv.RequireFUSE(t)
-	adoptOrphans(t)
+	testenv.AdoptOrphans(t)
 	bin := ramprocBinary(t)
 	const next = "v9.9.9-restart-test"
 	newer := buildRamproc(t, "-X", "main.version="+next)
@@ -384,7 +358,7 @@ func replaceFile(t *testing.T, from, to string) {
 // the "restart" fails the same check.
 func TestCheckRestartKeepsDescriptors(t *testing.T) {
 	testenv.RequireFUSE(t)
-	adoptOrphans(t)
+	testenv.AdoptOrphans(t)
 	t.Setenv("GORACE", "atexit_sleep_ms=0")
 	bin := ramprocBinary(t)
 	for _, mode := range []string{"-passthrough=auto", "-passthrough=off", "-no-open"} {
