@@ -36,7 +36,10 @@
 //     read(2) must then return what tmpfs holds.
 //
 // With an unload and a load command, seed/reload also requires the file to
-// be gone between the two. Only regular files are checked.
+// be gone between the two; with a restart command (Config.RestartCmd) it
+// requires the opposite: writers keep their descriptors across it with no
+// error, and every write they were told succeeded is in the file. Only
+// regular files are checked.
 //
 // The checks write to the file. Run refuses a file that is not empty unless
 // Config.Destructive is set, and leaves an empty file empty again.

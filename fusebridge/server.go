@@ -14,7 +14,9 @@
 // its handler.DirHandler produces on demand (/proc/<pid>). The code is in
 // three places: tree.go and dirnode.go name things, entry.go and node.go do
 // a file's I/O, and server.go and split.go own the mount and its
-// connections.
+// connections. A mount made with Options.Restartable can be handed to a
+// new process of the program, with every descriptor open on it
+// (Server.Restart; handover.go and restartfs.go).
 //
 // The mount is tuned for a file that must be indistinguishable from a tmpfs
 // file and nearly as fast:
