@@ -26,9 +26,9 @@ func Reap(pid int, d time.Duration) error {
 	deadline := time.Now().Add(d)
 	for {
 		var ws unix.WaitStatus
-		_, err := unix.Wait4(pid, &ws, unix.WNOHANG, nil)
+		got, err := unix.Wait4(pid, &ws, unix.WNOHANG, nil)
 		switch {
-		case err == nil && ws.Exited() || err == nil && ws.Signaled():
+		case err == nil && got == pid && (ws.Exited() || ws.Signaled()):
 			if ws.ExitStatus() != 0 {
 				return fmt.Errorf("process %d: exit status %d (%v)", pid, ws.ExitStatus(), ws.Signal())
 			}
