@@ -392,3 +392,41 @@ for i in $(seq 200); do [ -e "` + path + `" ] && exit 0; sleep 0.05; done; exit 
 		}
 	})
 }
+
+// An unprivileged server (fusermount, a memfd store whose capacity the
+// store enforces itself) restarts too, asked by its own user: a descriptor
+// kept across it keeps writing, and the capacity still holds afterwards.
+func TestRestartUnprivileged(t *testing.T) {
+	testenv.RequireFUSE(t)
+	testenv.AdoptOrphans(t)
+	if _, err := exec.LookPath("fusermount3"); err != nil {
+		testenv.Missing(t, "unprivileged mounts need fusermount3 (apt-get install fuse3)")
+	}
+	if st, err := os.Stat("/dev/fuse"); err != nil || st.Mode().Perm()&0o006 != 0o006 {
+		testenv.Missing(t, "unprivileged mounts need /dev/fuse to be mode 0666, as Debian sets it")
+	}
+	t.Setenv("GORACE", "atexit_sleep_ms=0")
+	bin := testenv.CopyForNobody(t, ramprocBinary(t))
+	mnt := filepath.Join(filepath.Dir(bin), "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.Chown(mnt, 65534, 65534)
+	nobody := &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	cmd, path := launchMount(t, bin, nobody, os.Stderr, "-max-size", "64k", mnt)
+	client := exec.Command("sh", "-c", `exec 5>>"$2"; echo before >&5 || exit 1
+"$1" restart "$3" >/dev/null || exit 2
+echo after >&5 || exit 3
+cat "$2"; head -c 100000 /dev/zero >> "$2"; echo "rc=$?"; stat -c %s "$2"`, "sh", bin, path, mnt)
+	client.SysProcAttr = nobody
+	out, err := client.CombinedOutput()
+	if err != nil {
+		t.Fatalf("client as nobody: %v\n%s", err, out)
+	}
+	cmd.Wait()
+	// 64 KiB capacity: the append stops short with ENOSPC.
+	if !strings.HasPrefix(string(out), "before\nafter\n") || !strings.Contains(string(out), "No space left on device") || !strings.HasSuffix(string(out), "rc=1\n65536\n") {
+		t.Errorf("client as nobody across the restart:\n%s", out)
+	}
+	stopServer(t, mnt)
+}
