@@ -78,6 +78,9 @@ const quiesceTimeout = 5 * time.Second
 type restartState struct {
 	rfs   *restartFS // the connection's gate and tables; nil unless Restartable
 	devFd int        // the connection's /dev/fuse descriptor; -1 if unknown
+	// minor is the FUSE protocol minor the kernel spoke at INIT (go-fuse
+	// does not know it in a process that adopted the connection).
+	minor uint32
 
 	mu         sync.Mutex // one restart at a time
 	handedOver chan struct{}
@@ -107,7 +110,8 @@ type handoverState struct {
 	Epoch       uint64
 	NextIno     uint64
 	Passthrough bool
-	Claim       int // index of the claim's descriptor, or -1
+	KernelMinor uint32 // FUSE protocol minor of the kernel's INIT
+	Claim       int    // index of the claim's descriptor, or -1
 	Conns       []connState
 	Bound       []string
 	Program     []byte
@@ -171,6 +175,9 @@ func (s *Server) Restart() (pid int, err error) {
 	}
 	if s.rs.adopt != nil {
 		return 0, errors.New("fusebridge: the server does not serve yet (Ready has not returned)")
+	}
+	if s.rs.minor < 40 {
+		return 0, fmt.Errorf("fusebridge: a restart needs the kernel to resend what the old process read (FUSE_NOTIFY_RESEND, protocol 7.40, Linux >= 6.9); this kernel speaks 7.%d", s.rs.minor)
 	}
 	conns := s.connections()
 	for _, c := range conns {
@@ -318,6 +325,7 @@ func (s *Server) handoverState() (*handoverState, []int, []*os.File, error) {
 		Epoch:       s.rs.rfs.epoch,
 		NextIno:     s.nextIno,
 		Passthrough: s.passthrough.Load(),
+		KernelMinor: s.rs.minor,
 		Claim:       -1,
 	}
 	s.mu.RUnlock()
@@ -499,6 +507,7 @@ func adoptMount(mnt string, opts Options, in *inheritance) (*Server, error) {
 	}
 	s := newServer(mnt, opts)
 	s.nextIno = st.NextIno
+	s.rs.minor = st.KernelMinor
 	s.passthrough.Store(st.Passthrough)
 	s.claim = &claim{fd: fd(st.Claim)}
 	s.rs.in = in

@@ -450,7 +450,9 @@ func (s *Server) start(mountpoint string, direct bool) error {
 	// wait on a server that has stopped. No fork while it is open.
 	syscall.ForkLock.RLock()
 	defer syscall.ForkLock.RUnlock()
-	return srv.WaitMount()
+	err = srv.WaitMount()
+	s.rs.minor = srv.KernelSettings().Minor // a restart needs >= 40 (handover.go)
+	return err
 }
 
 // newFuseServer is fuse.NewServer with the /dev/fuse descriptor kept out of
