@@ -204,6 +204,11 @@ func newStore(fd int, kind Kind, capacity int64) (*Store, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("bytestore: %v: fchmod: %w", kind, err)
 	}
+	return setupStore(fd, kind, capacity)
+}
+
+// setupStore makes the Store of fd, a new or an adopted (handover.go) file.
+func setupStore(fd int, kind Kind, capacity int64) (*Store, error) {
 	page := int64(unix.Getpagesize())
 	s := &Store{
 		fd:       fd,

@@ -184,6 +184,8 @@ func (w *childWorker) serve(req request) response {
 		return w.writeStripes(req)
 	case "writeloop":
 		return w.writeLoop(req)
+	case "writekeep":
+		return w.writeKeep(req)
 	case "mapfill":
 		return mapFill(req)
 	case "userop":
@@ -320,21 +322,46 @@ func (w *childWorker) writeLoop(req request) response {
 			time.Sleep(2 * time.Millisecond)
 			continue
 		}
-		n, err := unix.Write(fd, req.Data)
-		switch {
-		case err != nil:
-			counts["write "+errnoName(unix.Errno(errnoOf(err)))]++
-		case n != len(req.Data):
-			counts["write short"]++
-		default:
-			counts["write ok"]++
-		}
+		countWrite(counts, fd, req.Data)
 		if err := unix.Close(fd); err != nil {
 			counts["close "+errnoName(unix.Errno(errnoOf(err)))]++
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
 	return response{Counts: counts}
+}
+
+// writeKeep is writeLoop through one descriptor, opened once: the restart
+// mode of seed/reload, where descriptors must keep working.
+func (w *childWorker) writeKeep(req request) response {
+	counts := map[string]int{}
+	fd, err := unix.Open(req.Path, unix.O_WRONLY|unix.O_APPEND|unix.O_CLOEXEC, 0)
+	if err != nil {
+		counts["open "+errnoName(unix.Errno(errnoOf(err)))]++
+		return response{Counts: counts}
+	}
+	deadline := time.Now().Add(time.Duration(req.Len) * time.Millisecond)
+	for !w.stop.Load() && time.Now().Before(deadline) {
+		countWrite(counts, fd, req.Data)
+		time.Sleep(2 * time.Millisecond)
+	}
+	if err := unix.Close(fd); err != nil {
+		counts["close "+errnoName(unix.Errno(errnoOf(err)))]++
+	}
+	return response{Counts: counts}
+}
+
+// countWrite writes data to fd and counts the outcome.
+func countWrite(counts map[string]int, fd int, data []byte) {
+	n, err := unix.Write(fd, data)
+	switch {
+	case err != nil:
+		counts["write "+errnoName(unix.Errno(errnoOf(err)))]++
+	case n != len(data):
+		counts["write short"]++
+	default:
+		counts["write ok"]++
+	}
 }
 
 // roundTrip empties path, writes data and reads it back.

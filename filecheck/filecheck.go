@@ -36,7 +36,10 @@
 //     read(2) must then return what tmpfs holds.
 //
 // With an unload and a load command, seed/reload also requires the file to
-// be gone between the two. Only regular files are checked.
+// be gone between the two; with a restart command (Config.RestartCmd) it
+// requires the opposite: writers keep their descriptors across it with no
+// error, and every write they were told succeeded is in the file. Only
+// regular files are checked.
 //
 // The checks write to the file. Run refuses a file that is not empty unless
 // Config.Destructive is set, and leaves an empty file empty again.
@@ -111,6 +114,12 @@ type Config struct {
 	ReloadCmd string
 	UnloadCmd string
 	LoadCmd   string
+
+	// RestartCmd, instead of those, restarts the file's server without
+	// unmounting it (ramproc restart): seed/reload then requires that
+	// writers keep their descriptors open across it with no error at all,
+	// and that every write they were told succeeded is in the file.
+	RestartCmd string
 
 	// CommandTimeout bounds each of those commands and each wait for a
 	// child process (60s if zero).
@@ -276,6 +285,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	if cfg.ReloadCmd != "" && (cfg.UnloadCmd != "" || cfg.LoadCmd != "") {
 		return nil, usagef("give either a reload command or an unload and a load command, not both")
+	}
+	if cfg.RestartCmd != "" && (cfg.ReloadCmd != "" || cfg.UnloadCmd != "") {
+		return nil, usagef("a restart command replaces the reload or unload and load commands: give only one kind")
 	}
 	if (cfg.UnloadCmd == "") != (cfg.LoadCmd == "") {
 		return nil, usagef("an unload command needs a load command and vice versa: give both")

@@ -27,8 +27,8 @@ var cleanErrnos = map[string]bool{"ENOTCONN": true, "ECONNABORTED": true, "ENOEN
 const reloadWriters = 3
 
 func skipReload(r *runner) string {
-	if r.cfg.ReloadCmd == "" && r.cfg.UnloadCmd == "" {
-		return "needs --reload-cmd, or --unload-cmd and --load-cmd, to stop and start the file's server"
+	if r.cfg.ReloadCmd == "" && r.cfg.UnloadCmd == "" && r.cfg.RestartCmd == "" {
+		return "needs --reload-cmd, or --unload-cmd and --load-cmd, to stop and start the file's server (or --restart-cmd, to restart it without a trace)"
 	}
 	return ""
 }
@@ -111,15 +111,25 @@ func runReload(r *runner, c *check) (res Result) {
 	}
 	rec := []byte("filecheck reload writer\n")
 	maxLoop := (3*timeout + 30*time.Second).Milliseconds()
+	restart := r.cfg.RestartCmd != ""
+	op := "writeloop"
+	if restart {
+		op = "writekeep" // one descriptor each, kept across the restart
+	}
 	for i, w := range ws {
-		if err := w.send(request{Op: "writeloop", Path: r.cfg.Path, Data: rec, Len: maxLoop}); err != nil {
+		if err := w.send(request{Op: op, Path: r.cfg.Path, Data: rec, Len: maxLoop}); err != nil {
 			return fail("child process %d: %v", i, err)
 		}
 	}
 	time.Sleep(300 * time.Millisecond)
 
 	var problems []string
-	if r.cfg.ReloadCmd != "" {
+	if restart {
+		r.progressf("%s: running the restart command", c.name)
+		if err := runShell(r.ctx, r.cfg.RestartCmd, timeout); err != nil {
+			problems = append(problems, "restart command "+err.Error())
+		}
+	} else if r.cfg.ReloadCmd != "" {
 		r.progressf("%s: running the reload command", c.name)
 		if err := runShell(r.ctx, r.cfg.ReloadCmd, timeout); err != nil {
 			problems = append(problems, "reload command "+err.Error())
@@ -163,7 +173,7 @@ func runReload(r *runner, c *check) (res Result) {
 	for k, v := range total {
 		summary = append(summary, fmt.Sprintf("%s ×%d", k, v))
 		f := strings.Fields(k)
-		if f[len(f)-1] != "ok" && !cleanErrnos[f[len(f)-1]] {
+		if f[len(f)-1] != "ok" && (restart || !cleanErrnos[f[len(f)-1]]) {
 			unclean = append(unclean, fmt.Sprintf("%s ×%d", k, v))
 		}
 	}
@@ -179,8 +189,20 @@ func runReload(r *runner, c *check) (res Result) {
 	if r.cfg.ReloadCmd != "" {
 		res.Details = append(res.Details, "a single reload command gives no moment to check that the file was unloaded: give --unload-cmd and --load-cmd for that")
 	}
-	if len(unclean) > 0 {
+	switch {
+	case len(unclean) > 0 && restart:
+		problems = append(problems, "writers saw errors through descriptors kept across the restart, where every one must keep working: "+strings.Join(unclean, ", "))
+	case len(unclean) > 0:
 		problems = append(problems, "writers saw errors other than ENOTCONN, ECONNABORTED, ENOENT, EIO, EBUSY: "+strings.Join(unclean, ", "))
+	}
+	if restart && hung == 0 {
+		// Every write acknowledged is in the file, once.
+		var st syscall.Stat_t
+		if err := syscall.Stat(r.cfg.Path, &st); err != nil {
+			problems = append(problems, fmt.Sprintf("stat after the restart: %v", err))
+		} else if want := int64(total["write ok"] * len(rec)); st.Size != want {
+			problems = append(problems, fmt.Sprintf("after the restart the file holds %d bytes, but the writers were told %d appends of %d bytes succeeded (%d bytes)", st.Size, total["write ok"], len(rec), want))
+		}
 	}
 
 	// The file must work again, maybe after the load command's server has

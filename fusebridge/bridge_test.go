@@ -50,6 +50,9 @@ func runChild(mode, arg string) int {
 	if mode == "noopen-percaller" {
 		return noOpenPerCaller(arg)
 	}
+	if mode == "restartable" {
+		return restartableChild(arg) // restart_test.go
+	}
 	return 2
 }
 

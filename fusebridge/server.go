@@ -14,7 +14,9 @@
 // its handler.DirHandler produces on demand (/proc/<pid>). The code is in
 // three places: tree.go and dirnode.go name things, entry.go and node.go do
 // a file's I/O, and server.go and split.go own the mount and its
-// connections.
+// connections. A mount made with Options.Restartable can be handed to a
+// new process of the program, with every descriptor open on it
+// (Server.Restart; handover.go and restartfs.go).
 //
 // The mount is tuned for a file that must be indistinguishable from a tmpfs
 // file and nearly as fast:
@@ -195,6 +197,18 @@ type Options struct {
 	// connections serve; nil gives the server counters of its own
 	// (Server.Metrics returns them either way).
 	Metrics *Metrics
+
+	// Restartable lets Server.Restart hand the mount to a new process of
+	// the program (handover.go): in a process started by a restart, Mount
+	// adopts the running mount instead of making one, and Ready starts
+	// serving it. Node IDs are then the entries' inode numbers
+	// (go-fuse's ExternalNodeID).
+	Restartable bool
+
+	// Handover, on a Restartable mount, is asked at a restart for the
+	// program's own state and the descriptors that go with it; the new
+	// process gets them from Server.Inherited. Nil hands over none.
+	Handover func() (state []byte, files []*os.File, err error)
 }
 
 // DefaultAllowOther is the one rule for who may reach a mount's files when
@@ -246,6 +260,9 @@ type Server struct {
 
 	// claim holds the mountpoint for the server's lifetime (see claim.go).
 	claim *claim
+
+	// rs is the server's part in restarts (handover.go).
+	rs restartState
 }
 
 // Mount mounts an empty directory of entries on mountpoint and starts
@@ -278,6 +295,15 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 		}
 		opts.Passthrough = PassthroughOff
 		opts.NoOpenHandlers = false
+	}
+	if opts.Restartable {
+		// Started by a restart: adopt the running mount (handover.go).
+		if in, err := inherited(); err != nil || in != nil {
+			if err != nil {
+				return nil, err
+			}
+			return adoptMount(mnt, opts, in)
+		}
 	}
 	cl, err := prepareMountpoint(mnt, opts.Logger)
 	if err != nil {
@@ -342,6 +368,7 @@ func newServer(mnt string, opts Options) *Server {
 		served:  make(chan struct{}),
 		nextIno: 2, // 1 is the root
 		mountFd: -1,
+		rs:      restartState{devFd: -1, handedOver: make(chan struct{})},
 	}
 	// /proc's own directories are 0555: nobody creates names in them.
 	s.rootDir = newDir(s, nil, "", 1, 0o555)
@@ -394,8 +421,21 @@ func (s *Server) start(mountpoint string, direct bool) error {
 		NegativeTimeout: &timeout,
 		UID:             s.uid,
 		GID:             s.gid,
+		// A restart hands the node IDs the kernel holds to a new process,
+		// which must issue the same ones: the inode numbers (handover.go).
+		ExternalNodeID:  s.opts.Restartable,
+		ServerCallbacks: s.serverCallbacks(),
 	})
-	srv, err := newFuseServer(s.wrapRawFS(rawFS), mountpoint, &mo, direct)
+	fsys := s.wrapRawFS(rawFS)
+	if s.opts.Restartable {
+		s.rs.rfs = newRestartFS(fsys)
+		fsys = s.rs.rfs
+	}
+	if s.rs.adopt != nil {
+		s.rs.mo = mo // Ready serves the adopted connection
+		return nil
+	}
+	srv, err := s.newTrackedServer(fsys, mountpoint, &mo, direct)
 	if err != nil {
 		return err
 	}
@@ -410,7 +450,9 @@ func (s *Server) start(mountpoint string, direct bool) error {
 	// wait on a server that has stopped. No fork while it is open.
 	syscall.ForkLock.RLock()
 	defer syscall.ForkLock.RUnlock()
-	return srv.WaitMount()
+	err = srv.WaitMount()
+	s.rs.minor = srv.KernelSettings().Minor // a restart needs >= 40 (handover.go)
+	return err
 }
 
 // newFuseServer is fuse.NewServer with the /dev/fuse descriptor kept out of
@@ -700,4 +742,10 @@ func (s *Server) abort() error {
 
 // Wait blocks until the server has stopped: after Unmount, or after the
 // mount was removed from outside (umount, a killed client's last close).
-func (s *Server) Wait() { <-s.served }
+// After a restart (Server.Restart) it returns once the new process serves.
+func (s *Server) Wait() {
+	select {
+	case <-s.served:
+	case <-s.rs.handedOver:
+	}
+}

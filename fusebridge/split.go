@@ -39,16 +39,7 @@ func (s *Server) mountCompanion() (*Server, error) {
 		unix.Close(dev)
 		return nil, err
 	}
-	opts := s.opts
-	opts.NoOpen = !s.opts.NoOpen
-	opts.NoOpenHandlers = false
-	opts.Passthrough = PassthroughOff
-	if opts.NoOpen {
-		opts.Logger = s.log.With("connection", "no-open")
-	} else {
-		opts.Logger = s.log.With("connection", "open")
-	}
-	c := newServer(s.mnt, opts)
+	c := newServer(s.mnt, companionOptions(s)) // handover.go
 	c.mountFd = mfd
 	// go-fuse serves an already mounted /dev/fuse descriptor given as
 	// /dev/fd/N, and owns it from then on.
@@ -248,6 +239,9 @@ func (s *Server) bind(e *Entry) error {
 			}
 			return nil
 		}
+	}
+	if s.adoptedBind(e) { // restart: the old process's bind is in place
+		return nil
 	}
 	if err := bindPath(s.companion.mountFd, ce.Path(), filepath.Join(s.mnt, e.Path())); err != nil {
 		s.bindFailed(e, err)

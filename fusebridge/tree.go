@@ -369,8 +369,11 @@ func (s *Server) publish(d *Dir, name string, mode fs.FileMode, h any, k kind, i
 		return nil, err
 	}
 	if ino == 0 {
-		ino = s.nextIno
-		s.nextIno++
+		// restart: the inode number (node ID) the kernel knows the path by
+		if ino = s.inheritedIno(d.entryPath(name)); ino == 0 {
+			ino = s.nextIno
+			s.nextIno++
+		}
 	}
 	s.mu.Unlock()
 

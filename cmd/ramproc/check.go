@@ -52,6 +52,7 @@ func runCheck(args []string) int {
 	reload := fs.String("reload-cmd", "", "shell command that stops and restarts PATH's server, for seed/reload")
 	unload := fs.String("unload-cmd", "", "shell command that stops PATH's server, for seed/reload (with --load-cmd)")
 	load := fs.String("load-cmd", "", "shell command that starts PATH's server again, for seed/reload (with --unload-cmd)")
+	restartCmd := fs.String("restart-cmd", "", "shell command that restarts PATH's server without unmounting (e.g. ramproc restart MOUNTPOINT), for seed/reload: descriptors kept open across it must keep working")
 	timeout := fs.Duration("timeout", 60*time.Second, "limit for each command and each wait for a child process")
 	shrink := fs.Duration("shrink-time", 30*time.Second, "time the randomized check may spend shrinking a failing sequence")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
@@ -99,6 +100,7 @@ func runCheck(args []string) int {
 		ReloadCmd:      *reload,
 		UnloadCmd:      *unload,
 		LoadCmd:        *load,
+		RestartCmd:     *restartCmd,
 		CommandTimeout: *timeout,
 		ShrinkTimeout:  *shrink,
 	}

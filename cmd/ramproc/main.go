@@ -3,6 +3,7 @@
 //
 //	ramproc mount [flags] MOUNTPOINT   serve the RAM file until Ctrl-C
 //	ramproc check [flags] PATH         compare PATH's behaviour with a tmpfs file
+//	ramproc restart MOUNTPOINT         hand the mount to the binary on disk now
 //	ramproc bench [flags]              ramproc vs tmpfs vs go-fuse MemRegularFile
 //	ramproc version                    module version, VCS revision, Go version
 //	ramproc SOURCE MOUNTPOINT -o OPTS  the mount-helper form (mount -t fuse.ramproc)
@@ -34,6 +35,8 @@ func run(args []string) int {
 		return runMount(args[1:])
 	case "check":
 		return runCheck(args[1:])
+	case "restart":
+		return runRestart(args[1:])
 	case "bench":
 		return runBench(args[1:])
 	case "version", "-version", "--version":
@@ -58,6 +61,7 @@ func usage() {
 	fmt.Fprint(os.Stderr, `usage:
   ramproc mount [flags] MOUNTPOINT   serve a RAM-backed file in MOUNTPOINT until Ctrl-C
   ramproc check [flags] PATH         check that PATH behaves like a regular tmpfs file
+  ramproc restart MOUNTPOINT         restart the server of MOUNTPOINT with the binary on disk now, keeping every descriptor
   ramproc bench [flags]              benchmark ramproc against tmpfs and go-fuse MemRegularFile
   ramproc version                    print the module version, VCS revision and Go version
   ramproc SOURCE MOUNTPOINT -o OPTS  mount as mount(8) does (mount -t fuse.ramproc; SOURCE is ignored)

@@ -120,7 +120,10 @@ func mountMain(args []string, helper bool) int {
 	}
 
 	ready, isChild := backgroundChild()
-	if helper && !*foreground && !isChild {
+	// A process started by a restart (restart.go) serves in the foreground
+	// of its predecessor.
+	inheriting := fusebridge.Inheriting()
+	if helper && !*foreground && !isChild && !inheriting {
 		return runInBackground()
 	}
 
@@ -147,18 +150,21 @@ func mountMain(args []string, helper bool) int {
 	// Bound before mounting: an address in use must fail while there is
 	// nothing to undo.
 	var metricsLn net.Listener
-	if *metricsAddr != "" {
+	if *metricsAddr != "" && !inheriting {
 		if metricsLn, err = net.Listen("tcp", *metricsAddr); err != nil {
 			return usageError("mount", fmt.Sprintf("-metrics-addr %q: %v; give a free host:port such as 127.0.0.1:9475", *metricsAddr, err))
 		}
 		defer metricsLn.Close()
 	}
 
-	store, err := bytestore.New(bytestore.Options{Capacity: capacity})
-	if err != nil {
-		return fail("cannot allocate the RAM file", "err", err)
+	// A restarted server adopts its predecessor's store below.
+	var store *bytestore.Store
+	if !inheriting {
+		if store, err = bytestore.New(bytestore.Options{Capacity: capacity}); err != nil {
+			return fail("cannot allocate the RAM file", "err", err)
+		}
 	}
-	defer store.Close()
+	defer func() { store.Close() }()
 
 	srv, err := fusebridge.Mount(mountpoint, fusebridge.Options{
 		AllowOther:  *allowOther,
@@ -175,6 +181,9 @@ func mountMain(args []string, helper bool) int {
 			st, _ := store.Stat()
 			return fusebridge.Space{Capacity: capacity, Used: st.Blocks * 512}
 		},
+		// 'ramproc restart' and SIGUSR2 (restart.go).
+		Restartable: true,
+		Handover:    restartHandover(*name, capacity, &store, &metricsLn),
 	})
 	if err != nil {
 		if errors.Is(err, fusebridge.ErrMountpointBusy) {
@@ -184,6 +193,16 @@ func mountMain(args []string, helper bool) int {
 		say.Error(err.Error())
 		return exitUsage
 	}
+	if inheriting {
+		if store, metricsLn, err = adoptStore(srv, *name, capacity, *metricsAddr); err != nil {
+			say.Error(err.Error())
+			return 1
+		}
+		if metricsLn != nil {
+			defer metricsLn.Close()
+		}
+	}
+	serving := make(chan struct{})
 	file := ramfile.New(store)
 	if _, err := srv.Create(*name, handler.ModeFromUnix(uint32(mode)), file); err != nil {
 		srv.Unmount()
@@ -199,6 +218,7 @@ func mountMain(args []string, helper bool) int {
 		// The content changes every second (uptime): drop the kernel's
 		// cached copy and wake inotify watchers of the file, in every mode.
 		go func() {
+			<-serving // after a restart, Notify talks to the kernel from Ready on
 			t := time.NewTicker(time.Second)
 			defer t.Stop()
 			for {
@@ -219,15 +239,28 @@ func mountMain(args []string, helper bool) int {
 		defer hs.Close()
 	}
 
+	// Listening before Ready: the next 'ramproc restart' may come as soon
+	// as the predecessor reports this process.
+	stopRestarts := serveRestarts(srv, say)
+	defer stopRestarts()
+	if err := srv.Ready(); err != nil { // a restart's: serve from here on
+		say.Error(err.Error())
+		return 1
+	}
+	close(serving)
+
 	path := filepath.Join(srv.Mountpoint(), *name)
 	// The log line first: the path on stdout is what scripts wait for,
 	// so by the time it appears everything else has been said.
-	if !helper {
+	if inheriting {
+		say.Info("serving the RAM file after a restart", "path", path, "pid", os.Getpid())
+	} else if !helper {
 		say.Info("serving the RAM file; Ctrl-C unmounts", "path", path, "mode", fmt.Sprintf("%04o", mode),
 			"max_size", describeSize(capacity), "io", ioPath(srv), "metrics", metricsURL(metricsLn))
 		fmt.Println(path)
 	}
 	// Ready: for systemd (Type=notify) and for the mount helper's caller.
+	// After a restart the predecessor has named this process MAINPID.
 	if err := sdNotify("READY=1"); err != nil {
 		say.Warn("cannot tell the service manager that the file is served", "err", err)
 	}
@@ -240,6 +273,12 @@ func mountMain(args []string, helper bool) int {
 	select {
 	case <-ctx.Done():
 	case <-gone:
+		if srv.Restarted() {
+			// The new process serves the mount: leave it mounted, once
+			// 'ramproc restart' has its answer.
+			stopRestarts()
+			return 0
+		}
 		say.Info("unmounted from outside; stopping", "mountpoint", srv.Mountpoint())
 	}
 	sdNotify("STOPPING=1")

@@ -6,6 +6,10 @@ import (
 	"runtime/debug"
 )
 
+// version, when set at link time (-ldflags "-X main.version=v1.2.3"),
+// is the version printVersion reports instead of the module's.
+var version string
+
 // printVersion prints the module version, the VCS revision and whether the
 // tree had uncommitted changes, and the Go version, from the build info
 // the go command embeds. A binary built by 'go install ...@v1.2.3' reports
@@ -16,6 +20,9 @@ func printVersion(w io.Writer) {
 	if !ok {
 		fmt.Fprintln(w, "ramproc: no build information (built without module support)")
 		return
+	}
+	if version != "" {
+		bi.Main.Version = version
 	}
 	rev, modified, when := "unknown", "", ""
 	for _, s := range bi.Settings {

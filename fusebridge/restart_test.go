@@ -1,0 +1,229 @@
+package fusebridge_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ramproc/ramproc/fusebridge"
+	"github.com/ramproc/ramproc/handler"
+	"github.com/ramproc/ramproc/internal/testenv"
+)
+
+// restartableChild is a program on the library that is restartable as the
+// README says: Options.Restartable and Handover, its state back from
+// Inherited, Ready once the tree is published, Restart on SIGUSR2. Its
+// state is the number of restarts so far, published as "generation".
+func restartableChild(mnt string) int {
+	var gen int
+	srv, err := fusebridge.Mount(mnt, fusebridge.Options{
+		Restartable:    true,
+		NoOpenHandlers: true,
+		Handover: func() ([]byte, []*os.File, error) {
+			return []byte(strconv.Itoa(gen)), nil, nil
+		},
+	})
+	if err != nil {
+		fmt.Println("error:", err)
+		return 1
+	}
+	inherited := false
+	if data, _, ok := srv.Inherited(); ok {
+		inherited = true
+		if n, err := strconv.Atoi(string(data)); err != nil {
+			srv.Refuse(fmt.Errorf("state %q is not a number", data))
+			return 1
+		} else {
+			gen = n + 1
+		}
+	}
+	g := gen
+	ge, _ := srv.Create("generation", 0o444, handler.Generated(func(context.Context) ([]byte, error) {
+		return fmt.Appendf(nil, "%d\n", g), nil
+	}))
+	d, _ := srv.Root().Mkdir("dir", 0o755)
+	d.Create("value", 0o644, handler.NewValue("value\n"))
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGUSR2, syscall.SIGTERM)
+	if err := srv.Ready(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if !inherited {
+		fmt.Println("ready")
+	} else {
+		// The content changed with the process: a no-open connection's
+		// kernel cache must drop the old one.
+		if err := ge.Invalidate(); err != nil {
+			fmt.Fprintln(os.Stderr, "invalidate:", err)
+		}
+	}
+	for s := range sig {
+		if s == syscall.SIGTERM {
+			srv.Unmount()
+			return 0
+		}
+		if _, err := srv.Restart(); err != nil {
+			fmt.Fprintln(os.Stderr, "restart:", err)
+			continue
+		}
+		srv.Wait()
+		return 0
+	}
+	return 0
+}
+
+// A program on the library, one of whose files is bind-mounted elsewhere
+// (as LXCFS's are into containers), is read in a loop across restarts: by
+// path, through the bind, and through a descriptor kept open. No read may
+// fail, and the program's own state comes across every restart.
+func TestLibraryRestartKeepsReaders(t *testing.T) {
+	testenv.RequireFUSE(t)
+	testenv.AdoptOrphans(t)
+	t.Setenv("GORACE", "atexit_sleep_ms=0") // see handover.go: the held wait for the old's exit
+	rounds := 20
+	if testenv.RaceEnabled {
+		rounds = 10
+	}
+	mnt := filepath.Join(t.TempDir(), "mnt")
+	cmd := exec.Command(os.Args[0], mnt)
+	cmd.Env = append(os.Environ(), childEnv+"=restartable")
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if pid := fusebridge.ServerPID(mnt); pid > 0 {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+		unix.Unmount(mnt, unix.MNT_DETACH)
+	})
+	if l, _ := bufio.NewReader(out).ReadString('\n'); l != "ready\n" {
+		t.Fatalf("server said %q", l)
+	}
+	bound := filepath.Join(t.TempDir(), "generation")
+	if err := os.WriteFile(bound, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount(filepath.Join(mnt, "generation"), bound, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(bound, unix.MNT_DETACH) })
+	kept, err := os.Open(filepath.Join(mnt, "dir", "value"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kept.Close()
+
+	var (
+		stop  atomic.Bool
+		reads atomic.Int64
+		mu    sync.Mutex
+		errs  []string
+		wg    sync.WaitGroup
+	)
+	fail := func(format string, a ...any) {
+		mu.Lock()
+		if len(errs) < 10 {
+			errs = append(errs, fmt.Sprintf(format, a...))
+		}
+		mu.Unlock()
+	}
+	readers := []func() error{
+		func() error { // through the bind mount
+			b, err := os.ReadFile(bound)
+			if err == nil {
+				if _, err = strconv.Atoi(string(bytes.TrimSpace(b))); err != nil {
+					err = fmt.Errorf("generation %q", b)
+				}
+			}
+			return err
+		},
+		func() error { // by path, through the bound subtree
+			b, err := os.ReadFile(filepath.Join(mnt, "dir", "value"))
+			if err == nil && string(b) != "value\n" {
+				err = fmt.Errorf("value %q", b)
+			}
+			return err
+		},
+		func() error { // through the descriptor opened before any restart
+			b := make([]byte, 16)
+			n, err := kept.ReadAt(b, 0)
+			if n == 6 && string(b[:n]) == "value\n" {
+				return nil
+			}
+			return fmt.Errorf("pread through the kept descriptor: %q, %v", b[:n], err)
+		},
+	}
+	for i, read := range readers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for !stop.Load() {
+				if err := read(); err != nil {
+					fail("reader %d: %v", i, err)
+				}
+				reads.Add(1)
+			}
+		}()
+	}
+	pid := cmd.Process.Pid
+	for round := range rounds {
+		time.Sleep(20 * time.Millisecond)
+		syscall.Kill(pid, syscall.SIGUSR2)
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			if p := fusebridge.ServerPID(mnt); p > 0 && p != pid {
+				pid = p
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("restart %d: the mount is still served by %d after 30s", round+1, pid)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		if round == 0 {
+			cmd.Wait()
+		}
+		// The new process has its predecessor's state: the count of
+		// restarts, once it has dropped the kernel's cached copy.
+		want := fmt.Sprintf("%d\n", round+1)
+		for b, _ := os.ReadFile(bound); string(b) != want; b, _ = os.ReadFile(bound) {
+			if time.Now().After(deadline) {
+				t.Fatalf("restart %d: generation %q, want %q", round+1, b, want)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	time.Sleep(20 * time.Millisecond)
+	stop.Store(true)
+	wg.Wait()
+	for _, e := range errs {
+		t.Error(e)
+	}
+	if b, err := os.ReadFile(bound); err != nil || string(b) != fmt.Sprintf("%d\n", rounds) {
+		t.Errorf("generation after %d restarts: %q, %v", rounds, b, err)
+	}
+	t.Logf("%d restarts, %d reads, %d failed", rounds, reads.Load(), len(errs))
+	syscall.Kill(pid, syscall.SIGTERM)
+	if err := testenv.Reap(pid, 30*time.Second); err != nil {
+		t.Errorf("last server: %v", err)
+	}
+}
