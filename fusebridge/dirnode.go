@@ -116,9 +116,11 @@ func (n *dirNode) child(ctx context.Context, e *Entry, out *fuse.EntryOut) (*fs.
 		return nil, syscall.ENOENT
 	}
 	defer e.exit()
-	if errno := e.attr(ctx, &out.Attr); errno != 0 {
+	ttl, errno := e.attrTTL(ctx, &out.Attr)
+	if errno != 0 {
 		return nil, errno
 	}
+	out.SetAttrTimeout(ttl)
 	return n.NewInode(ctx, &fileNode{e: e}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: e.ino}), 0
 }
 

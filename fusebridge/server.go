@@ -312,9 +312,12 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 		}
 	}
 	switch {
-	case opts.NoOpenHandlers && s.passthrough.Load():
+	case !opts.NoOpen && os.Geteuid() == 0:
+		// Files with a freshness bound (and with NoOpenHandlers, every
+		// handler file that may be cached) are served by a second,
+		// no-open connection, bind-mounted where they are (split.go).
 		if c, err := s.mountCompanion(); err != nil {
-			s.log.Info("no second no-open connection; handler files are served on the main one", "reason", err)
+			s.log.Info("no second no-open connection; files with a freshness bound are generated per open on the main one", "reason", err)
 		} else {
 			s.companion = c
 		}
@@ -372,11 +375,17 @@ func (s *Server) start(mountpoint string, direct bool) error {
 		MaxWrite:          maxWrite,
 		Options:           append([]string{"default_permissions"}, roOption(s.opts.ReadOnly)...),
 		ExtraCapabilities: caps,
-		// Cached file data changes only through this mount, and the kernel
-		// already drops what a write, truncate or punch makes stale; with
-		// automatic invalidation it would also throw away a forwarded-mode
-		// file's whole page cache whenever a stat saw a new mtime.
-		ExplicitDataCacheControl: true,
+		// On a connection that keeps OPEN, cached file data changes only
+		// through this mount, and the kernel already drops what a write,
+		// truncate or punch makes stale; with automatic invalidation it
+		// would also throw away a forwarded-mode file's whole page cache
+		// whenever a stat saw a new mtime. A no-open connection wants
+		// exactly that: a snapshot with a freshness bound shows a new
+		// mtime when it is regenerated, and the kernel then drops the old
+		// pages itself before it reads (entry.go, freshShared). (A
+		// forwarded RAM file on a NoOpen mount pays for it: a read after
+		// a write refills its page cache.)
+		ExplicitDataCacheControl: !s.opts.NoOpen,
 		DirectMountStrict:        direct,
 		Debug:                    s.opts.Debug,
 		Logger:                   slog.NewLogLogger(s.opts.Logger.Handler(), slog.LevelDebug),

@@ -188,11 +188,29 @@ func (s *Server) mirror(d *Dir, e *Entry, mode fs.FileMode, h any) error {
 		// static directories).
 		return nil
 	}
+	if s.freshOnly() && e.kind == kindFile {
+		// One bind for the largest directory around it that holds
+		// nothing else, if there is one: a tree of bounded files is one
+		// mount, not one per file.
+		if top := s.unpinnedTop(d); top != nil {
+			s.rejoinLocked(top)
+			if s.boundAbove(d) != nil {
+				return nil
+			}
+		}
+	}
 	if err := s.bind(e); err != nil && must {
 		return fmt.Errorf("fusebridge: create %q: %w", e.Path(), err)
 	}
 	return nil
 }
+
+// freshOnly reports the default layout of a split mount: only files with a
+// freshness bound of their own (handler.AgeBound) are served by the no-open
+// connection; everything else stays on the main one, which keeps OPEN, so
+// a tree without such files has no bind mount at all and stops with a
+// plain umount.
+func (s *Server) freshOnly() bool { return !s.opts.NoOpen && !s.opts.NoOpenHandlers }
 
 // companionSuits reports whether e is better served by the second
 // connection: on a NoOpenHandlers mount every file and static directory
@@ -240,13 +258,16 @@ func (s *Server) bind(e *Entry) error {
 	}
 	if e.dir != nil {
 		s.mu.RLock()
-		pinned := e.dir.pinned
+		pinned, fresh := e.dir.pinned, e.dir.fresh
 		s.mu.RUnlock()
 		if pinned > 0 && !s.opts.NoOpen {
 			for _, c := range e.dir.sortedChildren() {
 				s.bind(c)
 			}
 			return nil
+		}
+		if fresh == 0 && s.freshOnly() {
+			return nil // nothing in it is served better by the other connection
 		}
 	}
 	if err := bindPath(s.companion.mountFd, ce.Path(), filepath.Join(s.mnt, e.Path())); err != nil {
@@ -292,13 +313,27 @@ func (s *Server) rejoin(d *Dir) {
 	}
 	s.bindMu.Lock()
 	defer s.bindMu.Unlock()
+	if top := s.unpinnedTop(d); top != nil {
+		s.rejoinLocked(top)
+	}
+}
+
+// unpinnedTop returns the largest directory around d (d included, the root
+// excluded) whose subtree holds no pinned entry, or nil.
+func (s *Server) unpinnedTop(d *Dir) *Dir {
 	var top *Dir
 	s.mu.RLock()
 	for p := d; p != nil && p.self != nil && p.pinned == 0 && !p.removed; p = p.parent {
 		top = p
 	}
 	s.mu.RUnlock()
-	if top == nil || top.self.bound || s.boundAbove(top) != nil || top.self.twin.Load() == nil {
+	return top
+}
+
+// rejoinLocked makes top, a directory without pinned entries, one bind in
+// place of the binds inside it; under bindMu.
+func (s *Server) rejoinLocked(top *Dir) {
+	if top.self.bound || s.boundAbove(top) != nil || top.self.twin.Load() == nil {
 		return
 	}
 	var binds []*Entry

@@ -48,8 +48,10 @@ type Dir struct {
 	subdirs  int               // children that are directories (st_nlink - 2)
 	removed  bool
 	// pinned counts the entries in this subtree that must stay on the
-	// main connection of a NoOpenHandlers mount (see split.go).
+	// main connection of a split mount, fresh those with a freshness
+	// bound of their own (see split.go).
 	pinned int
+	fresh  int
 	// twin is this directory on the no-open connection, or nil.
 	twin *Dir
 	// sweepAt is the number of children at which a per-caller dynamic
@@ -392,11 +394,7 @@ func (s *Server) publish(d *Dir, name string, mode fs.FileMode, h any, k kind, i
 		d.subdirs++
 	}
 	missed := d.missed.Load()
-	if e.pins() {
-		for p := d; p != nil; p = p.parent {
-			p.pinned++
-		}
-	}
+	d.count(e, 1)
 	s.mu.Unlock()
 	// The kernel may hold a negative dentry for the name from an earlier
 	// lookup; with long timeouts it would hide the new file.
@@ -433,16 +431,32 @@ func (s *Server) unlink(e *Entry) (bool, []*Entry) {
 	if e.kind == kindDir {
 		d.subdirs--
 	}
-	if e.pins() {
-		for p := d; p != nil; p = p.parent {
-			p.pinned--
-		}
-	}
+	d.count(e, -1)
 	var sub []*Entry
 	if e.dir != nil {
 		sub = e.dir.detachLocked(nil)
 	}
 	return true, sub
+}
+
+// count adds sign times e (with its subtree) to the pinned and fresh counts
+// of d and the directories above it; under s.mu.
+func (d *Dir) count(e *Entry, sign int) {
+	pinned, fresh := 0, 0
+	if e.pins() {
+		pinned++
+	}
+	if e.fresh() {
+		fresh++
+	}
+	if e.dir != nil {
+		pinned += e.dir.pinned
+		fresh += e.dir.fresh
+	}
+	for p := d; p != nil; p = p.parent {
+		p.pinned += sign * pinned
+		p.fresh += sign * fresh
+	}
 }
 
 // detachLocked marks d and its subtree removed and appends its entries,
