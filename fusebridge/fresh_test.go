@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -233,4 +234,92 @@ func opsSince(m *fusebridge.Metrics, before map[fusebridge.Op]uint64) string {
 		}
 	}
 	return strings.Join(parts, ", ")
+}
+
+// TestLayoutUmount checks that every layout stops with the tools operators
+// use. A tree without bounded files has no bind mount, whatever else it
+// holds (per-open and per-caller files, knobs, links, dynamic directories):
+// a plain umount(8) or fusermount3 -u stops it. A tree with bounded files
+// has binds (one for a directory that holds only such files), and
+// umount -R stops it. Either way Wait returns, Unmount reports no error and
+// no mount is left.
+func TestLayoutUmount(t *testing.T) {
+	cases := []struct {
+		name    string
+		bounded bool
+		tool    []string
+	}{
+		{"plain-umount", false, []string{"umount"}},
+		{"plain-fusermount3", false, []string{"fusermount3", "-u"}},
+		{"bounded-umount-R", true, []string{"umount", "-R"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if _, err := exec.LookPath(c.tool[0]); err != nil {
+				testenv.Missing(t, c.tool[0]+" is not installed (apt-get install fuse3 mount)")
+			}
+			srv := mount(t, fusebridge.Options{})
+			for _, p := range []string{"sys/kernel", "proc"} {
+				if _, err := srv.MkdirAll(p, 0o555); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for path, h := range map[string]any{
+				"version":            text("1\n"),
+				"sys/kernel/level":   handler.NewInt(3, 0, 7),
+				"proc/whoami":        handler.PerCallerGenerated(func(context.Context) ([]byte, error) { return []byte("me\n"), nil }),
+				"current":            handler.Link("version"),
+				"sys/kernel/running": services{"sshd": "running"},
+			} {
+				if _, err := srv.Create(path, 0o444, h); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if c.bounded {
+				var gens atomic.Int64
+				for _, p := range []string{"uptime", "sys/kernel/clock", "stat/cpu", "stat/mem"} {
+					if dir := filepath.Dir(p); dir != "." {
+						if _, err := srv.MkdirAll(dir, 0o555); err != nil {
+							t.Fatal(err)
+						}
+					}
+					if _, err := srv.Create(p, 0o444, clockFile(&gens, 0).MaxAge(time.Hour)); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			mnt := srv.Mountpoint()
+			mounts := testenv.MountsUnder(t, mnt)
+			switch {
+			case !c.bounded && len(mounts) != 1:
+				t.Fatalf("a tree without bounded files has mounts %q, want only the directory", mounts)
+			case c.bounded && srv.HandlersNoOpen() && len(mounts) != 4:
+				// uptime and sys/kernel/clock (beside files that keep
+				// OPEN) are bound one by one, stat (only bounded files)
+				// as one.
+				t.Errorf("a tree with bounded files has mounts %q, want the directory, uptime, sys/kernel/clock and stat", mounts)
+			}
+			for _, p := range []string{"version", "sys/kernel/level", "proc/whoami", "sys/kernel/running/sshd"} {
+				if _, err := os.ReadFile(filepath.Join(mnt, p)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if out, err := exec.Command(c.tool[0], append(c.tool[1:], mnt)...).CombinedOutput(); err != nil {
+				t.Fatalf("%s %s: %v: %s", strings.Join(c.tool, " "), mnt, err, out)
+			}
+			done := make(chan struct{})
+			go func() { srv.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(20 * time.Second):
+				t.Fatalf("the server did not stop within 20s of %s", strings.Join(c.tool, " "))
+			}
+			if err := srv.Unmount(); err != nil {
+				t.Errorf("Unmount after %s: %v", strings.Join(c.tool, " "), err)
+			}
+			if got := testenv.MountsUnder(t, mnt); len(got) != 0 {
+				t.Errorf("mounts left after %s: %q", strings.Join(c.tool, " "), got)
+			}
+		})
+	}
 }
