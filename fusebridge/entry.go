@@ -37,6 +37,10 @@ type Entry struct {
 	// bound is set while the twin is bind-mounted over this entry's path
 	// (a file's own bind, or a whole directory's).
 	bound bool
+	// fixed is a dynamic directory's child that handler.Child.Fixed says
+	// is always there: cached by the kernel as a static name is. Set
+	// before the entry is linked.
+	fixed bool
 	// mark is a child of a per-caller dynamic directory's sweep state
 	// (percaller.go): markSeen each time a handler's answer shows it.
 	mark atomic.Uint32
@@ -205,6 +209,16 @@ func newEntry(s *Server, parent *Dir, name string, ino uint64, mode fs.FileMode,
 	return e
 }
 
+// timeout is how long the kernel may trust e's name and attributes: its
+// directory's timeout for its children, or a static name's for a fixed
+// child of a dynamic directory.
+func (e *Entry) timeout() time.Duration {
+	if e.fixed {
+		return e.srv.opts.AttrTimeout
+	}
+	return e.parent.timeout()
+}
+
 // pins reports whether the entry must be served by a connection that keeps
 // OPEN: a passthrough file, content that must not be cached, or a dynamic
 // directory (see split.go).
@@ -355,7 +369,7 @@ func (e *Entry) attr(ctx context.Context, out *fuse.Attr) syscall.Errno {
 // its snapshot has left, so that the first read after the bound asks for
 // the attributes again (and regenerates the content: see freshShared).
 func (e *Entry) attrTTL(ctx context.Context, out *fuse.Attr) (time.Duration, syscall.Errno) {
-	ttl := e.parent.timeout()
+	ttl := e.timeout()
 	born := time.Unix(0, e.born)
 	a := handler.Attr{
 		Mode:  handler.ModeFromUnix(e.perm.Load()),

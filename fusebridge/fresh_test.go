@@ -323,3 +323,5 @@ func TestLayoutUmount(t *testing.T) {
 		})
 	}
 }
+
+type atomicCounter struct{ n atomic.Int64 }

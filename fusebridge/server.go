@@ -33,7 +33,9 @@
 //     cached attributes itself; the bridge invalidates names on Create and
 //     Remove, and Entry.Invalidate covers handlers whose attributes change
 //     by themselves. With short timeouts every stat(2) would cost a request.
-//     The children of a dynamic directory have none: the handler is asked.
+//     The children of a dynamic directory have none: the handler is asked,
+//     except for those it marks handler.Child.Fixed (/proc's meminfo
+//     beside its <pid> directories), which are cached as static names.
 //   - Explicit data cache control: cached pages are dropped by the kernel on
 //     the changes it makes itself, not whenever a file's mtime moves.
 //   - default_permissions: the kernel checks mode bits, as for any file.

@@ -562,9 +562,7 @@ func (d *Dir) dynList(ctx context.Context) ([]*Entry, syscall.Errno) {
 		}
 	}
 	d.srv.mu.Unlock()
-	for _, e := range gone {
-		e.kill()
-	}
+	d.killGone(gone)
 	sort.Slice(list, func(i, j int) bool { return list[i].ino < list[j].ino })
 	return list, 0
 }
@@ -609,18 +607,28 @@ func (d *Dir) adopt(c handler.Child) *Entry {
 	}
 	e = newEntry(s, d, c.Name, s.nextIno, c.Mode, c.Node, k, nil)
 	e.gen = c.Gen
+	e.fixed = c.Fixed
 	s.nextIno++
 	e.mark.Store(markSeen)
 	d.children[c.Name] = e
 	sweep := d.perCaller && len(d.children) >= d.sweepLimitLocked()
 	s.mu.Unlock()
-	for _, g := range gone {
-		g.kill()
-	}
+	d.killGone(gone)
 	if sweep {
 		d.sweep()
 	}
 	return e
+}
+
+// killGone kills entries dropped from the dynamic directory d; a fixed
+// child among them also loses the name the kernel caches for it.
+func (d *Dir) killGone(gone []*Entry) {
+	for _, g := range gone {
+		g.kill()
+		if g.fixed && g.parent == d {
+			d.notifyGone(g.name)
+		}
+	}
 }
 
 // forget drops the child name of a dynamic directory, which its handler no
@@ -634,9 +642,7 @@ func (d *Dir) forget(name string, before uint64) {
 		gone = d.dropLocked(e)
 	}
 	d.srv.mu.Unlock()
-	for _, e := range gone {
-		e.kill()
-	}
+	d.killGone(gone)
 }
 
 // dropLocked takes e out of the dynamic directory d and returns what must

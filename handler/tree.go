@@ -169,4 +169,11 @@ type Child struct {
 	// only if an answer in between did not show it (or, in a per-caller
 	// directory, said ErrVanished). Every caller's answers must agree on it.
 	Gen uint64
+	// Fixed marks a name that is there as long as the directory is, with
+	// the same Node (/proc's meminfo beside its <pid> directories): the
+	// kernel then keeps its name and attributes cached as a static file's,
+	// so a path walk to it asks the handler nothing, where every other
+	// child of a dynamic directory is looked up at each walk. Should an
+	// answer stop showing it after all, the bridge drops the cached name.
+	Fixed bool
 }
