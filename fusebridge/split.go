@@ -10,7 +10,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// This file holds the second connection of a NoOpenHandlers mount.
+// This file holds the second connection of a split mount: the no-open one
+// beside a main connection that keeps OPEN (for files with a freshness
+// bound, and with NoOpenHandlers every handler file that may be cached),
+// or the one that keeps OPEN beside a NoOpen mount.
 //
 // The kernel decides per connection whether files are opened with a request
 // (OPEN, needed to hand it a passthrough backing file) or without (no-open,
@@ -386,6 +389,9 @@ func bindPath(mfd int, name, target string) error {
 	return nil
 }
 
-// HandlersNoOpen reports whether handler entries are served over a second,
-// no-open connection (Options.NoOpenHandlers took effect).
+// HandlersNoOpen reports whether the mount has a second, no-open
+// connection for files with a freshness bound (and, with
+// Options.NoOpenHandlers, for every handler file that may be cached): a
+// mount made by root without NoOpen. Without it a bounded file is
+// generated per open.
 func (s *Server) HandlersNoOpen() bool { return s.companion != nil && !s.opts.NoOpen }
