@@ -330,17 +330,24 @@ func (rep *Report) WriteText(w io.Writer) error {
 	return err
 }
 
+// newTable starts a table of rows on b: its header names the workload, the
+// unit, each of cols, then the tab-separated tail.
+func newTable(b *strings.Builder, left func(string) string, cols []string, tail string) *tabwriter.Writer {
+	tw := tabwriter.NewWriter(b, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "%s\tunit\t", left("workload"))
+	for _, c := range cols {
+		fmt.Fprintf(tw, "%s\t", c)
+	}
+	fmt.Fprintf(tw, "%s\t\n", tail)
+	return tw
+}
+
 // writeMain prints the table of the file workloads, their server CPU and
 // memory details.
 func (rep *Report) writeMain(b *strings.Builder, mainRows []*Row, names []string, left func(string) string) {
 	// tabwriter aligns every column right; the names are padded to read
 	// left-aligned.
-	tw := tabwriter.NewWriter(b, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "%s\tunit\t", left("workload"))
-	for _, n := range names {
-		fmt.Fprintf(tw, "%s\t", n)
-	}
-	fmt.Fprintf(tw, "spread\tengine\ttarget\tmet\t\n")
+	tw := newTable(b, left, names, "spread\tengine\ttarget\tmet")
 	for _, row := range mainRows {
 		fmt.Fprintf(tw, "%s\t%s\t", left(row.Workload), row.Unit)
 		for _, n := range names {
@@ -429,12 +436,7 @@ func (rep *Report) writeLib(b *strings.Builder, rows []*Row, left func(string) s
 	for _, t := range rep.LibPeers {
 		fmt.Fprintf(b, "  %-15s %s\n", t.Name, t.Description)
 	}
-	tw := tabwriter.NewWriter(b, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "%s\tunit\t", left("workload"))
-	for _, p := range LibPeers {
-		fmt.Fprintf(tw, "%s\t", p)
-	}
-	fmt.Fprintf(tw, "spread\ttarget\tmet\t\n")
+	tw := newTable(b, left, LibPeers, "spread\ttarget\tmet")
 	for _, row := range rows {
 		fmt.Fprintf(tw, "%s\t%s\t", left(row.Workload), row.Unit)
 		for _, p := range LibPeers {
