@@ -71,8 +71,8 @@
 // file in pieces may get pieces of two (see handler.Generated.MaxAge).
 // Where there is no second connection (an unprivileged mount), a bounded
 // file is generated per open, which is within any bound. On a NoOpen
-// mount, every connection caches, and a Generated without a bound of its
-// own gets DefaultMaxAge. handler.Value and the knobs need none: every
+// mount, whose main connection caches every file it serves, a Generated
+// without a bound of its own gets DefaultMaxAge. handler.Value and the knobs need none: every
 // change to them drops the kernel's copy.
 //
 // Layout and unmounting: a tree without bounded files has no bind mount,
