@@ -265,9 +265,11 @@ type Server struct {
 	// passthrough is set once the kernel has accepted a backing file.
 	passthrough atomic.Bool
 
-	// companion is the second connection (split.go): the no-open one of
-	// a NoOpenHandlers mount, or the one that keeps OPEN beside a NoOpen
-	// mount made by root; nil without one. On the companion itself, mountFd is its detached mount
+	// companion is the second connection (split.go): the no-open one
+	// beside a main one that keeps OPEN (made at Mount with
+	// NoOpenHandlers, else with the first file that has a freshness
+	// bound: set once, under bindMu), or the one that keeps OPEN beside a
+	// NoOpen mount made by root; nil without one. On the companion itself, mountFd is its detached mount
 	// (from fsmount), which its entries are bind-mounted from; -1 on a
 	// mount attached by path.
 	companion *Server
@@ -282,6 +284,9 @@ type Server struct {
 	bindMu sync.Mutex
 	// bindWarned is set once a failed bind has been logged as a warning.
 	bindWarned atomic.Bool
+	// companionFailed is set once making the second connection of the
+	// default layout failed: it is not tried again (guarded by bindMu).
+	companionFailed bool
 
 	unmountOnce sync.Once
 	unmountErr  error
@@ -354,12 +359,14 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 		}
 	}
 	switch {
-	case !opts.NoOpen && os.Geteuid() == 0:
-		// Files with a freshness bound (and with NoOpenHandlers, every
-		// handler file that may be cached) are served by a second,
-		// no-open connection, bind-mounted where they are (split.go).
+	case opts.NoOpenHandlers && os.Geteuid() == 0:
+		// Every handler file that may be cached is served by a second,
+		// no-open connection, bind-mounted where it is (split.go). In
+		// the default layout that connection is made with the first file
+		// that has a freshness bound (ensureCompanion): a mount without
+		// one keeps a single connection.
 		if c, err := s.mountCompanion(); err != nil {
-			s.log.Info("no second no-open connection; files with a freshness bound are generated per open on the main one", "reason", err)
+			s.log.Info("no second no-open connection; handler files are served on the main one", "reason", err)
 		} else {
 			s.companion = c
 		}
@@ -683,7 +690,12 @@ func (s *Server) Unmount() error {
 			s.unmountErr = fmt.Errorf("unmount %s: %w", s.mnt, err)
 		}
 		var companion sync.WaitGroup
-		if c := s.companion; c != nil {
+		// Under bindMu: a Create that makes the second connection
+		// (ensureCompanion) has made it, or sees closing and makes none.
+		s.bindMu.Lock()
+		second := s.companion
+		s.bindMu.Unlock()
+		if c := second; c != nil {
 			companion.Add(1)
 			go func() { defer companion.Done(); c.Unmount() }()
 		}

@@ -3,11 +3,14 @@ package fusebridge
 import (
 	"fmt"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"strconv"
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ramproc/ramproc/handler"
 )
 
 // This file holds the second connection of a split mount: the no-open one
@@ -72,7 +75,12 @@ func (s *Server) mountCompanion() (*Server, error) {
 	// (a test, say) registers it with the runtime's epoll, whose POLL
 	// request waits on a thread the garbage collector cannot stop: a
 	// collection then stops every goroutine that could answer it.
-	if err := pollHack(mfd); err != nil {
+	// The hack's file is open for a moment: no child may be forked with
+	// it (see start, which does the same for the main connection's).
+	syscall.ForkLock.RLock()
+	err = pollHack(mfd)
+	syscall.ForkLock.RUnlock()
+	if err != nil {
 		c.Unmount()
 		return nil, err
 	}
@@ -141,12 +149,71 @@ func detachedFuseMount(dev int, uid, gid uint32, allowOther bool) (int, error) {
 // replaced by binds of its children. A bind that fails leaves the entry
 // served by the main connection, slower but correct.
 func (s *Server) mirror(d *Dir, e *Entry, mode fs.FileMode, h any) error {
-	c := s.companion
-	if c == nil {
-		return nil
-	}
 	s.bindMu.Lock()
 	defer s.bindMu.Unlock()
+	if s.companion == nil && (!s.wantsCompanion(e) || s.ensureCompanion() == nil) {
+		return nil
+	}
+	return s.mirrorLocked(d, e, mode, h)
+}
+
+// wantsCompanion reports whether e, in the default layout of a mount made
+// by root, is the kind of file that needs the second connection (one with
+// a freshness bound).
+func (s *Server) wantsCompanion(e *Entry) bool {
+	return s.freshOnly() && s.mountFd < 0 && e.fresh() && os.Geteuid() == 0
+}
+
+// ensureCompanion makes the second, no-open connection of the default
+// layout, with the first file that has a freshness bound, and mirrors the
+// static directories and links published so far onto it (each further one
+// is mirrored at its Create); under bindMu. It returns nil if there is
+// none (the mount is being unmounted, or making it failed: bounded files
+// are then generated per open, which keeps their bound).
+func (s *Server) ensureCompanion() *Server {
+	if s.companion != nil {
+		return s.companion
+	}
+	s.mu.RLock()
+	closing := s.closing
+	s.mu.RUnlock()
+	if closing || s.companionFailed {
+		return nil
+	}
+	c, err := s.mountCompanion()
+	if err != nil {
+		s.companionFailed = true
+		s.log.Info("no second no-open connection; files with a freshness bound are generated per open on the main one", "reason", err)
+		return nil
+	}
+	s.companion = c
+	var walk func(d *Dir)
+	walk = func(d *Dir) {
+		for _, ch := range d.sortedChildren() {
+			static := ch.dir != nil && ch.dir.dyn == nil
+			if !static && ch.kind != kindLink {
+				continue
+			}
+			var h any
+			if ch.kind == kindLink {
+				h = ch.link
+			}
+			s.mirrorLocked(d, ch, handler.ModeFromUnix(ch.perm.Load()), h)
+			if static {
+				walk(ch.dir)
+			}
+		}
+	}
+	walk(s.rootDir)
+	return c
+}
+
+// mirrorLocked is mirror under bindMu, with the second connection made.
+func (s *Server) mirrorLocked(d *Dir, e *Entry, mode fs.FileMode, h any) error {
+	c := s.companion
+	if e.twin.Load() != nil {
+		return nil // mirrored already, by ensureCompanion
+	}
 	// Static directories and links are mirrored always, so that the second
 	// connection has every path and a bound directory every name.
 	static := e.dir != nil && e.dir.dyn == nil
@@ -311,11 +378,14 @@ func (s *Server) unbind(e *Entry) {
 // otherwise a directory that once held a per-caller file would keep a
 // mount per file for good.
 func (s *Server) rejoin(d *Dir) {
-	if s.companion == nil || s.opts.NoOpen {
+	if s.opts.NoOpen {
 		return
 	}
 	s.bindMu.Lock()
 	defer s.bindMu.Unlock()
+	if s.companion == nil {
+		return
+	}
 	if top := s.unpinnedTop(d); top != nil {
 		s.rejoinLocked(top)
 	}
@@ -389,9 +459,19 @@ func bindPath(mfd int, name, target string) error {
 	return nil
 }
 
-// HandlersNoOpen reports whether the mount has a second, no-open
-// connection for files with a freshness bound (and, with
-// Options.NoOpenHandlers, for every handler file that may be cached): a
-// mount made by root without NoOpen. Without it a bounded file is
-// generated per open.
-func (s *Server) HandlersNoOpen() bool { return s.companion != nil && !s.opts.NoOpen }
+// HandlersNoOpen reports whether files with a freshness bound (and, with
+// Options.NoOpenHandlers, every handler file that may be cached) are
+// served by a second, no-open connection on this mount: a mount made by
+// root without NoOpen (in the default layout the connection is made with
+// the first such file). Without it a bounded file is generated per open.
+func (s *Server) HandlersNoOpen() bool {
+	if s.opts.NoOpen {
+		return false
+	}
+	s.bindMu.Lock()
+	defer s.bindMu.Unlock()
+	if s.companion == nil && s.freshOnly() && os.Geteuid() == 0 && s.mountFd < 0 {
+		return !s.companionFailed // made with the first bounded file
+	}
+	return s.companion != nil
+}
