@@ -70,7 +70,10 @@
 // that returns the whole file sees one version; one that reads a larger
 // file in pieces may get pieces of two (see handler.Generated.MaxAge).
 // Where there is no second connection (an unprivileged mount), a bounded
-// file is generated per open, which is within any bound. On a NoOpen
+// file is generated per open, which is within any bound; so is a bounded
+// child of a dynamic directory, which is served with its directory by the
+// connection that keeps OPEN (publish such files with Create, in static
+// directories, to have them cached). On a NoOpen
 // mount, whose main connection caches every file it serves, a Generated
 // without a bound of its own gets DefaultMaxAge. handler.Value and the knobs need none: every
 // change to them drops the kernel's copy.

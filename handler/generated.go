@@ -69,8 +69,10 @@ func (g Generated) Release(ctx context.Context, f *OpenFile) { releaseSnapshot(f
 // version the earlier ones came from has passed.
 //
 // See fusebridge's package documentation for the layout that serves it:
-// a second, no-open connection needs root; elsewhere a bounded file is
-// generated per open, which is within any bound.
+// a second, no-open connection, which needs root, for files published in
+// static directories; elsewhere (an unprivileged mount, a child of a
+// dynamic directory) a bounded file is generated per open, which is within
+// any bound.
 func (g Generated) MaxAge(d time.Duration) Bounded {
 	return Bounded{Generated: g, Age: d}
 }
