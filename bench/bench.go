@@ -52,6 +52,13 @@ type Options struct {
 	// baseline on a mountpoint (one that calls ServeBaseline and prints the
 	// path line). Required when the memfile target is selected.
 	BaselineCommand func(mountpoint string) *exec.Cmd
+	// LibCommand returns the command that serves one of the library
+	// section's servers (kind "lib": ServeLib; "gofuse-tree":
+	// ServeGoFuseTree) on a mountpoint with a tree of treeFiles files.
+	// Required when the library section (LibWorkload) is selected.
+	LibCommand func(kind, mountpoint string, treeFiles int) *exec.Cmd
+	// LibTreeFiles is the size of the library section's tree.
+	LibTreeFiles int
 	// Log receives progress lines; nil discards them.
 	Log io.Writer
 }
@@ -60,12 +67,13 @@ type Options struct {
 // cores for all five targets.
 func DefaultOptions() Options {
 	return Options{
-		Engine:      EngineAuto,
-		Duration:    500 * time.Millisecond,
-		Reps:        3,
-		FileSize:    64 << 20,
-		MemSize:     256 << 20,
-		MemDeadline: 5 * time.Second,
+		Engine:       EngineAuto,
+		Duration:     500 * time.Millisecond,
+		Reps:         3,
+		FileSize:     64 << 20,
+		MemSize:      256 << 20,
+		MemDeadline:  5 * time.Second,
+		LibTreeFiles: 100000,
 	}
 }
 
@@ -74,12 +82,13 @@ func DefaultOptions() Options {
 // something.
 func QuickOptions() Options {
 	return Options{
-		Engine:      EngineAuto,
-		Duration:    80 * time.Millisecond,
-		Reps:        1,
-		FileSize:    8 << 20,
-		MemSize:     16 << 20,
-		MemDeadline: 2 * time.Second,
+		Engine:       EngineAuto,
+		Duration:     80 * time.Millisecond,
+		Reps:         1,
+		FileSize:     8 << 20,
+		MemSize:      16 << 20,
+		MemDeadline:  2 * time.Second,
+		LibTreeFiles: 5000,
 	}
 }
 
@@ -102,6 +111,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.MemDeadline <= 0 {
 		o.MemDeadline = d.MemDeadline
+	}
+	if o.LibTreeFiles <= 0 {
+		o.LibTreeFiles = d.LibTreeFiles
 	}
 	if len(o.Targets) == 0 {
 		o.Targets = AllTargets
@@ -132,11 +144,17 @@ func (o Options) Validate() error {
 	if !slices.Contains(o.Targets, TargetTmpfs) {
 		return fmt.Errorf("the targets must include %s, the reference", TargetTmpfs)
 	}
-	names := WorkloadNames()
+	names := append(WorkloadNames(), LibWorkload)
 	for _, w := range o.Workloads {
 		if !slices.Contains(names, w) {
 			return fmt.Errorf("unknown workload %q (want some of %s)", w, strings.Join(names, ","))
 		}
+	}
+	if slices.Contains(o.Workloads, LibWorkload) && o.LibCommand == nil {
+		return errors.New("the library section needs Options.LibCommand")
+	}
+	if !o.fileWorkloads() {
+		return nil // only the library section: the targets are not mounted
 	}
 	if o.FileSize < maxBlock || o.FileSize%(4<<10) != 0 {
 		return fmt.Errorf("file size %d: want a multiple of 4096 of at least %d", o.FileSize, maxBlock)
@@ -148,6 +166,17 @@ func (o Options) Validate() error {
 		return errors.New("the memfile target needs Options.BaselineCommand")
 	}
 	return nil
+}
+
+// fileWorkloads reports whether a workload other than the library section
+// is selected: only then are the targets mounted.
+func (o Options) fileWorkloads() bool {
+	for _, w := range o.Workloads {
+		if w != LibWorkload {
+			return true
+		}
+	}
+	return false
 }
 
 // sample is one run of one workload on one target.
@@ -209,6 +238,28 @@ func Run(ctx context.Context, o Options) (rep *Report, err error) {
 		}
 		rep.ElapsedS = time.Since(began).Seconds()
 	}()
+	if slices.Contains(o.Workloads, LibWorkload) {
+		// Last, after the targets are unmounted: its tree and servers
+		// would otherwise share the machine with theirs.
+		defer func() {
+			for _, t := range live {
+				if cerr := t.close(); cerr != nil {
+					rep.Notes = append(rep.Notes, cerr.Error())
+					rep.Failed = true
+				}
+			}
+			live = nil
+			if err == nil && ctx.Err() == nil {
+				if lerr := runLib(ctx, o, rep, logf); lerr != nil {
+					rep.Notes = append(rep.Notes, "library section: "+lerr.Error())
+					rep.Failed = true
+				}
+			}
+		}()
+	}
+	if !o.fileWorkloads() {
+		return rep, nil
+	}
 	maxSize := 2 * max(o.FileSize, o.MemSize, appendCap)
 	for _, name := range AllTargets {
 		if !slices.Contains(o.Targets, name) {

@@ -23,6 +23,20 @@ import (
 const testBaselineEnv = "RAMPROC_BENCH_TEST_SERVE_BASELINE"
 
 func TestMain(m *testing.M) {
+	if mnt := os.Getenv(testLibEnv); mnt != "" {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+		serve := ServeLib
+		if os.Getenv(testLibEnv+"_KIND") == "gofuse-tree" {
+			serve = ServeGoFuseTree
+		}
+		err := serve(ctx, mnt, testLibFiles, os.Stdout)
+		stop()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	if mnt := os.Getenv(testBaselineEnv); mnt != "" {
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 		err := ServeBaseline(ctx, mnt, os.Stdout)
@@ -36,6 +50,78 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	testenv.RemoveBuilds()
 	os.Exit(code)
+}
+
+// testLibEnv makes the test binary serve a library section server: the
+// tests' stand-in for "ramproc bench --serve-lib".
+const testLibEnv = "RAMPROC_BENCH_TEST_SERVE_LIB"
+
+// testLibFiles is the tests' tree size: small, the shape is what counts.
+const testLibFiles = 300
+
+func testLibCommand(kind, mnt string, treeFiles int) *exec.Cmd {
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), testLibEnv+"="+mnt, testLibEnv+"_KIND="+kind)
+	return cmd
+}
+
+// TestLibSection runs the library section alone, briefly, and checks the
+// shape of its rows: every peer that has a figure in a row has a positive
+// one, each goal is checked, and the oldest content lib-gen-fresh read is
+// reported. libfuse3-dev's hello_ll.c and a C compiler are prerequisites.
+func TestLibSection(t *testing.T) {
+	testenv.RequireFUSE(t)
+	if _, err := os.Stat(HelloLLSource); err != nil {
+		testenv.Missing(t, HelloLLSource+" is missing (apt-get install libfuse3-dev gcc pkg-config)")
+	}
+	o := QuickOptions()
+	o.Workloads = []string{LibWorkload}
+	o.LibCommand = testLibCommand
+	o.LibTreeFiles = testLibFiles
+	rep, err := Run(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The age check is a benchmark's verdict, which a loaded machine may
+	// move (fusebridge's TestFreshBound tests the bound); anything else
+	// that failed is a failure here.
+	for _, n := range rep.Notes {
+		if !strings.HasPrefix(n, "lib-gen-fresh: a read returned content") {
+			t.Errorf("the library section failed: %s", n)
+		}
+	}
+	want := map[string][]string{
+		"lib-gen-fresh":   {TargetTmpfs, PeerHelloLL, PeerLib},
+		"lib-gen-perop":   {TargetTmpfs, PeerHelloLL, PeerLib},
+		"lib-percaller":   {TargetTmpfs, PeerHelloLL, PeerLib},
+		"lib-tree-catall": {TargetTmpfs, PeerGoFuse, PeerLib},
+		"lib-tree-rss":    {PeerGoFuse, PeerLib},
+	}
+	if len(rep.Rows) != len(want) {
+		t.Fatalf("%d rows, want %d", len(rep.Rows), len(want))
+	}
+	for _, row := range rep.Rows {
+		for _, p := range want[row.Workload] {
+			if r := row.Results[p]; r == nil || r.Error != "" || !(r.Value > 0) {
+				t.Errorf("%s on %s: %+v, want a positive figure", row.Workload, p, r)
+			}
+		}
+		for _, g := range row.Goals {
+			if g.Measured == nil {
+				t.Errorf("%s: goal %s not measured", row.Workload, g.Goal)
+			}
+		}
+		if row.Workload == "lib-gen-fresh" && !strings.Contains(row.Note, "oldest content read") {
+			t.Errorf("lib-gen-fresh: note %q, want the oldest content's age", row.Note)
+		}
+	}
+	var text, js bytes.Buffer
+	if err := rep.WriteText(&text); err != nil || !strings.Contains(text.String(), "lib-tree-catall") {
+		t.Errorf("text report: %v\n%s", err, text.String())
+	}
+	if err := rep.WriteJSON(&js); err != nil || !strings.Contains(js.String(), `"lib-gen-fresh"`) {
+		t.Errorf("JSON report: %v", err)
+	}
 }
 
 func testBaselineCommand(mnt string) *exec.Cmd {

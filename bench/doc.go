@@ -25,8 +25,8 @@
 //
 //	tmpfs         a private tmpfs: the reference every ratio divides by
 //	ramproc       "ramproc mount -stats -passthrough on" (auto if on fails):
-//	              the RAM file by passthrough, the stats file over a
-//	              second, no-open connection bind-mounted over its name
+//	              the RAM file by passthrough, the stats file generated
+//	              per open
 //	ramproc-nopt  "ramproc mount -stats -passthrough off": every read and
 //	              write goes through the server, as in an unprivileged mount
 //	ramproc-noopen "ramproc mount -stats -no-open": the kernel sends no OPEN
@@ -114,9 +114,6 @@
 //	>=0.9      ramproc >= 0.9 x tmpfs: sequential and random reads and writes,
 //	           O_APPEND, stat
 //	np>=3xmf   ramproc-nopt >= 3 x memfile: every data workload
-//	>=0.5      also: ramproc >= 0.5 x tmpfs for open+read+close of the
-//	           generated file, which the default mount serves over its
-//	           second, no-open connection
 //	no>=0.5    ramproc-noopen >= 0.5 x tmpfs: the same on the -no-open mount
 //	<=1.05     memory: ramproc spends at most 1.05 bytes of RAM per byte
 //
@@ -131,6 +128,33 @@
 // Figures from -quick, from a loaded machine or from a run with a large
 // spread are indications, not measurements. Tests never assert timings;
 // they only check that every row has a positive figure for every target.
+//
+// # The library section
+//
+// "-workloads lib" (not in the default set; it may be combined with
+// others) measures what a program built on package fusebridge gets for its
+// generated files, after the targets above are unmounted, against tmpfs
+// and libfuse's hello_ll example (the fastest thing a FUSE server does per
+// open here: OPEN and one READ), which the bench builds from
+// /usr/share/doc/libfuse3-dev/examples/hello_ll.c with cc and pkg-config
+// (apt-get install libfuse3-dev gcc pkg-config; never copied into the
+// repository). The library's server (ServeLib) and a plain go-fuse server
+// of the same tree (ServeGoFuseTree) run as "ramproc bench --serve-lib"
+// children. Rows, each the median of -reps runs with the peers taking
+// turns:
+//
+//	lib-gen-fresh    open+read+close of a Generated with a 100 ms bound, on
+//	                 the layout the library chooses: >= 0.5 x tmpfs; the
+//	                 note gives the oldest content read (its embedded time
+//	                 against the start of the read), and content older
+//	                 than the bound + 50 ms is a failure
+//	lib-gen-perop    the same file generated per open: >= 1.0 x hello_ll
+//	lib-percaller    a PerCallerGenerated file: >= 0.6 x hello_ll
+//	lib-tree-catall  find -type f | xargs cat over a tree of
+//	                 -lib-tree-files (100,000) files with a 1 s bound, in
+//	                 100 directories: <= 2 x tmpfs's time
+//	lib-tree-rss     the server's RSS after that: <= 1.5 x the go-fuse
+//	                 server's on the same tree
 //
 // # The handler API's own cost
 //

@@ -27,8 +27,11 @@ type Report struct {
 	MemBytes  int64     `json:"memory_bytes"`
 
 	Targets []TargetInfo `json:"targets"`
-	Rows    []*Row       `json:"rows"`
-	Notes   []string     `json:"notes,omitempty"`
+	// LibPeers are the library section's columns (-workloads lib), whose
+	// rows (named lib-...) are among Rows.
+	LibPeers []TargetInfo `json:"lib_peers,omitempty"`
+	Rows     []*Row       `json:"rows"`
+	Notes    []string     `json:"notes,omitempty"`
 	// Failed is set when a target could not be mounted, a run failed or a
 	// server misbehaved on unmount: the table has holes.
 	Failed bool `json:"failed"`
@@ -52,7 +55,13 @@ type Row struct {
 	// Results by target name.
 	Results map[string]*Result `json:"results"`
 	Goals   []GoalResult       `json:"goals,omitempty"`
+	// Note is what else the row measured (lib-gen-fresh: the oldest
+	// content read).
+	Note string `json:"note,omitempty"`
 }
+
+// isLib reports a row of the library section.
+func (row *Row) isLib() bool { return strings.HasPrefix(row.Workload, "lib-") }
 
 // Result is one cell: a target's figures for one workload.
 type Result struct {
@@ -261,21 +270,85 @@ func (rep *Report) WriteText(w io.Writer) error {
 	}
 	b.WriteString("\n")
 
+	var mainRows, libRows []*Row
+	for _, row := range rep.Rows {
+		if row.isLib() {
+			libRows = append(libRows, row)
+		} else {
+			mainRows = append(mainRows, row)
+		}
+	}
 	names := rep.targetNames()
-	// tabwriter aligns every column right; the names are padded to read
-	// left-aligned.
 	wide := len("workload")
 	for _, row := range rep.Rows {
 		wide = max(wide, len(row.Workload))
 	}
 	left := func(s string) string { return fmt.Sprintf("%-*s", wide, s) }
-	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "%s\tunit\t", left("workload"))
-	for _, n := range names {
-		fmt.Fprintf(tw, "%s\t", n)
+	if len(mainRows) > 0 {
+		rep.writeMain(&b, mainRows, names, left)
 	}
-	fmt.Fprintf(tw, "spread\tengine\ttarget\tmet\t\n")
+	if len(libRows) > 0 {
+		rep.writeLib(&b, libRows, left)
+	}
+
+	// Goals and failures.
+	met, total, unmeasured := 0, 0, 0
 	for _, row := range rep.Rows {
+		for _, g := range row.Goals {
+			total++
+			if g.Met {
+				met++
+			}
+			if g.Measured == nil {
+				unmeasured++
+			}
+		}
+	}
+	if total > 0 { // none when the caller dropped them (ramproc bench -quick)
+		fmt.Fprintf(&b, "\ngoals met: %d of %d", met, total)
+		if unmeasured > 0 {
+			fmt.Fprintf(&b, " (%d could not be measured)", unmeasured)
+		}
+		b.WriteString("\n")
+	}
+	var errs []string
+	for _, row := range mainRows {
+		for _, n := range names {
+			if r := row.Results[n]; r != nil && r.Error != "" {
+				errs = append(errs, fmt.Sprintf("%s on %s: %s", row.Workload, n, r.Error))
+			}
+		}
+	}
+	if len(errs) > 0 || len(rep.Notes) > 0 {
+		b.WriteString("\nnotes:\n")
+		for _, s := range append(errs, rep.Notes...) {
+			fmt.Fprintf(&b, "  %s\n", s)
+		}
+	}
+	fmt.Fprintf(&b, "\nelapsed %.0fs\n", rep.ElapsedS)
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// newTable starts a table of rows on b: its header names the workload, the
+// unit, each of cols, then the tab-separated tail.
+func newTable(b *strings.Builder, left func(string) string, cols []string, tail string) *tabwriter.Writer {
+	tw := tabwriter.NewWriter(b, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "%s\tunit\t", left("workload"))
+	for _, c := range cols {
+		fmt.Fprintf(tw, "%s\t", c)
+	}
+	fmt.Fprintf(tw, "%s\t\n", tail)
+	return tw
+}
+
+// writeMain prints the table of the file workloads, their server CPU and
+// memory details.
+func (rep *Report) writeMain(b *strings.Builder, mainRows []*Row, names []string, left func(string) string) {
+	// tabwriter aligns every column right; the names are padded to read
+	// left-aligned.
+	tw := newTable(b, left, names, "spread\tengine\ttarget\tmet")
+	for _, row := range mainRows {
 		fmt.Fprintf(tw, "%s\t%s\t", left(row.Workload), row.Unit)
 		for _, n := range names {
 			fmt.Fprintf(tw, "%s\t", row.cell(n))
@@ -300,13 +373,13 @@ spread: widest (max-min)/median over the repetitions among the targets.
 	}
 	if len(servers) > 0 {
 		b.WriteString("\nserver CPU time: microseconds per operation (percent of one core while the workload ran)\n")
-		tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
+		tw = tabwriter.NewWriter(b, 0, 0, 2, ' ', tabwriter.AlignRight)
 		fmt.Fprintf(tw, "%s\t", left("workload"))
 		for _, s := range servers {
 			fmt.Fprintf(tw, "%s\t", s)
 		}
 		fmt.Fprintf(tw, "\n")
-		for _, row := range rep.Rows {
+		for _, row := range mainRows {
 			if row.Unit == unitBPB {
 				continue
 			}
@@ -325,13 +398,13 @@ spread: widest (max-min)/median over the repetitions among the targets.
 	}
 
 	// Memory details.
-	for _, row := range rep.Rows {
+	for _, row := range mainRows {
 		if row.Unit != unitBPB {
 			continue
 		}
 		b.WriteString("\nmemory: RAM spent = shmem files + server RssAnon + the FUSE file's own page cache (deltas);\n" +
 			"        system Shmem is /proc/meminfo's delta over the same time, a cross-check (other processes move it too)\n")
-		tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
+		tw = tabwriter.NewWriter(b, 0, 0, 2, ' ', tabwriter.AlignRight)
 		cut := false
 		fmt.Fprintf(tw, "%s\tstored\tshmem files\tserver anon\tpage cache\tRAM/byte\tsystem Shmem\twrite time\t\n", "target")
 		for _, n := range names {
@@ -354,43 +427,44 @@ spread: widest (max-min)/median over the repetitions among the targets.
 		}
 	}
 
-	// Goals and failures.
-	met, total, unmeasured := 0, 0, 0
-	for _, row := range rep.Rows {
-		for _, g := range row.Goals {
-			total++
-			if g.Met {
-				met++
-			}
-			if g.Measured == nil {
-				unmeasured++
-			}
-		}
+}
+
+// writeLib prints the library section: each row's figures by peer, the
+// ratio its goal checks, and its note.
+func (rep *Report) writeLib(b *strings.Builder, rows []*Row, left func(string) string) {
+	b.WriteString("\nlibrary section (-workloads lib): open+read+close rows in kops/s (higher is better), catall in seconds and RSS in MiB (lower is better)\n")
+	for _, t := range rep.LibPeers {
+		fmt.Fprintf(b, "  %-15s %s\n", t.Name, t.Description)
 	}
-	if total > 0 { // none when the caller dropped them (ramproc bench -quick)
-		fmt.Fprintf(&b, "\ngoals met: %d of %d", met, total)
-		if unmeasured > 0 {
-			fmt.Fprintf(&b, " (%d could not be measured)", unmeasured)
-		}
-		b.WriteString("\n")
-	}
-	var errs []string
-	for _, row := range rep.Rows {
-		for _, n := range names {
-			if r := row.Results[n]; r != nil && r.Error != "" {
-				errs = append(errs, fmt.Sprintf("%s on %s: %s", row.Workload, n, r.Error))
+	tw := newTable(b, left, LibPeers, "spread\ttarget\tmet")
+	for _, row := range rows {
+		fmt.Fprintf(tw, "%s\t%s\t", left(row.Workload), row.Unit)
+		for _, p := range LibPeers {
+			r := row.Results[p]
+			switch {
+			case r == nil:
+				fmt.Fprintf(tw, "-\t")
+			case !r.ok():
+				fmt.Fprintf(tw, "error\t")
+			default:
+				fmt.Fprintf(tw, "%s\t", formatValue(r.Value))
 			}
 		}
+		tg, met := row.goalText()
+		fmt.Fprintf(tw, "%s\t%s\t%s\t\n", row.spread(), tg, met)
 	}
-	if len(errs) > 0 || len(rep.Notes) > 0 {
-		b.WriteString("\nnotes:\n")
-		for _, s := range append(errs, rep.Notes...) {
-			fmt.Fprintf(&b, "  %s\n", s)
+	tw.Flush()
+	for _, row := range rows {
+		if row.Note != "" {
+			fmt.Fprintf(b, "%s: %s\n", row.Workload, row.Note)
+		}
+		for _, p := range LibPeers {
+			if r := row.Results[p]; r != nil && r.Error != "" {
+				fmt.Fprintf(b, "%s on %s: %s\n", row.Workload, p, r.Error)
+			}
 		}
 	}
-	fmt.Fprintf(&b, "\nelapsed %.0fs\n", rep.ElapsedS)
-	_, err := io.WriteString(w, b.String())
-	return err
+	b.WriteString("target: lib >= X x PEER (rates) or lib <= X x PEER (times, RSS); met: yes/NO with the measured ratio.\n")
 }
 
 func sizeString(n int64) string {

@@ -90,6 +90,11 @@ func setupTmpfs() (*target, error) {
 // data file's path as its first stdout line once mounted (the protocol of
 // ramproc mount and of ServeBaseline), and waits for that line.
 func startServer(ctx context.Context, name, desc string, cmd *exec.Cmd, dir string) (*target, error) {
+	return startServerWithin(ctx, name, desc, cmd, dir, mountTimeout)
+}
+
+// startServerWithin is startServer with its own bound on the wait.
+func startServerWithin(ctx context.Context, name, desc string, cmd *exec.Cmd, dir string, within time.Duration) (*target, error) {
 	t := &target{
 		name:   name,
 		desc:   desc,
@@ -133,7 +138,7 @@ func startServer(ctx context.Context, name, desc string, cmd *exec.Cmd, dir stri
 		t.close()
 		return nil, fmt.Errorf("%s: %s%s", strings.Join(cmd.Args, " "), why, t.stderrTail())
 	}
-	timer := time.NewTimer(mountTimeout)
+	timer := time.NewTimer(within)
 	defer timer.Stop()
 	select {
 	case line, ok := <-lines:
@@ -145,7 +150,7 @@ func startServer(ctx context.Context, name, desc string, cmd *exec.Cmd, dir stri
 	case <-t.exited:
 		return fail(fmt.Sprintf("exited (%v) before mounting", t.werr))
 	case <-timer.C:
-		return fail(fmt.Sprintf("no path printed within %v", mountTimeout))
+		return fail(fmt.Sprintf("no path printed within %v", within))
 	case <-ctx.Done():
 		return fail(ctx.Err().Error())
 	}

@@ -66,7 +66,7 @@ func (d *Dir) attrTimeout() time.Duration {
 	if d.parent == nil {
 		return d.srv.opts.AttrTimeout
 	}
-	return d.parent.timeout()
+	return d.self.timeout()
 }
 
 func (n *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
@@ -91,8 +91,8 @@ func (n *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 
 // child returns the kernel inode of e, a child of n, with its attributes.
 func (n *dirNode) child(ctx context.Context, e *Entry, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	out.SetEntryTimeout(n.d.timeout())
-	out.SetAttrTimeout(n.d.timeout())
+	out.SetEntryTimeout(e.timeout())
+	out.SetAttrTimeout(e.timeout())
 	// Each Entry has its own inode number, so a name published again after
 	// removal is a new inode to the kernel, never the old one revived.
 	switch e.kind {
@@ -116,9 +116,11 @@ func (n *dirNode) child(ctx context.Context, e *Entry, out *fuse.EntryOut) (*fs.
 		return nil, syscall.ENOENT
 	}
 	defer e.exit()
-	if errno := e.attr(ctx, &out.Attr); errno != 0 {
+	ttl, errno := e.attrTTL(ctx, &out.Attr)
+	if errno != 0 {
 		return nil, errno
 	}
+	out.SetAttrTimeout(ttl)
 	return n.NewInode(ctx, &fileNode{e: e}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: e.ino}), 0
 }
 

@@ -37,6 +37,10 @@ type Entry struct {
 	// bound is set while the twin is bind-mounted over this entry's path
 	// (a file's own bind, or a whole directory's).
 	bound bool
+	// fixed is a dynamic directory's child that handler.Child.Fixed says
+	// is always there: cached by the kernel as a static name is. Set
+	// before the entry is linked.
+	fixed bool
 	// mark is a child of a per-caller dynamic directory's sweep state
 	// (percaller.go): markSeen each time a handler's answer shows it.
 	mark atomic.Uint32
@@ -72,6 +76,9 @@ type Entry struct {
 	// (and released once its last user is done) on invalidation.
 	sharedMu sync.Mutex
 	shared   *sharedFile
+	// lastMade is the made of the last shared file dropped, until the
+	// next is opened (guarded by sharedMu).
+	lastMade int64
 
 	// twin is the same handler published on the no-open connection of a
 	// NoOpenHandlers mount (split.go).
@@ -89,6 +96,9 @@ type sharedFile struct {
 	exact   bool
 	refs    int // callbacks using it; guarded by Entry.sharedMu
 	dropped bool
+	// made is when it was opened (Unix nanoseconds): for content with a
+	// freshness bound, its age and the mtime the kernel is shown.
+	made int64
 }
 
 // fileOps is a file handler's interfaces, resolved once.
@@ -109,6 +119,12 @@ type fileOps struct {
 	perCaller bool
 	// unknownSize: a streamed file, read with FOPEN_DIRECT_IO to its end.
 	unknownSize bool
+	// changer: the handler tells the bridge of every change
+	// (handler.Changer), so a cache of it needs no bound.
+	changer bool
+	// maxAge is the freshness bound of a snapshot handler that states one
+	// (handler.AgeBound); 0 for none.
+	maxAge time.Duration
 }
 
 // noOps serves directories and links, which have no file operations.
@@ -131,7 +147,38 @@ func resolveOps(h any) *fileOps {
 		o.perCaller = pc.PerCaller()
 	}
 	o.unknownSize = unknownSize(h)
+	_, o.changer = h.(handler.Changer)
+	// A bound is kept only where the bridge makes the snapshot itself
+	// (a SnapshotSizer without Getattrer): it shows the kernel the
+	// snapshot's size and time, which is what makes a bound hold.
+	if ab, ok := h.(handler.AgeBound); ok && o.sizer != nil && o.getattrer == nil && ab.FreshFor() > 0 {
+		o.maxAge = ab.FreshFor()
+	}
 	return o
+}
+
+// DefaultMaxAge is the freshness bound of generated content that states
+// none (a handler.Generated, not made with MaxAge) where the kernel caches
+// it: on a NoOpen mount, and among the handler files of a NoOpenHandlers
+// mount. Elsewhere such content is generated per open.
+const DefaultMaxAge = time.Second
+
+// ageBound is how long the kernel may serve a snapshot of e from its cache
+// before the bridge makes a new one: 0 where it does not cache e's content
+// (a connection that keeps OPEN generates it per open) or where every
+// change drops the cache (handler.Changer, and content the handler marks
+// byte-exact, which shares no snapshot).
+func (e *Entry) ageBound() time.Duration {
+	if !e.srv.opts.NoOpen || e.kind != kindFile {
+		return 0
+	}
+	if e.maxAge > 0 {
+		return e.maxAge
+	}
+	if e.sizer != nil && e.getattrer == nil && !e.changer && !e.perCaller {
+		return DefaultMaxAge
+	}
+	return 0
 }
 
 // newEntry makes the entry of h (nil for a static directory); ops, if not
@@ -162,6 +209,16 @@ func newEntry(s *Server, parent *Dir, name string, ino uint64, mode fs.FileMode,
 	return e
 }
 
+// timeout is how long the kernel may trust e's name and attributes: its
+// directory's timeout for its children, or a static name's for a fixed
+// child of a dynamic directory.
+func (e *Entry) timeout() time.Duration {
+	if e.fixed {
+		return e.srv.opts.AttrTimeout
+	}
+	return e.parent.timeout()
+}
+
 // pins reports whether the entry must be served by a connection that keeps
 // OPEN: a passthrough file, content that must not be cached, or a dynamic
 // directory (see split.go).
@@ -172,7 +229,18 @@ func (e *Entry) pins() bool {
 	case kindLink:
 		return false
 	}
-	return e.backing != nil || e.perCaller || e.unknownSize
+	if e.backing != nil || e.perCaller || e.unknownSize {
+		return true
+	}
+	// In the default layout only content with a freshness bound is worth
+	// a bind onto the no-open connection (split.go).
+	return e.srv.freshOnly() && e.maxAge <= 0
+}
+
+// fresh reports a file with a freshness bound of its own (for the counts
+// that decide the binds of the default layout, split.go).
+func (e *Entry) fresh() bool {
+	return e.kind == kindFile && e.maxAge > 0 && e.backing == nil && !e.perCaller && !e.unknownSize
 }
 
 // Name returns the entry's file name.
@@ -292,6 +360,16 @@ func (e *Entry) exit() { e.life.RUnlock() }
 
 // attr fills out from the bridge's defaults and the handler's Getattr.
 func (e *Entry) attr(ctx context.Context, out *fuse.Attr) syscall.Errno {
+	_, errno := e.attrTTL(ctx, out)
+	return errno
+}
+
+// attrTTL is attr that also says how long the kernel may trust out: the
+// timeout of e's directory, or for content with a freshness bound the time
+// its snapshot has left, so that the first read after the bound asks for
+// the attributes again (and regenerates the content: see freshShared).
+func (e *Entry) attrTTL(ctx context.Context, out *fuse.Attr) (time.Duration, syscall.Errno) {
+	ttl := e.timeout()
 	born := time.Unix(0, e.born)
 	a := handler.Attr{
 		Mode:  handler.ModeFromUnix(e.perm.Load()),
@@ -303,17 +381,24 @@ func (e *Entry) attr(ctx context.Context, out *fuse.Attr) syscall.Errno {
 	}
 	if e.getattrer != nil {
 		if err := e.getattrer.Getattr(ctx, &a); err != nil {
-			return handler.Errno(err)
+			return 0, handler.Errno(err)
 		}
 	} else if e.srv.opts.NoOpen && e.sizer != nil {
 		// The kernel caches the content and reads no further than the
 		// size it knows, so the size must be the snapshot's.
-		sh, errno := e.acquireShared(ctx)
+		sh, errno := e.freshShared(ctx)
 		if errno != 0 {
-			return errno
+			return 0, errno
 		}
 		a.Size = e.sizer.SnapshotSize(&sh.of.f)
 		a.Blocks = (a.Size + 511) / 512
+		if d := e.ageBound(); d > 0 {
+			// The connection drops a file's pages when its mtime moves
+			// (auto_inval_data, server.go): each snapshot has its own.
+			a.Mtime = time.Unix(0, sh.made)
+			a.Ctime = a.Mtime
+			ttl = min(ttl, max(d-time.Duration(time.Now().UnixNano()-sh.made), 0))
+		}
 		e.releaseShared(sh)
 	}
 	typ := uint32(syscall.S_IFREG)
@@ -333,7 +418,7 @@ func (e *Entry) attr(ctx context.Context, out *fuse.Attr) syscall.Errno {
 		Blksize: 4096,
 	}
 	out.SetTimes(&a.Atime, &a.Mtime, &a.Ctime)
-	return 0
+	return ttl, 0
 }
 
 func (e *Entry) track(of *openFile) bool {
@@ -370,6 +455,8 @@ func (e *Entry) acquireShared(ctx context.Context) (*sharedFile, syscall.Errno) 
 		sh.refs++
 		return sh, 0
 	}
+	prev := e.lastMade
+	e.lastMade = 0
 	flags := syscall.O_RDWR
 	switch {
 	case e.writer == nil:
@@ -387,8 +474,31 @@ func (e *Entry) acquireShared(ctx context.Context) (*sharedFile, syscall.Errno) 
 	sh.exact = sh.of.f.Caching
 	sh.of.f.Caching = true
 	sh.refs = 1
+	sh.made = time.Now().UnixNano()
+	if prev != 0 && sh.made <= prev {
+		sh.made = prev + 1 // a new snapshot always shows a new mtime
+	}
 	e.shared = sh
 	return sh, 0
+}
+
+// freshShared is acquireShared for the attributes: a snapshot older than
+// e's freshness bound is replaced first. The kernel asks for them (GETATTR)
+// at the first read after the timeout attrTTL gave, which is when the
+// snapshot reaches the bound; the new mtime then makes it drop the old
+// pages before it reads. So the bound costs no timer, an idle file no
+// work, and a hot one one regeneration per bound.
+func (e *Entry) freshShared(ctx context.Context) (*sharedFile, syscall.Errno) {
+	if d := e.ageBound(); d > 0 {
+		e.sharedMu.Lock()
+		sh := e.shared
+		stale := sh != nil && time.Now().UnixNano()-sh.made >= int64(d)
+		e.sharedMu.Unlock()
+		if stale {
+			e.dropSharedIf(sh)
+		}
+	}
+	return e.acquireShared(ctx)
 }
 
 func (e *Entry) releaseShared(sh *sharedFile) {
@@ -403,10 +513,22 @@ func (e *Entry) releaseShared(sh *sharedFile) {
 
 // dropShared forgets the shared open file; the next callback opens a new
 // one. It is released once no callback uses it.
-func (e *Entry) dropShared() {
+func (e *Entry) dropShared() { e.dropSharedIf(nil) }
+
+// dropSharedIf is dropShared if the shared open file is only (or any, for
+// nil): of concurrent GETATTRs that find the same snapshot stale, one
+// replaces it.
+func (e *Entry) dropSharedIf(only *sharedFile) {
 	e.sharedMu.Lock()
 	sh := e.shared
+	if only != nil && sh != only {
+		e.sharedMu.Unlock()
+		return
+	}
 	e.shared = nil
+	if sh != nil {
+		e.lastMade = sh.made
+	}
 	last := false
 	if sh != nil {
 		sh.dropped = true

@@ -80,6 +80,13 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	if of.f.Caching && !e.perCaller {
 		fl = fuse.FOPEN_KEEP_CACHE
 	}
+	if !of.f.Writable() || e.writer == nil {
+		// Nothing to flush at close: no FLUSH request, not even the one
+		// that teaches the kernel ENOSYS (see Flush). Writable files keep
+		// the kernel's flush, which writes back pages dirtied through
+		// mmap and reports their errors at close.
+		fl |= fuse.FOPEN_NOFLUSH
+	}
 	return of, fl, 0
 }
 
@@ -286,8 +293,9 @@ func (n *fileNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrO
 		return syscall.EIO
 	}
 	defer e.exit()
-	out.SetTimeout(e.parent.timeout())
-	return e.attr(ctx, &out.Attr)
+	ttl, errno := e.attrTTL(ctx, &out.Attr)
+	out.SetTimeout(ttl)
+	return errno
 }
 
 func (n *fileNode) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
@@ -351,6 +359,7 @@ func (n *fileNode) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAtt
 			e.gid.Store(*sa.Gid)
 		}
 	}
-	out.SetTimeout(e.parent.timeout())
-	return e.attr(ctx, &out.Attr)
+	ttl, errno := e.attrTTL(ctx, &out.Attr)
+	out.SetTimeout(ttl)
+	return errno
 }

@@ -287,10 +287,11 @@ func (e *Entry) selfNotified(ctx context.Context, in *fuse.SetAttrIn, out *fuse.
 	defer e.exit()
 	// The attributes the file has: the kernel takes size and times from
 	// this reply, so a reader sees none of them move.
-	if errno := e.attr(ctx, &out.Attr); errno != 0 {
+	ttl, errno := e.attrTTL(ctx, &out.Attr)
+	if errno != 0 {
 		return errno, true
 	}
-	out.SetTimeout(e.srv.opts.AttrTimeout)
+	out.SetTimeout(ttl)
 	return 0, true
 }
 

@@ -35,18 +35,58 @@
 //     cached attributes itself; the bridge invalidates names on Create and
 //     Remove, and Entry.Invalidate covers handlers whose attributes change
 //     by themselves. With short timeouts every stat(2) would cost a request.
-//     The children of a dynamic directory have none: the handler is asked.
+//     The children of a dynamic directory have none: the handler is asked,
+//     except for those it marks handler.Child.Fixed (/proc's meminfo
+//     beside its <pid> directories), which are cached as static names.
 //   - Explicit data cache control: cached pages are dropped by the kernel on
 //     the changes it makes itself, not whenever a file's mtime moves.
 //   - default_permissions: the kernel checks mode bits, as for any file.
-//   - Options.NoOpenHandlers: the handler files of a passthrough mount are
-//     served over a second connection that answers OPEN with ENOSYS, so
-//     that cat of a /proc-style file costs no request while the RAM file
-//     keeps passthrough; a directory whose subtree holds only such files
-//     is one bind mount of the second connection (see split.go for how).
+//   - Generated content is made per open and read with FOPEN_DIRECT_IO,
+//     unless it has a freshness bound (see below).
+//   - FOPEN_NOFLUSH for every open that cannot write: close(2) sends
+//     nothing; the RELEASE that follows is asynchronous.
 //   - Content that depends on the caller (handler.PerCaller) is never
 //     served from a cache: it lives on a connection that keeps OPEN and is
 //     read with FOPEN_DIRECT_IO.
+//
+// # Freshness bounds
+//
+// The rule: a file published as handler.Generated(fn).MaxAge(d) is never
+// read with content made more than d before the read began (plus the
+// moment one regeneration takes), and between regenerations it is read at
+// the speed of a cached file. d = 0 (a plain Generated) is made per open.
+//
+// How: the kernel skips OPEN only for a whole connection ("no-open"), so a
+// mount made by root runs a second connection in no-open mode (split.go)
+// and bind-mounts each bounded file from it over its name, or, for a
+// directory whose subtree holds only bounded files (and static directories
+// and links), the whole directory as one bind. There the kernel caches the
+// file's pages across opens; the bridge gives its attributes a timeout of
+// the time the snapshot has left and its mtime the time the snapshot was
+// made. The first read after that asks for the attributes (the only
+// request a cached read makes, and the sign that the file is read); the
+// bridge then regenerates, and the new mtime makes the kernel drop the old
+// pages itself before it reads (the no-open connection negotiates
+// auto_inval_data). No timer: an idle file costs nothing, a hot one one
+// regeneration per bound; Entry.Notify regenerates at once. A read(2)
+// that returns the whole file sees one version; one that reads a larger
+// file in pieces may get pieces of two (see handler.Generated.MaxAge).
+// Where there is no second connection (an unprivileged mount), a bounded
+// file is generated per open, which is within any bound; so is a bounded
+// child of a dynamic directory, which is served with its directory by the
+// connection that keeps OPEN (publish such files with Create, in static
+// directories, to have them cached). On a NoOpen
+// mount, whose main connection caches every file it serves, a Generated
+// without a bound of its own gets DefaultMaxAge. handler.Value and the knobs need none: every
+// change to them drops the kernel's copy.
+//
+// Layout and unmounting: a tree without bounded files has no bind mount,
+// so `umount DIR` or `fusermount3 -u DIR` stops it (Wait returns). One
+// with bounded files has binds, which umount(2) refuses to leave behind:
+// stop it with `umount -R DIR` (or Server.Unmount, or a signal to a server
+// that calls it). For cgroupfs-style per-view content, make each file
+// Generated(fn).MaxAge(d) and keep per-caller files (handler.PerCaller) for
+// what really differs per reader: those always keep OPEN.
 //
 // Entry.Notify, the sysfs_notify of the API, drops the kernel's caches of
 // an entry and raises inotify IN_MODIFY for it, and a handler.Changer is
@@ -142,12 +182,13 @@ type Options struct {
 	//     and does nothing, as on sysfs;
 	//   - content that is not byte-exact (the handler's Opener did not set
 	//     OpenFile.Caching, e.g. Generated and Value) is served from the
-	//     kernel's page cache until the entry is invalidated: after each
-	//     successful write to such an entry the bridge drops its snapshot
-	//     and the kernel's cached pages and attributes, and a handler whose
-	//     content changes by itself (a /proc-style Generated file) shows its
-	//     old content until Entry.Invalidate is called. Such handlers report
-	//     the snapshot's length as their size (handler.SnapshotSizer);
+	//     kernel's page cache: after each successful write to such an entry
+	//     the bridge drops its snapshot and the kernel's cached pages and
+	//     attributes, and a Generated file is regenerated once its
+	//     freshness bound has passed (its own, or DefaultMaxAge: see the
+	//     package comment). Such handlers report the snapshot's length as
+	//     their size (handler.SnapshotSizer) and, with a bound, the
+	//     snapshot's time as their mtime;
 	//   - what must not be cached (handler.PerCaller files, files of
 	//     unknown size, dynamic directories) is served by a second
 	//     connection that keeps OPEN, bind-mounted over its name, when the
@@ -155,9 +196,12 @@ type Options struct {
 	//     cannot make one, Create refuses it with EINVAL.
 	NoOpen bool
 
-	// NoOpenHandlers, on a mount that gets passthrough, serves the tree
-	// over a second FUSE connection in no-open mode, bind-mounted over it,
-	// except the entries that must stay on the first one: backing files
+	// NoOpenHandlers, on a mount made by root, serves every handler file
+	// that may be cached over the second, no-open FUSE connection (which
+	// by default serves only files with a freshness bound: see the package
+	// comment), bind-mounted over it, a Generated without a bound of its
+	// own then with DefaultMaxAge; except the entries that must stay on
+	// the first one: backing files
 	// (handler.BackingFiler, which keep passthrough), handler.PerCaller
 	// files and files of unknown size (which must not be cached), and
 	// dynamic directories. No-open is a property of a whole connection
@@ -170,13 +214,14 @@ type Options struct {
 	// whatever it holds; in a directory that does (the top directory of
 	// ramproc mount, with its RAM file), every other file and directory is
 	// bound by itself. Entries on the second connection behave as on a
-	// NoOpen mount (see NoOpen: a Generated file shows its snapshot until
-	// Entry.Invalidate). A bound name's st_dev differs from the top
-	// directory's, unlink(2) and rmdir(2) on it fail with EBUSY instead of
-	// EPERM, and umount(8) of the directory needs -R or -l while the
-	// server runs (Server.Unmount and the recovery of a killed server's
-	// mount detach the whole tree). It needs root, as passthrough does;
-	// elsewhere it changes nothing.
+	// NoOpen mount (see NoOpen). A bound name's st_dev differs from the
+	// top directory's, unlink(2) and rmdir(2) on it fail with EBUSY
+	// instead of EPERM, and umount(8) of the directory needs -R (which
+	// stops the server cleanly) or -l while the server runs
+	// (Server.Unmount and the recovery of a killed server's mount detach
+	// the whole tree). It needs root; elsewhere it changes nothing. Prefer
+	// bounds on the files that need the speed: every other file is fine
+	// at one request per open, and needs no bind.
 	NoOpenHandlers bool
 
 	// UnmountGrace is how long Unmount lets descriptors that are still
@@ -237,9 +282,11 @@ type Server struct {
 	// passthrough is set once the kernel has accepted a backing file.
 	passthrough atomic.Bool
 
-	// companion is the second connection (split.go): the no-open one of
-	// a NoOpenHandlers mount, or the one that keeps OPEN beside a NoOpen
-	// mount made by root; nil without one. On the companion itself, mountFd is its detached mount
+	// companion is the second connection (split.go): the no-open one
+	// beside a main one that keeps OPEN (made at Mount with
+	// NoOpenHandlers, else with the first file that has a freshness
+	// bound: set once, under bindMu), or the one that keeps OPEN beside a
+	// NoOpen mount made by root; nil without one. On the companion itself, mountFd is its detached mount
 	// (from fsmount), which its entries are bind-mounted from; -1 on a
 	// mount attached by path.
 	companion *Server
@@ -254,6 +301,9 @@ type Server struct {
 	bindMu sync.Mutex
 	// bindWarned is set once a failed bind has been logged as a warning.
 	bindWarned atomic.Bool
+	// companionFailed is set once making the second connection of the
+	// default layout failed: it is not tried again (guarded by bindMu).
+	companionFailed bool
 
 	unmountOnce sync.Once
 	unmountErr  error
@@ -338,7 +388,12 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 		}
 	}
 	switch {
-	case opts.NoOpenHandlers && s.passthrough.Load():
+	case opts.NoOpenHandlers && os.Geteuid() == 0:
+		// Every handler file that may be cached is served by a second,
+		// no-open connection, bind-mounted where it is (split.go). In
+		// the default layout that connection is made with the first file
+		// that has a freshness bound (ensureCompanion): a mount without
+		// one keeps a single connection.
 		if c, err := s.mountCompanion(); err != nil {
 			s.log.Info("no second no-open connection; handler files are served on the main one", "reason", err)
 		} else {
@@ -399,11 +454,17 @@ func (s *Server) start(mountpoint string, direct bool) error {
 		MaxWrite:          maxWrite,
 		Options:           append([]string{"default_permissions"}, roOption(s.opts.ReadOnly)...),
 		ExtraCapabilities: caps,
-		// Cached file data changes only through this mount, and the kernel
-		// already drops what a write, truncate or punch makes stale; with
-		// automatic invalidation it would also throw away a forwarded-mode
-		// file's whole page cache whenever a stat saw a new mtime.
-		ExplicitDataCacheControl: true,
+		// On a connection that keeps OPEN, cached file data changes only
+		// through this mount, and the kernel already drops what a write,
+		// truncate or punch makes stale; with automatic invalidation it
+		// would also throw away a forwarded-mode file's whole page cache
+		// whenever a stat saw a new mtime. A no-open connection wants
+		// exactly that: a snapshot with a freshness bound shows a new
+		// mtime when it is regenerated, and the kernel then drops the old
+		// pages itself before it reads (entry.go, freshShared). (A
+		// forwarded RAM file on a NoOpen mount pays for it: a read after
+		// a write refills its page cache.)
+		ExplicitDataCacheControl: !s.opts.NoOpen,
 		DirectMountStrict:        direct,
 		Debug:                    s.opts.Debug,
 		Logger:                   slog.NewLogLogger(s.opts.Logger.Handler(), slog.LevelDebug),
@@ -674,7 +735,12 @@ func (s *Server) Unmount() error {
 			s.unmountErr = fmt.Errorf("unmount %s: %w", s.mnt, err)
 		}
 		var companion sync.WaitGroup
-		if c := s.companion; c != nil {
+		// Under bindMu: a Create that makes the second connection
+		// (ensureCompanion) has made it, or sees closing and makes none.
+		s.bindMu.Lock()
+		second := s.companion
+		s.bindMu.Unlock()
+		if c := second; c != nil {
 			companion.Add(1)
 			go func() { defer companion.Done(); c.Unmount() }()
 		}

@@ -3,14 +3,20 @@ package fusebridge
 import (
 	"fmt"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"strconv"
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ramproc/ramproc/handler"
 )
 
-// This file holds the second connection of a NoOpenHandlers mount.
+// This file holds the second connection of a split mount: the no-open one
+// beside a main connection that keeps OPEN (for files with a freshness
+// bound, and with NoOpenHandlers every handler file that may be cached),
+// or the one that keeps OPEN beside a NoOpen mount.
 //
 // The kernel decides per connection whether files are opened with a request
 // (OPEN, needed to hand it a passthrough backing file) or without (no-open,
@@ -60,7 +66,12 @@ func (s *Server) mountCompanion() (*Server, error) {
 	// (a test, say) registers it with the runtime's epoll, whose POLL
 	// request waits on a thread the garbage collector cannot stop: a
 	// collection then stops every goroutine that could answer it.
-	if err := pollHack(mfd); err != nil {
+	// The hack's file is open for a moment: no child may be forked with
+	// it (see start, which does the same for the main connection's).
+	syscall.ForkLock.RLock()
+	err = pollHack(mfd)
+	syscall.ForkLock.RUnlock()
+	if err != nil {
 		c.Unmount()
 		return nil, err
 	}
@@ -129,12 +140,71 @@ func detachedFuseMount(dev int, uid, gid uint32, allowOther bool) (int, error) {
 // replaced by binds of its children. A bind that fails leaves the entry
 // served by the main connection, slower but correct.
 func (s *Server) mirror(d *Dir, e *Entry, mode fs.FileMode, h any) error {
-	c := s.companion
-	if c == nil {
-		return nil
-	}
 	s.bindMu.Lock()
 	defer s.bindMu.Unlock()
+	if s.companion == nil && (!s.wantsCompanion(e) || s.ensureCompanion() == nil) {
+		return nil
+	}
+	return s.mirrorLocked(d, e, mode, h)
+}
+
+// wantsCompanion reports whether e, in the default layout of a mount made
+// by root, is the kind of file that needs the second connection (one with
+// a freshness bound).
+func (s *Server) wantsCompanion(e *Entry) bool {
+	return s.freshOnly() && s.mountFd < 0 && e.fresh() && os.Geteuid() == 0
+}
+
+// ensureCompanion makes the second, no-open connection of the default
+// layout, with the first file that has a freshness bound, and mirrors the
+// static directories and links published so far onto it (each further one
+// is mirrored at its Create); under bindMu. It returns nil if there is
+// none (the mount is being unmounted, or making it failed: bounded files
+// are then generated per open, which keeps their bound).
+func (s *Server) ensureCompanion() *Server {
+	if s.companion != nil {
+		return s.companion
+	}
+	s.mu.RLock()
+	closing := s.closing
+	s.mu.RUnlock()
+	if closing || s.companionFailed {
+		return nil
+	}
+	c, err := s.mountCompanion()
+	if err != nil {
+		s.companionFailed = true
+		s.log.Info("no second no-open connection; files with a freshness bound are generated per open on the main one", "reason", err)
+		return nil
+	}
+	s.companion = c
+	var walk func(d *Dir)
+	walk = func(d *Dir) {
+		for _, ch := range d.sortedChildren() {
+			static := ch.dir != nil && ch.dir.dyn == nil
+			if !static && ch.kind != kindLink {
+				continue
+			}
+			var h any
+			if ch.kind == kindLink {
+				h = ch.link
+			}
+			s.mirrorLocked(d, ch, handler.ModeFromUnix(ch.perm.Load()), h)
+			if static {
+				walk(ch.dir)
+			}
+		}
+	}
+	walk(s.rootDir)
+	return c
+}
+
+// mirrorLocked is mirror under bindMu, with the second connection made.
+func (s *Server) mirrorLocked(d *Dir, e *Entry, mode fs.FileMode, h any) error {
+	c := s.companion
+	if e.twin.Load() != nil {
+		return nil // mirrored already, by ensureCompanion
+	}
 	// Static directories and links are mirrored always, so that the second
 	// connection has every path and a bound directory every name.
 	static := e.dir != nil && e.dir.dyn == nil
@@ -179,11 +249,29 @@ func (s *Server) mirror(d *Dir, e *Entry, mode fs.FileMode, h any) error {
 		// static directories).
 		return nil
 	}
+	if s.freshOnly() && e.kind == kindFile {
+		// One bind for the largest directory around it that holds
+		// nothing else, if there is one: a tree of bounded files is one
+		// mount, not one per file.
+		if top := s.unpinnedTop(d); top != nil {
+			s.rejoinLocked(top)
+			if s.boundAbove(d) != nil {
+				return nil
+			}
+		}
+	}
 	if err := s.bind(e); err != nil && must {
 		return fmt.Errorf("fusebridge: create %q: %w", e.Path(), err)
 	}
 	return nil
 }
+
+// freshOnly reports the default layout of a split mount: only files with a
+// freshness bound of their own (handler.AgeBound) are served by the no-open
+// connection; everything else stays on the main one, which keeps OPEN, so
+// a tree without such files has no bind mount at all and stops with a
+// plain umount.
+func (s *Server) freshOnly() bool { return !s.opts.NoOpen && !s.opts.NoOpenHandlers }
 
 // companionSuits reports whether e is better served by the second
 // connection: on a NoOpenHandlers mount every file and static directory
@@ -231,13 +319,16 @@ func (s *Server) bind(e *Entry) error {
 	}
 	if e.dir != nil {
 		s.mu.RLock()
-		pinned := e.dir.pinned
+		pinned, fresh := e.dir.pinned, e.dir.fresh
 		s.mu.RUnlock()
 		if pinned > 0 && !s.opts.NoOpen {
 			for _, c := range e.dir.sortedChildren() {
 				s.bind(c)
 			}
 			return nil
+		}
+		if fresh == 0 && s.freshOnly() {
+			return nil // nothing in it is served better by the other connection
 		}
 	}
 	if s.adoptedBind(e) { // restart: the old process's bind is in place
@@ -281,18 +372,35 @@ func (s *Server) unbind(e *Entry) {
 // otherwise a directory that once held a per-caller file would keep a
 // mount per file for good.
 func (s *Server) rejoin(d *Dir) {
-	if s.companion == nil || s.opts.NoOpen {
+	if s.opts.NoOpen {
 		return
 	}
 	s.bindMu.Lock()
 	defer s.bindMu.Unlock()
+	if s.companion == nil {
+		return
+	}
+	if top := s.unpinnedTop(d); top != nil {
+		s.rejoinLocked(top)
+	}
+}
+
+// unpinnedTop returns the largest directory around d (d included, the root
+// excluded) whose subtree holds no pinned entry, or nil.
+func (s *Server) unpinnedTop(d *Dir) *Dir {
 	var top *Dir
 	s.mu.RLock()
 	for p := d; p != nil && p.self != nil && p.pinned == 0 && !p.removed; p = p.parent {
 		top = p
 	}
 	s.mu.RUnlock()
-	if top == nil || top.self.bound || s.boundAbove(top) != nil || top.self.twin.Load() == nil {
+	return top
+}
+
+// rejoinLocked makes top, a directory without pinned entries, one bind in
+// place of the binds inside it; under bindMu.
+func (s *Server) rejoinLocked(top *Dir) {
+	if top.self.bound || s.boundAbove(top) != nil || top.self.twin.Load() == nil {
 		return
 	}
 	var binds []*Entry
@@ -345,6 +453,19 @@ func bindPath(mfd int, name, target string) error {
 	return nil
 }
 
-// HandlersNoOpen reports whether handler entries are served over a second,
-// no-open connection (Options.NoOpenHandlers took effect).
-func (s *Server) HandlersNoOpen() bool { return s.companion != nil && !s.opts.NoOpen }
+// HandlersNoOpen reports whether files with a freshness bound (and, with
+// Options.NoOpenHandlers, every handler file that may be cached) are
+// served by a second, no-open connection on this mount: a mount made by
+// root without NoOpen (in the default layout the connection is made with
+// the first such file). Without it a bounded file is generated per open.
+func (s *Server) HandlersNoOpen() bool {
+	if s.opts.NoOpen {
+		return false
+	}
+	s.bindMu.Lock()
+	defer s.bindMu.Unlock()
+	if s.companion == nil && s.freshOnly() && os.Geteuid() == 0 && s.mountFd < 0 {
+		return !s.companionFailed // made with the first bounded file
+	}
+	return s.companion != nil
+}

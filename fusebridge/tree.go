@@ -48,8 +48,10 @@ type Dir struct {
 	subdirs  int               // children that are directories (st_nlink - 2)
 	removed  bool
 	// pinned counts the entries in this subtree that must stay on the
-	// main connection of a NoOpenHandlers mount (see split.go).
+	// main connection of a split mount, fresh those with a freshness
+	// bound of their own (see split.go).
 	pinned int
+	fresh  int
 	// twin is this directory on the no-open connection, or nil.
 	twin *Dir
 	// sweepAt is the number of children at which a per-caller dynamic
@@ -395,11 +397,7 @@ func (s *Server) publish(d *Dir, name string, mode fs.FileMode, h any, k kind, i
 		d.subdirs++
 	}
 	missed := d.missed.Load()
-	if e.pins() {
-		for p := d; p != nil; p = p.parent {
-			p.pinned++
-		}
-	}
+	d.count(e, 1)
 	s.mu.Unlock()
 	// The kernel may hold a negative dentry for the name from an earlier
 	// lookup; with long timeouts it would hide the new file.
@@ -436,16 +434,32 @@ func (s *Server) unlink(e *Entry) (bool, []*Entry) {
 	if e.kind == kindDir {
 		d.subdirs--
 	}
-	if e.pins() {
-		for p := d; p != nil; p = p.parent {
-			p.pinned--
-		}
-	}
+	d.count(e, -1)
 	var sub []*Entry
 	if e.dir != nil {
 		sub = e.dir.detachLocked(nil)
 	}
 	return true, sub
+}
+
+// count adds sign times e (with its subtree) to the pinned and fresh counts
+// of d and the directories above it; under s.mu.
+func (d *Dir) count(e *Entry, sign int) {
+	pinned, fresh := 0, 0
+	if e.pins() {
+		pinned++
+	}
+	if e.fresh() {
+		fresh++
+	}
+	if e.dir != nil {
+		pinned += e.dir.pinned
+		fresh += e.dir.fresh
+	}
+	for p := d; p != nil; p = p.parent {
+		p.pinned += sign * pinned
+		p.fresh += sign * fresh
+	}
 }
 
 // detachLocked marks d and its subtree removed and appends its entries,
@@ -551,9 +565,7 @@ func (d *Dir) dynList(ctx context.Context) ([]*Entry, syscall.Errno) {
 		}
 	}
 	d.srv.mu.Unlock()
-	for _, e := range gone {
-		e.kill()
-	}
+	d.killGone(gone)
 	sort.Slice(list, func(i, j int) bool { return list[i].ino < list[j].ino })
 	return list, 0
 }
@@ -598,18 +610,28 @@ func (d *Dir) adopt(c handler.Child) *Entry {
 	}
 	e = newEntry(s, d, c.Name, s.nextIno, c.Mode, c.Node, k, nil)
 	e.gen = c.Gen
+	e.fixed = c.Fixed
 	s.nextIno++
 	e.mark.Store(markSeen)
 	d.children[c.Name] = e
 	sweep := d.perCaller && len(d.children) >= d.sweepLimitLocked()
 	s.mu.Unlock()
-	for _, g := range gone {
-		g.kill()
-	}
+	d.killGone(gone)
 	if sweep {
 		d.sweep()
 	}
 	return e
+}
+
+// killGone kills entries dropped from the dynamic directory d; a fixed
+// child among them also loses the name the kernel caches for it.
+func (d *Dir) killGone(gone []*Entry) {
+	for _, g := range gone {
+		g.kill()
+		if g.fixed && g.parent == d {
+			d.notifyGone(g.name)
+		}
+	}
 }
 
 // forget drops the child name of a dynamic directory, which its handler no
@@ -623,9 +645,7 @@ func (d *Dir) forget(name string, before uint64) {
 		gone = d.dropLocked(e)
 	}
 	d.srv.mu.Unlock()
-	for _, e := range gone {
-		e.kill()
-	}
+	d.killGone(gone)
 }
 
 // dropLocked takes e out of the dynamic directory d and returns what must

@@ -4,6 +4,7 @@ import (
 	"context"
 	"runtime/debug"
 	"sync"
+	"time"
 )
 
 // Generated is a read-only handler whose content is produced by a function,
@@ -14,8 +15,9 @@ import (
 // read and then reads from offset 0 again (lseek(fd, 0, SEEK_SET), or
 // pread at 0: the sysfs and procfs habit of re-reading after a change)
 // gets a fresh snapshot. Where the kernel caches the content across opens
-// (a no-open connection: OpenFile.Caching is set there) the snapshot is
-// kept until Entry.Invalidate or Entry.Notify instead.
+// (a no-open connection: OpenFile.Caching is set there) a snapshot is
+// served until it is older than the file's freshness bound (see MaxAge),
+// or until Entry.Invalidate or Entry.Notify.
 //
 // The snapshot lives until the descriptor is closed; Release then drops it
 // and, for a large one, gives its memory back to the operating system (see
@@ -53,6 +55,48 @@ func (g Generated) SnapshotSize(f *OpenFile) int64 { return snapshotSize(f) }
 // system (see releaseSnapshot for why it would not by itself).
 func (g Generated) Release(ctx context.Context, f *OpenFile) { releaseSnapshot(f) }
 
+// MaxAge returns g with a freshness bound: its content is never read older
+// than d (plus the moment one regeneration takes). The bridge then serves it
+// from the kernel's page cache, at the speed of a cached file, and
+// regenerates it at the first read after d has passed (so an idle file
+// costs nothing and a busy one one run of g per d); Entry.Notify
+// regenerates it at once. d = 0 is g itself: generated per open.
+//
+// A read(2) sees one version of the content when the whole file fits in
+// what that read returns (cat, and every /proc-style reader, read 128 KiB
+// or more at a time); a reader that reads a larger file in pieces may get
+// the pieces of two versions, when a piece is read after the bound of the
+// version the earlier ones came from has passed.
+//
+// See fusebridge's package documentation for the layout that serves it:
+// a second, no-open connection, which needs root, for files published in
+// static directories; elsewhere (an unprivileged mount, a child of a
+// dynamic directory) a bounded file is generated per open, which is within
+// any bound.
+func (g Generated) MaxAge(d time.Duration) Bounded {
+	return Bounded{Generated: g, Age: d}
+}
+
+// Bounded is a Generated file with a freshness bound, made by
+// Generated.MaxAge: the kernel may serve a snapshot of it for at most Age.
+type Bounded struct {
+	Generated
+	Age time.Duration
+}
+
+// AgeBound is implemented by handlers whose content may be served from a
+// cache for at most a bounded time: the bridge regenerates it once
+// FreshFor has passed since it was made. A zero or negative duration asks
+// for content made per open.
+type AgeBound interface {
+	FreshFor() time.Duration
+}
+
+var _ AgeBound = Bounded{}
+
+// FreshFor is the bound given to MaxAge.
+func (b Bounded) FreshFor() time.Duration { return b.Age }
+
 // Value is a small writable knob, the /sys attribute of the handler API:
 // reading it shows the current value, and each write(2) replaces the whole
 // value (as `echo 42 > knob` expects; the offset is ignored, like a sysfs
@@ -63,6 +107,10 @@ func (g Generated) Release(ctx context.Context, f *OpenFile) { releaseSnapshot(f
 // after each write that changed it (from another goroutine, shortly after
 // the write is answered). For typed values (numbers, booleans,
 // words) prefer a Knob, which parses and validates for you.
+//
+// A Value (and a Knob) needs no freshness bound: it changes only by a write
+// through the mount or by its Go-side setter, and both drop every cache of
+// it, so a reader never sees an older value than the current one.
 type Value struct {
 	mu  sync.Mutex
 	val []byte

@@ -170,4 +170,11 @@ type Child struct {
 	// directory, said ErrVanished). Every caller's answers must agree on it.
 	// (fusebridge's Example_childGen shows a pid reused.)
 	Gen uint64
+	// Fixed marks a name that is there as long as the directory is, with
+	// the same Node (/proc's meminfo beside its <pid> directories): the
+	// kernel then keeps its name and attributes cached as a static file's,
+	// so a path walk to it asks the handler nothing, where every other
+	// child of a dynamic directory is looked up at each walk. Should an
+	// answer stop showing it after all, the bridge drops the cached name.
+	Fixed bool
 }

@@ -22,6 +22,14 @@ import (
 // meant for people and is left out of the usage text.
 const serveBaselineFlag = "serve-baseline"
 
+// serveLibFlag is the internal mode that serves the library section's
+// servers: "ramproc bench --serve-lib MOUNTPOINT --serve-lib-kind lib|gofuse-tree
+// --serve-lib-files N" (bench.ServeLib, bench.ServeGoFuseTree).
+const serveLibFlag = "serve-lib"
+
+// internalFlags are left out of the usage text.
+var internalFlags = map[string]bool{serveBaselineFlag: true, serveLibFlag: true, serveLibFlag + "-kind": true, serveLibFlag + "-files": true}
+
 func runBench(args []string) int {
 	fl := flag.NewFlagSet("ramproc bench", flag.ContinueOnError)
 	def := bench.DefaultOptions()
@@ -31,13 +39,17 @@ func runBench(args []string) int {
 	quick := fl.Bool("quick", false, "a short smoke run: 1 rep, "+bench.QuickOptions().Duration.String()+" runs, small files (overrides -duration, -reps, -file-size, -mem-size)")
 	asJSON := fl.Bool("json", false, "print the report as JSON instead of tables")
 	targets := fl.String("targets", strings.Join(bench.AllTargets, ","), "comma-separated targets to measure (tmpfs is required)")
-	workloads := fl.String("workloads", "", "comma-separated workloads to run (default all: "+strings.Join(bench.WorkloadNames(), ",")+")")
+	workloads := fl.String("workloads", "", "comma-separated workloads to run (default all: "+strings.Join(bench.WorkloadNames(), ",")+"); "+bench.LibWorkload+" selects the library section (fusebridge's generated files against tmpfs and libfuse's hello_ll; not in the default)")
 	fileSize := fl.String("file-size", benchSizeFlag(def.FileSize), "size of the data file the workloads run on (bytes, or with K, M, G suffix)")
 	memSize := fl.String("mem-size", benchSizeFlag(def.MemSize), "bytes the memory workload writes (bytes, or with K, M, G suffix)")
 	memDeadline := fl.Duration("mem-deadline", def.MemDeadline, "longest time the memory workload may write for, per target")
 	ramproc := fl.String("ramproc", "", "ramproc binary to benchmark (default: this executable)")
 	quiet := fl.Bool("quiet", false, "no progress lines on stderr")
 	serveBaseline := fl.String(serveBaselineFlag, "", "internal: serve the MemRegularFile baseline on this mountpoint")
+	serveLib := fl.String(serveLibFlag, "", "internal: serve a library section server on this mountpoint")
+	serveLibKind := fl.String(serveLibFlag+"-kind", "lib", "internal: lib or gofuse-tree")
+	serveLibFiles := fl.Int(serveLibFlag+"-files", def.LibTreeFiles, "internal: files in the tree")
+	libFiles := fl.Int("lib-tree-files", def.LibTreeFiles, "files in the library section's tree (-workloads lib)")
 	fl.Usage = func() {
 		fmt.Fprint(fl.Output(), `usage: ramproc bench [flags]
 
@@ -51,7 +63,7 @@ github.com/ramproc/ramproc/bench' for how to read the table.
 flags:
 `)
 		fl.VisitAll(func(f *flag.Flag) {
-			if f.Name == serveBaselineFlag {
+			if internalFlags[f.Name] {
 				return
 			}
 			def := ""
@@ -82,6 +94,18 @@ flags:
 	if *serveBaseline != "" {
 		if err := bench.ServeBaseline(ctx, *serveBaseline, os.Stdout); err != nil {
 			fmt.Fprintf(os.Stderr, "ramproc bench: baseline server: %v\n", err)
+			return 1
+		}
+		return 0
+	}
+
+	if *serveLib != "" {
+		serve := bench.ServeLib
+		if *serveLibKind == "gofuse-tree" {
+			serve = bench.ServeGoFuseTree
+		}
+		if err := serve(ctx, *serveLib, *serveLibFiles, os.Stdout); err != nil {
+			fmt.Fprintf(os.Stderr, "ramproc bench: %s server: %v\n", *serveLibKind, err)
 			return 1
 		}
 		return 0
@@ -119,6 +143,12 @@ flags:
 	}
 	o.BaselineCommand = func(mountpoint string) *exec.Cmd {
 		return exec.Command(exe, "bench", "--"+serveBaselineFlag, mountpoint)
+	}
+	o.LibCommand = func(kind, mountpoint string, treeFiles int) *exec.Cmd {
+		return exec.Command(exe, "bench", "--"+serveLibFlag, mountpoint, "--"+serveLibFlag+"-kind", kind, "--"+serveLibFlag+"-files", strconv.Itoa(treeFiles))
+	}
+	if !*quick || *libFiles != def.LibTreeFiles {
+		o.LibTreeFiles = *libFiles
 	}
 	if err := o.Validate(); err != nil {
 		fmt.Fprintf(os.Stderr, "ramproc bench: %v\n", err)

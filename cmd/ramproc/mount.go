@@ -49,7 +49,7 @@ func mountMain(args []string, helper bool) int {
 	allowOther := fl.Bool("allow-other", fusebridge.DefaultAllowOther(), "let other users reach the file (the allow_other mount option; default on when root)")
 	ptStr := fl.String("passthrough", "auto", "FUSE passthrough: auto (when root on Linux >= 6.9), on (fail without it) or off (forward every read and write through this process)")
 	noOpen := fl.Bool("no-open", false, "answer OPEN with ENOSYS: the kernel then sends no OPEN/RELEASE and caches every file across opens (open+read+close near tmpfs speed); implies -passthrough off")
-	stats := fl.Bool("stats", false, "also publish a read-only 'stats' file: the server's metrics in the Prometheus text format (refreshed once a second, which wakes inotify watchers of it; with passthrough it is served over a second, no-open connection, so reading it costs no request)")
+	stats := fl.Bool("stats", false, "also publish a read-only 'stats' file: the server's metrics in the Prometheus text format (generated at each open, and notified once a second, which wakes inotify watchers of it)")
 	readOnly := fl.Bool("read-only", false, "mount read-only (-o ro): writes fail with EROFS")
 	metricsAddr := fl.String("metrics-addr", "", "serve the metrics of the stats file over HTTP on ADDR (host:port) at /metrics, for a Prometheus scrape")
 	logFormat := fl.String("log-format", "text", "format of every line the server logs on stderr: text or json (log/slog)")
@@ -174,9 +174,9 @@ func mountMain(args []string, helper bool) int {
 		Debug:       *debug,
 		NoOpen:      *noOpen,
 		ReadOnly:    *readOnly,
-		// The stats file then costs no request to cat, while the RAM file
-		// keeps passthrough.
-		NoOpenHandlers: true,
+		// No NoOpenHandlers: the stats file is fine at one request per
+		// open, and without a bind mount a plain umount (or fusermount3
+		// -u) stops the server.
 		Space: func() fusebridge.Space {
 			st, _ := store.Stat()
 			return fusebridge.Space{Capacity: capacity, Used: st.Blocks * 512}

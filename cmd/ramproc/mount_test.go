@@ -131,8 +131,7 @@ func TestMountCommand(t *testing.T) {
 	if !errors.Is(err, syscall.ENOSPC) {
 		t.Errorf("writing 2 MiB into a 1 MiB file: %v, want ENOSPC", err)
 	}
-	// With passthrough the stats file is a bind mount of a second, no-open
-	// connection, and goes with the rest.
+	// The stats file has no bind mount of its own: it goes with the rest.
 	stopMount(t, cmd, syscall.SIGTERM)
 	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("after SIGTERM the file is still there: %v", err)
@@ -149,8 +148,49 @@ func TestMountCommand(t *testing.T) {
 	stopMount(t, cmd, os.Interrupt)
 }
 
-// A server killed with SIGKILL leaves a dead mount, with the stats file's
-// bind mount under it; the next `ramproc mount` cleans both up and serves.
+// Every `ramproc mount`, whatever its flags, stops with the tools operators
+// use: a plain umount(8) or fusermount3 -u of the directory makes the server
+// exit 0 and leaves no mount behind (umount(2) refuses a mount with mounts
+// under it, so no flag may add a bind mount).
+func TestMountStopsWithPlainUmount(t *testing.T) {
+	tools := [][]string{{"umount"}, {"fusermount3", "-u"}}
+	for _, flags := range [][]string{{"-stats"}, {"-stats", "-no-open"}, {"-stats", "-passthrough", "off"}} {
+		for _, tool := range tools {
+			t.Run(strings.Join(append(flags, tool[0]), " "), func(t *testing.T) {
+				if _, err := exec.LookPath(tool[0]); err != nil {
+					testenv.Missing(t, tool[0]+" is not installed (apt-get install fuse3 mount)")
+				}
+				mnt := filepath.Join(t.TempDir(), "mnt")
+				cmd, path := startMount(t, append(flags, mnt)...)
+				if _, err := os.ReadFile(filepath.Join(mnt, "stats")); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(path, []byte("x"), 0); err != nil {
+					t.Fatal(err)
+				}
+				if out, err := exec.Command(tool[0], append(tool[1:], mnt)...).CombinedOutput(); err != nil {
+					t.Fatalf("%s %s: %v: %s", strings.Join(tool, " "), mnt, err, out)
+				}
+				done := make(chan error, 1)
+				go func() { done <- cmd.Wait() }()
+				select {
+				case err := <-done:
+					if err != nil {
+						t.Errorf("ramproc mount after %s: %v, want exit 0", tool[0], err)
+					}
+				case <-time.After(20 * time.Second):
+					t.Fatalf("ramproc mount did not stop within 20s of %s", tool[0])
+				}
+				if got := testenv.MountsUnder(t, mnt); len(got) != 0 {
+					t.Errorf("mounts left after %s: %q", tool[0], got)
+				}
+			})
+		}
+	}
+}
+
+// A server killed with SIGKILL leaves a dead mount; the next `ramproc
+// mount` cleans it up and serves.
 func TestMountRecoversFromKilledServer(t *testing.T) {
 	mnt := filepath.Join(t.TempDir(), "mnt")
 	cmd, _ := startMount(t, "-stats", mnt)

@@ -1,0 +1,167 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/ramproc/ramproc/fusebridge"
+	"github.com/ramproc/ramproc/handler"
+)
+
+// The library section's servers: what a user of package fusebridge
+// publishes (ServeLib), and, for the tree's footprint, a plain go-fuse
+// server of the same tree (ServeGoFuseTree). Both run as children of the
+// bench ("ramproc bench --serve-lib MOUNTPOINT"), so that their CPU time
+// and RSS are theirs alone, and print the path of their first file once
+// mounted, ramproc mount's protocol.
+
+// The library server's names.
+const (
+	libFresh  = "fresh"  // Generated, MaxAge(libBound)
+	libPerOp  = "perop"  // Generated, made per open
+	libCaller = "caller" // PerCallerGenerated
+	libTree   = "tree"   // libTreeDirs directories of bounded files
+)
+
+// libBound is lib-gen-fresh's freshness bound, and libTreeBound the tree's.
+const (
+	libBound     = 100 * time.Millisecond
+	libTreeBound = time.Second
+)
+
+// libTreeDirs is the number of directories the tree's files are spread
+// over.
+const libTreeDirs = 100
+
+// libContent is about 100 bytes of generated text that starts with the
+// time it was made (Unix nanoseconds), so that a reader can tell its age.
+func libContent(tag string) []byte {
+	b := fmt.Appendf(nil, "%d %s ", time.Now().UnixNano(), tag)
+	for len(b) < 99 {
+		b = append(b, 'x')
+	}
+	return append(b, '\n')
+}
+
+// libTreeName is the path of file i of a tree of n files below dir.
+func libTreeName(i int) string {
+	return fmt.Sprintf("d%03d/f%06d", i%libTreeDirs, i)
+}
+
+// ServeLib mounts a fusebridge server with the zero Options (the layout
+// the library chooses) on mountpoint, publishes the library section's
+// files and a tree of treeFiles bounded files, prints the path of "perop",
+// and serves until ctx is done or the directory is unmounted. It needs
+// root, as the bench does.
+func ServeLib(ctx context.Context, mountpoint string, treeFiles int, out io.Writer) error {
+	srv, err := fusebridge.Mount(mountpoint, fusebridge.Options{})
+	if err != nil {
+		return err
+	}
+	defer srv.Unmount()
+	gen := func(tag string) handler.Generated {
+		return func(context.Context) ([]byte, error) { return libContent(tag), nil }
+	}
+	files := []struct {
+		name string
+		h    any
+	}{
+		{libFresh, gen("fresh").MaxAge(libBound)},
+		{libPerOp, gen("perop")},
+		{libCaller, handler.PerCallerGenerated(func(ctx context.Context) ([]byte, error) {
+			c, _ := handler.CallerOf(ctx)
+			return libContent(fmt.Sprintf("uid=%d", c.Uid)), nil
+		})},
+	}
+	for _, f := range files {
+		if _, err := srv.Create(f.name, 0o444, f.h); err != nil {
+			return err
+		}
+	}
+	for i := range treeFiles {
+		name := libTreeName(i)
+		if i < libTreeDirs {
+			if _, err := srv.MkdirAll(filepath.Join(libTree, filepath.Dir(name)), 0o555); err != nil {
+				return err
+			}
+		}
+		content := []byte(name + "\n")
+		g := handler.Generated(func(context.Context) ([]byte, error) { return content, nil })
+		if _, err := srv.Create(filepath.Join(libTree, name), 0o444, g.MaxAge(libTreeBound)); err != nil {
+			return err
+		}
+	}
+	if _, err := fmt.Fprintln(out, filepath.Join(srv.Mountpoint(), libPerOp)); err != nil {
+		return err
+	}
+	served := make(chan struct{})
+	go func() { srv.Wait(); close(served) }()
+	select {
+	case <-served:
+	case <-ctx.Done():
+	}
+	return srv.Unmount()
+}
+
+// ServeGoFuseTree mounts a plain go-fuse server of the same tree as
+// ServeLib's (fs.MemRegularFile nodes holding the same bytes, go-fuse's
+// defaults, 1 s timeouts), prints the path of its first file and serves
+// until ctx is done or the directory is unmounted: the footprint a go-fuse
+// user's own server has.
+func ServeGoFuseTree(ctx context.Context, mountpoint string, treeFiles int, out io.Writer) error {
+	mnt, err := filepath.Abs(mountpoint)
+	if err != nil {
+		return err
+	}
+	root := &fs.Inode{}
+	sec := time.Second
+	now := time.Now()
+	attr := fuse.Attr{Mode: 0o444, Owner: fuse.Owner{Uid: uint32(os.Getuid()), Gid: uint32(os.Getgid())}}
+	attr.SetTimes(&now, &now, &now)
+	opts := &fs.Options{
+		EntryTimeout: &sec,
+		AttrTimeout:  &sec,
+		MountOptions: fuse.MountOptions{DirectMount: true, FsName: "gofuse-tree", Name: "ramproc-bench"},
+		OnAdd: func(ctx context.Context) {
+			top := root.NewPersistentInode(ctx, &fs.Inode{}, fs.StableAttr{Mode: fuse.S_IFDIR})
+			root.AddChild(libTree, top, false)
+			dirs := make([]*fs.Inode, libTreeDirs)
+			for i := range dirs {
+				dirs[i] = top.NewPersistentInode(ctx, &fs.Inode{}, fs.StableAttr{Mode: fuse.S_IFDIR})
+				top.AddChild(fmt.Sprintf("d%03d", i), dirs[i], false)
+			}
+			for i := range treeFiles {
+				name := libTreeName(i)
+				f := &fs.MemRegularFile{Data: []byte(name + "\n"), Attr: attr}
+				dirs[i%libTreeDirs].AddChild(filepath.Base(name), dirs[i%libTreeDirs].NewPersistentInode(ctx, f, fs.StableAttr{Mode: fuse.S_IFREG}), false)
+			}
+		},
+	}
+	server, err := fs.Mount(mnt, root, opts)
+	if err != nil {
+		return fmt.Errorf("mount the go-fuse tree on %s: %w", mnt, err)
+	}
+	if _, err := fmt.Fprintln(out, filepath.Join(mnt, libTree, libTreeName(0))); err != nil {
+		server.Unmount()
+		return err
+	}
+	served := make(chan struct{})
+	go func() { server.Wait(); close(served) }()
+	select {
+	case <-served:
+		return nil
+	case <-ctx.Done():
+	}
+	if err := server.Unmount(); err != nil {
+		return fmt.Errorf("unmount %s: %w", mnt, err)
+	}
+	<-served
+	return nil
+}
