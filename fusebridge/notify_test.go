@@ -432,13 +432,7 @@ func (f foreignOwned) Getattr(ctx context.Context, a *handler.Attr) error {
 // it cannot, and then there is no event, the content is still fresh,
 // NotifyEvents says so, and nothing fails or hangs.
 func TestNotifyUnprivileged(t *testing.T) {
-	testenv.RequireFUSE(t)
-	if _, err := exec.LookPath("fusermount3"); err != nil {
-		testenv.Missing(t, "unprivileged mounts need fusermount3 (apt-get install fuse3)")
-	}
-	if st, err := os.Stat("/dev/fuse"); err != nil || st.Mode().Perm()&0o006 != 0o006 {
-		testenv.Missing(t, "unprivileged mounts need /dev/fuse to be mode 0666, as Debian sets it (.ci/run does)")
-	}
+	testenv.RequireUnprivilegedFUSE(t)
 	bin := testenv.CopyForNobody(t, "")
 	dir, err := os.MkdirTemp("", fmt.Sprintf("ramproc-notify-%d", os.Getpid()))
 	if err != nil {

@@ -246,14 +246,7 @@ func FuzzParseSize(f *testing.F) {
 // An unprivileged user mounts through fusermount3: no passthrough, every
 // read and write forwarded, the capacity enforced by the store itself.
 func TestMountUnprivileged(t *testing.T) {
-	testenv.RequireFUSE(t)
-	if _, err := exec.LookPath("fusermount3"); err != nil {
-		testenv.Missing(t, "unprivileged mounts need fusermount3 (apt-get install fuse3)")
-	}
-	if st, err := os.Stat("/dev/fuse"); err != nil || st.Mode().Perm()&0o006 != 0o006 {
-		// Debian and Ubuntu make /dev/fuse 0666; .ci/run does the same.
-		testenv.Missing(t, "unprivileged mounts need /dev/fuse to be mode 0666, as Debian sets it")
-	}
+	testenv.RequireUnprivilegedFUSE(t)
 	// nobody must be able to run the binary and own the mountpoint.
 	dir, err := os.MkdirTemp("", "ramproc-nobody")
 	if err != nil {

@@ -148,13 +148,7 @@ func followTail(t *testing.T, path string, appendTo func(string), attr *syscall.
 // server owns its files, so watchers of `stats` wake as with root, and the
 // RAM file's writes give their events; tail -f follows.
 func TestMountNotifyUnprivileged(t *testing.T) {
-	testenv.RequireFUSE(t)
-	if _, err := exec.LookPath("fusermount3"); err != nil {
-		testenv.Missing(t, "unprivileged mounts need fusermount3 (apt-get install fuse3)")
-	}
-	if st, err := os.Stat("/dev/fuse"); err != nil || st.Mode().Perm()&0o006 != 0o006 {
-		testenv.Missing(t, "unprivileged mounts need /dev/fuse to be mode 0666, as Debian sets it (.ci/run does)")
-	}
+	testenv.RequireUnprivilegedFUSE(t)
 	bin := testenv.CopyForNobody(t, ramprocBinary(t))
 	watcher := testenv.CopyForNobody(t, "")
 	dir, err := os.MkdirTemp("", fmt.Sprintf("ramproc-notify-%d", os.Getpid()))

@@ -790,9 +790,7 @@ func TestHelperForeground(t *testing.T) {
 // command stamped into the binary (read back with debug/buildinfo); in a
 // checkout where go cannot stamp them (a git worktree) it says unknown.
 func TestVersionRevision(t *testing.T) {
-	if _, err := exec.LookPath("git"); err != nil {
-		testenv.Missing(t, "the revision test needs git")
-	}
+	testenv.RequireCommand(t, "git", "apt-get install git")
 	bin := filepath.Join(t.TempDir(), "ramproc")
 	build := boundedCommand(t, "go", "build", "-buildvcs=auto", "-o", bin, "./cmd/ramproc")
 	build.Dir = "../.."

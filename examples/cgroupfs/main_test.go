@@ -113,9 +113,7 @@ func TestCommandErrors(t *testing.T) {
 			t.Errorf("%q: %v, %q; want exit 2 and one usage line", args, err, out)
 		}
 	}
-	if os.Geteuid() != 0 {
-		testenv.Missing(t, "running the command as user nobody needs root")
-	}
+	testenv.RequireRoot(t, "running the command as user nobody")
 	cmd := exec.Command(bin, t.TempDir())
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 	out, err := cmd.CombinedOutput()

@@ -1,9 +1,18 @@
 // Package testenv holds what ramproc's tests share: the rule that FUSE tests
 // never skip silently in CI, and a private tmpfs to serve as the oracle.
+//
+// A test that needs something of the machine (root, /dev/fuse, a command,
+// a cgroup hierarchy, FUSE passthrough) says so through Missing or one of
+// the Require helpers built on it, never with t.Skip or t.Fatal of its
+// own: outside CI it skips with one line naming what is missing and how to
+// get it; under CI=true it fails, because a CI run that skipped proved
+// nothing.
 package testenv
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 
@@ -27,6 +36,43 @@ func RequireFUSE(t testing.TB) {
 		why = "/dev/fuse is not usable: " + err.Error() + " (load the fuse module: modprobe fuse)"
 	}
 	Missing(t, why)
+}
+
+// RequireRoot stops the test unless it runs as root; what says what needs
+// it (e.g. "running a process as nobody").
+func RequireRoot(t testing.TB, what string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		Missing(t, what+" needs root")
+	}
+}
+
+// RequireCommand stops the test unless name is on $PATH; install says
+// where it comes from (e.g. "apt-get install fuse3").
+func RequireCommand(t testing.TB, name, install string) {
+	t.Helper()
+	if _, err := exec.LookPath(name); err != nil {
+		Missing(t, name+" is not installed ("+install+")")
+	}
+}
+
+// RequireUnprivilegedFUSE stops the test unless a user other than root
+// (the tests use nobody) can mount FUSE file systems here: fusermount3
+// installed and /dev/fuse open to every user. Debian and Ubuntu make it
+// mode 0666; some containers make it 0600, which only root may use; .ci/run
+// makes it 0666 as Debian does. The test itself leaves the device's mode
+// alone: it is the machine's, not the test's.
+func RequireUnprivilegedFUSE(t testing.TB) {
+	t.Helper()
+	RequireFUSE(t)
+	RequireCommand(t, "fusermount3", "apt-get install fuse3")
+	if st, err := os.Stat("/dev/fuse"); err != nil || st.Mode().Perm()&0o006 != 0o006 {
+		mode := "missing"
+		if err == nil {
+			mode = fmt.Sprintf("mode %#o", st.Mode().Perm())
+		}
+		Missing(t, "unprivileged FUSE mounts need /dev/fuse open to every user (mode 0666, as Debian makes it); it is "+mode)
+	}
 }
 
 // Missing stops the test for a missing prerequisite, why, unless why is
