@@ -109,6 +109,9 @@ type fileOps struct {
 	perCaller bool
 	// unknownSize: a streamed file, read with FOPEN_DIRECT_IO to its end.
 	unknownSize bool
+	// sourced: a handler.SourceChanger, whose writes carry the fileOps (the
+	// same for an entry and its twin) as their source (notify.go).
+	sourced bool
 }
 
 // noOps serves directories and links, which have no file operations.
@@ -131,6 +134,7 @@ func resolveOps(h any) *fileOps {
 		o.perCaller = pc.PerCaller()
 	}
 	o.unknownSize = unknownSize(h)
+	_, o.sourced = h.(handler.SourceChanger)
 	return o
 }
 

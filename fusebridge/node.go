@@ -134,7 +134,7 @@ func (n *fileNode) Write(ctx context.Context, f fs.FileHandle, data []byte, off 
 	if errno != 0 {
 		return 0, errno
 	}
-	nw, err := e.writer.Write(ctx, of, data, off)
+	nw, err := e.writer.Write(e.writeContext(ctx), of, data, off)
 	n.unhandle(sh)
 	if nw > 0 {
 		if sh != nil && !sh.exact {

@@ -56,6 +56,9 @@ package fusebridge
 // Hook points in the rest of the bridge (one call each, so that they can be
 // re-applied onto a rewrite of node.go, entry.go and server.go):
 //
+//   - fileNode.Write (node.go): the handler's Write gets
+//     `e.writeContext(ctx)` (a SourceChanger's source, see subscribe);
+//   - fileOps (entry.go): the field `sourced`, set in resolveOps;
 //   - Entry struct (entry.go): the field `notify notifyState`;
 //   - fileNode.Setattr (node.go), first line:
 //     `if errno, ok := n.e.selfNotified(ctx, in, out); ok { return errno }`;
@@ -145,7 +148,8 @@ func isNotifyThread(tid uint32) bool {
 // fails.
 //
 // Writes through the mount need no Notify: the kernel raises IN_MODIFY
-// for them itself.
+// for them itself (one event for an O_TRUNC open, one per write(2)), and
+// the bridge adds none (see subscribe).
 func (e *Entry) Notify() {
 	st := &e.notify
 	st.mu.Lock()
@@ -295,13 +299,23 @@ func (e *Entry) selfNotified(ctx context.Context, in *fuse.SetAttrIn, out *fuse.
 }
 
 // subscribe hands a handler.Changer its notify function (once per
-// published handler, also when it is served on two connections).
+// published handler, also when it is served on two connections). A
+// handler.SourceChanger gets the entry's fileOps as the source, which
+// writeContext puts in the context of every write through the entry or
+// its twin: the handler then leaves this entry's notify out for such a
+// write, whose events the kernel raises itself (one for an O_TRUNC open,
+// one per write(2)), and the bridge adds none.
 func (e *Entry) subscribe(h any) {
 	c, ok := h.(handler.Changer)
 	if !ok {
 		return
 	}
-	stop := c.Changed(e.Notify)
+	var stop func()
+	if sc, ok := h.(handler.SourceChanger); ok {
+		stop = sc.ChangedFrom(e.fileOps, e.Notify)
+	} else {
+		stop = c.Changed(e.Notify)
+	}
 	st := &e.notify
 	st.mu.Lock()
 	if st.stopped {
@@ -314,6 +328,15 @@ func (e *Entry) subscribe(h any) {
 	}
 	st.stop = stop
 	st.mu.Unlock()
+}
+
+// writeContext is the context for the handler's Write: marked with the
+// entry's source for a handler.SourceChanger (see subscribe).
+func (e *Entry) writeContext(ctx context.Context) context.Context {
+	if !e.sourced {
+		return ctx
+	}
+	return handler.WithWriteSource(ctx, e.fileOps)
 }
 
 // stopNotify ends notification for a removed entry: later Notify calls do

@@ -75,7 +75,11 @@ type knob struct {
 	setattrs atomic.Int64
 }
 
-func (k *knob) Changed(notify func()) func() {
+func (k *knob) Changed(notify func()) func() { return k.ChangedFrom(nil, notify) }
+
+// ChangedFrom overrides the embedded Value's too: the bridge registers
+// with it (handler.SourceChanger).
+func (k *knob) ChangedFrom(src any, notify func()) func() {
 	k.mu.Lock()
 	k.notify = notify
 	k.mu.Unlock()

@@ -59,9 +59,10 @@ func (g Generated) Release(ctx context.Context, f *OpenFile) { releaseSnapshot(f
 // store). Set, if not nil, validates and applies a new value; an error
 // rejects the write and leaves the value unchanged.
 //
-// Value implements Changer: a bridge that registered with Changed is told
-// after each write that changed it (from another goroutine, shortly after
-// the write is answered). For typed values (numbers, booleans,
+// Value implements SourceChanger: a write through one path raises the
+// kernel's own events there, and the bridges of the other paths that
+// publish it are told (from another goroutine, shortly after the write is
+// answered). For typed values (numbers, booleans,
 // words) prefer a Knob, which parses and validates for you.
 type Value struct {
 	mu  sync.Mutex
@@ -78,7 +79,7 @@ var (
 	_ Writer        = (*Value)(nil)
 	_ SnapshotSizer = (*Value)(nil)
 	_ Releaser      = (*Value)(nil)
-	_ Changer       = (*Value)(nil)
+	_ SourceChanger = (*Value)(nil)
 )
 
 // NewValue returns a knob holding initial.
@@ -120,9 +121,9 @@ func (v *Value) Write(ctx context.Context, f *OpenFile, src []byte, off int64) (
 	v.mu.Lock()
 	v.val = nv
 	v.mu.Unlock()
-	// On its own goroutine: see Knob.OnChange for why not from inside
-	// the write.
-	v.notifyLater()
+	// Only other paths that publish it, on their own goroutine: see
+	// Knob.OnChange.
+	v.notifyWrite(ctx)
 	return len(src), nil
 }
 
