@@ -283,6 +283,13 @@ func (n *fileNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrO
 	n.waitDropped()
 	e := n.e
 	if !e.enter() {
+		if pathGetattr(ctx) {
+			// Asked by path (a stat, the permission check of an open):
+			// the name was looked up before removal, and what follows
+			// must fail as if the lookup had come after: ENOENT, as Open
+			// answers. A descriptor opened before gets EIO.
+			return syscall.ENOENT
+		}
 		return syscall.EIO
 	}
 	defer e.exit()
