@@ -396,7 +396,7 @@ func TestPerCaller(t *testing.T) {
 	}
 	me := handler.PerCallerGenerated(func(ctx context.Context) ([]byte, error) {
 		c, _ := handler.CallerOf(ctx)
-		return fmt.Appendf(nil, "uid=%d pid=%d\n", c.Uid, c.Pid), nil
+		return fmt.Appendf(nil, "uid=%d pid=%d\n", c.Uid, c.Tid), nil
 	})
 	if _, err := srv.Root().Mkdir("d", 0o555); err != nil {
 		t.Fatal(err)

@@ -82,10 +82,10 @@ func (f LinkFunc) Readlink(ctx context.Context) (string, error) { return f(ctx) 
 // resolves to a sibling directory such as a dynamic <pid> one).
 var SelfLink Symlinker = LinkFunc(func(ctx context.Context) (string, error) {
 	c, ok := CallerOf(ctx)
-	if !ok || c.Pid == 0 {
+	if !ok {
 		return "", syscall.ENOENT
 	}
-	pid, err := ProcessOf(c.Pid)
+	pid, err := c.Pid()
 	if err != nil {
 		return "", err
 	}
@@ -93,10 +93,10 @@ var SelfLink Symlinker = LinkFunc(func(ctx context.Context) (string, error) {
 })
 
 // ProcessOf returns the process id (the thread group id) of thread tid. The
-// kernel names the calling thread in a request, so Caller.Pid of a
-// multi-threaded process is one of its threads; /proc/self names the
+// kernel names the calling thread in a request (Caller.Tid), which in a
+// multi-threaded process is often not the process; /proc/self names the
 // process. It reads /proc/<tid>/status of the server's pid namespace, the
-// one Caller.Pid is in; an exited thread is ENOENT.
+// one Caller.Tid is in; an exited thread is ENOENT.
 func ProcessOf(tid uint32) (uint32, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", tid))
 	if err != nil {

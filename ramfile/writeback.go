@@ -132,7 +132,7 @@ func ceilPages(b int64) int64 {
 // pages rather than a write(2): the kernel sends those on nobody's behalf.
 func isWriteback(ctx context.Context) bool {
 	c, ok := handler.CallerOf(ctx)
-	return ok && c.Pid == 0
+	return ok && c.Tid == 0
 }
 
 // holes returns the pages of [off, end) that hold nothing yet.
