@@ -209,10 +209,15 @@ func TestParseSize(t *testing.T) {
 			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
 		}
 	}
-	if half, err := parseSize("50%"); err != nil || half <= 0 {
+	half, err := parseSize("50%")
+	if err != nil || half <= 0 {
 		t.Errorf("50%%: %d, %v", half, err)
 	}
-	for _, bad := range []string{"", "-1", "1x", "k", "1.5g", "101%", "-5%", "NaN%", "99999999999999999999", "9000000000000000000t"} {
+	// Above 100% as tmpfs takes it: the memory is used as the file grows.
+	if triple, err := parseSize("300%"); err != nil || triple < 5*half || triple > 7*half {
+		t.Errorf("300%%: %d, %v; want 6 times 50%% (%d)", triple, err, half)
+	}
+	for _, bad := range []string{"", "-1", "1x", "k", "1.5g", "-5%", "NaN%", "Inf%", "1e300%", "99999999999999999999", "9000000000000000000t"} {
 		if _, err := parseSize(bad); err == nil {
 			t.Errorf("parseSize(%q) accepted", bad)
 		}
