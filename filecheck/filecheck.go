@@ -321,6 +321,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return nil, err
 	}
 	defer r.restoreTarget()
+	// Every check starts from an empty file: one that cannot be emptied (a
+	// /proc or /sys attribute) would fail them all for the same reason, so
+	// it is said once, and nothing runs.
+	if err := r.empty(cfg.Path); err != nil {
+		return nil, usagef("cannot start from an empty file: %v; the checks need a file they can truncate, a regular file of the file system under test (not a /proc or /sys attribute)", err)
+	}
 	if err := r.setupOracle(); err != nil {
 		return nil, err
 	}
