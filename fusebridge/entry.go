@@ -191,6 +191,7 @@ func (e *Entry) Name() string { return e.name }
 // passthrough (BackingFiler) keep reading and writing the backing file
 // until they are closed: the kernel gives the server no way to revoke them.
 func (e *Entry) Remove() error {
+	e.primeDentry() // notify.go: for the IN_DELETE_SELF of notifyRemoved
 	ok, sub := e.srv.unlink(e)
 	if !ok {
 		return syscall.ENOENT

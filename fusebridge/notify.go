@@ -66,7 +66,8 @@ package fusebridge
 //     connection(s): `e.subscribe(h)` (handler.Changer);
 //   - Entry.kill (entry.go), first line: `e.stopNotify()` (Changer's stop,
 //     and no more notifies, on removal and unmount);
-//   - Entry.Remove (entry.go), just before notifyGone: `e.notifyRemoved()`.
+//   - Entry.Remove (entry.go), first line: `e.primeDentry()`; and just
+//     before notifyGone: `e.notifyRemoved()`.
 //
 // Where an entry lives (its path below the mountpoint, the go-fuse inode of
 // its directory) is asked in two functions only, notifyRelPath and
@@ -379,6 +380,34 @@ func (e *Entry) notifyRemoved() {
 	if errno := dir.NotifyDelete(e.name, n); errno != 0 && errno != syscall.ENOENT {
 		e.srv.log.Debug("delete notification failed", "name", e.name, "errno", errno)
 	}
+}
+
+// primeDentry makes sure, before the entry is unlinked, that the kernel
+// has a dentry for its name when it has an inode for it: the delete
+// notification reaches the inode only through a dentry of the name
+// (d_lookup in the parent), and the kernel prunes unused dentries under
+// memory pressure (or a drop_caches) while an inotify watch keeps the
+// inode. Without the dentry a watcher would get neither IN_DELETE_SELF nor
+// IN_IGNORED until the unmount. A lookup of the path, which the server
+// still answers, brings the dentry back (it costs a LOOKUP only where the
+// kernel knows the inode).
+func (e *Entry) primeDentry() {
+	if e.kind != kindFile {
+		return
+	}
+	dir := e.notifyDir()
+	if dir == nil {
+		return
+	}
+	n := dir.GetChild(e.name)
+	if n == nil {
+		return // no inode in the kernel, so no watcher
+	}
+	if fn, ok := n.Operations().(*fileNode); !ok || fn.e != e {
+		return
+	}
+	var st unix.Stat_t
+	unix.Fstatat(unix.AT_FDCWD, filepath.Join(e.srv.mnt, e.notifyRelPath()), &st, unix.AT_SYMLINK_NOFOLLOW)
 }
 
 // notifyCovered raises IN_MODIFY on the main connection's file of a
