@@ -175,18 +175,20 @@ func TestMountRecoversFromKilledServer(t *testing.T) {
 
 // Bad input: a one-line error that says what to do, and exit status 2.
 func TestMountUsageErrors(t *testing.T) {
-	file := filepath.Join(t.TempDir(), "file")
+	dir := t.TempDir()
+	file := filepath.Join(dir, "file")
 	os.WriteFile(file, nil, 0o644)
+	mnt := filepath.Join(dir, "mnt") // never mounted: each case is refused first
 	cases := []struct {
 		args []string
 		want string
 	}{
 		{[]string{}, "give exactly one MOUNTPOINT"},
-		{[]string{"-bogus", "/tmp/x"}, "flag provided but not defined"},
-		{[]string{"-mode", "999", "/tmp/x"}, "not an octal permission"},
-		{[]string{"-max-size", "lots", "/tmp/x"}, "is not a size"},
-		{[]string{"-max-size", "200%", "/tmp/x"}, "percentage"},
-		{[]string{"-passthrough", "maybe", "/tmp/x"}, "use auto, on or off"},
+		{[]string{"-bogus", mnt}, "flag provided but not defined"},
+		{[]string{"-mode", "999", mnt}, "not an octal permission"},
+		{[]string{"-max-size", "lots", mnt}, "is not a size"},
+		{[]string{"-max-size", "-200%", mnt}, "percentage"},
+		{[]string{"-passthrough", "maybe", mnt}, "use auto, on or off"},
 		{[]string{file}, "not a directory"},
 	}
 	for _, c := range cases {
