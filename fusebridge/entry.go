@@ -297,15 +297,7 @@ func (e *Entry) exit() { e.life.RUnlock() }
 
 // attr fills out from the bridge's defaults and the handler's Getattr.
 func (e *Entry) attr(ctx context.Context, out *fuse.Attr) syscall.Errno {
-	born := time.Unix(0, e.born)
-	a := handler.Attr{
-		Mode:  handler.ModeFromUnix(e.perm.Load()),
-		Uid:   e.uid.Load(),
-		Gid:   e.gid.Load(),
-		Atime: born,
-		Mtime: born,
-		Ctime: born,
-	}
+	a := e.baseAttr()
 	if e.getattrer != nil {
 		if err := e.getattrer.Getattr(ctx, &a); err != nil {
 			return handler.Errno(err)
@@ -321,6 +313,34 @@ func (e *Entry) attr(ctx context.Context, out *fuse.Attr) syscall.Errno {
 		a.Blocks = (a.Size + 511) / 512
 		e.releaseShared(sh)
 	}
+	e.fillAttr(&a, 1, out)
+	return 0
+}
+
+// baseAttr is what the entry itself knows of its attributes, without its
+// handler: mode, owner, and its birth for the times.
+func (e *Entry) baseAttr() handler.Attr {
+	born := time.Unix(0, e.born)
+	return handler.Attr{
+		Mode:  handler.ModeFromUnix(e.perm.Load()),
+		Uid:   e.uid.Load(),
+		Gid:   e.gid.Load(),
+		Atime: born,
+		Mtime: born,
+		Ctime: born,
+	}
+}
+
+// removedAttr fills out the attributes of a removed entry for a GETATTR
+// by path, without its handler (which may be torn down): what baseAttr
+// knows, size 0, and no link, as fstat(2) shows an unlinked tmpfs file.
+func (e *Entry) removedAttr(out *fuse.Attr) {
+	a := e.baseAttr()
+	e.fillAttr(&a, 0, out)
+}
+
+// fillAttr turns a into the kernel's form.
+func (e *Entry) fillAttr(a *handler.Attr, nlink uint32, out *fuse.Attr) {
 	typ := uint32(syscall.S_IFREG)
 	if e.kind == kindLink {
 		typ = syscall.S_IFLNK
@@ -333,12 +353,11 @@ func (e *Entry) attr(ctx context.Context, out *fuse.Attr) syscall.Errno {
 		Size:    uint64(a.Size),
 		Blocks:  uint64(a.Blocks),
 		Mode:    typ | handler.UnixMode(a.Mode),
-		Nlink:   1,
+		Nlink:   nlink,
 		Owner:   fuse.Owner{Uid: a.Uid, Gid: a.Gid},
 		Blksize: 4096,
 	}
 	out.SetTimes(&a.Atime, &a.Mtime, &a.Ctime)
-	return 0
 }
 
 func (e *Entry) track(of *openFile) bool {

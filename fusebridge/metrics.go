@@ -127,12 +127,12 @@ func (m *Metrics) count(op Op, st fuse.Status) {
 func (s *Server) Metrics() *Metrics { return s.opts.Metrics }
 
 // pathGetattrs holds the thread ids of callers whose GETATTR in progress
-// carries no file handle (a path walk, the permission check of an open),
+// carries no file handle (stat, fstat, the permission check of an open),
 // process-wide: a thread has one synchronous request at a time, and thread
 // ids are unique.
 var pathGetattrs sync.Map // uint32 -> struct{}
 
-// pathGetattr reports whether the GETATTR of ctx is asked by path.
+// pathGetattr reports whether the GETATTR of ctx carries no file handle.
 func pathGetattr(ctx context.Context) bool {
 	c, ok := ctx.(*fuse.Context)
 	if !ok {
@@ -176,8 +176,9 @@ func (c *countingFS) Forget(nodeid, nlookup uint64) {
 
 func (c *countingFS) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.AttrOut) fuse.Status {
 	if in.Flags()&fuse.FUSE_GETATTR_FH == 0 {
-		// Asked by path, not through a descriptor: go-fuse hides which
-		// (it lends the handler any open file of the node), and a removed
+		// No file handle (stat, fstat, an open's permission check), not
+		// a read's refresh through a descriptor: go-fuse hides which (it
+		// lends the handler any open file of the node), and a removed
 		// entry answers the two differently (fileNode.Getattr).
 		pathGetattrs.Store(in.Caller.Pid, struct{}{})
 		defer pathGetattrs.Delete(in.Caller.Pid)

@@ -284,11 +284,14 @@ func (n *fileNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrO
 	e := n.e
 	if !e.enter() {
 		if pathGetattr(ctx) {
-			// Asked by path (a stat, the permission check of an open):
-			// the name was looked up before removal, and what follows
-			// must fail as if the lookup had come after: ENOENT, as Open
-			// answers. A descriptor opened before gets EIO.
-			return syscall.ENOENT
+			// Without a file handle: a stat or fstat(2), or the
+			// permission check of an open whose lookup came before the
+			// removal. It succeeds, as on an unlinked tmpfs file (no
+			// link, size 0), so the open goes on to OPEN and gets ENOENT
+			// there, never this GETATTR's error; a read through a
+			// descriptor opened before still gets EIO.
+			e.removedAttr(&out.Attr)
+			return 0
 		}
 		return syscall.EIO
 	}
