@@ -453,7 +453,7 @@ func TestNotifyUnprivileged(t *testing.T) {
 	cmd := exec.Command(bin)
 	cmd.Env = append(os.Environ(), notifyServeEnv+"="+mnt)
 	cmd.SysProcAttr = nobody
-	cmd.Stderr = os.Stderr
+	cmd.Stderr = testenv.Output(t)
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
 	if err := cmd.Start(); err != nil {

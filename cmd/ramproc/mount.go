@@ -321,7 +321,11 @@ func printHelp(fl *flag.FlagSet, synopsis string) {
 // the kernel's own files. "" when nothing is.
 func checkMountpoint(mnt string) string {
 	if st, err := os.Stat(mnt); err == nil && !st.IsDir() {
-		return fmt.Sprintf("MOUNTPOINT %s is a %s, not a directory; give a directory (it is created if missing), e.g. ramproc mount /tmp/ramproc", mnt, fileKind(st.Mode()))
+		what := "is not a directory"
+		if st.Mode().IsRegular() {
+			what = "is a regular file, not a directory"
+		}
+		return fmt.Sprintf("MOUNTPOINT %s %s; give a directory (it is created if missing), e.g. ramproc mount /tmp/ramproc", mnt, what)
 	}
 	// The file system of the mountpoint, or of its nearest existing
 	// ancestor when it is to be created.
@@ -338,23 +342,6 @@ func checkMountpoint(mnt string) string {
 			return ""
 		}
 	}
-}
-
-// fileKind names a file type for people.
-func fileKind(m os.FileMode) string {
-	switch {
-	case m.IsRegular():
-		return "regular file"
-	case m&os.ModeSymlink != 0:
-		return "symbolic link"
-	case m&os.ModeNamedPipe != 0:
-		return "named pipe"
-	case m&os.ModeSocket != 0:
-		return "socket"
-	case m&os.ModeDevice != 0:
-		return "device"
-	}
-	return "file"
 }
 
 func usageError(cmd, msg string) int {

@@ -23,7 +23,7 @@ import (
 func startMount(t *testing.T, args ...string) (*exec.Cmd, string) {
 	t.Helper()
 	testenv.RequireFUSE(t)
-	return launchMount(t, ramprocBinary(t), nil, os.Stderr, args...)
+	return launchMount(t, ramprocBinary(t), nil, testenv.Output(t), args...)
 }
 
 // launchMount starts bin's mount command with the given process attributes

@@ -163,7 +163,7 @@ func TestMountNotifyUnprivileged(t *testing.T) {
 		os.Chmod(p, 0o755)
 	}
 	nobody := &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-	cmd, path := launchMount(t, bin, nobody, os.Stderr, "-stats", mnt)
+	cmd, path := launchMount(t, bin, nobody, testenv.Output(t), "-stats", mnt)
 
 	ws := testenv.Watch(t, filepath.Join(mnt, "stats"), watcher, nobody)
 	wr := testenv.Watch(t, path, watcher, nobody)

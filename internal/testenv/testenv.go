@@ -128,3 +128,30 @@ func Tmpfs(t testing.TB, options string) string {
 	})
 	return dir
 }
+
+// Output is where a test sends what a program it runs prints for people
+// (log lines on stderr): os.Stderr under -v; otherwise a file that the
+// test's log shows only if the test fails, so that a passing run prints
+// nothing but its summary. It is a file, not a pipe, so that a process
+// that outlives the program (a fusermount3 daemon) holds up nothing.
+func Output(t testing.TB) *os.File {
+	t.Helper()
+	if testing.Verbose() {
+		return os.Stderr
+	}
+	f, err := os.CreateTemp("", "ramproc-test-output")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(f.Name()) // read back through the descriptor
+	t.Cleanup(func() {
+		defer f.Close()
+		if !t.Failed() {
+			return
+		}
+		if b, err := os.ReadFile(fmt.Sprintf("/proc/self/fd/%d", f.Fd())); err == nil && len(b) > 0 {
+			t.Logf("what the programs it ran printed:\n%s", b)
+		}
+	})
+	return f
+}
