@@ -103,7 +103,7 @@ func (k *Knob[T]) Get() T { return *k.cur.Load() }
 // notifications run before Set returns; a value whose text is the one the
 // knob shows already notifies no bridge (no inotify event), though the
 // OnChange functions still run.
-func (k *Knob[T]) Set(v T) error { return k.store(v, nil) }
+func (k *Knob[T]) Set(v T) error { return k.store(context.Background(), v, false) }
 
 // Validate adds a check that every new value must pass, after the codec's
 // own; an error rejects the change (a write then fails with the error's
@@ -136,9 +136,9 @@ func (k *Knob[T]) OnChange(fn func(old, new T)) *Knob[T] {
 }
 
 // store validates and stores v, then tells the observers and the bridge.
-// ctx is the write's when a write through the mount made the change, nil
-// for Set.
-func (k *Knob[T]) store(v T, ctx context.Context) error {
+// fromWrite is set when a write through the mount made the change, whose
+// context ctx is.
+func (k *Knob[T]) store(ctx context.Context, v T, fromWrite bool) error {
 	if err := k.codec.Check(v); err != nil {
 		return err
 	}
@@ -157,7 +157,7 @@ func (k *Knob[T]) store(v T, ctx context.Context) error {
 	// Outside every lock: a notify may make the kernel call back into
 	// this knob's Read.
 	switch {
-	case ctx != nil:
+	case fromWrite:
 		k.notifyWrite(ctx)
 	case !bytes.Equal(k.codec.Format(*old), k.codec.Format(v)):
 		// A Set that leaves the text as it was changed nothing a reader
@@ -191,7 +191,7 @@ func (k *Knob[T]) Write(ctx context.Context, f *OpenFile, src []byte, off int64)
 	if err != nil {
 		return 0, err
 	}
-	if err := k.store(v, ctx); err != nil {
+	if err := k.store(ctx, v, true); err != nil {
 		return 0, err
 	}
 	return len(src), nil
