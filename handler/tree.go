@@ -122,7 +122,8 @@ func ProcessOf(tid uint32) (uint32, error) {
 // names must be unique. Both may be called concurrently, with the caller's
 // ctx (CallerOf). A child keeps its identity (its inode number, its open
 // descriptors, the Node given when it was first seen) for as long as it
-// exists; when it has vanished, descriptors opened on it get EIO, and a
+// exists; when it has vanished, an open gets ENOENT (also one racing the
+// vanishing), descriptors opened on it get EIO from reads and writes, and a
 // child of that name seen later is a new one (a new inode number). What
 // tells the bridge that a child has vanished depends on whether the
 // answers depend on the caller:
