@@ -38,10 +38,11 @@ func TestKnobWriteEvents(t *testing.T) {
 				if out, err := exec.Command("sh", "-c", `echo 4 > "$1"`, "sh", p).CombinedOutput(); err != nil {
 					t.Fatalf("echo 4 > %s: %v %s", name, err, out)
 				}
-				evs := w.Settle(quiet)
+				ev, early := w.Expect("IN_MODIFY", eventWait)
+				evs := append(append(early, ev), w.Settle(quiet)...)
 				// inotify merges an event with the same one still unread
 				// at the tail of its queue: the kernel's two may be one.
-				if len(evs) < 1 || len(evs) > 2 || evs[len(evs)-1].Mask != "IN_MODIFY" || evs[0].Mask != "IN_MODIFY" || evs[len(evs)-1].Content != "4\n" {
+				if len(evs) > 2 || evs[0].Mask != "IN_MODIFY" || evs[len(evs)-1].Mask != "IN_MODIFY" || evs[len(evs)-1].Content != "4\n" {
 					t.Errorf("echo 4 > %s: events %+v; want the kernel's two IN_MODIFY (O_TRUNC, write; or the two merged), the last reading \"4\n\"", name, evs)
 				}
 				if name != "knob" {
@@ -56,7 +57,7 @@ func TestKnobWriteEvents(t *testing.T) {
 				if err := k.Set(5); err != nil {
 					t.Fatal(err)
 				}
-				ev, early := w.Expect("IN_MODIFY", eventWait)
+				ev, early = w.Expect("IN_MODIFY", eventWait)
 				if rest := w.Settle(quiet); len(early) != 0 || len(rest) != 0 || ev.Content != "5\n" {
 					t.Errorf("Set(5): events %+v, %+v, %+v; want one IN_MODIFY reading \"5\\n\"", early, ev, rest)
 				}
