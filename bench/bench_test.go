@@ -344,9 +344,10 @@ func TestFioArgs(t *testing.T) {
 // TestFioRound runs one fio round over two tmpfs files, as the bench does
 // for every repetition of a data workload.
 func TestFioRound(t *testing.T) {
+	testenv.RequireCommand(t, "fio", "apt-get install fio")
 	fio, err := exec.LookPath("fio")
 	if err != nil {
-		t.Skip("fio is not installed")
+		t.Fatal(err)
 	}
 	dir := testenv.Tmpfs(t, "")
 	var jobs []fioJob

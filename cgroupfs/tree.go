@@ -143,10 +143,10 @@ func Publish(root *fusebridge.Dir, v *procview.View, o Options) error {
 // and for callers outside the server's pid namespace (pid 0).
 func caller(ctx context.Context) (int, bool) {
 	c, ok := handler.CallerOf(ctx)
-	if !ok || c.Pid == 0 {
+	if !ok || c.Tid == 0 {
 		return 0, false
 	}
-	return int(c.Pid), true
+	return int(c.Tid), true
 }
 
 // perCaller is a file whose content is derive(caller), generated at each

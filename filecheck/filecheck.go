@@ -31,9 +31,14 @@
 //     drops to nobody; skipped otherwise);
 //   - capacity/mmap-beyond: writes, fallocate and stores through a shared
 //     mapping beyond the file's capacity, against a private tmpfs mounted
-//     with size=Config.OracleSize (skipped without it). A SIGBUS at the
-//     fault and an ENOSPC from msync both count as telling the writer;
-//     read(2) must then return what tmpfs holds.
+//     with size=Config.OracleSize (skipped without it). write(2) and
+//     fallocate(2) must give what tmpfs gives. For the stores, a SIGBUS at
+//     the fault and an ENOSPC from msync both count as telling the writer;
+//     then the file must hold no more than its capacity, no page bytes
+//     never stored there, and every page written and fsync'd before the
+//     stores. Which stored pages are kept may differ from tmpfs (whose
+//     lowest pages win): without passthrough it depends on the order of
+//     the kernel's writeback.
 //
 // With an unload and a load command, seed/reload also requires the file to
 // be gone between the two; with a restart command (Config.RestartCmd) it
@@ -328,6 +333,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return nil, err
 	}
 	defer r.restoreTarget()
+	// Every check starts from an empty file: one that cannot be emptied (a
+	// /proc or /sys attribute) would fail them all for the same reason, so
+	// it is said once, and nothing runs.
+	if err := r.empty(cfg.Path); err != nil {
+		return nil, usagef("cannot start from an empty file: %v; the checks need a file they can truncate, a regular file of the file system under test (not a /proc or /sys attribute)", err)
+	}
 	if err := r.setupOracle(); err != nil {
 		return nil, err
 	}

@@ -386,9 +386,6 @@ func TestPerCaller(t *testing.T) {
 	os.Chmod(tmp, 0o755)
 	os.Chmod(filepath.Dir(tmp), 0o755)
 	testenv.RequireFUSE(t)
-	if os.Geteuid() != 0 {
-		testenv.Missing(t, "needs root to run a process as nobody")
-	}
 	srv, err := fusebridge.Mount(filepath.Join(tmp, "mnt"), fusebridge.Options{NoOpenHandlers: true})
 	if err != nil {
 		t.Fatal(err)
@@ -399,7 +396,7 @@ func TestPerCaller(t *testing.T) {
 	}
 	me := handler.PerCallerGenerated(func(ctx context.Context) ([]byte, error) {
 		c, _ := handler.CallerOf(ctx)
-		return fmt.Appendf(nil, "uid=%d pid=%d\n", c.Uid, c.Pid), nil
+		return fmt.Appendf(nil, "uid=%d pid=%d\n", c.Uid, c.Tid), nil
 	})
 	if _, err := srv.Root().Mkdir("d", 0o555); err != nil {
 		t.Fatal(err)
@@ -503,9 +500,7 @@ func TestPerCallerNoOpen(t *testing.T) {
 	}
 
 	// Unprivileged, in a child process run as nobody.
-	if _, err := exec.LookPath("fusermount3"); err != nil {
-		testenv.Missing(t, "unprivileged mounts need fusermount3 (apt-get install fuse3)")
-	}
+	testenv.RequireUnprivilegedFUSE(t)
 	dir, err := os.MkdirTemp("", "fusebridge-nobody")
 	if err != nil {
 		t.Fatal(err)

@@ -125,6 +125,9 @@ type fileOps struct {
 	// maxAge is the freshness bound of a snapshot handler that states one
 	// (handler.AgeBound); 0 for none.
 	maxAge time.Duration
+	// sourced: a handler.SourceChanger, whose writes carry the fileOps (the
+	// same for an entry and its twin) as their source (notify.go).
+	sourced bool
 }
 
 // noOps serves directories and links, which have no file operations.
@@ -154,6 +157,7 @@ func resolveOps(h any) *fileOps {
 	if ab, ok := h.(handler.AgeBound); ok && o.sizer != nil && o.getattrer == nil && ab.FreshFor() > 0 {
 		o.maxAge = ab.FreshFor()
 	}
+	_, o.sourced = h.(handler.SourceChanger)
 	return o
 }
 
@@ -255,6 +259,7 @@ func (e *Entry) Name() string { return e.name }
 // passthrough (BackingFiler) keep reading and writing the backing file
 // until they are closed: the kernel gives the server no way to revoke them.
 func (e *Entry) Remove() error {
+	e.primeDentry() // notify.go: for the IN_DELETE_SELF of notifyRemoved
 	ok, sub := e.srv.unlink(e)
 	if !ok {
 		return syscall.ENOENT
@@ -370,15 +375,7 @@ func (e *Entry) attr(ctx context.Context, out *fuse.Attr) syscall.Errno {
 // the attributes again (and regenerates the content: see freshShared).
 func (e *Entry) attrTTL(ctx context.Context, out *fuse.Attr) (time.Duration, syscall.Errno) {
 	ttl := e.timeout()
-	born := time.Unix(0, e.born)
-	a := handler.Attr{
-		Mode:  handler.ModeFromUnix(e.perm.Load()),
-		Uid:   e.uid.Load(),
-		Gid:   e.gid.Load(),
-		Atime: born,
-		Mtime: born,
-		Ctime: born,
-	}
+	a := e.baseAttr()
 	if e.getattrer != nil {
 		if err := e.getattrer.Getattr(ctx, &a); err != nil {
 			return 0, handler.Errno(err)
@@ -401,6 +398,34 @@ func (e *Entry) attrTTL(ctx context.Context, out *fuse.Attr) (time.Duration, sys
 		}
 		e.releaseShared(sh)
 	}
+	e.fillAttr(&a, 1, out)
+	return ttl, 0
+}
+
+// baseAttr is what the entry itself knows of its attributes, without its
+// handler: mode, owner, and its birth for the times.
+func (e *Entry) baseAttr() handler.Attr {
+	born := time.Unix(0, e.born)
+	return handler.Attr{
+		Mode:  handler.ModeFromUnix(e.perm.Load()),
+		Uid:   e.uid.Load(),
+		Gid:   e.gid.Load(),
+		Atime: born,
+		Mtime: born,
+		Ctime: born,
+	}
+}
+
+// removedAttr fills out the attributes of a removed entry for a GETATTR
+// by path, without its handler (which may be torn down): what baseAttr
+// knows, size 0, and no link, as fstat(2) shows an unlinked tmpfs file.
+func (e *Entry) removedAttr(out *fuse.Attr) {
+	a := e.baseAttr()
+	e.fillAttr(&a, 0, out)
+}
+
+// fillAttr turns a into the kernel's form.
+func (e *Entry) fillAttr(a *handler.Attr, nlink uint32, out *fuse.Attr) {
 	typ := uint32(syscall.S_IFREG)
 	if e.kind == kindLink {
 		typ = syscall.S_IFLNK
@@ -413,12 +438,11 @@ func (e *Entry) attrTTL(ctx context.Context, out *fuse.Attr) (time.Duration, sys
 		Size:    uint64(a.Size),
 		Blocks:  uint64(a.Blocks),
 		Mode:    typ | handler.UnixMode(a.Mode),
-		Nlink:   1,
+		Nlink:   nlink,
 		Owner:   fuse.Owner{Uid: a.Uid, Gid: a.Gid},
 		Blksize: 4096,
 	}
 	out.SetTimes(&a.Atime, &a.Mtime, &a.Ctime)
-	return ttl, 0
 }
 
 func (e *Entry) track(of *openFile) bool {

@@ -71,10 +71,11 @@ func credsOf(ctx context.Context) creds {
 		return creds{fsetid: true}
 	}
 	cr := creds{fsgid: c.Gid}
-	if c.Pid == 0 {
+	if c.Tid == 0 {
 		return cr
 	}
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", c.Pid))
+	// The thread's own status: credentials are per thread.
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", c.Tid))
 	if err != nil {
 		return cr
 	}
@@ -100,7 +101,7 @@ func credsOf(ctx context.Context) creds {
 	// checks the initial one, where a root server runs).
 	if cr.fsetid {
 		mine, err1 := os.Readlink("/proc/self/ns/user")
-		theirs, err2 := os.Readlink(fmt.Sprintf("/proc/%d/ns/user", c.Pid))
+		theirs, err2 := os.Readlink(fmt.Sprintf("/proc/%d/ns/user", c.Tid))
 		if err1 != nil || err2 != nil || mine != theirs {
 			cr.fsetid = false
 		}

@@ -23,9 +23,7 @@ import (
 // FOPEN_DIRECT_IO, and that write path of the kernel clears nothing, as
 // kernfs's does not).
 func TestKillPrivWithoutSetattrer(t *testing.T) {
-	if os.Geteuid() != 0 {
-		testenv.Missing(t, "needs root to act as the user nobody")
-	}
+	testenv.RequireRoot(t, "acting as the user nobody")
 	for _, mode := range []fusebridge.Options{{AllowOther: true}} {
 		srv := mount(t, mode)
 		// Let nobody walk to the mount (t.TempDir makes 0700 folders).

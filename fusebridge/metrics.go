@@ -1,6 +1,8 @@
 package fusebridge
 
 import (
+	"context"
+	"sync"
 	"sync/atomic"
 	"syscall"
 
@@ -124,6 +126,22 @@ func (m *Metrics) count(op Op, st fuse.Status) {
 // the server's own when that was nil).
 func (s *Server) Metrics() *Metrics { return s.opts.Metrics }
 
+// pathGetattrs holds the thread ids of callers whose GETATTR in progress
+// carries no file handle (stat, fstat, the permission check of an open),
+// process-wide: a thread has one synchronous request at a time, and thread
+// ids are unique.
+var pathGetattrs sync.Map // uint32 -> struct{}
+
+// pathGetattr reports whether the GETATTR of ctx carries no file handle.
+func pathGetattr(ctx context.Context) bool {
+	c, ok := ctx.(*fuse.Context)
+	if !ok {
+		return false
+	}
+	_, found := pathGetattrs.Load(c.Caller.Pid)
+	return found
+}
+
 // countingFS is the RawFileSystem go-fuse serves: go-fuse's own, with each
 // request counted, and STATFS answered for every node as tmpfs would.
 // Embedding keeps every method not overridden here as it was.
@@ -157,6 +175,14 @@ func (c *countingFS) Forget(nodeid, nlookup uint64) {
 }
 
 func (c *countingFS) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.AttrOut) fuse.Status {
+	if in.Flags()&fuse.FUSE_GETATTR_FH == 0 {
+		// No file handle (stat, fstat, an open's permission check), not
+		// a read's refresh through a descriptor: go-fuse hides which (it
+		// lends the handler any open file of the node), and a removed
+		// entry answers the two differently (fileNode.Getattr).
+		pathGetattrs.Store(in.Caller.Pid, struct{}{})
+		defer pathGetattrs.Delete(in.Caller.Pid)
+	}
 	st := c.RawFileSystem.GetAttr(cancel, in, out)
 	c.m.count(OpGetattr, st)
 	return st

@@ -141,7 +141,7 @@ func (n *fileNode) Write(ctx context.Context, f fs.FileHandle, data []byte, off 
 	if errno != 0 {
 		return 0, errno
 	}
-	nw, err := e.writer.Write(ctx, of, data, off)
+	nw, err := e.writer.Write(e.writeContext(ctx), of, data, off)
 	n.unhandle(sh)
 	if nw > 0 {
 		if sh != nil && !sh.exact {
@@ -290,6 +290,16 @@ func (n *fileNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrO
 	n.waitDropped()
 	e := n.e
 	if !e.enter() {
+		if pathGetattr(ctx) {
+			// Without a file handle: a stat or fstat(2), or the
+			// permission check of an open whose lookup came before the
+			// removal. It succeeds, as on an unlinked tmpfs file (no
+			// link, size 0), so the open goes on to OPEN and gets ENOENT
+			// there, never this GETATTR's error; a read through a
+			// descriptor opened before still gets EIO.
+			e.removedAttr(&out.Attr)
+			return 0
+		}
 		return syscall.EIO
 	}
 	defer e.exit()

@@ -56,6 +56,9 @@ package fusebridge
 // Hook points in the rest of the bridge (one call each, so that they can be
 // re-applied onto a rewrite of node.go, entry.go and server.go):
 //
+//   - fileNode.Write (node.go): the handler's Write gets
+//     `e.writeContext(ctx)` (a SourceChanger's source, see subscribe);
+//   - fileOps (entry.go): the field `sourced`, set in resolveOps;
 //   - Entry struct (entry.go): the field `notify notifyState`;
 //   - fileNode.Setattr (node.go), first line:
 //     `if errno, ok := n.e.selfNotified(ctx, in, out); ok { return errno }`;
@@ -63,7 +66,8 @@ package fusebridge
 //     connection(s): `e.subscribe(h)` (handler.Changer);
 //   - Entry.kill (entry.go), first line: `e.stopNotify()` (Changer's stop,
 //     and no more notifies, on removal and unmount);
-//   - Entry.Remove (entry.go), just before notifyGone: `e.notifyRemoved()`.
+//   - Entry.Remove (entry.go), first line: `e.primeDentry()`; and just
+//     before notifyGone: `e.notifyRemoved()`.
 //
 // Where an entry lives (its path below the mountpoint, the go-fuse inode of
 // its directory) is asked in two functions only, notifyRelPath and
@@ -145,7 +149,8 @@ func isNotifyThread(tid uint32) bool {
 // fails.
 //
 // Writes through the mount need no Notify: the kernel raises IN_MODIFY
-// for them itself.
+// for them itself (one event for an O_TRUNC open, one per write(2)), and
+// the bridge adds none (see subscribe).
 func (e *Entry) Notify() {
 	st := &e.notify
 	st.mu.Lock()
@@ -296,13 +301,23 @@ func (e *Entry) selfNotified(ctx context.Context, in *fuse.SetAttrIn, out *fuse.
 }
 
 // subscribe hands a handler.Changer its notify function (once per
-// published handler, also when it is served on two connections).
+// published handler, also when it is served on two connections). A
+// handler.SourceChanger gets the entry's fileOps as the source, which
+// writeContext puts in the context of every write through the entry or
+// its twin: the handler then leaves this entry's notify out for such a
+// write, whose events the kernel raises itself (one for an O_TRUNC open,
+// one per write(2)), and the bridge adds none.
 func (e *Entry) subscribe(h any) {
 	c, ok := h.(handler.Changer)
 	if !ok {
 		return
 	}
-	stop := c.Changed(e.Notify)
+	var stop func()
+	if sc, ok := h.(handler.SourceChanger); ok {
+		stop = sc.ChangedFrom(e.fileOps, e.Notify)
+	} else {
+		stop = c.Changed(e.Notify)
+	}
 	st := &e.notify
 	st.mu.Lock()
 	if st.stopped {
@@ -315,6 +330,15 @@ func (e *Entry) subscribe(h any) {
 	}
 	st.stop = stop
 	st.mu.Unlock()
+}
+
+// writeContext is the context for the handler's Write: marked with the
+// entry's source for a handler.SourceChanger (see subscribe).
+func (e *Entry) writeContext(ctx context.Context) context.Context {
+	if !e.sourced {
+		return ctx
+	}
+	return handler.WithWriteSource(ctx, e.fileOps)
 }
 
 // stopNotify ends notification for a removed entry: later Notify calls do
@@ -357,6 +381,34 @@ func (e *Entry) notifyRemoved() {
 	if errno := dir.NotifyDelete(e.name, n); errno != 0 && errno != syscall.ENOENT {
 		e.srv.log.Debug("delete notification failed", "name", e.name, "errno", errno)
 	}
+}
+
+// primeDentry makes sure, before the entry is unlinked, that the kernel
+// has a dentry for its name when it has an inode for it: the delete
+// notification reaches the inode only through a dentry of the name
+// (d_lookup in the parent), and the kernel prunes unused dentries under
+// memory pressure (or a drop_caches) while an inotify watch keeps the
+// inode. Without the dentry a watcher would get neither IN_DELETE_SELF nor
+// IN_IGNORED until the unmount. A lookup of the path, which the server
+// still answers, brings the dentry back (it costs a LOOKUP only where the
+// kernel knows the inode).
+func (e *Entry) primeDentry() {
+	if e.kind != kindFile {
+		return
+	}
+	dir := e.notifyDir()
+	if dir == nil {
+		return
+	}
+	n := dir.GetChild(e.name)
+	if n == nil {
+		return // no inode in the kernel, so no watcher
+	}
+	if fn, ok := n.Operations().(*fileNode); !ok || fn.e != e {
+		return
+	}
+	var st unix.Stat_t
+	unix.Fstatat(unix.AT_FDCWD, filepath.Join(e.srv.mnt, e.notifyRelPath()), &st, unix.AT_SYMLINK_NOFOLLOW)
 }
 
 // notifyCovered raises IN_MODIFY on the main connection's file of a

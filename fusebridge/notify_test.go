@@ -75,7 +75,11 @@ type knob struct {
 	setattrs atomic.Int64
 }
 
-func (k *knob) Changed(notify func()) func() {
+func (k *knob) Changed(notify func()) func() { return k.ChangedFrom(nil, notify) }
+
+// ChangedFrom overrides the embedded Value's too: the bridge registers
+// with it (handler.SourceChanger).
+func (k *knob) ChangedFrom(src any, notify func()) func() {
 	k.mu.Lock()
 	k.notify = notify
 	k.mu.Unlock()
@@ -440,13 +444,7 @@ func (f foreignOwned) Getattr(ctx context.Context, a *handler.Attr) error {
 // it cannot, and then there is no event, the content is still fresh,
 // NotifyEvents says so, and nothing fails or hangs.
 func TestNotifyUnprivileged(t *testing.T) {
-	testenv.RequireFUSE(t)
-	if _, err := exec.LookPath("fusermount3"); err != nil {
-		testenv.Missing(t, "unprivileged mounts need fusermount3 (apt-get install fuse3)")
-	}
-	if st, err := os.Stat("/dev/fuse"); err != nil || st.Mode().Perm()&0o006 != 0o006 {
-		testenv.Missing(t, "unprivileged mounts need /dev/fuse to be mode 0666, as Debian sets it (.ci/run does)")
-	}
+	testenv.RequireUnprivilegedFUSE(t)
 	bin := testenv.CopyForNobody(t, "")
 	dir, err := os.MkdirTemp("", fmt.Sprintf("ramproc-notify-%d", os.Getpid()))
 	if err != nil {
@@ -463,7 +461,7 @@ func TestNotifyUnprivileged(t *testing.T) {
 	cmd := exec.Command(bin)
 	cmd.Env = append(os.Environ(), notifyServeEnv+"="+mnt)
 	cmd.SysProcAttr = nobody
-	cmd.Stderr = os.Stderr
+	cmd.Stderr = testenv.Output(t)
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
 	if err := cmd.Start(); err != nil {

@@ -4,8 +4,9 @@
 // Mount is the seed module's load and Server.Unmount its unload. Between
 // the two, Server.Create publishes a handler under a name or a path, and
 // Entry.Remove withdraws it while it may be in use: callbacks in flight
-// finish, new opens get ENOENT, and descriptors opened before get EIO, as
-// procfs does after remove_proc_entry.
+// finish, new opens get ENOENT (also one racing the removal), and
+// descriptors opened before get EIO from reads and writes, as procfs does
+// after remove_proc_entry (fstat shows them unlinked: no link, size 0).
 //
 // The names form a tree, like /proc's: Server.Root and Dir.Mkdir make
 // directories at any depth (proc_mkdir), Dir.Remove removes a subtree

@@ -245,7 +245,7 @@ func BenchmarkPerCallerOpenRead(b *testing.B) {
 	srv := treeMount(b)
 	pc := handler.PerCallerGenerated(func(ctx context.Context) ([]byte, error) {
 		c, _ := handler.CallerOf(ctx)
-		return fmt.Appendf(nil, "pid %d\n", c.Pid), nil
+		return fmt.Appendf(nil, "pid %d\n", c.Tid), nil
 	})
 	if _, err := srv.MkdirAll("a/b", 0o555); err != nil {
 		b.Fatal(err)

@@ -18,7 +18,7 @@ import (
 // handler may also have given up pages outside the write's range (ramfile
 // does, to keep what it holds independent of writeback order).
 func (n *fileNode) writebackFailed(ctx context.Context) {
-	if c, ok := handler.CallerOf(ctx); !ok || c.Pid != 0 {
+	if c, ok := handler.CallerOf(ctx); !ok || c.Tid != 0 {
 		return
 	}
 	go n.NotifyContent(0, 0)

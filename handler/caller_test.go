@@ -13,8 +13,8 @@ func TestCallerOf(t *testing.T) {
 	}
 	ctx := &fuse.Context{Caller: fuse.Caller{Owner: fuse.Owner{Uid: 65534, Gid: 65533}, Pid: 4242}}
 	c, ok := CallerOf(ctx)
-	if !ok || c != (Caller{Uid: 65534, Gid: 65533, Pid: 4242}) {
-		t.Errorf("CallerOf(request ctx) = %+v, %v; want uid 65534 gid 65533 pid 4242", c, ok)
+	if !ok || c != (Caller{Uid: 65534, Gid: 65533, Tid: 4242}) {
+		t.Errorf("CallerOf(request ctx) = %+v, %v; want uid 65534 gid 65533 tid 4242", c, ok)
 	}
 	if n := testing.AllocsPerRun(100, func() { CallerOf(ctx) }); n != 0 {
 		t.Errorf("CallerOf allocates %v times per call, want 0", n)

@@ -103,9 +103,10 @@ func (b Bounded) FreshFor() time.Duration { return b.Age }
 // store). Set, if not nil, validates and applies a new value; an error
 // rejects the write and leaves the value unchanged.
 //
-// Value implements Changer: a bridge that registered with Changed is told
-// after each write that changed it (from another goroutine, shortly after
-// the write is answered). For typed values (numbers, booleans,
+// Value implements SourceChanger: a write through one path raises the
+// kernel's own events there, and the bridges of the other paths that
+// publish it are told (from another goroutine, shortly after the write is
+// answered). For typed values (numbers, booleans,
 // words) prefer a Knob, which parses and validates for you.
 //
 // A Value (and a Knob) needs no freshness bound: it changes only by a write
@@ -126,7 +127,7 @@ var (
 	_ Writer        = (*Value)(nil)
 	_ SnapshotSizer = (*Value)(nil)
 	_ Releaser      = (*Value)(nil)
-	_ Changer       = (*Value)(nil)
+	_ SourceChanger = (*Value)(nil)
 )
 
 // NewValue returns a knob holding initial.
@@ -168,9 +169,9 @@ func (v *Value) Write(ctx context.Context, f *OpenFile, src []byte, off int64) (
 	v.mu.Lock()
 	v.val = nv
 	v.mu.Unlock()
-	// On its own goroutine: see Knob.OnChange for why not from inside
-	// the write.
-	v.notifyLater()
+	// Only other paths that publish it, on their own goroutine: see
+	// Knob.OnChange.
+	v.notifyWrite(ctx)
 	return len(src), nil
 }
 

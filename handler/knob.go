@@ -82,7 +82,7 @@ var (
 	_ Reader        = (*Knob[int64])(nil)
 	_ Writer        = (*Knob[int64])(nil)
 	_ SnapshotSizer = (*Knob[int64])(nil)
-	_ Changer       = (*Knob[int64])(nil)
+	_ SourceChanger = (*Knob[int64])(nil)
 )
 
 // NewKnob returns a knob holding initial, shown and parsed by codec. The
@@ -100,8 +100,10 @@ func (k *Knob[T]) Get() T { return *k.cur.Load() }
 // the mount is: the codec's Check (bounds, choices, length) and then every
 // Validate function; a rejected value leaves the knob unchanged and the
 // error is returned. On success the OnChange functions and the bridge's
-// notifications run before Set returns.
-func (k *Knob[T]) Set(v T) error { return k.store(v, false) }
+// notifications run before Set returns; a value whose text is the one the
+// knob shows already notifies no bridge (no inotify event), though the
+// OnChange functions still run.
+func (k *Knob[T]) Set(v T) error { return k.store(context.Background(), v, false) }
 
 // Validate adds a check that every new value must pass, after the codec's
 // own; an error rejects the change (a write then fails with the error's
@@ -120,10 +122,12 @@ func (k *Knob[T]) Validate(check func(T) error) *Knob[T] {
 // same value again is a change too, as a store() of the same value is. It
 // returns k.
 //
-// The bridge's notifications (Changer) run before Set returns, but after
-// a write through the mount they run on their own goroutine: the kernel
-// may hold the written pages locked until the write is answered, and an
-// invalidation of them from inside the write would wait for itself.
+// The bridge's notifications (Changer) run before Set returns. A write
+// through the mount notifies only the other paths that publish the knob
+// (the kernel raises the events of the file written), on their own
+// goroutine: the kernel may hold the written pages locked until the write
+// is answered, and an invalidation of them from inside the write would
+// wait for itself.
 func (k *Knob[T]) OnChange(fn func(old, new T)) *Knob[T] {
 	k.change.Lock()
 	k.onChange = append(k.onChange, fn)
@@ -132,8 +136,9 @@ func (k *Knob[T]) OnChange(fn func(old, new T)) *Knob[T] {
 }
 
 // store validates and stores v, then tells the observers and the bridge.
-// fromWrite is set when a write through the mount made the change.
-func (k *Knob[T]) store(v T, fromWrite bool) error {
+// fromWrite is set when a write through the mount made the change, whose
+// context ctx is.
+func (k *Knob[T]) store(ctx context.Context, v T, fromWrite bool) error {
 	if err := k.codec.Check(v); err != nil {
 		return err
 	}
@@ -151,9 +156,12 @@ func (k *Knob[T]) store(v T, fromWrite bool) error {
 	k.change.Unlock()
 	// Outside every lock: a notify may make the kernel call back into
 	// this knob's Read.
-	if fromWrite {
-		k.notifyLater()
-	} else {
+	switch {
+	case fromWrite:
+		k.notifyWrite(ctx)
+	case !bytes.Equal(k.codec.Format(*old), k.codec.Format(v)):
+		// A Set that leaves the text as it was changed nothing a reader
+		// sees: no event (see Changer).
 		k.notify()
 	}
 	return nil
@@ -183,7 +191,7 @@ func (k *Knob[T]) Write(ctx context.Context, f *OpenFile, src []byte, off int64)
 	if err != nil {
 		return 0, err
 	}
-	if err := k.store(v, true); err != nil {
+	if err := k.store(ctx, v, true); err != nil {
 		return 0, err
 	}
 	return len(src), nil
@@ -365,20 +373,32 @@ func NewString(initial string, maxLen int) *Knob[string] {
 type notifiers struct {
 	mu   sync.Mutex
 	next int
-	fns  map[int]func()
+	fns  map[int]registered
+}
+
+// registered is one notify function and the src it was registered with
+// (nil for Changed).
+type registered struct {
+	src any
+	fn  func()
 }
 
 // Changed registers notify, called after every change; stop unregisters
 // it. It implements Changer.
-func (n *notifiers) Changed(notify func()) (stop func()) {
+func (n *notifiers) Changed(notify func()) (stop func()) { return n.ChangedFrom(nil, notify) }
+
+// ChangedFrom registers notify for the file src (SourceChanger): it is
+// called after every change but those made by a write whose context
+// carries src.
+func (n *notifiers) ChangedFrom(src any, notify func()) (stop func()) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.fns == nil {
-		n.fns = map[int]func(){}
+		n.fns = map[int]registered{}
 	}
 	id := n.next
 	n.next++
-	n.fns[id] = notify
+	n.fns[id] = registered{src, notify}
 	return func() {
 		n.mu.Lock()
 		delete(n.fns, id)
@@ -386,31 +406,39 @@ func (n *notifiers) Changed(notify func()) (stop func()) {
 	}
 }
 
-// notifyLater runs notify on its own goroutine, for changes made inside a
-// write request (see Knob.OnChange).
-func (n *notifiers) notifyLater() {
-	n.mu.Lock()
-	some := len(n.fns) > 0
-	n.mu.Unlock()
-	if some {
-		go n.notify()
+// notifyWrite tells the bridges of a change made by a write through the
+// mount whose context is ctx: every notify function but the written
+// file's, whose events the kernel raises itself. They run on their own
+// goroutine (see Knob.OnChange).
+func (n *notifiers) notifyWrite(ctx context.Context) {
+	fns := n.except(WriteSource(ctx))
+	if len(fns) > 0 {
+		go func() {
+			for _, fn := range fns {
+				fn()
+			}
+		}()
 	}
 }
 
 // notify calls every registered function, outside n.mu so that one may
 // register or stop others.
 func (n *notifiers) notify() {
-	n.mu.Lock()
-	if len(n.fns) == 0 {
-		n.mu.Unlock()
-		return
-	}
-	fns := make([]func(), 0, len(n.fns))
-	for _, fn := range n.fns {
-		fns = append(fns, fn)
-	}
-	n.mu.Unlock()
-	for _, fn := range fns {
+	for _, fn := range n.except(nil) {
 		fn()
 	}
+}
+
+// except returns the registered functions but those of src (none when src
+// is nil).
+func (n *notifiers) except(src any) []func() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	fns := make([]func(), 0, len(n.fns))
+	for _, r := range n.fns {
+		if src == nil || r.src != src {
+			fns = append(fns, r.fn)
+		}
+	}
+	return fns
 }

@@ -176,7 +176,7 @@ func TestStreamErrorAndStop(t *testing.T) {
 func TestStreamCaller(t *testing.T) {
 	s := handler.Stream(func(ctx context.Context, w *handler.RecordWriter) error {
 		c, ok := handler.CallerOf(ctx)
-		fmt.Fprintf(w, "%v %d %d\n", ok, c.Uid, c.Pid)
+		fmt.Fprintf(w, "%v %d %d\n", ok, c.Uid, c.Tid)
 		return nil
 	})
 	f := &handler.OpenFile{}

@@ -82,10 +82,10 @@ func (f LinkFunc) Readlink(ctx context.Context) (string, error) { return f(ctx) 
 // resolves to a sibling directory such as a dynamic <pid> one).
 var SelfLink Symlinker = LinkFunc(func(ctx context.Context) (string, error) {
 	c, ok := CallerOf(ctx)
-	if !ok || c.Pid == 0 {
+	if !ok {
 		return "", syscall.ENOENT
 	}
-	pid, err := ProcessOf(c.Pid)
+	pid, err := c.Pid()
 	if err != nil {
 		return "", err
 	}
@@ -93,10 +93,10 @@ var SelfLink Symlinker = LinkFunc(func(ctx context.Context) (string, error) {
 })
 
 // ProcessOf returns the process id (the thread group id) of thread tid. The
-// kernel names the calling thread in a request, so Caller.Pid of a
-// multi-threaded process is one of its threads; /proc/self names the
+// kernel names the calling thread in a request (Caller.Tid), which in a
+// multi-threaded process is often not the process; /proc/self names the
 // process. It reads /proc/<tid>/status of the server's pid namespace, the
-// one Caller.Pid is in; an exited thread is ENOENT.
+// one Caller.Tid is in; an exited thread is ENOENT.
 func ProcessOf(tid uint32) (uint32, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", tid))
 	if err != nil {
@@ -122,7 +122,8 @@ func ProcessOf(tid uint32) (uint32, error) {
 // names must be unique. Both may be called concurrently, with the caller's
 // ctx (CallerOf). A child keeps its identity (its inode number, its open
 // descriptors, the Node given when it was first seen) for as long as it
-// exists; when it has vanished, descriptors opened on it get EIO, and a
+// exists; when it has vanished, an open gets ENOENT (also one racing the
+// vanishing), descriptors opened on it get EIO from reads and writes, and a
 // child of that name seen later is a new one (a new inode number). What
 // tells the bridge that a child has vanished depends on whether the
 // answers depend on the caller:

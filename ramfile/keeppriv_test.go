@@ -69,9 +69,7 @@ func childKeepPriv() error {
 }
 
 func TestStoreWritesKeepSetid(t *testing.T) {
-	if os.Geteuid() != 0 {
-		testenv.Missing(t, "needs root to run a child as the user nobody")
-	}
+	testenv.RequireRoot(t, "running a child as the user nobody")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$", "0", "-")

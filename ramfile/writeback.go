@@ -16,15 +16,21 @@ package ramfile
 //     a failed writeback: fusebridge's writeback.go);
 //   - which pages fit depends on which batch came first.
 //
-// So writeback that does not fit gives the room to the lowest offsets, as a
-// program storing through the mapping from the start would have got on
-// tmpfs: pages that earlier writeback (since the last fsync, which reported
-// success for them) allocated above the failing write are punched out again
-// and the write retried. The result depends only on which pages were dirty,
-// never on the order of their writeback, and the writer learns of the loss:
-// every such WRITE fails with ENOSPC, which the kernel reports to msync(2)
-// and fsync(2). Pages that write(2) or fallocate(2) placed are never given
-// up: those callers were told they succeeded.
+// What the file promises, whatever the order of the writeback: the store
+// never holds more than its capacity; the writer learns of the loss (every
+// WRITE that does not fit fails with ENOSPC, which the kernel reports to
+// msync(2) and fsync(2)); nothing acknowledged is lost (pages that write(2)
+// or fallocate(2) placed, or that a successful fsync covered, are never
+// given up). Which of the stored pages are kept is not promised.
+//
+// Within that, writeback that does not fit gives the room to the lowest
+// offsets where it can, as a program storing through the mapping from the
+// start would have got on tmpfs: pages that earlier writeback (since the
+// last fsync) allocated above the failing write are punched out again and
+// the write retried. That makes the lowest pages win in the common case,
+// not always: the kernel may write a batch back again after its failure,
+// or split and interleave batches, and under load it has been seen to keep
+// a few hundred pages above a gap.
 
 import (
 	"context"
@@ -126,7 +132,7 @@ func ceilPages(b int64) int64 {
 // pages rather than a write(2): the kernel sends those on nobody's behalf.
 func isWriteback(ctx context.Context) bool {
 	c, ok := handler.CallerOf(ctx)
-	return ok && c.Pid == 0
+	return ok && c.Tid == 0
 }
 
 // holes returns the pages of [off, end) that hold nothing yet.

@@ -128,9 +128,7 @@ func TestCommandErrors(t *testing.T) {
 	if err != nil || !strings.HasPrefix(string(out), "usage: cgroupfs") || !strings.Contains(string(out), "noloadavg") {
 		t.Errorf("-h: %v, %q; want the help on stdout, exit 0", err, out)
 	}
-	if os.Geteuid() != 0 {
-		testenv.Missing(t, "running the command as user nobody needs root")
-	}
+	testenv.RequireRoot(t, "running the command as user nobody")
 	cmd := exec.Command(bin, t.TempDir())
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 	out, err = cmd.CombinedOutput()

@@ -8,10 +8,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 
+	"github.com/ramproc/ramproc/filecheck"
+	"github.com/ramproc/ramproc/fusebridge"
+	"github.com/ramproc/ramproc/handler"
 	"github.com/ramproc/ramproc/internal/testenv"
 )
 
@@ -197,5 +201,47 @@ for i in $(seq 200); do [ -e "` + mnt + `/ramfile" ] && exit 0; sleep 0.05; done
 				t.Errorf("the reload check did not pass:\n%s", out)
 			}
 		})
+	}
+}
+
+// A file the checks cannot empty (a /sys-style attribute: O_TRUNC and
+// ftruncate are ignored) is said once, with exit 2, and nothing runs.
+func TestCheckUntruncatableFile(t *testing.T) {
+	testenv.RequireFUSE(t)
+	srv, err := fusebridge.Mount(filepath.Join(t.TempDir(), "mnt"), fusebridge.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Unmount()
+	v := handler.NewValue("1\n")
+	if _, err := srv.Create("attr", 0o644, v); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := runRamproc(t, "check", "--destructive", filepath.Join(srv.Mountpoint(), "attr"))
+	// (--destructive's own notice comes first.)
+	if code != exitUsage || out != "" || strings.Count(errOut, "cannot start from an empty file") != 1 || strings.Count(errOut, "\n") != 2 {
+		t.Errorf("check of an attribute that cannot be emptied: exit %d, stdout %q, stderr %q; want exit 2 and one line saying it", code, out, errOut)
+	}
+}
+
+// The documentation's count of the checks is --list's (docs/check.md says
+// it; the README may too).
+func TestReadmeCheckCount(t *testing.T) {
+	n := len(filecheck.Names())
+	said := 0
+	for _, f := range []string{"../../README.md", "../../docs/check.md"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range regexp.MustCompile(`the (\d+) checks`).FindAllStringSubmatch(string(b), -1) {
+			said++
+			if m[1] != strconv.Itoa(n) {
+				t.Errorf("%s says %q; ramproc check --list has %d", f, m[0], n)
+			}
+		}
+	}
+	if said == 0 {
+		t.Errorf("neither README.md nor docs/check.md says how many checks there are (%d)", n)
 	}
 }

@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/ramproc/ramproc/bytestore"
@@ -66,8 +68,16 @@ func mountMain(args []string, helper bool) int {
 		}
 		return usageError("mount", err.Error())
 	}
-	if err := applyOptions(fl, opts); err != nil {
+	given, err := applyOptions(fl, opts)
+	if err != nil {
 		return usageError("mount", err.Error())
+	}
+	// spelled names a flag as the user gave it: "-o max_size" or "-max-size".
+	spelled := func(flag string) string {
+		if g, ok := given[flag]; ok {
+			return g
+		}
+		return "-" + flag
 	}
 	if helper {
 		// SOURCE is what fstab's first field and mount's device argument
@@ -85,18 +95,18 @@ func mountMain(args []string, helper bool) int {
 		return usageError("mount", "the MOUNTPOINT argument is empty; give a directory, e.g. ramproc mount /tmp/ramproc")
 	}
 	if err := validName(*name); err != nil {
-		return usageError("mount", fmt.Sprintf("-name %q: %v", *name, err))
+		return usageError("mount", fmt.Sprintf("%s %q: %v", spelled("name"), *name, err))
 	}
 	if *stats && *name == "stats" {
-		return usageError("mount", "-name stats is the name of the -stats file; choose another -name")
+		return usageError("mount", spelled("name")+" stats is the name of the -stats file; choose another name")
 	}
 	mode, err := strconv.ParseUint(*modeStr, 8, 32)
 	if err != nil || mode > 0o7777 {
-		return usageError("mount", fmt.Sprintf("-mode %q is not an octal permission such as 0666", *modeStr))
+		return usageError("mount", fmt.Sprintf("%s %q is not an octal permission such as 0666", spelled("mode"), *modeStr))
 	}
 	capacity, err := parseSize(*maxSizeStr)
 	if err != nil {
-		return usageError("mount", fmt.Sprintf("-max-size: %v", err))
+		return usageError("mount", fmt.Sprintf("%s: %v", spelled("max-size"), err))
 	}
 	var pt fusebridge.Passthrough
 	if *noOpen && *ptStr == "auto" {
@@ -110,13 +120,16 @@ func mountMain(args []string, helper bool) int {
 	case "off":
 		pt = fusebridge.PassthroughOff
 	default:
-		return usageError("mount", fmt.Sprintf("-passthrough %q: use auto, on or off", *ptStr))
+		return usageError("mount", fmt.Sprintf("%s %q: use auto, on or off", spelled("passthrough"), *ptStr))
 	}
 	if *noOpen && pt == fusebridge.PassthroughRequired {
 		return usageError("mount", "-passthrough on cannot be combined with -no-open (passthrough is set up when a file is opened, and a -no-open mount never sees an open); drop one of them")
 	}
+	if msg := checkMountpoint(mountpoint); msg != "" {
+		return usageError("mount", msg)
+	}
 	if *logFormat != "text" && *logFormat != "json" {
-		return usageError("mount", fmt.Sprintf("-log-format %q: use text or json", *logFormat))
+		return usageError("mount", fmt.Sprintf("%s %q: use text or json", spelled("log-format"), *logFormat))
 	}
 
 	ready, isChild := backgroundChild()
@@ -152,7 +165,7 @@ func mountMain(args []string, helper bool) int {
 	var metricsLn net.Listener
 	if *metricsAddr != "" && !inheriting {
 		if metricsLn, err = net.Listen("tcp", *metricsAddr); err != nil {
-			return usageError("mount", fmt.Sprintf("-metrics-addr %q: %v; give a free host:port such as 127.0.0.1:9475", *metricsAddr, err))
+			return usageError("mount", fmt.Sprintf("%s %q: %v; give a free host:port such as 127.0.0.1:9475", spelled("metrics-addr"), *metricsAddr, err))
 		}
 		defer metricsLn.Close()
 	}
@@ -186,11 +199,9 @@ func mountMain(args []string, helper bool) int {
 		Handover:    restartHandover(*name, capacity, &store, &metricsLn),
 	})
 	if err != nil {
-		if errors.Is(err, fusebridge.ErrMountpointBusy) {
-			say.Error(strings.TrimSuffix(err.Error(), ": "+fusebridge.ErrMountpointBusy.Error()))
-			return exitUsage
-		}
-		say.Error(err.Error())
+		// One line, as for every other mistake: these are about the
+		// mountpoint the user gave.
+		fmt.Fprintf(os.Stderr, "ramproc mount: %s\n", strings.TrimSuffix(err.Error(), ": "+fusebridge.ErrMountpointBusy.Error()))
 		return exitUsage
 	}
 	if inheriting {
@@ -343,6 +354,35 @@ func printHelp(fl *flag.FlagSet, synopsis string) {
 
 // usageError prints a one-line error that says what to do and returns the
 // usage exit status.
+// checkMountpoint says what is wrong with a mountpoint that cannot serve,
+// before anything is set up: a file that is not a directory, or a place in
+// /proc or /sys, where no directory can be created and a mount would hide
+// the kernel's own files. "" when nothing is.
+func checkMountpoint(mnt string) string {
+	if st, err := os.Stat(mnt); err == nil && !st.IsDir() {
+		what := "is not a directory"
+		if st.Mode().IsRegular() {
+			what = "is a regular file, not a directory"
+		}
+		return fmt.Sprintf("MOUNTPOINT %s %s; give a directory (it is created if missing), e.g. ramproc mount /tmp/ramproc", mnt, what)
+	}
+	// The file system of the mountpoint, or of its nearest existing
+	// ancestor when it is to be created.
+	for p := filepath.Clean(mnt); ; p = filepath.Dir(p) {
+		var fs unix.Statfs_t
+		if err := unix.Statfs(p, &fs); err == nil {
+			switch fs.Type {
+			case unix.PROC_SUPER_MAGIC, unix.SYSFS_MAGIC:
+				return fmt.Sprintf("MOUNTPOINT %s is in /proc or /sys, the kernel's own files, where a mount would hide them; give a directory elsewhere, e.g. ramproc mount /tmp/ramproc", mnt)
+			}
+			return ""
+		}
+		if p == filepath.Dir(p) {
+			return ""
+		}
+	}
+}
+
 func usageError(cmd, msg string) int {
 	fmt.Fprintf(os.Stderr, "ramproc %s: %s (run 'ramproc %s -h' for help)\n", cmd, msg, cmd)
 	return exitUsage

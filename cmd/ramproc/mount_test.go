@@ -23,7 +23,7 @@ import (
 func startMount(t *testing.T, args ...string) (*exec.Cmd, string) {
 	t.Helper()
 	testenv.RequireFUSE(t)
-	return launchMount(t, ramprocBinary(t), nil, os.Stderr, args...)
+	return launchMount(t, ramprocBinary(t), nil, testenv.Output(t), args...)
 }
 
 // launchMount starts bin's mount command with the given process attributes
@@ -215,18 +215,20 @@ func TestMountRecoversFromKilledServer(t *testing.T) {
 
 // Bad input: a one-line error that says what to do, and exit status 2.
 func TestMountUsageErrors(t *testing.T) {
-	file := filepath.Join(t.TempDir(), "file")
+	dir := t.TempDir()
+	file := filepath.Join(dir, "file")
 	os.WriteFile(file, nil, 0o644)
+	mnt := filepath.Join(dir, "mnt") // never mounted: each case is refused first
 	cases := []struct {
 		args []string
 		want string
 	}{
 		{[]string{}, "give exactly one MOUNTPOINT"},
-		{[]string{"-bogus", "/tmp/x"}, "flag provided but not defined"},
-		{[]string{"-mode", "999", "/tmp/x"}, "not an octal permission"},
-		{[]string{"-max-size", "lots", "/tmp/x"}, "is not a size"},
-		{[]string{"-max-size", "200%", "/tmp/x"}, "percentage"},
-		{[]string{"-passthrough", "maybe", "/tmp/x"}, "use auto, on or off"},
+		{[]string{"-bogus", mnt}, "flag provided but not defined"},
+		{[]string{"-mode", "999", mnt}, "not an octal permission"},
+		{[]string{"-max-size", "lots", mnt}, "is not a size"},
+		{[]string{"-max-size", "-200%", mnt}, "percentage"},
+		{[]string{"-passthrough", "maybe", mnt}, "use auto, on or off"},
 		{[]string{file}, "not a directory"},
 	}
 	for _, c := range cases {
@@ -249,10 +251,15 @@ func TestParseSize(t *testing.T) {
 			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
 		}
 	}
-	if half, err := parseSize("50%"); err != nil || half <= 0 {
+	half, err := parseSize("50%")
+	if err != nil || half <= 0 {
 		t.Errorf("50%%: %d, %v", half, err)
 	}
-	for _, bad := range []string{"", "-1", "1x", "k", "1.5g", "101%", "-5%", "NaN%", "99999999999999999999", "9000000000000000000t"} {
+	// Above 100% as tmpfs takes it: the memory is used as the file grows.
+	if triple, err := parseSize("300%"); err != nil || triple < 5*half || triple > 7*half {
+		t.Errorf("300%%: %d, %v; want 6 times 50%% (%d)", triple, err, half)
+	}
+	for _, bad := range []string{"", "-1", "1x", "k", "1.5g", "-5%", "NaN%", "Inf%", "1e300%", "99999999999999999999", "9000000000000000000t"} {
 		if _, err := parseSize(bad); err == nil {
 			t.Errorf("parseSize(%q) accepted", bad)
 		}
@@ -286,14 +293,7 @@ func FuzzParseSize(f *testing.F) {
 // An unprivileged user mounts through fusermount3: no passthrough, every
 // read and write forwarded, the capacity enforced by the store itself.
 func TestMountUnprivileged(t *testing.T) {
-	testenv.RequireFUSE(t)
-	if _, err := exec.LookPath("fusermount3"); err != nil {
-		testenv.Missing(t, "unprivileged mounts need fusermount3 (apt-get install fuse3)")
-	}
-	if st, err := os.Stat("/dev/fuse"); err != nil || st.Mode().Perm()&0o006 != 0o006 {
-		// Debian and Ubuntu make /dev/fuse 0666; .ci/run does the same.
-		testenv.Missing(t, "unprivileged mounts need /dev/fuse to be mode 0666, as Debian sets it")
-	}
+	testenv.RequireUnprivilegedFUSE(t)
 	// nobody must be able to run the binary and own the mountpoint.
 	dir, err := os.MkdirTemp("", "ramproc-nobody")
 	if err != nil {

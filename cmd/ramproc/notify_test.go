@@ -148,13 +148,7 @@ func followTail(t *testing.T, path string, appendTo func(string), attr *syscall.
 // server owns its files, so watchers of `stats` wake as with root, and the
 // RAM file's writes give their events; tail -f follows.
 func TestMountNotifyUnprivileged(t *testing.T) {
-	testenv.RequireFUSE(t)
-	if _, err := exec.LookPath("fusermount3"); err != nil {
-		testenv.Missing(t, "unprivileged mounts need fusermount3 (apt-get install fuse3)")
-	}
-	if st, err := os.Stat("/dev/fuse"); err != nil || st.Mode().Perm()&0o006 != 0o006 {
-		testenv.Missing(t, "unprivileged mounts need /dev/fuse to be mode 0666, as Debian sets it (.ci/run does)")
-	}
+	testenv.RequireUnprivilegedFUSE(t)
 	bin := testenv.CopyForNobody(t, ramprocBinary(t))
 	watcher := testenv.CopyForNobody(t, "")
 	dir, err := os.MkdirTemp("", fmt.Sprintf("ramproc-notify-%d", os.Getpid()))
@@ -169,7 +163,7 @@ func TestMountNotifyUnprivileged(t *testing.T) {
 		os.Chmod(p, 0o755)
 	}
 	nobody := &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-	cmd, path := launchMount(t, bin, nobody, os.Stderr, "-stats", mnt)
+	cmd, path := launchMount(t, bin, nobody, testenv.Output(t), "-stats", mnt)
 
 	ws := testenv.Watch(t, filepath.Join(mnt, "stats"), watcher, nobody)
 	wr := testenv.Watch(t, path, watcher, nobody)

@@ -89,28 +89,57 @@ func TestApplyOptions(t *testing.T) {
 	}
 	fl := newFlags()
 	opts := splitOptions("rw,allow_other,ro,max_size=64m,mode=0600,name=x,passthrough=off,noopen,stats,dev,suid,exec,auto,noauto,user,nofail,_netdev,x-systemd.automount,x-systemd.idle-timeout=60,defaults,comment=x")
-	if err := applyOptions(fl, opts); err != nil {
+	given, err := applyOptions(fl, opts)
+	if err != nil {
 		t.Fatal(err)
+	}
+	if given["max-size"] != "-o max_size" || given["read-only"] != "-o ro" || given["debug"] != "" {
+		t.Errorf("given = %q; want max-size from -o max_size, read-only from -o ro, debug not given", given)
 	}
 	for name, want := range map[string]string{"allow-other": "true", "read-only": "true", "max-size": "64m", "mode": "0600", "name": "x", "passthrough": "off", "no-open": "true", "stats": "true"} {
 		if got := fl.Lookup(name).Value.String(); got != want {
 			t.Errorf("-%s = %q, want %q", name, got, want)
 		}
 	}
-	err := applyOptions(newFlags(), splitOptions("rw,bogus,allow_other,worse=1"))
+	_, err = applyOptions(newFlags(), splitOptions("rw,bogus,allow_other,worse=1"))
 	if err == nil || !strings.Contains(err.Error(), `"bogus"`) || !strings.Contains(err.Error(), `"worse=1"`) {
 		t.Errorf("unknown options: %v; want both named", err)
 	}
 	for _, bad := range []string{"max_size", "stats=1", "name"} {
-		if err := applyOptions(newFlags(), []string{bad}); err == nil {
+		if _, err := applyOptions(newFlags(), []string{bad}); err == nil {
 			t.Errorf("-o %s accepted", bad)
 		}
+	}
+	// A -o option that contradicts a flag of the command line is refused;
+	// one that agrees with it is fine, and among -o options the last wins.
+	fl = newFlags()
+	fl.Parse([]string{"-read-only"})
+	if _, err := applyOptions(fl, []string{"rw"}); err == nil || !strings.Contains(err.Error(), "-read-only and -o rw contradict") {
+		t.Errorf("-read-only -o rw: %v; want refused", err)
+	}
+	fl = newFlags()
+	fl.Parse([]string{"-read-only"})
+	if _, err := applyOptions(fl, []string{"ro"}); err != nil {
+		t.Errorf("-read-only -o ro: %v", err)
+	}
+	fl = newFlags()
+	fl.Parse([]string{"-max-size", "1m"})
+	if _, err := applyOptions(fl, []string{"size=2m"}); err == nil || !strings.Contains(err.Error(), "-max-size 1m and -o size=2m contradict") {
+		t.Errorf("-max-size 1m -o size=2m: %v; want refused", err)
+	}
+	fl = newFlags()
+	if _, err := applyOptions(fl, splitOptions("ro,rw")); err != nil || fl.Lookup("read-only").Value.String() != "false" {
+		t.Errorf("-o ro,rw: %v, read-only %s; want the last, rw", err, fl.Lookup("read-only").Value)
 	}
 }
 
 // Refused invocations: one line, exit 2, and nothing left on disk.
 func TestMountRefusedLeavesNothing(t *testing.T) {
 	dir := t.TempDir()
+	regular := filepath.Join(dir, "regular")
+	if err := os.WriteFile(regular, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct {
 		args    []string
 		want    string
@@ -127,10 +156,18 @@ func TestMountRefusedLeavesNothing(t *testing.T) {
 		{[]string{dir + "/new7", "-o", "rw,bogus,allow_other,worse"}, `unknown mount option "bogus", "worse"`, dir + "/new7"},
 		{[]string{"-log-format", "xml", dir + "/new8"}, "use text or json", dir + "/new8"},
 		{[]string{dir + "/a", dir + "/b"}, "give exactly one MOUNTPOINT", dir + "/a"},
+		// A value given with -o is named as given.
+		{[]string{dir + "/new10", "-o", "max_size=abc"}, `-o max_size: "abc" is not a size`, dir + "/new10"},
+		{[]string{dir + "/new11", "-o", "size=-5%"}, `-o size: "-5%" is not a percentage`, dir + "/new11"},
+		{[]string{dir + "/new12", "-o", "mode=999"}, `-o mode "999" is not an octal permission`, dir + "/new12"},
+		{[]string{"-read-only", dir + "/new13", "-o", "rw"}, "-read-only and -o rw contradict each other", dir + "/new13"},
+		// Mountpoints that cannot serve: one line with advice, no log line.
+		{[]string{regular}, "is a regular file, not a directory; give a directory", ""},
+		{[]string{"/proc/ramproc-test-nonexistent"}, "is in /proc or /sys", "/proc/ramproc-test-nonexistent"},
 	}
 	for _, c := range cases {
 		out, code := runCmd(t, append([]string{"mount"}, c.args...)...)
-		if code != exitUsage || strings.Count(out, "\n") != 1 || !strings.Contains(out, c.want) {
+		if code != exitUsage || strings.Count(out, "\n") != 1 || !strings.Contains(out, c.want) || !strings.HasPrefix(out, "ramproc mount: ") {
 			t.Errorf("mount %q: exit %d, %q; want exit 2 and one line containing %q", c.args, code, out, c.want)
 		}
 		if c.mustNot != "" {
@@ -790,9 +827,7 @@ func TestHelperForeground(t *testing.T) {
 // command stamped into the binary (read back with debug/buildinfo); in a
 // checkout where go cannot stamp them (a git worktree) it says unknown.
 func TestVersionRevision(t *testing.T) {
-	if _, err := exec.LookPath("git"); err != nil {
-		testenv.Missing(t, "the revision test needs git")
-	}
+	testenv.RequireCommand(t, "git", "apt-get install git")
 	bin := filepath.Join(t.TempDir(), "ramproc")
 	build := boundedCommand(t, "go", "build", "-buildvcs=auto", "-o", bin, "./cmd/ramproc")
 	build.Dir = "../.."

@@ -78,8 +78,16 @@ var ignoredOptions = map[string]bool{
 }
 
 // applyOptions sets fl's flags from -o options, after the command line's
-// own flags (so -o wins). Unknown options are one error naming them all.
-func applyOptions(fl *flag.FlagSet, opts []string) error {
+// own flags. Unknown options are one error naming them all. Among -o
+// options the last wins, as with mount(8) ("ro,rw" is rw); a -o option
+// that contradicts a flag given on the command line (-read-only -o rw) is
+// refused: which one was meant cannot be known. given maps the name of
+// each flag an option set to how the user spelled it ("-o max_size"), for
+// error messages about its value.
+func applyOptions(fl *flag.FlagSet, opts []string) (given map[string]string, err error) {
+	given = map[string]string{}
+	onCommandLine := map[string]bool{}
+	fl.Visit(func(f *flag.Flag) { onCommandLine[f.Name] = true })
 	var unknown []string
 	for _, o := range opts {
 		name, value, hasValue := strings.Cut(o, "=")
@@ -92,20 +100,30 @@ func applyOptions(fl *flag.FlagSet, opts []string) error {
 			unknown = append(unknown, fmt.Sprintf("%q", o))
 			continue
 		case m.value == "" && !hasValue:
-			return fmt.Errorf("-o %s needs a value (%s=...)", name, name)
+			return nil, fmt.Errorf("-o %s needs a value (%s=...)", name, name)
 		case m.value != "" && hasValue:
-			return fmt.Errorf("-o %s takes no value", name)
+			return nil, fmt.Errorf("-o %s takes no value", name)
 		case m.value != "":
 			value = m.value
 		}
-		if err := fl.Set(m.flag, value); err != nil {
-			return fmt.Errorf("-o %s: %v", o, err)
+		if onCommandLine[m.flag] {
+			if cur := fl.Lookup(m.flag).Value.String(); cur != value {
+				spelled := "-" + m.flag
+				if cur != "true" {
+					spelled += " " + cur
+				}
+				return nil, fmt.Errorf("%s and -o %s contradict each other; give only one of them", spelled, o)
+			}
 		}
+		if err := fl.Set(m.flag, value); err != nil {
+			return nil, fmt.Errorf("-o %s: %v", o, err)
+		}
+		given[m.flag] = "-o " + name
 	}
 	if len(unknown) > 0 {
-		return fmt.Errorf("unknown mount option %s; ramproc knows allow_other, ro, rw, max_size=, mode=, name=, passthrough=, noopen, stats, debug, metrics_addr=, log_format= and ignores the generic ones (dev, suid, exec, auto, user, nofail, _netdev, x-*)", strings.Join(unknown, ", "))
+		return nil, fmt.Errorf("unknown mount option %s; ramproc knows allow_other, ro, rw, max_size=, mode=, name=, passthrough=, noopen, stats, debug, metrics_addr=, log_format= and ignores the generic ones (dev, suid, exec, auto, user, nofail, _netdev, x-*)", strings.Join(unknown, ", "))
 	}
-	return nil
+	return given, nil
 }
 
 // parseInterleaved parses flags anywhere in args, as mount helpers put -o

@@ -12,7 +12,8 @@ import (
 
 // parseSize reads a capacity the way tmpfs's size= option does: a byte count
 // with an optional k, m, g or t suffix (powers of 1024), or a percentage of
-// physical RAM. 0 means no limit.
+// physical RAM, above 100% too (tmpfs sets no bound; the memory is only
+// used as the file grows). 0 means no limit.
 func parseSize(s string) (int64, error) {
 	s = strings.TrimSpace(s)
 	if s == "" {
@@ -20,14 +21,17 @@ func parseSize(s string) (int64, error) {
 	}
 	if pct, ok := strings.CutSuffix(s, "%"); ok {
 		p, err := strconv.ParseFloat(pct, 64)
-		if err != nil || p < 0 || p > 100 || math.IsNaN(p) {
-			return 0, fmt.Errorf("%q is not a percentage between 0%% and 100%%", s)
+		if err != nil || p < 0 || math.IsNaN(p) || math.IsInf(p, 0) {
+			return 0, fmt.Errorf("%q is not a percentage of RAM such as 50%%", s)
 		}
 		var si unix.Sysinfo_t
 		if err := unix.Sysinfo(&si); err != nil {
 			return 0, fmt.Errorf("reading the RAM size for %q: %w", s, err)
 		}
 		ram := float64(si.Totalram) * float64(si.Unit)
+		if ram*p/100 >= math.MaxInt64 {
+			return 0, fmt.Errorf("%q is larger than the largest possible file", s)
+		}
 		return int64(ram * p / 100), nil
 	}
 	mult := int64(1)

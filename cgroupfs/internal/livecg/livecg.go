@@ -49,9 +49,7 @@ type Group struct {
 // (testenv.Missing: a skip, or a failure under CI).
 func New(t testing.TB, mount, rel string, settings ...string) *Group {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		testenv.Missing(t, "creating cgroups needs root")
-	}
+	testenv.RequireRoot(t, "creating cgroups")
 	if _, err := os.Stat(filepath.Join(mount, "cgroup.procs")); err != nil {
 		testenv.Missing(t, fmt.Sprintf("no cgroup hierarchy at %s: %v", mount, err))
 	}
