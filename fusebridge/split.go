@@ -241,6 +241,7 @@ func (s *Server) mirrorLocked(d *Dir, e *Entry, mode fs.FileMode, h any) error {
 		s.mu.Lock()
 		e.dir.twin = ce.dir
 		s.mu.Unlock()
+		ce.dir.onMiss.Store(e.dir.onMiss.Load())
 	}
 	e.twin.Store(ce)
 	if s.boundAbove(d) != nil || !s.companionSuits(e) || (static && s.opts.NoOpen) {

@@ -64,6 +64,9 @@ type Dir struct {
 	// hold a negative dentry that a new name must drop (a notification
 	// per Create would cost a write to /dev/fuse each).
 	missed atomic.Bool
+	// onMiss publishes names on a lookup miss (OnMiss); set on d and on
+	// its twin.
+	onMiss atomic.Pointer[func(ctx context.Context, name string)]
 }
 
 // Root returns the mount's top directory.
@@ -207,6 +210,37 @@ func (d *Dir) Remove() error {
 	return d.self.Remove()
 }
 
+// OnMiss makes d, a static directory, ask fn before it answers a lookup
+// of a name it does not hold: fn may publish the name (with Mkdir or
+// Create, in d, from the lookup's own goroutine), and the lookup then
+// finds it. This is for names that come into being outside the program,
+// such as one directory per cgroup, when a reader may reach a new one
+// before the program has heard of it: fn checks the outside world for
+// that one name. fn must publish nothing else in d, and remove nothing
+// (the kernel holds d locked while it looks up: a removal or a
+// notification there would wait for the lookup that waits for fn).
+//
+// A miss costs a call of fn and nothing else: the kernel caches no
+// negative entry in d (so a name fn did not publish is asked again at
+// the next lookup, and a name published later needs no notification),
+// and the bridge keeps nothing for names that fn did not publish. fn runs
+// for every connection that serves d (on a mount made by root, d may be
+// reached through a bind of the no-open connection). nil removes the
+// hook.
+func (d *Dir) OnMiss(fn func(ctx context.Context, name string)) {
+	var p *func(ctx context.Context, name string)
+	if fn != nil {
+		p = &fn
+	}
+	d.onMiss.Store(p)
+	d.srv.mu.RLock()
+	tw := d.twin
+	d.srv.mu.RUnlock()
+	if tw != nil {
+		tw.onMiss.Store(p)
+	}
+}
+
 // Dir returns the directory an entry names (made by Mkdir, or dynamic),
 // or nil for a file or a symbolic link.
 func (e *Entry) Dir() *Dir { return e.dir }
@@ -224,7 +258,8 @@ func (d *Dir) lookupKernel(name string) *Entry {
 		return nil
 	}
 	e := d.children[name]
-	if e == nil {
+	if e == nil && d.onMiss.Load() == nil {
+		// (With OnMiss the kernel caches no miss: see dirNode.Lookup.)
 		d.missed.Store(true)
 	}
 	return e
