@@ -88,7 +88,7 @@ func (n *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 		if fn == nil {
 			return nil, syscall.ENOENT
 		}
-		(*fn)(ctx, name)
+		d.resolve(ctx, *fn, name)
 		if e = d.lookupKernel(name); e == nil {
 			// As in a dynamic directory: no negative entry, so that the
 			// name is asked again (Dir.OnMiss).

@@ -67,6 +67,9 @@ type Dir struct {
 	// onMiss publishes names on a lookup miss (OnMiss); set on d and on
 	// its twin.
 	onMiss atomic.Pointer[func(ctx context.Context, name string)]
+	// resolving counts the lookups of each name whose OnMiss hook runs;
+	// guarded by srv.mu.
+	resolving map[string]int
 }
 
 // Root returns the mount's top directory.
@@ -221,9 +224,10 @@ func (d *Dir) Remove() error {
 // notification there would wait for the lookup that waits for fn).
 //
 // A miss costs a call of fn and nothing else: the kernel caches no
-// negative entry in d (so a name fn did not publish is asked again at
-// the next lookup, and a name published later needs no notification),
-// and the bridge keeps nothing for names that fn did not publish. fn runs
+// negative entry in d from then on (so a name fn did not publish is asked
+// again at the next lookup), and the bridge keeps nothing for names that
+// fn did not publish. Set the hook right after Mkdir: a miss before it
+// may be cached for Options.AttrTimeout, hiding the name from fn. fn runs
 // for every connection that serves d (on a mount made by root, d may be
 // reached through a bind of the no-open connection). nil removes the
 // hook.
@@ -239,6 +243,24 @@ func (d *Dir) OnMiss(fn func(ctx context.Context, name string)) {
 	if tw != nil {
 		tw.onMiss.Store(p)
 	}
+}
+
+// resolve runs d's OnMiss hook fn for name, marked as resolving.
+func (d *Dir) resolve(ctx context.Context, fn func(ctx context.Context, name string), name string) {
+	d.srv.mu.Lock()
+	if d.resolving == nil {
+		d.resolving = map[string]int{}
+	}
+	d.resolving[name]++
+	d.srv.mu.Unlock()
+	defer func() {
+		d.srv.mu.Lock()
+		if d.resolving[name]--; d.resolving[name] == 0 {
+			delete(d.resolving, name)
+		}
+		d.srv.mu.Unlock()
+	}()
+	fn(ctx, name)
 }
 
 // Dir returns the directory an entry names (made by Mkdir, or dynamic),
@@ -431,7 +453,9 @@ func (s *Server) publish(d *Dir, name string, mode fs.FileMode, h any, k kind, i
 	if k == kindDir {
 		d.subdirs++
 	}
-	missed := d.missed.Load()
+	// A name a lookup is resolving (OnMiss) has no negative entry to
+	// drop, and dropping it would wait for that very lookup.
+	missed := d.missed.Load() && d.resolving[name] == 0
 	d.count(e, 1)
 	s.mu.Unlock()
 	// The kernel may hold a negative dentry for the name from an earlier
