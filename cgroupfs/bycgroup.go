@@ -291,6 +291,17 @@ func (b *byCgroup) watch(dir string) {
 	})
 }
 
+// current reports whether cgroup p's directory is there with inode ino
+// now: a lookup may have published a cgroup made after the walk.
+func (b *byCgroup) current(p string, ino uint64) bool {
+	dir, ok := b.hostDir(p)
+	if !ok {
+		return false
+	}
+	st, err := os.Lstat(dir)
+	return err == nil && st.IsDir() && inoOf(st) == ino
+}
+
 // follow resyncs at each batch of inotify events, until the view is
 // closed.
 func (b *byCgroup) follow() {
@@ -334,7 +345,7 @@ func (b *byCgroup) resync() {
 	var stale []*cgNode
 	b.mu.Lock()
 	for p, n := range b.nodes {
-		if ino, ok := found[p]; n.ino != 0 && (!ok || ino != n.ino) {
+		if ino, ok := found[p]; n.ino != 0 && (!ok || ino != n.ino) && !b.current(p, n.ino) {
 			stale = append(stale, n)
 			delete(b.nodes, p)
 		}

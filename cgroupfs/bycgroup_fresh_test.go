@@ -176,3 +176,20 @@ func TestByCgroupFreshBound(t *testing.T) {
 		t.Errorf("saw %d limits of %d: the content does not follow the cgroup", len(seen), limits)
 	}
 }
+
+// TestByCgroupNewCgroups: cgroups made one after another and read at once,
+// every file, through the cgroupfs command (built without -race, whose
+// speed is what once let an inotify rescan that had listed the hierarchy
+// before a cgroup was made withdraw the cgroup a lookup had just
+// published: EIO and ENOENT in the middle of its files).
+func TestByCgroupNewCgroups(t *testing.T) {
+	ours, _ := startCommand(t)
+	for i := range 40 {
+		g := livecg.New(t, livecg.Memory, "bycgroup-"+livecg.Name(), "memory.limit_in_bytes", "268435456")
+		for _, f := range benchFiles {
+			if _, err := os.ReadFile(filepath.Join(ours, "by-cgroup", g.Path, f)); err != nil {
+				t.Errorf("cgroup %d: %v", i, err)
+			}
+		}
+	}
+}
