@@ -257,12 +257,13 @@ func (b *byCgroup) ensure(p string, ino uint64) {
 		b.drop(p, n)
 		return
 	}
-	if err := b.files(d, p); err != nil {
-		d.Remove() // not seen yet: its parent's lock is not held
-		b.drop(p, n)
-		return
-	}
+	// The hook first: a reader that finds the directory before its
+	// files waits for them (miss) rather than get ENOENT.
 	d.OnMiss(b.miss(p))
+	if err := b.files(d, p); err != nil {
+		b.drop(p, n)
+		return // the parent was removed meanwhile
+	}
 	n.dir = d
 }
 
