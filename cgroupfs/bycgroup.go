@@ -321,12 +321,11 @@ func (b *byCgroup) follow() {
 func (b *byCgroup) resync() {
 	b.syncMu.Lock()
 	defer b.syncMu.Unlock()
-	top, ok := b.hostDir("/")
+	m, ok := b.v.Cgroups.HomeMount()
 	if !ok {
 		return
 	}
-	m, _ := b.v.Cgroups.HomeMount()
-	rootPath := path.Clean("/" + m.Root)
+	top, rootPath := m.Dir, path.Clean("/"+m.Root)
 	found := map[string]uint64{}
 	filepath.WalkDir(top, func(dir string, e fs.DirEntry, err error) error {
 		if err != nil || !e.IsDir() {

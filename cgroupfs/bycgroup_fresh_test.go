@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ramproc/ramproc/cgroupfs/cgroup"
 	"github.com/ramproc/ramproc/cgroupfs/internal/livecg"
 	"github.com/ramproc/ramproc/cgroupfs/procview"
 	"github.com/ramproc/ramproc/fusebridge"
@@ -191,5 +192,62 @@ func TestByCgroupNewCgroups(t *testing.T) {
 				t.Errorf("cgroup %d: %v", i, err)
 			}
 		}
+	}
+}
+
+// TestByCgroupFixture follows a fixture hierarchy (plain directories, which
+// inotify reports as it does cgroups) mounted with root /outer, as a
+// container's bind of part of the tree shows it: by-cgroup holds outer and
+// the cgroups below it; one made later is found at its first lookup, one
+// removed is withdrawn, a name outside the hierarchy's root is ENOENT.
+func TestByCgroupFixture(t *testing.T) {
+	testenv.RequireFUSE(t)
+	tree := t.TempDir()
+	for _, d := range []string{"a", "a/b", "proc"} {
+		if err := os.Mkdir(filepath.Join(tree, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v := &procview.View{Cgroups: &cgroup.Hierarchies{Proc: "/proc", V1: map[string]cgroup.Mount{"memory": {Dir: tree, Root: "/outer"}}}, Proc: "/proc", Sys: "/sys"}
+	t.Cleanup(v.Close)
+	srv, err := fusebridge.Mount(t.TempDir(), fusebridge.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Unmount() })
+	if err := Publish(srv.Root(), v, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	by := filepath.Join(srv.Mountpoint(), "by-cgroup")
+	isDir := func(rel string) bool {
+		st, err := os.Stat(filepath.Join(by, rel))
+		return err == nil && st.IsDir()
+	}
+	for _, rel := range []string{"proc", "outer/proc/pressure", "outer/a/b/sys/devices/system/cpu"} {
+		if !isDir(rel) {
+			t.Errorf("%s: not a directory", rel)
+		}
+	}
+	for _, rel := range []string{"a", "outer/proc/x", "outer/nothing"} {
+		if isDir(rel) {
+			t.Errorf("%s: a directory, want ENOENT", rel)
+		}
+	}
+	// outer/proc is the files, not the fixture's cgroup "proc".
+	if _, err := os.Stat(filepath.Join(by, "outer/proc/meminfo")); err != nil {
+		t.Error(err)
+	}
+	if err := os.MkdirAll(filepath.Join(tree, "a/c/d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if !isDir("outer/a/c/d/proc") {
+		t.Error("a cgroup made after the start: not found at its first lookup")
+	}
+	if err := os.RemoveAll(filepath.Join(tree, "a/c")); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, filepath.Join(by, "outer/a/c"))
+	if !isDir("outer/a/b/proc") {
+		t.Error("a cgroup beside the removed one was withdrawn")
 	}
 }
