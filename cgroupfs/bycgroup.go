@@ -91,15 +91,16 @@ func publishByCgroup(root *fusebridge.Dir, v *procview.View, o Options) error {
 	// by-cgroup, which a lookup waiting in a hook would hold up.
 	top.OnMiss(b.miss("/"))
 	for _, p := range ancestors(rootPath) {
-		d, err := b.nodes[path.Dir(p)].dir.Mkdir(path.Base(p), 0o555)
+		d, err := b.nodes[path.Dir(p)].dir.MkdirOnMiss(path.Base(p), 0o555, b.miss(p))
 		if err != nil {
 			return err
 		}
+		b.mu.Lock()
+		b.nodes[p] = &cgNode{dir: d, built: n.built}
+		b.mu.Unlock()
 		if err := b.files(d, p); err != nil {
 			return err
 		}
-		b.nodes[p] = &cgNode{dir: d, built: n.built}
-		d.OnMiss(b.miss(p))
 	}
 	if fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC); err == nil {
 		b.inot = os.NewFile(uintptr(fd), "inotify")
@@ -250,16 +251,15 @@ func (b *byCgroup) ensure(p string, ino uint64) {
 		b.drop(p, n)
 		return
 	}
-	d, err := parent.dir.Mkdir(path.Base(p), 0o555)
+	// With its hook from the start: a reader that finds the directory
+	// before its files waits for them (miss) rather than get ENOENT.
+	d, err := parent.dir.MkdirOnMiss(path.Base(p), 0o555, b.miss(p))
 	if err != nil {
 		// The parent was removed, or the old directory of the name is
 		// not yet withdrawn: the next event or lookup tries again.
 		b.drop(p, n)
 		return
 	}
-	// The hook first: a reader that finds the directory before its
-	// files waits for them (miss) rather than get ENOENT.
-	d.OnMiss(b.miss(p))
 	if err := b.files(d, p); err != nil {
 		b.drop(p, n)
 		return // the parent was removed meanwhile

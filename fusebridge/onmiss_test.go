@@ -110,6 +110,23 @@ func TestOnMiss(t *testing.T) {
 			t.Errorf("mounts %q after names came and went, want the directory and one bind of groups", mounts)
 		}
 	}
+	// A directory with its hook from the start.
+	var inM atomic.Int64
+	m, err := top.MkdirOnMiss("m", 0o555, func(ctx context.Context, name string) {
+		inM.Add(1)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := read("m/x"); !os.IsNotExist(err) || inM.Load() != 1 {
+		t.Errorf("a lookup in a MkdirOnMiss directory: %v, hook asked %d times, want ENOENT and 1", err, inM.Load())
+	}
+	if _, err := m.Mkdir("x", 0o555); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(mnt, "groups/m/x")); err != nil {
+		t.Errorf("a name published after a miss in a MkdirOnMiss directory: %v", err)
+	}
 	top.OnMiss(nil)
 	if err := read("c"); !os.IsNotExist(err) {
 		t.Errorf("without the hook: %v, want ENOENT", err)

@@ -72,6 +72,9 @@ type Dir struct {
 	resolving map[string]int
 }
 
+// missHook is a Dir's OnMiss hook, nil for none.
+type missHook = *func(ctx context.Context, name string)
+
 // Root returns the mount's top directory.
 func (s *Server) Root() *Dir { return s.rootDir }
 
@@ -114,7 +117,19 @@ func validName(name string) error {
 // with EEXIST if the name is taken, EINVAL if it is not a valid file name,
 // and ENOENT if d has been removed or is a dynamic directory.
 func (d *Dir) Mkdir(name string, mode fs.FileMode) (*Dir, error) {
-	e, err := d.srv.publish(d, name, mode, nil, kindDir, 0, nil)
+	return d.mkdir(name, mode, nil)
+}
+
+// MkdirOnMiss is Mkdir of a directory that has the OnMiss hook fn from
+// the moment it is seen: no lookup in it can miss without asking fn, nor
+// leave a negative entry in the kernel, as one between Mkdir and OnMiss
+// could.
+func (d *Dir) MkdirOnMiss(name string, mode fs.FileMode, fn func(ctx context.Context, name string)) (*Dir, error) {
+	return d.mkdir(name, mode, &fn)
+}
+
+func (d *Dir) mkdir(name string, mode fs.FileMode, miss missHook) (*Dir, error) {
+	e, err := d.srv.publish(d, name, mode, nil, kindDir, 0, nil, miss)
 	if err != nil {
 		return nil, err
 	}
@@ -183,7 +198,7 @@ func (d *Dir) Create(name string, mode fs.FileMode, h any) (*Entry, error) {
 			return nil, fmt.Errorf("fusebridge: create %q: %s cannot be served on this NoOpen mount, where the kernel caches every file (as root a second connection that keeps OPEN would serve it); mount without NoOpen, or as root: %w", name, why, syscall.EINVAL)
 		}
 	}
-	e, err := d.srv.publish(d, name, mode, h, k, 0, nil)
+	e, err := d.srv.publish(d, name, mode, h, k, 0, nil, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -226,8 +241,9 @@ func (d *Dir) Remove() error {
 // A miss costs a call of fn and nothing else: the kernel caches no
 // negative entry in d from then on (so a name fn did not publish is asked
 // again at the next lookup), and the bridge keeps nothing for names that
-// fn did not publish. Set the hook right after Mkdir: a miss before it
-// may be cached for Options.AttrTimeout, hiding the name from fn. fn runs
+// fn did not publish. A miss before the hook is set may be cached for
+// Options.AttrTimeout, hiding the name from fn: make the directory with
+// MkdirOnMiss for a hook from the start. fn runs
 // for every connection that serves d (on a mount made by root, d may be
 // reached through a bind of the no-open connection). nil removes the
 // hook.
@@ -411,8 +427,9 @@ func unknownSize(h any) bool {
 
 // publish makes the entry of h (nil for a static directory) named name in d
 // with inode number ino (0: the next free) on s, and links it into d.
-// ops, if not nil, are h's interfaces already resolved.
-func (s *Server) publish(d *Dir, name string, mode fs.FileMode, h any, k kind, ino uint64, ops *fileOps) (*Entry, error) {
+// ops, if not nil, are h's interfaces already resolved; miss is a static
+// directory's OnMiss hook, set before any lookup can see it.
+func (s *Server) publish(d *Dir, name string, mode fs.FileMode, h any, k kind, ino uint64, ops *fileOps, miss missHook) (*Entry, error) {
 	if err := validName(name); err != nil {
 		return nil, err
 	}
@@ -437,6 +454,9 @@ func (s *Server) publish(d *Dir, name string, mode fs.FileMode, h any, k kind, i
 	s.mu.Unlock()
 
 	e := newEntry(s, d, name, ino, mode, h, k, ops)
+	if e.dir != nil && miss != nil {
+		e.dir.onMiss.Store(miss)
+	}
 	if e.setattrer != nil {
 		m := mode
 		if err := e.setattrer.Setattr(context.Background(), nil, &handler.SetAttr{Mode: &m}); err != nil {
