@@ -148,10 +148,13 @@ func within(p, root string) (string, bool) {
 	return "", false
 }
 
-// files publishes proc and sys of cgroup p in d.
+// files publishes proc and sys of cgroup p in d. Their directories
+// have a hook that waits until all are published: a reader that finds one
+// before its files waits rather than get ENOENT.
 func (b *byCgroup) files(d *fusebridge.Dir, p string) error {
 	v := b.v.At(p)
-	proc, err := d.Mkdir("proc", 0o555)
+	wait := b.waitBuilt(p)
+	proc, err := d.MkdirOnMiss("proc", 0o555, wait)
 	if err != nil {
 		return err
 	}
@@ -163,7 +166,7 @@ func (b *byCgroup) files(d *fusebridge.Dir, p string) error {
 			return err
 		}
 	}
-	pressure, err := proc.Mkdir("pressure", 0o555)
+	pressure, err := proc.MkdirOnMiss("pressure", 0o555, wait)
 	if err != nil {
 		return err
 	}
@@ -173,9 +176,11 @@ func (b *byCgroup) files(d *fusebridge.Dir, p string) error {
 			return err
 		}
 	}
-	cpu, err := d.MkdirAll("sys/devices/system/cpu", 0o555)
-	if err != nil {
-		return err
+	cpu := d
+	for _, name := range []string{"sys", "devices", "system", "cpu"} {
+		if cpu, err = cpu.MkdirOnMiss(name, 0o555, wait); err != nil {
+			return err
+		}
 	}
 	_, err = cpu.Create("online", 0o444, b.file(v, (*procview.View).Online))
 	return err
@@ -197,12 +202,7 @@ func (b *byCgroup) file(v *procview.View, derive func(v *procview.View, pid int)
 func (b *byCgroup) miss(p string) func(ctx context.Context, name string) {
 	return func(ctx context.Context, name string) {
 		if name == "proc" || name == "sys" {
-			b.mu.Lock()
-			n := b.nodes[p]
-			b.mu.Unlock()
-			if n != nil {
-				<-n.built
-			}
+			b.waitBuilt(p)(ctx, name)
 			return
 		}
 		child := path.Join(p, name)
@@ -216,6 +216,19 @@ func (b *byCgroup) miss(p string) func(ctx context.Context, name string) {
 		}
 		b.watch(dir)
 		b.ensure(child, inoOf(st))
+	}
+}
+
+// waitBuilt is the hook of the directories of cgroup p's files: it waits
+// until p's directory and files are published.
+func (b *byCgroup) waitBuilt(p string) func(ctx context.Context, name string) {
+	return func(ctx context.Context, name string) {
+		b.mu.Lock()
+		n := b.nodes[p]
+		b.mu.Unlock()
+		if n != nil {
+			<-n.built
+		}
 	}
 }
 
