@@ -2,13 +2,20 @@ package cgroupfs
 
 import (
 	"context"
-	"fmt"
+	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
 	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/ramproc/ramproc/cgroupfs/procview"
+	"github.com/ramproc/ramproc/fusebridge"
 	"github.com/ramproc/ramproc/handler"
 )
 
@@ -21,27 +28,107 @@ import (
 // hold the files, so a cgroup with one of those names is not reachable
 // here.
 //
-// Each file is generated at each open (handler.Generated). FRESHNESS: the
-// library's freshness bound (a Generated with a maximum age, served from
-// the kernel's cache; issue 14) is not in this branch; once it is, these
-// files take it (default 100 ms) in byCgroupFile, and are then read at
-// kernel-cache speed.
+// The tree is static, so that it is served from the kernel's cache: each
+// file is Generated(...).MaxAge(Options.ByCgroupMaxAge), never read older
+// than that bound, and the whole of by-cgroup holds only such files, so on
+// a mount made by root it is one bind of the no-open connection and a read
+// within the bound costs no request (see fusebridge's "Freshness bounds").
+// It follows the hierarchy: published at start, a cgroup made later is
+// added when inotify reports it, or at once when a lookup asks for its
+// name first (Dir.OnMiss: a container that bind-mounts its files right
+// after its cgroup is made finds them), and a removed one is withdrawn
+// when inotify reports it. A name that is no cgroup costs a stat(2) and
+// leaves nothing behind. Between a cgroup's removal and its withdrawal a
+// read may still get its last content, within the bound.
 
-// byCgroupDir is by-cgroup/<path>: the cgroup's child cgroups, and its
-// proc and sys.
-type byCgroupDir struct {
-	v    *procview.View
-	o    Options
-	path string // cgroup path, "/" for by-cgroup itself
+// DefaultByCgroupMaxAge is the freshness bound of by-cgroup's files when
+// Options.ByCgroupMaxAge is 0.
+const DefaultByCgroupMaxAge = 100 * time.Millisecond
+
+// byCgroup keeps by-cgroup in step with the cgroup hierarchy.
+type byCgroup struct {
+	v      *procview.View
+	o      Options
+	maxAge time.Duration
+	inot   *os.File // inotify instance, nil without one
+	syncMu sync.Mutex
+
+	mu    sync.Mutex
+	nodes map[string]*cgNode // by cgroup path ("/" is by-cgroup itself)
 }
 
-// dir is the cgroup's directory in the home hierarchy.
-func (d byCgroupDir) dir() (string, bool) {
-	m, ok := d.v.Cgroups.HomeMount()
+// cgNode is one published cgroup directory.
+type cgNode struct {
+	dir   *fusebridge.Dir // set before built is closed
+	ino   uint64          // the cgroup directory's inode number; 0: kept (above the hierarchy's root)
+	built chan struct{}   // closed once dir and its files are published
+}
+
+// publishByCgroup makes by-cgroup in root and starts following the
+// hierarchy.
+func publishByCgroup(root *fusebridge.Dir, v *procview.View, o Options) error {
+	b := &byCgroup{v: v, o: o, maxAge: o.ByCgroupMaxAge, nodes: map[string]*cgNode{}}
+	if b.maxAge <= 0 {
+		b.maxAge = DefaultByCgroupMaxAge
+	}
+	top, err := root.Mkdir("by-cgroup", 0o555)
+	if err != nil {
+		return err
+	}
+	// by-cgroup and the cgroups above the hierarchy's root (a container's
+	// bind of part of the tree) are kept: they have no directory to follow.
+	rootPath := "/"
+	if m, ok := v.Cgroups.HomeMount(); ok {
+		rootPath = path.Clean("/" + m.Root)
+	}
+	n := &cgNode{dir: top, built: make(chan struct{})}
+	b.nodes["/"] = n
+	if err := b.files(n.dir, "/"); err != nil {
+		return err
+	}
+	close(n.built)
+	// The hooks come after the first files: the first bounded file binds
+	// by-cgroup, which a lookup waiting in a hook would hold up.
+	top.OnMiss(b.miss("/"))
+	for _, p := range ancestors(rootPath) {
+		d, err := b.nodes[path.Dir(p)].dir.MkdirOnMiss(path.Base(p), 0o555, b.miss(p))
+		if err != nil {
+			return err
+		}
+		b.mu.Lock()
+		b.nodes[p] = &cgNode{dir: d, built: n.built}
+		b.mu.Unlock()
+		if err := b.files(d, p); err != nil {
+			return err
+		}
+	}
+	if fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC); err == nil {
+		b.inot = os.NewFile(uintptr(fd), "inotify")
+	}
+	b.resync()
+	if b.inot != nil {
+		go b.follow()
+		v.OnClose(func() { b.inot.Close() })
+	}
+	return nil
+}
+
+// ancestors lists the cgroup paths from below "/" down to p, p included.
+func ancestors(p string) []string {
+	var list []string
+	for ; p != "/" && p != "."; p = path.Dir(p) {
+		list = append([]string{p}, list...)
+	}
+	return list
+}
+
+// hostDir is the directory of cgroup p in the home hierarchy.
+func (b *byCgroup) hostDir(p string) (string, bool) {
+	m, ok := b.v.Cgroups.HomeMount()
 	if !ok {
 		return "", false
 	}
-	rel, ok := within(path.Clean(d.path), path.Clean("/"+m.Root))
+	rel, ok := within(path.Clean(p), path.Clean("/"+m.Root))
 	if !ok {
 		return "", false
 	}
@@ -61,104 +148,242 @@ func within(p, root string) (string, bool) {
 	return "", false
 }
 
-// files returns proc and sys of the cgroup.
-func (d byCgroupDir) files() []handler.Child {
-	v := d.v.At(d.path)
-	var proc []handler.Child
+// files publishes proc and sys of cgroup p in d. Their directories
+// have a hook that waits until all are published: a reader that finds one
+// before its files waits rather than get ENOENT.
+func (b *byCgroup) files(d *fusebridge.Dir, p string) error {
+	v := b.v.At(p)
+	wait := b.waitBuilt(p)
+	proc, err := d.MkdirOnMiss("proc", 0o555, wait)
+	if err != nil {
+		return err
+	}
 	for _, f := range procFiles {
-		if f.name == "loadavg" && d.o.NoLoadavg {
+		if f.name == "loadavg" && b.o.NoLoadavg {
 			continue
 		}
-		proc = append(proc, handler.Child{Name: f.name, Mode: f.mode, Node: byCgroupFile(v, f.derive)})
+		if _, err := proc.Create(f.name, f.mode, b.file(v, f.derive)); err != nil {
+			return err
+		}
 	}
-	var pressure []handler.Child
+	pressure, err := proc.MkdirOnMiss("pressure", 0o555, wait)
+	if err != nil {
+		return err
+	}
 	for _, r := range pressures {
-		pressure = append(pressure, handler.Child{Name: r, Mode: 0o444, Node: byCgroupFile(v, func(v *procview.View, pid int) ([]byte, error) {
-			return v.Pressure(pid, r)
-		})})
+		derive := func(v *procview.View, pid int) ([]byte, error) { return v.Pressure(pid, r) }
+		if _, err := pressure.Create(r, 0o444, b.file(v, derive)); err != nil {
+			return err
+		}
 	}
-	proc = append(proc, handler.Child{Name: "pressure", Mode: 0o555, Node: staticDir(pressure)})
-	online := handler.Child{Name: "online", Mode: 0o444, Node: byCgroupFile(v, (*procview.View).Online)}
-	sys := staticDir{{Name: "devices", Mode: 0o555, Node: staticDir{{Name: "system", Mode: 0o555, Node: staticDir{{Name: "cpu", Mode: 0o555, Node: staticDir{online}}}}}}}
-	return []handler.Child{{Name: "proc", Mode: 0o555, Node: staticDir(proc)}, {Name: "sys", Mode: 0o555, Node: sys}}
+	cpu := d
+	for _, name := range []string{"sys", "devices", "system", "cpu"} {
+		if cpu, err = cpu.MkdirOnMiss(name, 0o555, wait); err != nil {
+			return err
+		}
+	}
+	_, err = cpu.Create("online", 0o444, b.file(v, (*procview.View).Online))
+	return err
 }
 
-// byCgroupFile is a file of one cgroup, generated at each open; the pid
-// passed to derive is the reader's (the loadavg of a cgroup read for the
-// first time names it as the last task), or 0.
-func byCgroupFile(v *procview.View, derive func(v *procview.View, pid int) ([]byte, error)) handler.Generated {
-	return func(ctx context.Context) ([]byte, error) {
+// file is a file of one cgroup, generated at most once per bound; the pid
+// passed to derive is the reader's who asks for a new version (the loadavg
+// of a cgroup read for the first time names it as the last task), or 0.
+func (b *byCgroup) file(v *procview.View, derive func(v *procview.View, pid int) ([]byte, error)) handler.Bounded {
+	return handler.Generated(func(ctx context.Context) ([]byte, error) {
 		pid, _ := caller(ctx)
 		return derive(v, pid)
+	}).MaxAge(b.maxAge)
+}
+
+// miss is the OnMiss hook of cgroup p's directory: a child cgroup not
+// yet published is published now; proc and sys, while p's directory is
+// being filled, are waited for. It only publishes (see Dir.OnMiss).
+func (b *byCgroup) miss(p string) func(ctx context.Context, name string) {
+	return func(ctx context.Context, name string) {
+		if name == "proc" || name == "sys" {
+			b.waitBuilt(p)(ctx, name)
+			return
+		}
+		child := path.Join(p, name)
+		dir, ok := b.hostDir(child)
+		if !ok {
+			return
+		}
+		st, err := os.Lstat(dir)
+		if err != nil || !st.IsDir() {
+			return // no cgroup: nothing kept
+		}
+		b.watch(dir)
+		b.ensure(child, inoOf(st))
 	}
 }
 
-// Lookup finds proc, sys or a child cgroup.
-func (d byCgroupDir) Lookup(ctx context.Context, name string) (handler.Child, error) {
-	for _, c := range d.files() {
-		if c.Name == name {
-			return c, nil
+// waitBuilt is the hook of the directories of cgroup p's files: it waits
+// until p's directory and files are published.
+func (b *byCgroup) waitBuilt(p string) func(ctx context.Context, name string) {
+	return func(ctx context.Context, name string) {
+		b.mu.Lock()
+		n := b.nodes[p]
+		b.mu.Unlock()
+		if n != nil {
+			<-n.built
 		}
 	}
-	dir, ok := d.dir()
-	if !ok {
-		return handler.Child{}, syscall.ENOENT
-	}
-	st, err := os.Stat(filepath.Join(dir, name))
-	if err != nil || !st.IsDir() {
-		return handler.Child{}, fmt.Errorf("cgroup %s: %w", path.Join(d.path, name), handler.ErrVanished)
-	}
-	return d.child(name, st), nil
 }
 
-// child is the directory of child cgroup name. Its Gen is the cgroup
-// directory's inode number, which a cgroup made anew under the same name
-// does not share.
-func (d byCgroupDir) child(name string, st os.FileInfo) handler.Child {
-	var gen uint64
+// inoOf is the inode number of a cgroup's directory, which a cgroup made
+// anew under the same name does not share.
+func inoOf(st fs.FileInfo) uint64 {
 	if s, ok := st.Sys().(*syscall.Stat_t); ok {
-		gen = s.Ino + 1
+		return s.Ino
 	}
-	return handler.Child{Name: name, Mode: 0o555, Gen: gen, Node: byCgroupDir{v: d.v, o: d.o, path: path.Join(d.path, name)}}
+	return 0
 }
 
-// List lists proc, sys and the child cgroups.
-func (d byCgroupDir) List(ctx context.Context) ([]handler.Child, error) {
-	kids := d.files()
-	dir, ok := d.dir()
-	if !ok {
-		return kids, nil
+// ensure publishes cgroup p (directory inode ino) if it is not: its
+// parent must be. It waits for one being published by another goroutine.
+func (b *byCgroup) ensure(p string, ino uint64) {
+	b.mu.Lock()
+	if n := b.nodes[p]; n != nil {
+		b.mu.Unlock()
+		<-n.built
+		return
 	}
-	entries, err := os.ReadDir(dir)
+	parent := b.nodes[path.Dir(p)]
+	if parent == nil {
+		b.mu.Unlock()
+		return
+	}
+	n := &cgNode{ino: ino, built: make(chan struct{})}
+	b.nodes[p] = n
+	b.mu.Unlock()
+	defer close(n.built)
+	<-parent.built
+	if parent.dir == nil {
+		b.drop(p, n)
+		return
+	}
+	// With its hook from the start: a reader that finds the directory
+	// before its files waits for them (miss) rather than get ENOENT.
+	d, err := parent.dir.MkdirOnMiss(path.Base(p), 0o555, b.miss(p))
 	if err != nil {
-		if os.IsNotExist(err) {
-			return nil, handler.ErrVanished
-		}
-		return nil, err
+		// The parent was removed, or the old directory of the name is
+		// not yet withdrawn: the next event or lookup tries again.
+		b.drop(p, n)
+		return
 	}
-	for _, e := range entries {
-		if !e.IsDir() || e.Name() == "proc" || e.Name() == "sys" {
-			continue
+	if err := b.files(d, p); err != nil {
+		b.drop(p, n)
+		return // the parent was removed meanwhile
+	}
+	n.dir = d
+}
+
+// drop forgets n, if it is still p's node.
+func (b *byCgroup) drop(p string, n *cgNode) {
+	b.mu.Lock()
+	if b.nodes[p] == n {
+		delete(b.nodes, p)
+	}
+	b.mu.Unlock()
+}
+
+// watch adds an inotify watch for the cgroups made and removed in dir.
+func (b *byCgroup) watch(dir string) {
+	if b.inot == nil {
+		return
+	}
+	rc, err := b.inot.SyscallConn()
+	if err != nil {
+		return
+	}
+	rc.Control(func(fd uintptr) {
+		// A failure (fs.inotify.max_user_watches) leaves the cgroups
+		// made below dir to lookups (OnMiss).
+		unix.InotifyAddWatch(int(fd), dir, unix.IN_CREATE|unix.IN_DELETE|unix.IN_MOVED_FROM|unix.IN_MOVED_TO|unix.IN_ONLYDIR)
+	})
+}
+
+// current reports whether cgroup p's directory is there with inode ino
+// now: a lookup may have published a cgroup made after the walk.
+func (b *byCgroup) current(p string, ino uint64) bool {
+	dir, ok := b.hostDir(p)
+	if !ok {
+		return false
+	}
+	st, err := os.Lstat(dir)
+	return err == nil && st.IsDir() && inoOf(st) == ino
+}
+
+// follow resyncs at each batch of inotify events, until the view is
+// closed.
+func (b *byCgroup) follow() {
+	buf := make([]byte, 64<<10)
+	for {
+		if _, err := b.inot.Read(buf); err != nil {
+			return
+		}
+		b.resync()
+	}
+}
+
+// resync makes by-cgroup match the hierarchy: removed cgroups (and ones
+// made anew under an old name) withdrawn, new ones published, each cgroup
+// directory watched.
+func (b *byCgroup) resync() {
+	b.syncMu.Lock()
+	defer b.syncMu.Unlock()
+	m, ok := b.v.Cgroups.HomeMount()
+	if !ok {
+		return
+	}
+	top, rootPath := m.Dir, path.Clean("/"+m.Root)
+	found := map[string]uint64{}
+	filepath.WalkDir(top, func(dir string, e fs.DirEntry, err error) error {
+		if err != nil || !e.IsDir() {
+			return nil
+		}
+		rel, _ := filepath.Rel(top, dir)
+		p := path.Join(rootPath, filepath.ToSlash(rel))
+		if name := path.Base(p); p != rootPath && (name == "proc" || name == "sys") {
+			return fs.SkipDir // not reachable (see above)
 		}
 		if st, err := e.Info(); err == nil {
-			kids = append(kids, d.child(e.Name(), st))
+			found[p] = inoOf(st)
+			b.watch(dir)
+		}
+		return nil
+	})
+	var stale []*cgNode
+	b.mu.Lock()
+	for p, n := range b.nodes {
+		if ino, ok := found[p]; n.ino != 0 && (!ok || ino != n.ino) && !b.current(p, n.ino) {
+			stale = append(stale, n)
+			delete(b.nodes, p)
 		}
 	}
-	return kids, nil
-}
-
-// staticDir is a directory of fixed children.
-type staticDir []handler.Child
-
-// Lookup finds a child.
-func (s staticDir) Lookup(ctx context.Context, name string) (handler.Child, error) {
-	for _, c := range s {
-		if c.Name == name {
-			return c, nil
+	b.mu.Unlock()
+	for _, n := range stale {
+		<-n.built
+		if n.dir != nil {
+			n.dir.Remove() // ENOENT for one inside a removed one
 		}
 	}
-	return handler.Child{}, syscall.ENOENT
+	var add []string
+	for p := range found {
+		if p != rootPath {
+			add = append(add, p)
+		}
+	}
+	// Parents first.
+	sort.Slice(add, func(i, j int) bool {
+		if di, dj := strings.Count(add[i], "/"), strings.Count(add[j], "/"); di != dj {
+			return di < dj
+		}
+		return add[i] < add[j]
+	})
+	for _, p := range add {
+		b.ensure(p, found[p])
+	}
 }
-
-// List lists the children.
-func (s staticDir) List(ctx context.Context) ([]handler.Child, error) { return s, nil }

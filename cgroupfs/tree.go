@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"syscall"
+	"time"
 
 	"github.com/ramproc/ramproc/cgroupfs/procview"
 	"github.com/ramproc/ramproc/fusebridge"
@@ -34,6 +35,9 @@ type Options struct {
 	// NoSwap shows no swap to a confined reader: SwapTotal 0 in meminfo,
 	// no device in swaps (LXCFS's -u, --disable-swap).
 	NoSwap bool
+	// ByCgroupMaxAge is the freshness bound of by-cgroup's files (0:
+	// DefaultByCgroupMaxAge): no read gets content made longer ago.
+	ByCgroupMaxAge time.Duration
 }
 
 // Paths lists the files Publish serves with o, relative to the mount
@@ -83,7 +87,8 @@ var pressures = []string{"cpu", "io", "memory"}
 //	    self                       a link to the caller's pid
 //	    <pid>/status               one directory per process of the caller's cgroup
 //	by-cgroup/<cgroup path>/       the files of proc and sys for one cgroup,
-//	    proc/... sys/...           whoever reads (see byCgroupDir)
+//	    proc/... sys/...           whoever reads, within a freshness bound
+//	                               (see publishByCgroup)
 //
 // proc and sys are static directories, made once: the kernel keeps their
 // names and their files' attributes (the same for every caller), so an
@@ -131,8 +136,7 @@ func Publish(root *fusebridge.Dir, v *procview.View, o Options) error {
 	if _, err := root.Create("pids", 0o555, &pidsDir{v: v}); err != nil {
 		return err
 	}
-	_, err = root.Create("by-cgroup", 0o555, byCgroupDir{v: v, o: o, path: "/"})
-	return err
+	return publishByCgroup(root, v, o)
 }
 
 // caller returns the thread for whom a request is made, as the kernel

@@ -84,7 +84,17 @@ func (n *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 			return nil, errno
 		}
 	} else if e = d.lookupKernel(name); e == nil {
-		return nil, syscall.ENOENT
+		fn := d.onMiss.Load()
+		if fn == nil {
+			return nil, syscall.ENOENT
+		}
+		d.resolve(ctx, *fn, name)
+		if e = d.lookupKernel(name); e == nil {
+			// As in a dynamic directory: no negative entry, so that the
+			// name is asked again (Dir.OnMiss).
+			out.SetEntryTimeout(time.Nanosecond)
+			return nil, syscall.ENOENT
+		}
 	}
 	return n.child(ctx, e, out)
 }

@@ -76,7 +76,10 @@
 // file is generated per open, which is within any bound; so is a bounded
 // child of a dynamic directory, which is served with its directory by the
 // connection that keeps OPEN (publish such files with Create, in static
-// directories, to have them cached). On a NoOpen
+// directories, to have them cached; for names that come and go outside the
+// program, such as one directory per cgroup, keep the static directories
+// in step and let Dir.OnMiss (or Dir.MkdirOnMiss) publish a name at the
+// lookup that finds it missing). On a NoOpen
 // mount, whose main connection caches every file it serves, a Generated
 // without a bound of its own gets DefaultMaxAge. handler.Value and the knobs need none: every
 // change to them drops the kernel's copy.

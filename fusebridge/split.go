@@ -229,7 +229,11 @@ func (s *Server) mirrorLocked(d *Dir, e *Entry, mode fs.FileMode, h any) error {
 		}
 		return nil // d itself is not mirrored
 	}
-	ce, err := c.publish(ct, e.name, mode, h, e.kind, e.ino, e.fileOps)
+	var miss missHook
+	if e.dir != nil {
+		miss = e.dir.onMiss.Load()
+	}
+	ce, err := c.publish(ct, e.name, mode, h, e.kind, e.ino, e.fileOps, miss)
 	if err != nil {
 		if must {
 			return fmt.Errorf("fusebridge: create %q on the connection that keeps OPEN: %w", e.Path(), err)
@@ -241,6 +245,7 @@ func (s *Server) mirrorLocked(d *Dir, e *Entry, mode fs.FileMode, h any) error {
 		s.mu.Lock()
 		e.dir.twin = ce.dir
 		s.mu.Unlock()
+		ce.dir.onMiss.Store(e.dir.onMiss.Load()) // OnMiss since publish
 	}
 	e.twin.Store(ce)
 	if s.boundAbove(d) != nil || !s.companionSuits(e) || (static && s.opts.NoOpen) {

@@ -64,7 +64,16 @@ type Dir struct {
 	// hold a negative dentry that a new name must drop (a notification
 	// per Create would cost a write to /dev/fuse each).
 	missed atomic.Bool
+	// onMiss publishes names on a lookup miss (OnMiss); set on d and on
+	// its twin.
+	onMiss atomic.Pointer[func(ctx context.Context, name string)]
+	// resolving counts the lookups of each name whose OnMiss hook runs;
+	// guarded by srv.mu.
+	resolving map[string]int
 }
+
+// missHook is a Dir's OnMiss hook, nil for none.
+type missHook = *func(ctx context.Context, name string)
 
 // Root returns the mount's top directory.
 func (s *Server) Root() *Dir { return s.rootDir }
@@ -108,7 +117,19 @@ func validName(name string) error {
 // with EEXIST if the name is taken, EINVAL if it is not a valid file name,
 // and ENOENT if d has been removed or is a dynamic directory.
 func (d *Dir) Mkdir(name string, mode fs.FileMode) (*Dir, error) {
-	e, err := d.srv.publish(d, name, mode, nil, kindDir, 0, nil)
+	return d.mkdir(name, mode, nil)
+}
+
+// MkdirOnMiss is Mkdir of a directory that has the OnMiss hook fn from
+// the moment it is seen: no lookup in it can miss without asking fn, nor
+// leave a negative entry in the kernel, as one between Mkdir and OnMiss
+// could.
+func (d *Dir) MkdirOnMiss(name string, mode fs.FileMode, fn func(ctx context.Context, name string)) (*Dir, error) {
+	return d.mkdir(name, mode, &fn)
+}
+
+func (d *Dir) mkdir(name string, mode fs.FileMode, miss missHook) (*Dir, error) {
+	e, err := d.srv.publish(d, name, mode, nil, kindDir, 0, nil, miss)
 	if err != nil {
 		return nil, err
 	}
@@ -177,7 +198,7 @@ func (d *Dir) Create(name string, mode fs.FileMode, h any) (*Entry, error) {
 			return nil, fmt.Errorf("fusebridge: create %q: %s cannot be served on this NoOpen mount, where the kernel caches every file (as root a second connection that keeps OPEN would serve it); mount without NoOpen, or as root: %w", name, why, syscall.EINVAL)
 		}
 	}
-	e, err := d.srv.publish(d, name, mode, h, k, 0, nil)
+	e, err := d.srv.publish(d, name, mode, h, k, 0, nil, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -207,6 +228,57 @@ func (d *Dir) Remove() error {
 	return d.self.Remove()
 }
 
+// OnMiss makes d, a static directory, ask fn before it answers a lookup
+// of a name it does not hold: fn may publish the name (with Mkdir or
+// Create, in d, from the lookup's own goroutine), and the lookup then
+// finds it. This is for names that come into being outside the program,
+// such as one directory per cgroup, when a reader may reach a new one
+// before the program has heard of it: fn checks the outside world for
+// that one name. fn must publish nothing else in d, and remove nothing
+// (the kernel holds d locked while it looks up: a removal or a
+// notification there would wait for the lookup that waits for fn).
+//
+// A miss costs a call of fn and nothing else: the kernel caches no
+// negative entry in d from then on (so a name fn did not publish is asked
+// again at the next lookup), and the bridge keeps nothing for names that
+// fn did not publish. A miss before the hook is set may be cached for
+// Options.AttrTimeout, hiding the name from fn: make the directory with
+// MkdirOnMiss for a hook from the start. fn runs
+// for every connection that serves d (on a mount made by root, d may be
+// reached through a bind of the no-open connection). nil removes the
+// hook.
+func (d *Dir) OnMiss(fn func(ctx context.Context, name string)) {
+	var p *func(ctx context.Context, name string)
+	if fn != nil {
+		p = &fn
+	}
+	d.onMiss.Store(p)
+	d.srv.mu.RLock()
+	tw := d.twin
+	d.srv.mu.RUnlock()
+	if tw != nil {
+		tw.onMiss.Store(p)
+	}
+}
+
+// resolve runs d's OnMiss hook fn for name, marked as resolving.
+func (d *Dir) resolve(ctx context.Context, fn func(ctx context.Context, name string), name string) {
+	d.srv.mu.Lock()
+	if d.resolving == nil {
+		d.resolving = map[string]int{}
+	}
+	d.resolving[name]++
+	d.srv.mu.Unlock()
+	defer func() {
+		d.srv.mu.Lock()
+		if d.resolving[name]--; d.resolving[name] == 0 {
+			delete(d.resolving, name)
+		}
+		d.srv.mu.Unlock()
+	}()
+	fn(ctx, name)
+}
+
 // Dir returns the directory an entry names (made by Mkdir, or dynamic),
 // or nil for a file or a symbolic link.
 func (e *Entry) Dir() *Dir { return e.dir }
@@ -224,7 +296,8 @@ func (d *Dir) lookupKernel(name string) *Entry {
 		return nil
 	}
 	e := d.children[name]
-	if e == nil {
+	if e == nil && d.onMiss.Load() == nil {
+		// (With OnMiss the kernel caches no miss: see dirNode.Lookup.)
 		d.missed.Store(true)
 	}
 	return e
@@ -354,8 +427,9 @@ func unknownSize(h any) bool {
 
 // publish makes the entry of h (nil for a static directory) named name in d
 // with inode number ino (0: the next free) on s, and links it into d.
-// ops, if not nil, are h's interfaces already resolved.
-func (s *Server) publish(d *Dir, name string, mode fs.FileMode, h any, k kind, ino uint64, ops *fileOps) (*Entry, error) {
+// ops, if not nil, are h's interfaces already resolved; miss is a static
+// directory's OnMiss hook, set before any lookup can see it.
+func (s *Server) publish(d *Dir, name string, mode fs.FileMode, h any, k kind, ino uint64, ops *fileOps, miss missHook) (*Entry, error) {
 	if err := validName(name); err != nil {
 		return nil, err
 	}
@@ -380,6 +454,9 @@ func (s *Server) publish(d *Dir, name string, mode fs.FileMode, h any, k kind, i
 	s.mu.Unlock()
 
 	e := newEntry(s, d, name, ino, mode, h, k, ops)
+	if e.dir != nil && miss != nil {
+		e.dir.onMiss.Store(miss)
+	}
 	if e.setattrer != nil {
 		m := mode
 		if err := e.setattrer.Setattr(context.Background(), nil, &handler.SetAttr{Mode: &m}); err != nil {
@@ -396,7 +473,9 @@ func (s *Server) publish(d *Dir, name string, mode fs.FileMode, h any, k kind, i
 	if k == kindDir {
 		d.subdirs++
 	}
-	missed := d.missed.Load()
+	// A name a lookup is resolving (OnMiss) has no negative entry to
+	// drop, and dropping it would wait for that very lookup.
+	missed := d.missed.Load() && d.resolving[name] == 0
 	d.count(e, 1)
 	s.mu.Unlock()
 	// The kernel may hold a negative dentry for the name from an earlier

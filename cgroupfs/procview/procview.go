@@ -59,11 +59,28 @@ func New() (*View, error) {
 	return &View{Cgroups: h, Proc: "/proc", Sys: "/sys", Load: &loadavg.Sampler{Proc: "/proc"}}, nil
 }
 
-// Close stops the load sampling.
+// Close stops the load sampling, and runs what OnClose was given.
 func (v *View) Close() {
 	if v.Load != nil {
 		v.Load.Close()
 	}
+	s := v.state()
+	s.mu.Lock()
+	closers := s.closers
+	s.closers = nil
+	s.mu.Unlock()
+	for _, f := range closers {
+		f()
+	}
+}
+
+// OnClose has Close run f: what is built on the view (a watcher of the
+// cgroup hierarchy) stops with it.
+func (v *View) OnClose(f func()) {
+	s := v.state()
+	s.mu.Lock()
+	s.closers = append(s.closers, f)
+	s.mu.Unlock()
 }
 
 // shared is what a View and the Views made from it by At share.
@@ -71,6 +88,7 @@ type shared struct {
 	mu         sync.Mutex
 	oldestOf   map[string]oldestProc // by cgroup directory (see oldest)
 	slabHeader []byte                // see slabinfoHeader
+	closers    []func()              // see OnClose
 }
 
 var sharedInit sync.Mutex

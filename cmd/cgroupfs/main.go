@@ -15,6 +15,9 @@
 //	noloadavg  no proc/loadavg (LXCFS serves it only with -l)
 //	noswap     a confined reader sees no swap (LXCFS's -u)
 //	loadavg, swap  the defaults, spelled out
+//	bycgroup_maxage=DURATION  the freshness bound of by-cgroup's files
+//	           (default 100ms): never read older, and read from the
+//	           kernel's cache in between
 package main
 
 import (
@@ -27,6 +30,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/ramproc/ramproc/cgroupfs"
 	"github.com/ramproc/ramproc/cgroupfs/procview"
@@ -43,6 +47,9 @@ container bind-mounts over its own (mount --bind MOUNTPOINT/proc/meminfo
 
   -o noloadavg  leave proc/loadavg out (LXCFS serves it only with -l)
   -o noswap     a confined reader sees no swap (LXCFS's -u)
+  -o bycgroup_maxage=DURATION
+                by-cgroup's files are never read older than this (default
+                100ms), and are read from the kernel's cache in between
   -h            this help
 `
 
@@ -80,7 +87,15 @@ func parseArgs(args []string) (cgroupfs.Options, string, error) {
 				o.NoSwap = true
 			case "":
 			default:
-				return fmt.Errorf("unknown option %q (known: loadavg, noloadavg, swap, noswap)", opt)
+				if v, ok := strings.CutPrefix(opt, "bycgroup_maxage="); ok {
+					d, err := time.ParseDuration(v)
+					if err != nil || d <= 0 {
+						return fmt.Errorf("bycgroup_maxage=%s: want a duration above 0, such as 100ms or 1s", v)
+					}
+					o.ByCgroupMaxAge = d
+					continue
+				}
+				return fmt.Errorf("unknown option %q (known: loadavg, noloadavg, swap, noswap, bycgroup_maxage=DURATION)", opt)
 			}
 		}
 		return nil

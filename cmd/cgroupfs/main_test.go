@@ -115,7 +115,8 @@ func TestCommandErrors(t *testing.T) {
 	}{
 		{nil, "cgroupfs: want one MOUNTPOINT, got 0 arguments; usage: cgroupfs"},
 		{[]string{"a", "b"}, "cgroupfs: want one MOUNTPOINT, got 2 arguments; usage: cgroupfs"},
-		{[]string{"-o", "noswap,bogus", "/x"}, `cgroupfs: "noswap,bogus" for flag -o: unknown option "bogus" (known: loadavg, noloadavg, swap, noswap); usage: cgroupfs`},
+		{[]string{"-o", "noswap,bogus", "/x"}, `cgroupfs: "noswap,bogus" for flag -o: unknown option "bogus" (known: loadavg, noloadavg, swap, noswap, bycgroup_maxage=DURATION); usage: cgroupfs`},
+		{[]string{"-o", "bycgroup_maxage=soon", "/x"}, `cgroupfs: "bycgroup_maxage=soon" for flag -o: bycgroup_maxage=soon: want a duration above 0, such as 100ms or 1s; usage: cgroupfs`},
 		{[]string{"-x", "/x"}, "cgroupfs: flag provided but not defined: -x; usage: cgroupfs"},
 	} {
 		out, err := exec.Command(bin, c.args...).CombinedOutput()
@@ -135,5 +136,17 @@ func TestCommandErrors(t *testing.T) {
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != 1 || string(out) != "cgroupfs: must run as root: it mounts FUSE and reads every process's cgroups (try sudo)\n" {
 		t.Errorf("as nobody: %v, %q", err, out)
+	}
+}
+
+// TestByCgroupMaxAgeOption: -o bycgroup_maxage=DURATION sets the bound
+// of by-cgroup's files, beside the other options.
+func TestByCgroupMaxAgeOption(t *testing.T) {
+	o, mnt, err := parseArgs([]string{"-o", "noswap,bycgroup_maxage=1s", "/x"})
+	if err != nil || mnt != "/x" || !o.NoSwap || o.ByCgroupMaxAge != time.Second {
+		t.Errorf("parseArgs: %+v, %q, %v; want noswap and a bound of 1s", o, mnt, err)
+	}
+	if _, _, err := parseArgs([]string{"-o", "bycgroup_maxage=0", "/x"}); err == nil {
+		t.Error("bycgroup_maxage=0 accepted")
 	}
 }
