@@ -2,6 +2,7 @@ package fusebridge
 
 import (
 	"context"
+	"os"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -55,7 +56,7 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 		return nil, 0, syscall.ENOENT
 	}
 	defer e.exit()
-	of := &openFile{e: e, f: handler.OpenFile{Flags: int(flags)}}
+	of := &openFile{e: e, f: handler.OpenFile{Flags: int(flags), Reopened: reopening(ctx)}}
 	// A missing callback makes the file unreadable or unwritable at open,
 	// as sysfs refuses to open an attribute without show() or store().
 	if (of.f.Readable() && e.reader == nil) || (of.f.Writable() && e.writer == nil) {
@@ -82,6 +83,22 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	}
 	return of, fl, 0
 }
+
+// reopening reports whether an open is a restarted server's own, opening
+// again a descriptor its predecessor had (handover.go's replay): in a
+// process started by a restart, those are made in the process's own name,
+// which no reader has but its own main thread (for which a snapshot taken
+// at the first read is as right). inherit is written only before the
+// mount is served.
+func reopening(ctx context.Context) bool {
+	if inherit.in == nil {
+		return false
+	}
+	c, ok := handler.CallerOf(ctx)
+	return ok && c.Pid == selfPid
+}
+
+var selfPid = uint32(os.Getpid())
 
 // PassthroughFd is asked by go-fuse right after Open; a descriptor here
 // makes the kernel serve read, write and mmap from it without the server.
