@@ -161,12 +161,14 @@ func run(mnt string, o cgroupfs.Options) error {
 		return err
 	}
 	// Listening before Ready: the next restart may be asked for as soon
-	// as the predecessor reports this process.
-	stopRestarts := service.ServeRestarts(srv, "cgroupfs", say)
+	// as the predecessor reports this process; it is acted on from Ready
+	// on.
+	startRestarts, stopRestarts := service.ServeRestarts(srv, "cgroupfs", say)
 	defer stopRestarts()
 	if err := srv.Ready(); err != nil { // a restart's: serve from here on
 		return err
 	}
+	startRestarts()
 	if inheriting {
 		say.Info("serving after a restart", "mountpoint", srv.Mountpoint(), "pid", os.Getpid())
 	} else {

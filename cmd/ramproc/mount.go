@@ -241,13 +241,15 @@ func mountMain(args []string, helper bool) int {
 	}
 
 	// Listening before Ready: the next 'ramproc restart' may come as soon
-	// as the predecessor reports this process.
-	stopRestarts := service.ServeRestarts(srv, "ramproc", say)
+	// as the predecessor reports this process; it is acted on from Ready
+	// on.
+	startRestarts, stopRestarts := service.ServeRestarts(srv, "ramproc", say)
 	defer stopRestarts()
 	if err := srv.Ready(); err != nil { // a restart's: serve from here on
 		say.Error(err.Error())
 		return 1
 	}
+	startRestarts()
 	close(serving)
 
 	path := filepath.Join(srv.Mountpoint(), *name)

@@ -53,12 +53,16 @@ func controlName(name string, pid int) string {
 }
 
 // ServeRestarts restarts srv on SIGUSR2 and on requests on its control
-// socket (Ask, with the same name), until the returned stop is called. A
+// socket (Ask, with the same name), from the call of the returned start
+// until the call of stop. It is called before srv.Ready, start after it:
+// the process that replaces this one is named the mount's server while its
+// Ready runs, and a restart asked of it meanwhile (SIGUSR2, whose default
+// would kill it, or a request) waits for start rather than failing. A
 // failed restart is logged and reported to the requester; the server goes
 // on serving. A successful one ends srv.Wait; the program then calls stop,
 // which returns once the requester has its answer, and exits without
 // unmounting.
-func ServeRestarts(srv *fusebridge.Server, name string, say *slog.Logger) (stop func()) {
+func ServeRestarts(srv *fusebridge.Server, name string, say *slog.Logger) (start, stop func()) {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGUSR2)
 	reqs := make(chan net.Conn)
@@ -81,10 +85,16 @@ func ServeRestarts(srv *fusebridge.Server, name string, say *slog.Logger) (stop 
 			}
 		}()
 	}
+	started := make(chan struct{})
 	done := make(chan struct{})
 	finished := make(chan struct{})
 	go func() {
 		defer close(finished)
+		select {
+		case <-started:
+		case <-done:
+			return
+		}
 		for {
 			var c net.Conn
 			select {
@@ -116,8 +126,9 @@ func ServeRestarts(srv *fusebridge.Server, name string, say *slog.Logger) (stop 
 	}()
 	// Waits for the loop: after a restart, until the requester has its
 	// answer.
-	var once sync.Once
-	return func() {
+	var startOnce, once sync.Once
+	start = func() { startOnce.Do(func() { close(started) }) }
+	return start, func() {
 		once.Do(func() {
 			signal.Stop(sig)
 			close(done)
