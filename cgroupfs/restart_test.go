@@ -70,10 +70,8 @@ func TestRestartKeepsBindMountReaders(t *testing.T) {
 	testenv.AdoptOrphans(t)
 	mem := livecg.New(t, livecg.Memory, fmt.Sprintf("cgrestart-%d-%x", os.Getpid(), rand.Uint32()),
 		"memory.limit_in_bytes", "268435456")
-	dir := t.TempDir()
-	os.Chmod(dir, 0o755)
-	run := filepath.Join(dir, "cgroupfs")
-	copyFile(t, commandBinary(t), run)
+	// The binary on disk, which the upgrade replaces.
+	run := testenv.CopyForNobody(t, commandBinary(t))
 	// The upgrade: the same program built with another -X setting, which
 	// changes its bytes and nothing else.
 	next := filepath.Join(t.TempDir(), "cgroupfs-next")
@@ -86,7 +84,7 @@ func TestRestartKeepsBindMountReaders(t *testing.T) {
 		t.Fatal("the upgrade's build is the same binary; the upgrade check would prove nothing")
 	}
 
-	mnt := filepath.Join(dir, "mnt")
+	mnt := filepath.Join(t.TempDir(), "mnt")
 	// The servers' log goes to a file: the successors inherit it, and a
 	// pipe would keep exec's copying goroutine (and so Wait) until the last
 	// of them exits.
@@ -184,7 +182,11 @@ func TestRestartKeepsBindMountReaders(t *testing.T) {
 	restarts := map[string]int{}
 	for round := range restartRounds {
 		if round == 0 {
-			replaceFile(t, next, run)
+			// As an install does: a new file renamed over the old one,
+			// which the running server goes on executing.
+			if err := os.Rename(next, run); err != nil {
+				t.Fatal(err)
+			}
 		}
 		old := pid
 		if round%4 == 3 {
@@ -237,25 +239,4 @@ func restartCommand(t *testing.T, bin, mnt string) int {
 		t.Fatalf("cgroupfs -restart printed %q, want the new pid", out)
 	}
 	return pid
-}
-
-func copyFile(t *testing.T, from, to string) {
-	t.Helper()
-	data, err := os.ReadFile(from)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(to, data, 0o755); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// replaceFile puts from's content at to as an install does: a new file
-// renamed over the old, which the running process keeps executing.
-func replaceFile(t *testing.T, from, to string) {
-	t.Helper()
-	copyFile(t, from, to+".new")
-	if err := os.Rename(to+".new", to); err != nil {
-		t.Fatal(err)
-	}
 }
