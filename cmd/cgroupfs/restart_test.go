@@ -1,7 +1,6 @@
 package main
 
 import (
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,21 +28,7 @@ func TestRestartTellsTheServiceManager(t *testing.T) {
 	}
 	bin := build(t)
 	sock := filepath.Join(t.TempDir(), "notify")
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	recv := func() string {
-		t.Helper()
-		conn.SetReadDeadline(time.Now().Add(30 * time.Second))
-		buf := make([]byte, 4096)
-		n, err := conn.Read(buf)
-		if err != nil {
-			t.Fatalf("no notification: %v", err)
-		}
-		return string(buf[:n])
-	}
+	recv := testenv.ListenNotify(t, sock)
 	mnt := filepath.Join(t.TempDir(), "mnt")
 	cmd := exec.Command(bin, mnt)
 	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock)
