@@ -2,7 +2,6 @@ package fusebridge
 
 import (
 	"context"
-	"os"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -83,22 +82,6 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	}
 	return of, fl, 0
 }
-
-// reopening reports whether an open is a restarted server's own, opening
-// again a descriptor its predecessor had (handover.go's replay): in a
-// process started by a restart, those are made in the process's own name,
-// which no reader has but its own main thread (for which a snapshot taken
-// at the first read is as right). inherit is written only before the
-// mount is served.
-func reopening(ctx context.Context) bool {
-	if inherit.in == nil {
-		return false
-	}
-	c, ok := handler.CallerOf(ctx)
-	return ok && c.Pid == selfPid
-}
-
-var selfPid = uint32(os.Getpid())
 
 // PassthroughFd is asked by go-fuse right after Open; a descriptor here
 // makes the kernel serve read, write and mmap from it without the server.

@@ -105,8 +105,7 @@ func TestCommand(t *testing.T) {
 }
 
 // TestCommandErrors: wrong use is one line on stderr saying what was wrong
-// and how to use the command, and exit status 2; -restart of a mount point
-// no server serves says how to start one, exit 1; -h is the help, exit 0;
+// and how to use the command, and exit status 2; -h is the help, exit 0;
 // an unprivileged user is told it needs root.
 func TestCommandErrors(t *testing.T) {
 	bin := build(t)
@@ -125,13 +124,7 @@ func TestCommandErrors(t *testing.T) {
 			t.Errorf("%q: %v, %q; want exit 2 and one line starting %q", c.args, err, out, c.want)
 		}
 	}
-	// -restart of a mount point nobody serves: one line, exit 1.
-	idle := t.TempDir()
-	out, err := exec.Command(bin, "-restart", idle).CombinedOutput()
-	if want := "cgroupfs: no cgroupfs server serves " + idle + "; start one with 'cgroupfs " + idle + "'\n"; exitCode(err) != 1 || string(out) != want {
-		t.Errorf("-restart %s: %v, %q; want exit 1 and %q", idle, err, out, want)
-	}
-	out, err = exec.Command(bin, "-h").Output()
+	out, err := exec.Command(bin, "-h").Output()
 	if err != nil || !strings.HasPrefix(string(out), "usage: cgroupfs") || !strings.Contains(string(out), "noloadavg") {
 		t.Errorf("-h: %v, %q; want the help on stdout, exit 0", err, out)
 	}
@@ -145,16 +138,4 @@ func TestCommandErrors(t *testing.T) {
 	if !errors.As(err, &ee) || ee.ExitCode() != 1 || string(out) != "cgroupfs: must run as root: it mounts FUSE and reads every process's cgroups (try sudo)\n" {
 		t.Errorf("as nobody: %v, %q", err, out)
 	}
-}
-
-// exitCode is the exit status of a command's error, -1 if it did not exit.
-func exitCode(err error) int {
-	var ee *exec.ExitError
-	if err == nil {
-		return 0
-	}
-	if errors.As(err, &ee) {
-		return ee.ExitCode()
-	}
-	return -1
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +15,18 @@ import (
 	"github.com/ramproc/ramproc/fusebridge"
 	"github.com/ramproc/ramproc/internal/testenv"
 )
+
+// 'cgroupfs -restart' of a mount point no server serves is one line saying
+// how to start one, exit 1.
+func TestRestartNotServed(t *testing.T) {
+	bin := build(t)
+	idle := t.TempDir()
+	out, err := exec.Command(bin, "-restart", idle).CombinedOutput()
+	var ee *exec.ExitError
+	if want := "cgroupfs: no cgroupfs server serves " + idle + "; start one with 'cgroupfs " + idle + "'\n"; !errors.As(err, &ee) || ee.ExitCode() != 1 || string(out) != want {
+		t.Errorf("-restart %s: %v, %q; want exit 1 and %q", idle, err, out, want)
+	}
+}
 
 // What the systemd unit relies on (Type=notify, ExecReload=cgroupfs
 // -restart): the server reports READY=1 once it serves; 'cgroupfs
