@@ -41,6 +41,9 @@ func TestMain(m *testing.M) {
 	if path := os.Getenv(benchReadEnv); path != "" {
 		os.Exit(benchReader(path))
 	}
+	if path := os.Getenv(restartReadEnv); path != "" {
+		os.Exit(restartReader(path))
+	}
 	code := m.Run()
 	if cmdDir != "" {
 		os.RemoveAll(cmdDir)
@@ -91,12 +94,10 @@ var (
 	cmdErr  error
 )
 
-// startCommand builds the cgroupfs command (without -race: it is measured)
-// and serves a fresh mount point with it; it returns the mount point and
-// the server's pid. It is stopped at the end.
-func startCommand(t testing.TB) (string, int) {
+// commandBinary builds the cgroupfs command once per test binary (without
+// -race: it is measured) and returns its path.
+func commandBinary(t testing.TB) string {
 	t.Helper()
-	testenv.RequireFUSE(t)
 	cmdOnce.Do(func() {
 		if cmdDir, cmdErr = os.MkdirTemp("", "cgroupfs-bin"); cmdErr != nil {
 			return
@@ -110,13 +111,23 @@ func startCommand(t testing.TB) (string, int) {
 	if cmdErr != nil {
 		t.Fatalf("go build cgroupfs: %v", cmdErr)
 	}
+	return cmdPath
+}
+
+// startCommand serves a fresh mount point with the cgroupfs command
+// (commandBinary); it returns the mount point and the server's pid. It is
+// stopped at the end.
+func startCommand(t testing.TB) (string, int) {
+	t.Helper()
+	testenv.RequireFUSE(t)
+	bin := commandBinary(t)
 	dir, err := os.MkdirTemp("", "cgroupfs-cmd")
 	if err != nil {
 		t.Fatal(err)
 	}
 	os.Chmod(dir, 0o755)
 	mnt := filepath.Join(dir, "mnt")
-	cmd := exec.Command(cmdPath, mnt)
+	cmd := exec.Command(bin, mnt)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

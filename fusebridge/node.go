@@ -55,7 +55,7 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 		return nil, 0, syscall.ENOENT
 	}
 	defer e.exit()
-	of := &openFile{e: e, f: handler.OpenFile{Flags: int(flags)}}
+	of := &openFile{e: e, f: handler.OpenFile{Flags: int(flags), Reopened: reopening(ctx)}}
 	// A missing callback makes the file unreadable or unwritable at open,
 	// as sysfs refuses to open an attribute without show() or store().
 	if (of.f.Readable() && e.reader == nil) || (of.f.Writable() && e.writer == nil) {

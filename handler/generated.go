@@ -31,8 +31,13 @@ var (
 	_ SnapshotSizer = Generated(nil)
 )
 
-// Open takes the snapshot.
+// Open takes the snapshot; for a reopened descriptor (OpenFile.Reopened)
+// the first read takes it, for the reading caller.
 func (g Generated) Open(ctx context.Context, f *OpenFile) error {
+	if f.Reopened {
+		f.Private = &snapshot{stale: true}
+		return nil
+	}
 	b, err := g(ctx)
 	if err != nil {
 		return err
@@ -182,6 +187,7 @@ type snapshot struct {
 	mu     sync.Mutex // reads through one descriptor may run concurrently
 	b      []byte
 	served bool
+	stale  bool // none taken yet (OpenFile.Reopened): the next read takes it
 }
 
 // readSnapshot copies the part of the snapshot in f.Private that starts at
@@ -189,7 +195,8 @@ type snapshot struct {
 // the snapshot with regen's, as seq_file regenerates when a reader goes
 // back to the start, unless the kernel caches the content (f.Caching, set
 // on a no-open connection, where the bridge's size and the kernel's pages
-// must stay those of one snapshot until it is invalidated).
+// must stay those of one snapshot until it is invalidated). A reopened
+// descriptor's first read takes the snapshot, whatever its offset.
 func readSnapshot(ctx context.Context, f *OpenFile, dst []byte, off int64, regen func(context.Context) ([]byte, error)) (int, error) {
 	s, _ := f.Private.(*snapshot)
 	if s == nil || off < 0 {
@@ -197,12 +204,12 @@ func readSnapshot(ctx context.Context, f *OpenFile, dst []byte, off int64, regen
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if off == 0 && s.served && !f.Caching {
+	if s.stale || (off == 0 && s.served && !f.Caching) {
 		b, err := regen(ctx)
 		if err != nil {
 			return 0, err
 		}
-		s.b, s.served = b, false
+		s.b, s.served, s.stale = b, false, false
 	}
 	if off >= int64(len(s.b)) {
 		return 0, nil

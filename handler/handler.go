@@ -62,6 +62,15 @@ type OpenFile struct {
 	// file); leave it unset for generated content, which must be produced
 	// afresh on every read(2), as /proc does.
 	Caching bool
+
+	// Reopened is set by the bridge when it opens the file itself on
+	// behalf of a descriptor that was opened before a restart (a new
+	// server process adopting the mount opens again every descriptor the
+	// kernel holds): ctx's caller is then the server, not whoever holds
+	// the descriptor. A handler whose content depends on the caller takes
+	// it at the first read instead; the snapshot handlers (Generated,
+	// PerCallerGenerated) do.
+	Reopened bool
 }
 
 // Readable reports whether the file was opened for reading.

@@ -80,3 +80,30 @@ func TestSnapshotRereadAtZero(t *testing.T) {
 		t.Errorf("knob re-read at 0 after Set: %q, want %q", buf[:n], "zero [one] two\n")
 	}
 }
+
+// A reopened descriptor (a restarted server opening again what its
+// predecessor had open) takes no snapshot at open, in the server's name,
+// but at its first read, whatever the offset, for the reader.
+func TestSnapshotReopened(t *testing.T) {
+	type who struct{}
+	gen := func(ctx context.Context) ([]byte, error) {
+		name, _ := ctx.Value(who{}).(string)
+		return []byte("for " + name + "\n"), nil
+	}
+	for name, h := range map[string]interface {
+		Opener
+		Reader
+	}{"Generated": Generated(gen), "PerCallerGenerated": PerCallerGenerated(gen)} {
+		for _, off := range []int64{0, 4} {
+			f := &OpenFile{Reopened: true}
+			if err := h.Open(context.WithValue(context.Background(), who{}, "server"), f); err != nil {
+				t.Fatal(err)
+			}
+			buf := make([]byte, 64)
+			n, err := h.Read(context.WithValue(context.Background(), who{}, "reader"), f, buf, off)
+			if want := "for reader\n"[off:]; err != nil || string(buf[:n]) != want {
+				t.Errorf("%s: first read at %d of a reopened descriptor: %q, %v; want %q", name, off, buf[:n], err, want)
+			}
+		}
+	}
+}

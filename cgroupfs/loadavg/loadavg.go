@@ -96,6 +96,40 @@ func (s *Sampler) Read(dir string, pid int) Load {
 	return *l
 }
 
+// Loads returns the figures of every cgroup sampled, by directory: what a
+// server hands to the process that replaces it at a restart (Restore), so
+// that the averages go on from where they were rather than from zero, and
+// a restart leaves no trace in proc/loadavg.
+func (s *Sampler) Loads() map[string]Load {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]Load, len(s.groups))
+	for d, l := range s.groups {
+		out[d] = *l
+	}
+	return out
+}
+
+// Restore samples the cgroups of loads (a predecessor's Loads) from their
+// figures on. A cgroup already sampled keeps its own; one that is gone is
+// dropped at the next sample, as any other.
+func (s *Sampler) Restore(loads map[string]Load) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.groups == nil {
+		s.groups = map[string]*Load{}
+	}
+	for d, l := range loads {
+		if _, ok := s.groups[d]; !ok {
+			s.groups[d] = &l
+		}
+	}
+	if len(s.groups) > 0 && !s.running && s.stop == nil {
+		s.running = true
+		go s.loop()
+	}
+}
+
 // Close stops the sampling.
 func (s *Sampler) Close() {
 	s.mu.Lock()

@@ -27,8 +27,8 @@ func TestCalc(t *testing.T) {
 
 // TestSampler: on a fixture cgroup with three tasks (one running, one in
 // D, one sleeping) in two processes, one in a sub-cgroup, the first read is
-// zeros, each sample folds 2 runnable tasks in, and a cgroup left empty is
-// dropped.
+// zeros, each sample folds 2 runnable tasks in, a sampler restored from its
+// Loads goes on from the same figures, and a cgroup left empty is dropped.
 func TestSampler(t *testing.T) {
 	root := t.TempDir()
 	write := func(name, content string) {
@@ -62,6 +62,20 @@ func TestSampler(t *testing.T) {
 	want := calc(calc(calc(0, exp1, 2), exp1, 2), exp1, 2)
 	if got := s.Read(cg, 10); got.Avg[0] != want || got.Running != 2 || got.Total != 3 || got.Last != 20 {
 		t.Errorf("after 3 samples %+v, want 1-minute %d, 2/3 running, last 20", got, want)
+	}
+	// A restarted server's sampler takes the figures over and goes on
+	// folding from them, not from zero.
+	next := &Sampler{Proc: filepath.Join(root, "proc")}
+	defer next.Close()
+	next.Restore(s.Loads())
+	if got := next.Read(cg, 10); got != s.Read(cg, 10) {
+		t.Errorf("restored %+v, want the predecessor's %+v", got, s.Read(cg, 10))
+	}
+	if n := next.Sample(); n != 1 {
+		t.Fatalf("restored sampler samples %d cgroups, want 1", n)
+	}
+	if got := next.Read(cg, 10); got.Avg[0] != calc(want, exp1, 2) {
+		t.Errorf("restored sampler's next 1-minute load %d, want %d", got.Avg[0], calc(want, exp1, 2))
 	}
 	write("cg/cgroup.procs", "")
 	write("cg/sub/cgroup.procs", "")

@@ -18,13 +18,23 @@
 //	bycgroup_maxage=DURATION  the freshness bound of by-cgroup's files
 //	           (default 100ms): never read older, and read from the
 //	           kernel's cache in between
+//
+// A server restarts without a trace (an upgrade: the binary on disk now
+// takes the mount over, and containers that bind-mounted its files never
+// see an error) on SIGUSR2 or when asked by
+//
+//	cgroupfs -restart MOUNTPOINT
+//
+// which prints the new server's pid (systemctl reload runs it).
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -33,11 +43,13 @@ import (
 	"time"
 
 	"github.com/ramproc/ramproc/cgroupfs"
+	"github.com/ramproc/ramproc/cgroupfs/loadavg"
 	"github.com/ramproc/ramproc/cgroupfs/procview"
 	"github.com/ramproc/ramproc/fusebridge"
+	"github.com/ramproc/ramproc/internal/service"
 )
 
-const usage = "usage: cgroupfs [-o noloadavg,noswap] MOUNTPOINT (as root; -h for help)"
+const usage = "usage: cgroupfs [-o noloadavg,noswap] MOUNTPOINT, or cgroupfs -restart MOUNTPOINT (as root; -h for help)"
 
 const help = usage + `
 
@@ -50,11 +62,15 @@ container bind-mounts over its own (mount --bind MOUNTPOINT/proc/meminfo
   -o bycgroup_maxage=DURATION
                 by-cgroup's files are never read older than this (default
                 100ms), and are read from the kernel's cache in between
+  -restart      restart the server of MOUNTPOINT with the cgroupfs binary
+                on disk now, without unmounting: bind mounts of its files
+                and open descriptors keep working (SIGUSR2 to the server
+                does the same); prints the new server's pid
   -h            this help
 `
 
 func main() {
-	o, mnt, err := parseArgs(os.Args[1:])
+	o, mnt, restart, err := parseArgs(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {
 		fmt.Print(help)
 		return
@@ -63,17 +79,23 @@ func main() {
 		fmt.Fprintf(os.Stderr, "cgroupfs: %v; %s\n", err, usage)
 		os.Exit(2)
 	}
-	if err := run(mnt, o); err != nil {
+	if restart {
+		err = askRestart(mnt)
+	} else {
+		err = run(mnt, o)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "cgroupfs:", err)
 		os.Exit(1)
 	}
 }
 
-// parseArgs reads [-o OPTS]... MOUNTPOINT.
-func parseArgs(args []string) (cgroupfs.Options, string, error) {
+// parseArgs reads [-o OPTS]... [-restart] MOUNTPOINT.
+func parseArgs(args []string) (cgroupfs.Options, string, bool, error) {
 	var o cgroupfs.Options
 	fs := flag.NewFlagSet("cgroupfs", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
+	restart := fs.Bool("restart", false, "restart the server of MOUNTPOINT")
 	fs.Func("o", "options", func(s string) error {
 		for _, opt := range strings.Split(s, ",") {
 			switch opt {
@@ -102,14 +124,14 @@ func parseArgs(args []string) (cgroupfs.Options, string, error) {
 	})
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return o, "", err
+			return o, "", false, err
 		}
-		return o, "", errors.New(strings.TrimPrefix(err.Error(), "invalid value "))
+		return o, "", false, errors.New(strings.TrimPrefix(err.Error(), "invalid value "))
 	}
 	if fs.NArg() != 1 || fs.Arg(0) == "" {
-		return o, "", fmt.Errorf("want one MOUNTPOINT, got %d arguments", fs.NArg())
+		return o, "", false, fmt.Errorf("want one MOUNTPOINT, got %d arguments", fs.NArg())
 	}
-	return o, fs.Arg(0), nil
+	return o, fs.Arg(0), *restart, nil
 }
 
 func run(mnt string, o cgroupfs.Options) error {
@@ -121,24 +143,125 @@ func run(mnt string, o cgroupfs.Options) error {
 		return fmt.Errorf("reading the cgroup mounts: %w", err)
 	}
 	defer v.Close()
+	say := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	// Catch the signals before mounting: one arriving in between must
 	// unmount too, not kill the server under a live mount.
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGINT, syscall.SIGTERM)
-	// The zero Options let every user reach the files when root mounts
-	// (a container's processes run as users of their own).
-	srv, err := fusebridge.Mount(mnt, fusebridge.Options{})
+	// A process started by a restart adopts its predecessor's mount in
+	// Mount, and its loadavg figures below.
+	inheriting := fusebridge.Inheriting()
+	// Otherwise the zero Options: they let every user reach the files
+	// when root mounts (a container's processes run as users of their
+	// own).
+	srv, err := fusebridge.Mount(mnt, fusebridge.Options{
+		Restartable: true,
+		Handover:    handover(v.Load, o),
+	})
 	if err != nil {
 		return err
 	}
+	// Before Ready, an adopting server must not unmount: a refusal leaves
+	// the old process serving.
+	abandon := srv.Unmount
+	if inheriting {
+		abandon = func() error { srv.Refuse(errors.New("the new process could not build its tree")); return nil }
+		if err := adopt(srv, v.Load, o); err != nil {
+			return err
+		}
+	}
 	if err := cgroupfs.Publish(srv.Root(), v, o); err != nil {
-		srv.Unmount()
+		abandon()
 		return err
 	}
-	for _, p := range cgroupfs.Paths(o) {
-		fmt.Println(filepath.Join(srv.Mountpoint(), p))
+	// Listening before Ready: the next restart may be asked for as soon
+	// as the predecessor reports this process; it is acted on from Ready
+	// on.
+	startRestarts, stopRestarts := service.ServeRestarts(srv, "cgroupfs", say)
+	defer stopRestarts()
+	if err := srv.Ready(); err != nil { // a restart's: serve from here on
+		return err
 	}
-	fmt.Fprintln(os.Stderr, "cgroupfs: serving; Ctrl-C or SIGTERM unmounts")
-	<-stop
+	startRestarts()
+	if inheriting {
+		say.Info("serving after a restart", "mountpoint", srv.Mountpoint(), "pid", os.Getpid())
+	} else {
+		for _, p := range cgroupfs.Paths(o) {
+			fmt.Println(filepath.Join(srv.Mountpoint(), p))
+		}
+		fmt.Fprintln(os.Stderr, "cgroupfs: serving; Ctrl-C or SIGTERM unmounts")
+	}
+	// For systemd (Type=notify); after a restart the predecessor has named
+	// this process MAINPID.
+	if err := service.Notify("READY=1"); err != nil {
+		say.Warn("cannot tell the service manager that the files are served", "err", err)
+	}
+	gone := make(chan struct{})
+	go func() { srv.Wait(); close(gone) }()
+	select {
+	case <-stop:
+	case <-gone:
+		if srv.Restarted() {
+			// The new process serves the mount: leave it mounted, once
+			// the requester has its answer.
+			stopRestarts()
+			return nil
+		}
+		say.Info("unmounted from outside; stopping", "mountpoint", srv.Mountpoint())
+	}
+	service.Notify("STOPPING=1")
 	return srv.Unmount()
+}
+
+// restartState is what a server hands to the process that replaces it:
+// the load averages, so that proc/loadavg goes on from its figures rather
+// than from zero (a re-sampled average would need 15 minutes to be right
+// again), and the options, which must be the same.
+type restartState struct {
+	Version string // restartStateVersion
+	Options cgroupfs.Options
+	Loads   map[string]loadavg.Load `json:",omitempty"`
+}
+
+const restartStateVersion = "cgroupfs/1"
+
+// handover is the mount's Options.Handover.
+func handover(load *loadavg.Sampler, o cgroupfs.Options) func() ([]byte, []*os.File, error) {
+	return func() ([]byte, []*os.File, error) {
+		data, err := json.Marshal(restartState{Version: restartStateVersion, Options: o, Loads: load.Loads()})
+		return data, nil, err
+	}
+}
+
+// adopt takes the predecessor's state over, or refuses it (the old
+// process then goes on serving) when this binary cannot read it or was
+// started with other options.
+func adopt(srv *fusebridge.Server, load *loadavg.Sampler, o cgroupfs.Options) error {
+	data, _, _ := srv.Inherited()
+	var st restartState
+	if err := json.Unmarshal(data, &st); err != nil || st.Version != restartStateVersion {
+		return srv.Refuse(fmt.Errorf("the running server's state (%.40q) is not one this cgroupfs reads (%s)", data, restartStateVersion))
+	}
+	if st.Options != o {
+		return srv.Refuse(fmt.Errorf("the running server serves with options %+v, this one was given %+v", st.Options, o))
+	}
+	load.Restore(st.Loads)
+	return nil
+}
+
+// askRestart is cgroupfs -restart MOUNTPOINT.
+func askRestart(mnt string) error {
+	abs, err := filepath.Abs(mnt)
+	if err != nil {
+		return err
+	}
+	pid, err := service.Ask("cgroupfs", abs, 2*time.Minute)
+	if errors.Is(err, service.ErrNotServed) {
+		return fmt.Errorf("no cgroupfs server serves %s; start one with 'cgroupfs %s'", abs, abs)
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%s: served by process %d\n", abs, pid)
+	return nil
 }

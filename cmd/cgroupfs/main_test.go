@@ -142,11 +142,11 @@ func TestCommandErrors(t *testing.T) {
 // TestByCgroupMaxAgeOption: -o bycgroup_maxage=DURATION sets the bound
 // of by-cgroup's files, beside the other options.
 func TestByCgroupMaxAgeOption(t *testing.T) {
-	o, mnt, err := parseArgs([]string{"-o", "noswap,bycgroup_maxage=1s", "/x"})
-	if err != nil || mnt != "/x" || !o.NoSwap || o.ByCgroupMaxAge != time.Second {
+	o, mnt, restart, err := parseArgs([]string{"-o", "noswap,bycgroup_maxage=1s", "/x"})
+	if err != nil || mnt != "/x" || restart || !o.NoSwap || o.ByCgroupMaxAge != time.Second {
 		t.Errorf("parseArgs: %+v, %q, %v; want noswap and a bound of 1s", o, mnt, err)
 	}
-	if _, _, err := parseArgs([]string{"-o", "bycgroup_maxage=0", "/x"}); err == nil {
+	if _, _, _, err := parseArgs([]string{"-o", "bycgroup_maxage=0", "/x"}); err == nil {
 		t.Error("bycgroup_maxage=0 accepted")
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/ramproc/ramproc/bytestore"
 	"github.com/ramproc/ramproc/fusebridge"
 	"github.com/ramproc/ramproc/handler"
+	"github.com/ramproc/ramproc/internal/service"
 	"github.com/ramproc/ramproc/ramfile"
 )
 
@@ -251,13 +252,15 @@ func mountMain(args []string, helper bool) int {
 	}
 
 	// Listening before Ready: the next 'ramproc restart' may come as soon
-	// as the predecessor reports this process.
-	stopRestarts := serveRestarts(srv, say)
+	// as the predecessor reports this process; it is acted on from Ready
+	// on.
+	startRestarts, stopRestarts := service.ServeRestarts(srv, "ramproc", say)
 	defer stopRestarts()
 	if err := srv.Ready(); err != nil { // a restart's: serve from here on
 		say.Error(err.Error())
 		return 1
 	}
+	startRestarts()
 	close(serving)
 
 	path := filepath.Join(srv.Mountpoint(), *name)
@@ -272,7 +275,7 @@ func mountMain(args []string, helper bool) int {
 	}
 	// Ready: for systemd (Type=notify) and for the mount helper's caller.
 	// After a restart the predecessor has named this process MAINPID.
-	if err := sdNotify("READY=1"); err != nil {
+	if err := service.Notify("READY=1"); err != nil {
 		say.Warn("cannot tell the service manager that the file is served", "err", err)
 	}
 	if isChild {
@@ -292,7 +295,7 @@ func mountMain(args []string, helper bool) int {
 		}
 		say.Info("unmounted from outside; stopping", "mountpoint", srv.Mountpoint())
 	}
-	sdNotify("STOPPING=1")
+	service.Notify("STOPPING=1")
 	if err := srv.Unmount(); err != nil {
 		return fail("unmount failed", "err", err)
 	}

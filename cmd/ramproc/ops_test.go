@@ -553,21 +553,7 @@ func TestMountSdNotify(t *testing.T) {
 		if abstract {
 			name = fmt.Sprintf("@ramproc-test-notify-%d", os.Getpid())
 		}
-		conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: name, Net: "unixgram"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		recv := func() string {
-			t.Helper()
-			conn.SetReadDeadline(time.Now().Add(20 * time.Second))
-			buf := make([]byte, 4096)
-			n, err := conn.Read(buf)
-			if err != nil {
-				t.Fatalf("no notification: %v", err)
-			}
-			return string(buf[:n])
-		}
+		recv := testenv.ListenNotify(t, name)
 		mnt := filepath.Join(t.TempDir(), "mnt")
 		cmd := exec.Command(ramprocBinary(t), "mount", mnt)
 		cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+name)

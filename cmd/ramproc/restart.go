@@ -1,28 +1,24 @@
 package main
 
 import (
-	"bufio"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/ramproc/ramproc/bytestore"
 	"github.com/ramproc/ramproc/fusebridge"
+	"github.com/ramproc/ramproc/internal/service"
 )
 
 // A restart hands the running mount to a new process of the binary on disk
@@ -30,7 +26,8 @@ import (
 // descriptor, and the RAM file's bytes, which live in shmem and are passed
 // as the store's descriptor. Readers and writers see a pause, not an error.
 // SIGUSR2 asks a server for it; 'ramproc restart MOUNTPOINT' asks through
-// the server's control socket and reports the outcome.
+// the server's control socket and reports the outcome (package
+// internal/service, which cgroupfs shares).
 
 const restartSynopsis = `usage: ramproc restart MOUNTPOINT
 
@@ -112,97 +109,6 @@ func adoptStore(srv *fusebridge.Server, name string, capacity int64, metricsAddr
 	return store, ln, nil
 }
 
-// controlName is the abstract unix socket on which the server of pid takes
-// restart requests.
-func controlName(pid int) string { return "@ramproc-restart-" + strconv.Itoa(pid) }
-
-// serveRestarts restarts srv on SIGUSR2 and on requests on its control
-// socket, until the returned stop is called. A failed restart is logged and
-// reported; the server goes on serving. A successful one ends srv.Wait.
-func serveRestarts(srv *fusebridge.Server, say *slog.Logger) (stop func()) {
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGUSR2)
-	reqs := make(chan net.Conn)
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: controlName(os.Getpid()), Net: "unix"})
-	if err != nil {
-		say.Warn("no control socket for 'ramproc restart'; SIGUSR2 still restarts", "err", err)
-	} else {
-		go func() {
-			for {
-				c, err := ln.AcceptUnix()
-				if err != nil {
-					return
-				}
-				if !allowedPeer(c) {
-					fmt.Fprintln(c, "error only root or the server's own user may restart it")
-					c.Close()
-					continue
-				}
-				reqs <- c
-			}
-		}()
-	}
-	done := make(chan struct{})
-	finished := make(chan struct{})
-	go func() {
-		defer close(finished)
-		for {
-			var c net.Conn
-			select {
-			case <-done:
-				return
-			case <-sig:
-			case c = <-reqs:
-				bufio.NewReader(c).ReadString('\n')
-			}
-			pid, err := srv.Restart()
-			if err != nil {
-				say.Error("restart failed; still serving", "err", err)
-				if c != nil {
-					fmt.Fprintf(c, "error %s\n", strings.Join(strings.Fields(err.Error()), " "))
-					c.Close()
-				}
-				continue
-			}
-			say.Info("restarted: the mount is served by the new process", "pid", pid)
-			// Told while this process is still the service's main one:
-			// systemd takes MAINPID= from it (NotifyAccess=main).
-			sdNotify(fmt.Sprintf("MAINPID=%d", pid))
-			if c != nil {
-				fmt.Fprintf(c, "ok %d\n", pid)
-				c.Close()
-			}
-			return
-		}
-	}()
-	// Waits for the loop: after a restart, until the requester has its
-	// answer.
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			signal.Stop(sig)
-			close(done)
-			<-finished
-			if ln != nil {
-				ln.Close()
-			}
-		})
-	}
-}
-
-// allowedPeer admits root and the server's own user.
-func allowedPeer(c *net.UnixConn) bool {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return false
-	}
-	var cred *unix.Ucred
-	raw.Control(func(fd uintptr) {
-		cred, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	})
-	return err == nil && cred != nil && (cred.Uid == 0 || int(cred.Uid) == os.Geteuid())
-}
-
 // runRestart is 'ramproc restart MOUNTPOINT'.
 func runRestart(args []string) int {
 	fl := flag.NewFlagSet("ramproc restart", flag.ContinueOnError)
@@ -224,32 +130,13 @@ func runRestart(args []string) int {
 	if err != nil {
 		return usageError("restart", err.Error())
 	}
-	pid := fusebridge.ServerPID(mnt)
-	if pid == 0 {
+	newPid, err := service.Ask("ramproc", mnt, *timeout)
+	if errors.Is(err, service.ErrNotServed) {
 		fmt.Fprintf(os.Stderr, "ramproc restart: no ramproc server serves %s; start one with 'ramproc mount %s'\n", mnt, mnt)
 		return 1
 	}
-	c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: controlName(pid), Net: "unix"})
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "ramproc restart: process %d serving %s takes no restart requests (%v); an older ramproc? send it SIGUSR2, or stop and mount again\n", pid, mnt, err)
-		return 1
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(*timeout))
-	fmt.Fprintln(c, "restart")
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "ramproc restart: process %d serving %s gave no answer (%v); see its log\n", pid, mnt, err)
-		return 1
-	}
-	line = strings.TrimSpace(line)
-	if msg, ok := strings.CutPrefix(line, "error "); ok {
-		fmt.Fprintf(os.Stderr, "ramproc restart: %s; process %d goes on serving %s\n", msg, pid, mnt)
-		return 1
-	}
-	newPid, err := strconv.Atoi(strings.TrimPrefix(line, "ok "))
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "ramproc restart: unexpected answer %q from process %d\n", line, pid)
+		fmt.Fprintf(os.Stderr, "ramproc restart: %v\n", err)
 		return 1
 	}
 	// The version of the binary that now serves: its own answer, from the
