@@ -94,7 +94,7 @@ func TestRestartKeepsWriters(t *testing.T) {
 				args = []string{mode.flag, mnt}
 			}
 			cmd, path := launchMount(t, bin, nil, os.Stderr, args...)
-			soakWriters(t, bin, mnt, path, restartRounds(), func(round int) {
+			soakWriters(t, path, restartRounds(), func(int) { restartServer(t, bin, mnt) }, func(round int) {
 				if round == 0 {
 					cmd.Wait() // the first server exits once it handed over
 				}
@@ -116,9 +116,9 @@ func record(w, seq int) []byte {
 	return append(b, '\n')
 }
 
-// soakWriters runs the writers on path while the server of mnt is
-// restarted rounds times, then checks the file.
-func soakWriters(t *testing.T, bin, mnt, path string, rounds int, after func(round int)) {
+// soakWriters runs the writers on path while the server is restarted
+// (restart) rounds times, then checks the file.
+func soakWriters(t *testing.T, path string, rounds int, restart, after func(round int)) {
 	t.Helper()
 	appendBase := int64(writers / 2 * regionRecs * recSize)
 	if err := os.Truncate(path, appendBase); err != nil {
@@ -180,7 +180,7 @@ func soakWriters(t *testing.T, bin, mnt, path string, rounds int, after func(rou
 	for round := range rounds {
 		time.Sleep(30 * time.Millisecond)
 		restartNo.Store(int64(round + 1))
-		restartServer(t, bin, mnt)
+		restart(round)
 		// Writes that started before the restart returned count too.
 		time.Sleep(5 * time.Millisecond)
 		restartNo.Store(0)
