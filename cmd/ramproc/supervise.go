@@ -267,7 +267,9 @@ func (k *keeper) handle(msg []byte, fds []int) {
 	if v, err := strconv.Atoi(vars["MAINPID"]); err == nil && v > 0 {
 		k.main, k.ready = v, false
 	}
-	if vars["READY"] == "1" {
+	// A server on the library that does not speak READY= itself is
+	// serving once it has given its crash record (fusebridge/crash.go).
+	if vars["READY"] == "1" || vars["FDSTORE"] == "1" && name == "fusebridge-record" {
 		k.ready = true
 	}
 	if vars["STOPPING"] == "1" {
