@@ -204,17 +204,6 @@ func keptFds() map[string]int {
 	return kept.fds
 }
 
-// KeptFile returns the descriptor the keeper gave this process under name
-// (systemd's LISTEN_FDNAMES), for a program's own use; nil if none.
-func KeptFile(name string) *os.File {
-	fd, ok := keptFds()[name]
-	if !ok {
-		return nil
-	}
-	delete(kept.fds, name)
-	return os.NewFile(uintptr(fd), name)
-}
-
 // crashInheriting reports whether the keeper gave this process a crash
 // record: Mount will adopt the mount of a server that died.
 func crashInheriting() bool {
