@@ -55,9 +55,6 @@ func runChild(mode, arg string) int {
 	if mode == "restartable" {
 		return restartableChild(arg) // restart_test.go
 	}
-	if mode == "crashable" {
-		return crashableChild(arg) // crash_test.go
-	}
 	return 2
 }
 

@@ -1,14 +1,9 @@
 package fusebridge_test
 
 import (
-	"bufio"
-	"context"
-	"fmt"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
-	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -16,55 +11,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ramproc/ramproc/fusebridge"
-	"github.com/ramproc/ramproc/handler"
 	"github.com/ramproc/ramproc/internal/testenv"
 )
-
-// crashableChild is a restartable program on the library whose file
-// "slow" never answers in its first process (the handler blocks, as one
-// waiting on a dead peer would) and answers its generation, the number of
-// processes before it, in later ones.
-func crashableChild(mnt string) int {
-	gen := 0
-	srv, err := fusebridge.Mount(mnt, fusebridge.Options{
-		Restartable: true,
-		Handover: func() ([]byte, []*os.File, error) {
-			return []byte(strconv.Itoa(gen)), nil, nil
-		},
-	})
-	if err != nil {
-		fmt.Println("error:", err)
-		return 1
-	}
-	if data, _, ok := srv.Inherited(); ok {
-		n, err := strconv.Atoi(string(data))
-		if err != nil {
-			fmt.Fprintln(os.Stderr, srv.Refuse(fmt.Errorf("state %q is not a number", data)))
-			return 1
-		}
-		gen = n + 1
-	}
-	g := gen
-	srv.Create("slow", 0o444, handler.Generated(func(context.Context) ([]byte, error) {
-		if g == 0 {
-			fmt.Println("blocked")
-			select {}
-		}
-		return fmt.Appendf(nil, "%d\n", g), nil
-	}))
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM)
-	if err := srv.Ready(); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	if g == 0 {
-		fmt.Println("ready")
-	}
-	<-sig
-	srv.Unmount()
-	return 0
-}
 
 // A request the server had read and was running when it was killed is
 // answered by the next server: under a keeper of its descriptors ('ramproc
@@ -76,16 +24,9 @@ func TestCrashResendsWhatTheDeadServerHeld(t *testing.T) {
 	bin := testenv.Ramproc(t)
 	mnt := filepath.Join(t.TempDir(), "mnt")
 	cmd := exec.Command(bin, "supervise", os.Args[0], mnt)
-	cmd.Env = append(os.Environ(), childEnv+"=crashable")
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
+	armed := filepath.Join(t.TempDir(), "armed")
+	cmd.Env = append(os.Environ(), childEnv+"=restartable", armedEnv+"="+armed)
+	lines := startReady(t, cmd, func() {
 		cmd.Process.Signal(syscall.SIGTERM)
 		if err := cmd.Wait(); err != nil {
 			t.Errorf("ramproc supervise after SIGTERM: %v", err)
@@ -95,13 +36,12 @@ func TestCrashResendsWhatTheDeadServerHeld(t *testing.T) {
 			unix.Unmount(mnt, unix.MNT_DETACH)
 		}
 	})
-	lines := bufio.NewReader(out)
-	if l, _ := lines.ReadString('\n'); l != "ready\n" {
-		t.Fatalf("server said %q", l)
-	}
 	type result struct {
 		data []byte
 		err  error
+	}
+	if err := os.WriteFile(armed, nil, 0o644); err != nil {
+		t.Fatal(err)
 	}
 	got := make(chan result, 1)
 	go func() {

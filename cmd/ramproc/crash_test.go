@@ -95,49 +95,38 @@ func killServer(t *testing.T, mnt string) {
 func TestCrashKeepsWriters(t *testing.T) {
 	testenv.RequireFUSE(t)
 	t.Setenv("GORACE", "atexit_sleep_ms=0")
-	for _, mode := range []struct{ name, flag string }{
-		{"default", ""},
-		{"passthrough-off", "-passthrough=off"},
-	} {
-		t.Run(mode.name, func(t *testing.T) {
-			bin := ramprocBinary(t)
-			mnt := filepath.Join(t.TempDir(), "mnt")
-			args := []string{mnt}
-			if mode.flag != "" {
-				args = []string{mode.flag, mnt}
+	eachWriterMode(t, func(t *testing.T, bin, mnt string, args []string) {
+		keeper, path := launchSupervised(t, bin, args...)
+		soakWriters(t, path, crashRounds(), func(round int) {
+			if round%5 == 4 {
+				restartServer(t, bin, mnt)
+				return
 			}
-			keeper, path := launchSupervised(t, bin, args...)
-			soakWriters(t, path, crashRounds(), func(round int) {
-				if round%5 == 4 {
-					restartServer(t, bin, mnt)
-					return
-				}
-				killServer(t, mnt)
-				// A new open while the writers' descriptors of earlier
-				// servers are open: with passthrough it must get the
-				// backing file those use (the kernel refuses another).
-				f, err := os.OpenFile(path, os.O_RDWR, 0)
-				if err == nil {
-					_, err = f.ReadAt(make([]byte, 1), 0)
-					f.Close()
-				}
-				if err != nil {
-					t.Errorf("a new open after crash %d: %v", round+1, err)
-				}
-			}, func(int) {})
-			// New opens work too, and so does a clean stop.
-			if err := os.WriteFile(path, []byte("after\n"), 0); err != nil {
-				t.Errorf("write after the crashes: %v", err)
+			killServer(t, mnt)
+			// A new open while the writers' descriptors of earlier
+			// servers are open: with passthrough it must get the
+			// backing file those use (the kernel refuses another).
+			f, err := os.OpenFile(path, os.O_RDWR, 0)
+			if err == nil {
+				_, err = f.ReadAt(make([]byte, 1), 0)
+				f.Close()
 			}
-			if got, err := os.ReadFile(path); err != nil || string(got) != "after\n" {
-				t.Errorf("read after the crashes: %q, %v", got, err)
+			if err != nil {
+				t.Errorf("a new open after crash %d: %v", round+1, err)
 			}
-			keeper.Process.Signal(syscall.SIGTERM)
-			if err := keeper.Wait(); err != nil {
-				t.Errorf("ramproc supervise after SIGTERM: %v", err)
-			}
-		})
-	}
+		}, func(int) {})
+		// New opens work too, and so does a clean stop.
+		if err := os.WriteFile(path, []byte("after\n"), 0); err != nil {
+			t.Errorf("write after the crashes: %v", err)
+		}
+		if got, err := os.ReadFile(path); err != nil || string(got) != "after\n" {
+			t.Errorf("read after the crashes: %q, %v", got, err)
+		}
+		keeper.Process.Signal(syscall.SIGTERM)
+		if err := keeper.Wait(); err != nil {
+			t.Errorf("ramproc supervise after SIGTERM: %v", err)
+		}
+	})
 }
 
 // A server that dies before it serves is not started again: the keeper
