@@ -100,7 +100,9 @@ func runSupervise(args []string) int {
 			k.mu.Lock()
 			pid := k.main
 			k.mu.Unlock()
-			syscall.Kill(pid, sig.(syscall.Signal))
+			if pid > 0 { // never 0: that would signal the whole group
+				syscall.Kill(pid, sig.(syscall.Signal))
+			}
 		}
 	}()
 
