@@ -32,7 +32,9 @@ func TestMain(m *testing.M) {
 		os.Exit(runChild(mode, os.Args[len(os.Args)-1]))
 	}
 	testenv.ExamplesNeedFUSE() // the examples mount, as a user's program does
-	os.Exit(m.Run())
+	code := m.Run()
+	testenv.RemoveBuilds() // the keeper of crash_test.go
+	os.Exit(code)
 }
 
 func runChild(mode, arg string) int {

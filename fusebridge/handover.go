@@ -116,6 +116,9 @@ type handoverState struct {
 	Bound       []string
 	Program     []byte
 	Files       []int // indexes of the program's descriptors
+	// Strict: the connection was adopted after a crash, and the kernel
+	// may hold more lookups than the tables count (crash.go).
+	Strict bool `json:",omitempty"`
 }
 
 // connState is one connection: its descriptors (indexes into the
@@ -157,7 +160,9 @@ func settingsOf(o Options) string {
 // will adopt a mount (Mount with Options.Restartable) instead of making
 // one. A program that keeps state across restarts checks it before it
 // builds that state afresh.
-func Inheriting() bool { return os.Getenv(handoverEnv) != "" || inherit.in != nil }
+func Inheriting() bool {
+	return os.Getenv(handoverEnv) != "" || inherit.in != nil || crashInheriting()
+}
 
 // Restart hands the mount over to a new process running the binary that is
 // on disk now, with the same arguments, and returns its pid once it
@@ -327,6 +332,7 @@ func (s *Server) handoverState() (*handoverState, []int, []*os.File, error) {
 		Passthrough: s.passthrough.Load(),
 		KernelMinor: s.rs.minor,
 		Claim:       -1,
+		Strict:      s.rs.rfs.strict,
 	}
 	s.mu.RUnlock()
 	if s.companion != nil {
@@ -422,6 +428,7 @@ type inheritance struct {
 	fds   []int
 	old   int // pidfd of the old process, or -1
 	taken bool
+	crash bool // the old process died: no exchange (crash.go)
 }
 
 // inherit holds the state this process was started with, once read.
@@ -686,10 +693,15 @@ func (s *Server) serverCallbacks() gofs.ServerCallbacks {
 func (s *Server) Ready() error {
 	in := s.rs.in
 	if in == nil || s.rs.adopt == nil {
+		s.keepForCrash()
 		return nil
+	}
+	if in.crash {
+		return s.readyAfterCrash(in)
 	}
 	conns := s.connections()
 	for _, c := range conns {
+		c.rs.rfs.strict = in.st.Strict
 		if err := c.replay(in.st.Epoch + 1); err != nil {
 			s.rs.in = nil
 			return in.refuse(err)
@@ -712,6 +724,8 @@ func (s *Server) Ready() error {
 	s.claim.retake()
 	sendMsg(in.sock, handoverMsg{Kind: "taken"}, nil)
 	unix.Close(in.sock)
+	s.keepForCrash() // before the new epoch answers anything
+
 	go resendHeld(in.old, conns, s.log)
 	for _, c := range conns {
 		if err := c.serveAdopted(); err != nil {

@@ -96,7 +96,11 @@ func (of *openFile) PassthroughFd() (int, bool) {
 	if of.e.backing == nil || !of.e.srv.passthrough.Load() {
 		return -1, false
 	}
-	return of.e.backing.BackingFile(&of.f)
+	fd, ok := of.e.backing.BackingFile(&of.f)
+	if r := of.e.srv.rs.rfs; ok && r != nil {
+		r.keepBacking(of.e.ino, fd) // crash.go
+	}
+	return fd, ok
 }
 
 func (n *fileNode) Read(ctx context.Context, f fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {

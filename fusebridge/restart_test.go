@@ -26,7 +26,12 @@ import (
 // restartableChild is a program on the library that is restartable as the
 // README says: Options.Restartable and Handover, its state back from
 // Inherited, Ready once the tree is published, Restart on SIGUSR2. Its
-// state is the number of restarts so far, published as "generation".
+// state is the number of restarts so far, published as "generation". Its
+// file "slow" answers the generation, except in the first process once
+// the file armedEnv names exists: there it never answers (the handler
+// blocks, as one waiting on a dead peer would; crash_test.go).
+const armedEnv = "FUSEBRIDGE_TEST_ARMED"
+
 func restartableChild(mnt string) int {
 	var gen int
 	srv, err := fusebridge.Mount(mnt, fusebridge.Options{
@@ -52,6 +57,14 @@ func restartableChild(mnt string) int {
 	}
 	g := gen
 	ge, _ := srv.Create("generation", 0o444, handler.Generated(func(context.Context) ([]byte, error) {
+		return fmt.Appendf(nil, "%d\n", g), nil
+	}))
+	armed := os.Getenv(armedEnv)
+	srv.Create("slow", 0o444, handler.Generated(func(context.Context) ([]byte, error) {
+		if _, err := os.Stat(armed); g == 0 && armed != "" && err == nil {
+			fmt.Println("blocked")
+			select {}
+		}
 		return fmt.Appendf(nil, "%d\n", g), nil
 	}))
 	d, _ := srv.Root().Mkdir("dir", 0o755)
@@ -86,6 +99,27 @@ func restartableChild(mnt string) int {
 	return 0
 }
 
+// startReady starts cmd, a server that says "ready" on stdout once it
+// serves, with cleanup to run at the test's end, and returns the rest of
+// its output.
+func startReady(t *testing.T, cmd *exec.Cmd, cleanup func()) *bufio.Reader {
+	t.Helper()
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cleanup)
+	lines := bufio.NewReader(out)
+	if l, _ := lines.ReadString('\n'); l != "ready\n" {
+		t.Fatalf("server said %q", l)
+	}
+	return lines
+}
+
 // A program on the library, one of whose files is bind-mounted elsewhere
 // (as LXCFS's are into containers), is read in a loop across restarts: by
 // path, through the bind, and through a descriptor kept open. No read may
@@ -101,23 +135,12 @@ func TestLibraryRestartKeepsReaders(t *testing.T) {
 	mnt := filepath.Join(t.TempDir(), "mnt")
 	cmd := exec.Command(os.Args[0], mnt)
 	cmd.Env = append(os.Environ(), childEnv+"=restartable")
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
+	startReady(t, cmd, func() {
 		if pid := fusebridge.ServerPID(mnt); pid > 0 {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 		unix.Unmount(mnt, unix.MNT_DETACH)
 	})
-	if l, _ := bufio.NewReader(out).ReadString('\n'); l != "ready\n" {
-		t.Fatalf("server said %q", l)
-	}
 	bound := filepath.Join(t.TempDir(), "generation")
 	if err := os.WriteFile(bound, nil, 0o644); err != nil {
 		t.Fatal(err)

@@ -55,6 +55,15 @@ type restartFS struct {
 	// backing file the kernel refuses another on the inode (EBUSY). It
 	// stays registered for the connection's life, so it is always valid.
 	backing map[uint64]int32
+
+	// After a crash (crash.go): strict is set on a connection adopted
+	// without its predecessor's tables; crash is the record a keeper
+	// holds, keepIDs gives each node a backing ID of its own (on devFd).
+	strict   bool
+	reopenMu sync.Mutex
+	crash    *crashLog
+	keepIDs  bool
+	devFd    int
 }
 
 // nodeRec is one node the kernel holds: looked up n times (not yet
@@ -96,6 +105,12 @@ func (r *restartFS) stale(node uint64) bool {
 	}
 	r.mu.Lock()
 	_, ok := r.orphans[node]
+	if r.strict && !ok {
+		// After a crash the kernel may hold node IDs the bridge never
+		// issued (a vanished dynamic child); go-fuse would panic on one.
+		_, known := r.nodes[node]
+		ok = !known
+	}
 	r.mu.Unlock()
 	return ok
 }
@@ -214,14 +229,25 @@ func (r *restartFS) Forget(nodeid, nlookup uint64) {
 		r.mu.Unlock()
 		return
 	}
-	if n := r.nodes[nodeid]; n != nil {
+	n := r.nodes[nodeid]
+	if n != nil {
 		if n.n <= nlookup {
 			delete(r.nodes, nodeid)
+			if r.strict {
+				// After a crash the kernel's count is unknown and may be
+				// larger than the bridge's, on which go-fuse would panic;
+				// the kernel forgets a node whole when it evicts it.
+				nlookup = n.n
+			}
 		} else {
 			n.n -= nlookup
 		}
 	}
+	strict := r.strict
 	r.mu.Unlock()
+	if strict && n == nil {
+		return // a node the bridge never issued
+	}
 	// Not gated: a FORGET has no reply, so one held would be lost.
 	r.RawFileSystem.Forget(nodeid, nlookup)
 }
@@ -308,12 +334,16 @@ func (r *restartFS) open(in *fuse.OpenIn, out *fuse.OpenOut, dir bool, op func()
 }
 
 // withFh runs op with in's handle mapped to the bridge's, or answers EIO
-// for a handle whose node was not found again.
-func (r *restartFS) withFh(fh *uint64, op func() fuse.Status) fuse.Status {
+// for a handle whose node was not found again. After a crash, a handle of
+// the dead process is opened again on node with flags (crash.go).
+func (r *restartFS) withFh(node uint64, flags uint32, dir bool, fh *uint64, op func() fuse.Status) fuse.Status {
 	r.gate.RLock()
 	defer r.gate.RUnlock()
 	kfh := *fh
 	bfh, ok := r.bridgeFh(kfh)
+	if !ok && r.strict {
+		bfh, ok = r.reopen(node, flags, dir, kfh)
+	}
 	if !ok {
 		return fuse.EIO
 	}
@@ -324,7 +354,7 @@ func (r *restartFS) withFh(fh *uint64, op func() fuse.Status) fuse.Status {
 }
 
 func (r *restartFS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (res fuse.ReadResult, st fuse.Status) {
-	st = r.withFh(&in.Fh, func() fuse.Status {
+	st = r.withFh(in.NodeId, in.Flags, false, &in.Fh, func() fuse.Status {
 		res, st = r.RawFileSystem.Read(cancel, in, buf)
 		return st
 	})
@@ -332,7 +362,7 @@ func (r *restartFS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (r
 }
 
 func (r *restartFS) Write(cancel <-chan struct{}, in *fuse.WriteIn, data []byte) (n uint32, st fuse.Status) {
-	st = r.withFh(&in.Fh, func() fuse.Status {
+	st = r.withFh(in.NodeId, in.Flags, false, &in.Fh, func() fuse.Status {
 		n, st = r.RawFileSystem.Write(cancel, in, data)
 		return st
 	})
@@ -340,7 +370,7 @@ func (r *restartFS) Write(cancel <-chan struct{}, in *fuse.WriteIn, data []byte)
 }
 
 func (r *restartFS) Writev(cancel <-chan struct{}, in *fuse.WriteIn, data [][]byte) (n uint32, st fuse.Status) {
-	st = r.withFh(&in.Fh, func() fuse.Status {
+	st = r.withFh(in.NodeId, in.Flags, false, &in.Fh, func() fuse.Status {
 		n, st = r.RawFileSystem.Writev(cancel, in, data)
 		return st
 	})
@@ -348,33 +378,33 @@ func (r *restartFS) Writev(cancel <-chan struct{}, in *fuse.WriteIn, data [][]by
 }
 
 func (r *restartFS) Lseek(cancel <-chan struct{}, in *fuse.LseekIn, out *fuse.LseekOut) fuse.Status {
-	return r.withFh(&in.Fh, func() fuse.Status { return r.RawFileSystem.Lseek(cancel, in, out) })
+	return r.withFh(in.NodeId, 0, false, &in.Fh, func() fuse.Status { return r.RawFileSystem.Lseek(cancel, in, out) })
 }
 
 func (r *restartFS) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status {
-	return r.withFh(&in.Fh, func() fuse.Status { return r.RawFileSystem.Flush(cancel, in) })
+	return r.withFh(in.NodeId, 0, false, &in.Fh, func() fuse.Status { return r.RawFileSystem.Flush(cancel, in) })
 }
 
 func (r *restartFS) Fsync(cancel <-chan struct{}, in *fuse.FsyncIn) fuse.Status {
-	return r.withFh(&in.Fh, func() fuse.Status { return r.RawFileSystem.Fsync(cancel, in) })
+	return r.withFh(in.NodeId, 0, false, &in.Fh, func() fuse.Status { return r.RawFileSystem.Fsync(cancel, in) })
 }
 
 func (r *restartFS) FsyncDir(cancel <-chan struct{}, in *fuse.FsyncIn) fuse.Status {
-	return r.withFh(&in.Fh, func() fuse.Status { return r.RawFileSystem.FsyncDir(cancel, in) })
+	return r.withFh(in.NodeId, 0, true, &in.Fh, func() fuse.Status { return r.RawFileSystem.FsyncDir(cancel, in) })
 }
 
 func (r *restartFS) Fallocate(cancel <-chan struct{}, in *fuse.FallocateIn) fuse.Status {
-	return r.withFh(&in.Fh, func() fuse.Status { return r.RawFileSystem.Fallocate(cancel, in) })
+	return r.withFh(in.NodeId, 0, false, &in.Fh, func() fuse.Status { return r.RawFileSystem.Fallocate(cancel, in) })
 }
 
 func (r *restartFS) ReadDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
-	return r.withFh(&in.Fh, func() fuse.Status { return r.RawFileSystem.ReadDir(cancel, in, out) })
+	return r.withFh(in.NodeId, 0, true, &in.Fh, func() fuse.Status { return r.RawFileSystem.ReadDir(cancel, in, out) })
 }
 
 func (r *restartFS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
 	// Counted inside the gate: the state must not be taken between the
 	// reply's lookups and their count.
-	return r.withFh(&in.Fh, func() fuse.Status {
+	return r.withFh(in.NodeId, 0, true, &in.Fh, func() fuse.Status {
 		st := r.RawFileSystem.ReadDirPlus(cancel, in, out)
 		if st == fuse.OK {
 			r.countDirPlus(in.NodeId, out.Bytes())
@@ -449,19 +479,19 @@ func (r *restartFS) CopyFileRange(cancel <-chan struct{}, in *fuse.CopyFileRange
 }
 
 func (r *restartFS) Ioctl(cancel <-chan struct{}, in *fuse.IoctlIn, inbuf []byte, out *fuse.IoctlOut, outbuf []byte) fuse.Status {
-	return r.withFh(&in.Fh, func() fuse.Status { return r.RawFileSystem.Ioctl(cancel, in, inbuf, out, outbuf) })
+	return r.withFh(in.NodeId, 0, false, &in.Fh, func() fuse.Status { return r.RawFileSystem.Ioctl(cancel, in, inbuf, out, outbuf) })
 }
 
 func (r *restartFS) GetLk(cancel <-chan struct{}, in *fuse.LkIn, out *fuse.LkOut) fuse.Status {
-	return r.withFh(&in.Fh, func() fuse.Status { return r.RawFileSystem.GetLk(cancel, in, out) })
+	return r.withFh(in.NodeId, 0, false, &in.Fh, func() fuse.Status { return r.RawFileSystem.GetLk(cancel, in, out) })
 }
 
 func (r *restartFS) SetLk(cancel <-chan struct{}, in *fuse.LkIn) fuse.Status {
-	return r.withFh(&in.Fh, func() fuse.Status { return r.RawFileSystem.SetLk(cancel, in) })
+	return r.withFh(in.NodeId, 0, false, &in.Fh, func() fuse.Status { return r.RawFileSystem.SetLk(cancel, in) })
 }
 
 func (r *restartFS) SetLkw(cancel <-chan struct{}, in *fuse.LkIn) fuse.Status {
-	return r.withFh(&in.Fh, func() fuse.Status { return r.RawFileSystem.SetLkw(cancel, in) })
+	return r.withFh(in.NodeId, 0, false, &in.Fh, func() fuse.Status { return r.RawFileSystem.SetLkw(cancel, in) })
 }
 
 func (r *restartFS) GetXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string, dest []byte) (n uint32, st fuse.Status) {

@@ -358,6 +358,13 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 			}
 			return adoptMount(mnt, opts, in)
 		}
+		// Started by a keeper after a crash (crash.go).
+		if in, err := crashInherited(); err != nil || in != nil {
+			if err != nil {
+				return nil, err
+			}
+			return adoptMount(mnt, opts, in)
+		}
 	}
 	cl, err := prepareMountpoint(mnt, opts.Logger)
 	if err != nil {
@@ -498,11 +505,15 @@ func (s *Server) start(mountpoint string, direct bool) error {
 	}
 	if s.rs.adopt != nil {
 		s.rs.mo = mo // Ready serves the adopted connection
+		s.rs.rfs.devFd, s.rs.rfs.keepIDs = s.rs.devFd, keeperPresent()
 		return nil
 	}
 	srv, err := s.newTrackedServer(fsys, mountpoint, &mo, direct)
 	if err != nil {
 		return err
+	}
+	if s.rs.rfs != nil {
+		s.rs.rfs.devFd, s.rs.rfs.keepIDs = s.rs.devFd, keeperPresent() && s.rs.devFd >= 0
 	}
 	s.fuse = srv
 	go func() {

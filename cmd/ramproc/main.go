@@ -4,6 +4,7 @@
 //	ramproc mount [flags] MOUNTPOINT   serve the RAM file until Ctrl-C
 //	ramproc check [flags] PATH         compare PATH's behaviour with a tmpfs file
 //	ramproc restart MOUNTPOINT         hand the mount to the binary on disk now
+//	ramproc supervise PROGRAM [ARGS]   keep a server's descriptors; restart it after a crash
 //	ramproc bench [flags]              ramproc vs tmpfs vs go-fuse MemRegularFile
 //	ramproc version                    module version, VCS revision, Go version
 //	ramproc SOURCE MOUNTPOINT -o OPTS  the mount-helper form (mount -t fuse.ramproc)
@@ -37,6 +38,10 @@ func run(args []string) int {
 		return runCheck(args[1:])
 	case "restart":
 		return runRestart(args[1:])
+	case "supervise":
+		return runSupervise(args[1:])
+	case listenExecCmd:
+		return runListenExec(args[1:])
 	case "bench":
 		return runBench(args[1:])
 	case "version", "-version", "--version":
@@ -62,6 +67,7 @@ func usage() {
   ramproc mount [flags] MOUNTPOINT   serve a RAM-backed file in MOUNTPOINT until Ctrl-C
   ramproc check [flags] PATH         check that PATH behaves like a regular tmpfs file
   ramproc restart MOUNTPOINT         restart the server of MOUNTPOINT with the binary on disk now, keeping every descriptor
+  ramproc supervise PROGRAM [ARGS]   run a server (ramproc mount ...) so that it survives a crash: keep its descriptors, start it again
   ramproc bench [flags]              benchmark ramproc against tmpfs and go-fuse MemRegularFile
   ramproc version                    print the module version, VCS revision and Go version
   ramproc SOURCE MOUNTPOINT -o OPTS  mount as mount(8) does (mount -t fuse.ramproc; SOURCE is ignored)

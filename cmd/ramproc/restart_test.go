@@ -82,24 +82,32 @@ func TestRestartKeepsWriters(t *testing.T) {
 	// Requests the old server read wait for its exit (handover.go), and a
 	// race-built program sleeps a second at exit by default.
 	t.Setenv("GORACE", "atexit_sleep_ms=0")
+	eachWriterMode(t, func(t *testing.T, bin, mnt string, args []string) {
+		cmd, path := launchMount(t, bin, nil, os.Stderr, args...)
+		soakWriters(t, path, restartRounds(), func(int) { restartServer(t, bin, mnt) }, func(round int) {
+			if round == 0 {
+				cmd.Wait() // the first server exits once it handed over
+			}
+		})
+		stopServer(t, mnt)
+	})
+}
+
+// eachWriterMode runs test for ramproc mount's two I/O paths (passthrough
+// where available, and forwarded), with a fresh mountpoint mnt and the
+// arguments args that mount it.
+func eachWriterMode(t *testing.T, test func(t *testing.T, bin, mnt string, args []string)) {
 	for _, mode := range []struct{ name, flag string }{
 		{"default", ""},
 		{"passthrough-off", "-passthrough=off"},
 	} {
 		t.Run(mode.name, func(t *testing.T) {
-			bin := ramprocBinary(t)
 			mnt := filepath.Join(t.TempDir(), "mnt")
 			args := []string{mnt}
 			if mode.flag != "" {
 				args = []string{mode.flag, mnt}
 			}
-			cmd, path := launchMount(t, bin, nil, os.Stderr, args...)
-			soakWriters(t, bin, mnt, path, restartRounds(), func(round int) {
-				if round == 0 {
-					cmd.Wait() // the first server exits once it handed over
-				}
-			})
-			stopServer(t, mnt)
+			test(t, ramprocBinary(t), mnt, args)
 		})
 	}
 }
@@ -116,9 +124,9 @@ func record(w, seq int) []byte {
 	return append(b, '\n')
 }
 
-// soakWriters runs the writers on path while the server of mnt is
-// restarted rounds times, then checks the file.
-func soakWriters(t *testing.T, bin, mnt, path string, rounds int, after func(round int)) {
+// soakWriters runs the writers on path while the server is restarted
+// (restart) rounds times, then checks the file.
+func soakWriters(t *testing.T, path string, rounds int, restart, after func(round int)) {
 	t.Helper()
 	appendBase := int64(writers / 2 * regionRecs * recSize)
 	if err := os.Truncate(path, appendBase); err != nil {
@@ -180,7 +188,7 @@ func soakWriters(t *testing.T, bin, mnt, path string, rounds int, after func(rou
 	for round := range rounds {
 		time.Sleep(30 * time.Millisecond)
 		restartNo.Store(int64(round + 1))
-		restartServer(t, bin, mnt)
+		restart(round)
 		// Writes that started before the restart returned count too.
 		time.Sleep(5 * time.Millisecond)
 		restartNo.Store(0)
