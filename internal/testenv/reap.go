@@ -9,13 +9,22 @@ import (
 )
 
 // AdoptOrphans makes this test process the reaper of the processes its
-// children leave behind: a restarted server is the child of the server it
-// replaced, which exits, and the test must still wait for it (Reap).
+// children leave behind, until t ends: a restarted server is the child of
+// the server it replaced, which exits, and the test must still wait for it
+// (Reap). The flag is cleared when t ends (its cleanups registered before
+// this one have run by then): left set, a later test's orphan (a server a
+// shell started in the background) would become this process's child and,
+// never waited for, stay a zombie that `kill -0` keeps finding alive.
 func AdoptOrphans(t testing.TB) {
 	t.Helper()
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		t.Fatalf("prctl(PR_SET_CHILD_SUBREAPER): %v", err)
 	}
+	t.Cleanup(func() {
+		if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0); err != nil {
+			t.Errorf("prctl(PR_SET_CHILD_SUBREAPER, 0): %v", err)
+		}
+	})
 }
 
 // Reap waits at most d for pid, a child or an orphan this process adopted
