@@ -355,37 +355,81 @@ func printHelp(fl *flag.FlagSet, synopsis string) {
 	fl.SetOutput(io.Discard)
 }
 
-// usageError prints a one-line error that says what to do and returns the
-// usage exit status.
 // checkMountpoint says what is wrong with a mountpoint that cannot serve,
 // before anything is set up: a file that is not a directory, or a place in
 // /proc or /sys, where no directory can be created and a mount would hide
 // the kernel's own files. "" when nothing is.
+//
+// It must not ask a FUSE server: the mountpoint may be this very mount, held
+// by a keeper while its server is dead (a crash restart, crash.go in
+// fusebridge), where stat(2) or statfs(2) would wait for an answer that only
+// this process can give. So the type comes from the attributes the kernel
+// has cached (AT_STATX_DONT_SYNC) and the file system from mountinfo.
 func checkMountpoint(mnt string) string {
-	if st, err := os.Stat(mnt); err == nil && !st.IsDir() {
+	var st unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, mnt, unix.AT_STATX_DONT_SYNC, unix.STATX_TYPE, &st); err == nil && st.Mode&unix.S_IFMT != unix.S_IFDIR {
 		what := "is not a directory"
-		if st.Mode().IsRegular() {
+		if st.Mode&unix.S_IFMT == unix.S_IFREG {
 			what = "is a regular file, not a directory"
 		}
 		return fmt.Sprintf("MOUNTPOINT %s %s; give a directory (it is created if missing), e.g. ramproc mount /tmp/ramproc", mnt, what)
 	}
-	// The file system of the mountpoint, or of its nearest existing
-	// ancestor when it is to be created.
-	for p := filepath.Clean(mnt); ; p = filepath.Dir(p) {
-		var fs unix.Statfs_t
-		if err := unix.Statfs(p, &fs); err == nil {
-			switch fs.Type {
-			case unix.PROC_SUPER_MAGIC, unix.SYSFS_MAGIC:
-				return fmt.Sprintf("MOUNTPOINT %s is in /proc or /sys, the kernel's own files, where a mount would hide them; give a directory elsewhere, e.g. ramproc mount /tmp/ramproc", mnt)
-			}
-			return ""
-		}
-		if p == filepath.Dir(p) {
-			return ""
-		}
+	switch fsTypeOf(mnt) {
+	case "proc", "sysfs":
+		return fmt.Sprintf("MOUNTPOINT %s is in /proc or /sys, the kernel's own files, where a mount would hide them; give a directory elsewhere, e.g. ramproc mount /tmp/ramproc", mnt)
 	}
+	return ""
 }
 
+// fsTypeOf is the type of the file system that holds path (or would hold
+// it, when it is to be created) by /proc/self/mountinfo: the mount whose
+// mount point is the longest leading part of path. "" when unknown.
+func fsTypeOf(path string) string {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return ""
+	}
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return ""
+	}
+	best, typ := -1, ""
+	for _, line := range strings.Split(string(b), "\n") {
+		// ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPER
+		pre, post, ok := strings.Cut(line, " - ")
+		f, g := strings.Fields(pre), strings.Fields(post)
+		if !ok || len(f) < 5 || len(g) < 1 {
+			continue
+		}
+		mp := unescapeMountinfo(f[4])
+		if (abs == mp || mp == "/" || strings.HasPrefix(abs, mp+"/")) && len(mp) >= best {
+			best, typ = len(mp), g[0]
+		}
+	}
+	return typ
+}
+
+// unescapeMountinfo undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, "\\") {
+		return s
+	}
+	var out strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				out.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		out.WriteByte(s[i])
+	}
+	return out.String()
+}
+
+// usageError prints a one-line error that says what to do and returns the
+// usage exit status.
 func usageError(cmd, msg string) int {
 	fmt.Fprintf(os.Stderr, "ramproc %s: %s (run 'ramproc %s -h' for help)\n", cmd, msg, cmd)
 	return exitUsage
