@@ -147,6 +147,8 @@ type handleState struct {
 	Dir      bool `json:",omitempty"`
 	Backing  int32
 	Orphan   bool `json:",omitempty"`
+	// PerOpen: Backing is this descriptor's own (perop.go), not its node's.
+	PerOpen bool `json:",omitempty"`
 }
 
 // settingsOf names the options a connection was set up with; a new process
@@ -405,8 +407,8 @@ func (r *restartFS) snapshot() connState {
 	}
 	stale := map[int32]bool{}
 	for fh, h := range r.handles {
-		cs.Handles = append(cs.Handles, handleState{Fh: fh, Node: h.node, Flags: h.flags, Dir: h.dir, Backing: h.backing, Orphan: h.orphan})
-		if h.backing != 0 {
+		cs.Handles = append(cs.Handles, handleState{Fh: fh, Node: h.node, Flags: h.flags, Dir: h.dir, Backing: h.backing, Orphan: h.orphan, PerOpen: h.perOpen})
+		if h.backing != 0 && !h.perOpen {
 			if _, ok := cs.Backing[h.node]; !ok {
 				cs.Backing[h.node] = h.backing
 			}
@@ -795,10 +797,13 @@ func (c *Server) replay(epoch uint64) error {
 		r.backing[node] = id
 	}
 	for _, h := range cs.Handles {
-		rec := &handleRec{node: h.Node, flags: h.Flags, dir: h.Dir, backing: h.Backing, orphan: h.Orphan}
+		rec := &handleRec{node: h.Node, flags: h.Flags, dir: h.Dir, backing: h.Backing, orphan: h.Orphan, perOpen: h.PerOpen}
 		if _, gone := r.orphans[h.Node]; gone || h.Orphan {
 			rec.orphan = true
 			r.handles[h.Fh] = rec
+			if h.PerOpen && !gone && r.perop != nil {
+				r.perop.inherit(h.Node, 0, h.Backing)
+			}
 			continue
 		}
 		in := fuse.OpenIn{InHeader: hdr(h.Node), Flags: h.Flags &^ uint32(syscall.O_CREAT|syscall.O_EXCL|syscall.O_TRUNC)}
@@ -817,6 +822,16 @@ func (c *Server) replay(epoch uint64) error {
 			if out.BackingID != 0 && out.BackingID != h.Backing {
 				rec.own = out.BackingID
 			}
+		}
+		if h.PerOpen && r.perop != nil {
+			// The kernel serves the descriptor from its own backing file
+			// until its close; no other may be given to the node
+			// meanwhile (perop.go).
+			fh := uint64(0)
+			if st == fuse.OK {
+				fh = out.Fh
+			}
+			r.perop.inherit(h.Node, fh, h.Backing)
 		}
 		r.handles[h.Fh] = rec
 	}

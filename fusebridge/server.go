@@ -152,8 +152,25 @@ type Options struct {
 	// user (and root) reach the files. AllowOther wins if both are set.
 	OwnerOnly bool
 
-	// Passthrough chooses the I/O path of backing-file handlers.
+	// Passthrough chooses the I/O path of backing-file handlers, and of
+	// content made per open (see ForwardPerOpen).
 	Passthrough Passthrough
+
+	// ForwardPerOpen serves content made per open (a handler.Generated
+	// without a freshness bound, a handler.PerCallerGenerated: every
+	// handler.OpenSnapshotter) through this process even where
+	// passthrough is available. By default, a read-only open of such a
+	// file gets a memfd of its own with the content made for it, as a
+	// passthrough backing file: open+read+close costs OPEN and the
+	// asynchronous RELEASE, no READ (perop.go). The price is what a
+	// descriptor served from a file is: it reads the snapshot taken at its
+	// open until it is closed, even from offset 0 again (procps's top and
+	// free -s keep their /proc files open and re-read them: they would
+	// show the figures of their first read), and after Entry.Remove. Set
+	// it to have every read(2) reach the handler (FOPEN_DIRECT_IO: OPEN,
+	// READ, a READ that finds EOF), and a re-read from offset 0 see new
+	// content, as on procfs.
+	ForwardPerOpen bool
 
 	// Logger receives lifecycle messages; nil discards them.
 	Logger *slog.Logger
@@ -285,6 +302,8 @@ type Server struct {
 
 	// passthrough is set once the kernel has accepted a backing file.
 	passthrough atomic.Bool
+	// perop serves content made per open by passthrough (perop.go).
+	perop *peropFS
 
 	// companion is the second connection (split.go): the no-open one
 	// beside a main one that keeps OPEN (made at Mount with
@@ -498,9 +517,10 @@ func (s *Server) start(mountpoint string, direct bool) error {
 		ExternalNodeID:  s.opts.Restartable,
 		ServerCallbacks: s.serverCallbacks(),
 	})
-	fsys := s.wrapRawFS(rawFS)
+	fsys := fuse.RawFileSystem(s.wrapPerOpen(s.wrapRawFS(rawFS)))
 	if s.opts.Restartable {
 		s.rs.rfs = newRestartFS(fsys)
+		s.rs.rfs.perop = s.perop
 		fsys = s.rs.rfs
 	}
 	if s.rs.adopt != nil {

@@ -160,6 +160,20 @@ type BackingFiler interface {
 	BackingFile(f *OpenFile) (fd int, ok bool)
 }
 
+// OpenSnapshotter is implemented by read-only handlers whose Open takes the
+// whole content of the descriptor at once (Generated, PerCallerGenerated):
+// OpenSnapshot returns what Open took, or ok == false where it took none
+// (OpenFile.Reopened: the first read takes it). A bridge may then serve
+// every read(2) of that descriptor from a copy of those bytes without
+// calling Read (fusebridge: a passthrough backing file made at open, so
+// that open+read+close costs the server one request). Such a descriptor
+// reads the same bytes to its close: a read from offset 0 after an earlier
+// read does not take a new snapshot, as it does when Read serves it (see
+// Generated). The returned slice must not be modified afterwards.
+type OpenSnapshotter interface {
+	OpenSnapshot(f *OpenFile) (b []byte, ok bool)
+}
+
 // SnapshotSizer is implemented by handlers whose content is a snapshot that
 // Open takes (Generated, Value): SnapshotSize reports the snapshot's length.
 // A bridge that lets the kernel cache content across opens
