@@ -801,9 +801,6 @@ func (c *Server) replay(epoch uint64) error {
 		if _, gone := r.orphans[h.Node]; gone || h.Orphan {
 			rec.orphan = true
 			r.handles[h.Fh] = rec
-			if h.PerOpen && !gone && r.perop != nil {
-				r.perop.inherit(h.Node, 0, h.Backing)
-			}
 			continue
 		}
 		in := fuse.OpenIn{InHeader: hdr(h.Node), Flags: h.Flags &^ uint32(syscall.O_CREAT|syscall.O_EXCL|syscall.O_TRUNC)}
@@ -812,7 +809,15 @@ func (c *Server) replay(epoch uint64) error {
 		if h.Dir {
 			st = inner.OpenDir(nil, &in, &out)
 		} else {
+			if h.PerOpen && r.perop != nil {
+				// The kernel serves the descriptor with this backing file
+				// until its close: its entry's claim (perop.go).
+				r.perop.inheriting = h.Backing
+			}
 			st = inner.Open(nil, &in, &out)
+			if r.perop != nil {
+				r.perop.inheriting = 0
+			}
 		}
 		if st != fuse.OK {
 			rec.orphan = true
@@ -823,16 +828,7 @@ func (c *Server) replay(epoch uint64) error {
 				rec.own = out.BackingID
 			}
 		}
-		if h.PerOpen && r.perop != nil {
-			// The kernel serves the descriptor from its own backing file
-			// until its close; no other may be given to the node
-			// meanwhile (perop.go).
-			fh := uint64(0)
-			if st == fuse.OK {
-				fh = out.Fh
-			}
-			r.perop.inherit(h.Node, fh, h.Backing)
-		}
+
 		r.handles[h.Fh] = rec
 	}
 	return nil

@@ -87,13 +87,10 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 		// mmap and reports their errors at close.
 		fl |= fuse.FOPEN_NOFLUSH
 	}
-	if e.snapshotter != nil && fl&fuse.FOPEN_DIRECT_IO != 0 && !of.f.Writable() {
-		// Content made whole at open: where the OPEN holds its node's
-		// passthrough slot, the kernel serves this descriptor's reads
-		// from a memfd with it (perop.go).
-		if b, ok := e.snapshotter.OpenSnapshot(&of.f); ok {
-			e.srv.perop.serve(ctx, b)
-		}
+	if e.snapshotter != nil && !e.perCaller {
+		// Content made whole at open: the kernel may serve this
+		// descriptor's reads from a memfd with it (perop.go).
+		e.srv.perop.open(ctx, e, of)
 	}
 	return of, fl, 0
 }

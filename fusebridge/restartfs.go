@@ -66,7 +66,8 @@ type restartFS struct {
 	devFd    int
 
 	// perop is the connection's per-open passthrough layer (perop.go):
-	// its backing IDs are one open's, never a node's.
+	// its backing IDs are one claim's, never given to the node's later
+	// opens by this layer.
 	perop *peropFS
 }
 

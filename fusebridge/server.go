@@ -153,24 +153,27 @@ type Options struct {
 	OwnerOnly bool
 
 	// Passthrough chooses the I/O path of backing-file handlers, and of
-	// content made per open (see ForwardPerOpen).
+	// content made per open (see PerOpenPassthrough).
 	Passthrough Passthrough
 
-	// ForwardPerOpen serves content made per open (a handler.Generated
-	// without a freshness bound, a handler.PerCallerGenerated: every
-	// handler.OpenSnapshotter) through this process even where
-	// passthrough is available. By default, a read-only open of such a
-	// file gets a memfd of its own with the content made for it, as a
-	// passthrough backing file: open+read+close costs OPEN and the
-	// asynchronous RELEASE, no READ (perop.go). The price is what a
-	// descriptor served from a file is: it reads the snapshot taken at its
-	// open until it is closed, even from offset 0 again (procps's top and
-	// free -s keep their /proc files open and re-read them: they would
-	// show the figures of their first read), and after Entry.Remove. Set
-	// it to have every read(2) reach the handler (FOPEN_DIRECT_IO: OPEN,
-	// READ, a READ that finds EOF), and a re-read from offset 0 see new
-	// content, as on procfs.
-	ForwardPerOpen bool
+	// PerOpenPassthrough serves content made per open (a
+	// handler.Generated without a freshness bound: a
+	// handler.OpenSnapshotter) by passthrough where the kernel grants it:
+	// a read-only open gets a memfd of its own with the content made for
+	// it, as its backing file, so open+read+close costs OPEN and the
+	// asynchronous RELEASE, no READ (perop.go). Opens of the file made
+	// while one such descriptor is open are read through the server, as
+	// without it. The price is what a descriptor served from a file is:
+	// it reads the snapshot of its open until it is closed, also from
+	// offset 0 again (procps's top and free -s keep their /proc files open
+	// and re-read them: they would show the figures of their first read)
+	// and after Entry.Remove (no EIO); mmap(2) of a descriptor opened
+	// meanwhile maps that snapshot. Per-caller files are never served so.
+	// After a crash (not a restart) the adopted mount forwards them all,
+	// and an open of a file whose passthrough descriptor outlived the
+	// crash fails with EIO until that descriptor is closed (the kernel
+	// wants its backing file, which no table names).
+	PerOpenPassthrough bool
 
 	// Logger receives lifecycle messages; nil discards them.
 	Logger *slog.Logger

@@ -161,15 +161,19 @@ type BackingFiler interface {
 }
 
 // OpenSnapshotter is implemented by read-only handlers whose Open takes the
-// whole content of the descriptor at once (Generated, PerCallerGenerated):
-// OpenSnapshot returns what Open took, or ok == false where it took none
-// (OpenFile.Reopened: the first read takes it). A bridge may then serve
-// every read(2) of that descriptor from a copy of those bytes without
-// calling Read (fusebridge: a passthrough backing file made at open, so
-// that open+read+close costs the server one request). Such a descriptor
-// reads the same bytes to its close: a read from offset 0 after an earlier
-// read does not take a new snapshot, as it does when Read serves it (see
-// Generated). The returned slice must not be modified afterwards.
+// whole content of the descriptor at once (Generated): OpenSnapshot returns
+// what Open took, or ok == false where it took none (OpenFile.Reopened: the
+// first read takes it). A bridge may then serve every read(2) of that
+// descriptor from a copy of those bytes without calling Read
+// (fusebridge.Options.PerOpenPassthrough: a passthrough backing file made
+// at open, so that open+read+close costs the server one request). Such a
+// descriptor reads the same bytes until it is closed: a read from offset 0
+// after an earlier read does not take a new snapshot, as it does when Read
+// serves it. The returned slice must not be modified afterwards.
+//
+// PerCallerGenerated does not implement it: where the kernel serves one
+// descriptor from a backing file, it maps that file for an mmap(2) of any
+// other descriptor of the file open at the same time (see fusebridge).
 type OpenSnapshotter interface {
 	OpenSnapshot(f *OpenFile) (b []byte, ok bool)
 }

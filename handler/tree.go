@@ -31,11 +31,10 @@ type PerCaller interface{ PerCaller() bool }
 type PerCallerGenerated func(ctx context.Context) ([]byte, error)
 
 var (
-	_ Opener          = PerCallerGenerated(nil)
-	_ Reader          = PerCallerGenerated(nil)
-	_ Releaser        = PerCallerGenerated(nil)
-	_ PerCaller       = PerCallerGenerated(nil)
-	_ OpenSnapshotter = PerCallerGenerated(nil)
+	_ Opener    = PerCallerGenerated(nil)
+	_ Reader    = PerCallerGenerated(nil)
+	_ Releaser  = PerCallerGenerated(nil)
+	_ PerCaller = PerCallerGenerated(nil)
 )
 
 // Open takes the opening caller's snapshot, as Generated does.
@@ -53,9 +52,6 @@ func (g PerCallerGenerated) Read(ctx context.Context, f *OpenFile, dst []byte, o
 func (g PerCallerGenerated) Release(ctx context.Context, f *OpenFile) {
 	Generated(g).Release(ctx, f)
 }
-
-// OpenSnapshot returns the snapshot Open took, as Generated does.
-func (g PerCallerGenerated) OpenSnapshot(f *OpenFile) ([]byte, bool) { return openSnapshot(f) }
 
 // PerCaller reports true: the content is the caller's own.
 func (g PerCallerGenerated) PerCaller() bool { return true }
