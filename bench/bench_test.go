@@ -26,8 +26,11 @@ func TestMain(m *testing.M) {
 	if mnt := os.Getenv(testLibEnv); mnt != "" {
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 		serve := ServeLib
-		if os.Getenv(testLibEnv+"_KIND") == "gofuse-tree" {
+		switch os.Getenv(testLibEnv + "_KIND") {
+		case "gofuse-tree":
 			serve = ServeGoFuseTree
+		case "lib-perop":
+			serve = ServeLibPerOpen
 		}
 		err := serve(ctx, mnt, testLibFiles, os.Stdout)
 		stop()
