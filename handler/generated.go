@@ -17,7 +17,10 @@ import (
 // gets a fresh snapshot. Where the kernel caches the content across opens
 // (a no-open connection: OpenFile.Caching is set there) a snapshot is
 // served until it is older than the file's freshness bound (see MaxAge),
-// or until Entry.Invalidate or Entry.Notify.
+// or until Entry.Invalidate or Entry.Notify. Where the bridge serves a
+// descriptor from a copy of its snapshot (OpenSnapshotter, with
+// fusebridge.Options.PerOpenPassthrough), a re-read from offset 0 sees the
+// same snapshot.
 //
 // The snapshot lives until the descriptor is closed; Release then drops it
 // and, for a large one, gives its memory back to the operating system (see
