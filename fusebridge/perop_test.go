@@ -5,12 +5,10 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -290,24 +288,15 @@ func TestPerOpenPassthroughCallers(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				for range 15 {
-					cmd := exec.CommandContext(ctx, "cat", filepath.Join(srv.Mountpoint(), name))
-					cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
-					var out bytes.Buffer
-					cmd.Stdout, cmd.Stderr = &out, &out
-					if err := cmd.Start(); err != nil {
-						errs <- err
-						return
-					}
-					pid := cmd.Process.Pid
-					err := cmd.Wait()
+					out, pid, err := catAs(ctx, uid, filepath.Join(srv.Mountpoint(), name))
 					if name == "me" {
-						if want := fmt.Sprintf("uid=%d pid=%d\n", uid, pid); err != nil || out.String() != want {
-							errs <- fmt.Errorf("me read by uid %d pid %d: %q, %v; want %q", uid, pid, out.String(), err, want)
+						if want := fmt.Sprintf("uid=%d pid=%d\n", uid, pid); err != nil || string(out) != want {
+							errs <- fmt.Errorf("me read by uid %d pid %d: %q, %v; want %q", uid, pid, out, err, want)
 							return
 						}
 						continue
 					}
-					n, gerr := generation(out.Bytes())
+					n, gerr := generation(out)
 					if err != nil || gerr != nil {
 						errs <- fmt.Errorf("gen read by uid %d: %v, %v", uid, err, gerr)
 						return

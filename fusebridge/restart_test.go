@@ -218,18 +218,8 @@ func TestLibraryRestartKeepsReaders(t *testing.T) {
 	pid := cmd.Process.Pid
 	for round := range rounds {
 		time.Sleep(20 * time.Millisecond)
-		syscall.Kill(pid, syscall.SIGUSR2)
+		pid = restartChild(t, mnt, pid, round+1)
 		deadline := time.Now().Add(30 * time.Second)
-		for {
-			if p := fusebridge.ServerPID(mnt); p > 0 && p != pid {
-				pid = p
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("restart %d: the mount is still served by %d after 30s", round+1, pid)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
 		if round == 0 {
 			cmd.Wait()
 		}
@@ -256,6 +246,23 @@ func TestLibraryRestartKeepsReaders(t *testing.T) {
 	syscall.Kill(pid, syscall.SIGTERM)
 	if err := testenv.Reap(pid, 30*time.Second); err != nil {
 		t.Errorf("last server: %v", err)
+	}
+}
+
+// restartChild has the restartable server pid of mnt restart (SIGUSR2)
+// and returns the new server's pid once it serves.
+func restartChild(t *testing.T, mnt string, pid, round int) int {
+	t.Helper()
+	syscall.Kill(pid, syscall.SIGUSR2)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if p := fusebridge.ServerPID(mnt); p > 0 && p != pid {
+			return p
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("restart %d: the mount is still served by %d after 30s", round, pid)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 
@@ -297,18 +304,7 @@ func TestRestartPerOpen(t *testing.T) {
 	pid := cmd.Process.Pid
 	restart := func(round int) {
 		t.Helper()
-		syscall.Kill(pid, syscall.SIGUSR2)
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			if p := fusebridge.ServerPID(mnt); p > 0 && p != pid {
-				pid = p
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("restart %d: the mount is still served by %d after 30s", round, pid)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
+		pid = restartChild(t, mnt, pid, round)
 		if round == 1 {
 			cmd.Wait()
 		}
