@@ -154,9 +154,6 @@ func resolveOps(h any) *fileOps {
 		o.perCaller = pc.PerCaller()
 	}
 	o.unknownSize = unknownSize(h)
-	// Whole at open, so finite, whatever unknownSize says of a handler
-	// without SnapshotSizer (a PerCallerGenerated has none: its size is
-	// never shown).
 	if sn, ok := h.(handler.OpenSnapshotter); ok && o.backing == nil {
 		o.snapshotter = sn
 	}

@@ -828,7 +828,6 @@ func (c *Server) replay(epoch uint64) error {
 				rec.own = out.BackingID
 			}
 		}
-
 		r.handles[h.Fh] = rec
 	}
 	return nil
