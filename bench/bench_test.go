@@ -94,11 +94,12 @@ func TestLibSection(t *testing.T) {
 		}
 	}
 	want := map[string][]string{
-		"lib-gen-fresh":   {TargetTmpfs, PeerHelloLL, PeerLib},
-		"lib-gen-perop":   {TargetTmpfs, PeerHelloLL, PeerLib},
-		"lib-percaller":   {TargetTmpfs, PeerHelloLL, PeerLib},
-		"lib-tree-catall": {TargetTmpfs, PeerGoFuse, PeerLib},
-		"lib-tree-rss":    {PeerGoFuse, PeerLib},
+		"lib-gen-fresh":    {TargetTmpfs, PeerHelloLL, PeerLib},
+		"lib-gen-perop":    {TargetTmpfs, PeerHelloLL, PeerLib},
+		"lib-gen-perop-pt": {TargetTmpfs, PeerHelloLL, PeerLib},
+		"lib-percaller":    {TargetTmpfs, PeerHelloLL, PeerLib},
+		"lib-tree-catall":  {TargetTmpfs, PeerGoFuse, PeerLib},
+		"lib-tree-rss":     {PeerGoFuse, PeerLib},
 	}
 	if len(rep.Rows) != len(want) {
 		t.Fatalf("%d rows, want %d", len(rep.Rows), len(want))

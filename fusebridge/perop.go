@@ -42,7 +42,7 @@ import (
 // go-fuse's own passthrough (fs.FilePassthroughFder) keeps one backing ID
 // per node and hands it to every open while any uses it, which would give
 // an open another's bytes; so this layer sits between go-fuse's server and
-// its bridge (inside restartFS). The node's Open decides, and hands its
+// its bridge (inside restartFS and the counters). The node's Open decides, and hands its
 // decision to the layer through the request's cancel channel, which
 // go-fuse passes both to the raw Open and, as fuse.Context.Cancel, to the
 // node: the one value both see that is unique to the request while it

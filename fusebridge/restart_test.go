@@ -322,18 +322,31 @@ func TestRestartPerOpen(t *testing.T) {
 			}
 		}
 	}
+	// keep opens a descriptor read from a backing file of its own: one
+	// that re-reads its snapshot from offset 0 (a forwarded one takes a
+	// new one). An open made before the RELEASE of the descriptor before
+	// reaches the server is forwarded: it is tried again.
 	keep := func() (*os.File, string) {
 		t.Helper()
-		f, err := os.Open(stat)
-		if err != nil {
-			t.Fatal(err)
-		}
 		b := make([]byte, 64)
-		n, err := f.ReadAt(b, 0)
-		if n == 0 {
-			t.Fatalf("read of the kept descriptor: %v", err)
+		for range 1000 {
+			f, err := os.Open(stat)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n, err := f.ReadAt(b, 0)
+			if n == 0 {
+				t.Fatalf("read of the kept descriptor: %v", err)
+			}
+			snap := string(b[:n])
+			if n, _ = f.ReadAt(b, 0); string(b[:n]) == snap {
+				return f, snap
+			}
+			f.Close()
+			time.Sleep(5 * time.Millisecond)
 		}
-		return f, string(b[:n])
+		t.Fatal("no open of the file was read from a backing file of its own")
+		return nil, ""
 	}
 	check := func(f *os.File, want string, round int) {
 		t.Helper()

@@ -523,7 +523,9 @@ func (s *Server) start(mountpoint string, direct bool) error {
 		ExternalNodeID:  s.opts.Restartable,
 		ServerCallbacks: s.serverCallbacks(),
 	})
-	fsys := fuse.RawFileSystem(s.wrapPerOpen(s.wrapRawFS(rawFS)))
+	// The counters outside the per-open layer: a RELEASE is counted (and
+	// OpenHandles drops) once its claim is dropped (perop.go).
+	fsys := s.wrapRawFS(s.wrapPerOpen(rawFS))
 	if s.opts.Restartable {
 		s.rs.rfs = newRestartFS(fsys)
 		s.rs.rfs.perop = s.perop
