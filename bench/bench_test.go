@@ -26,8 +26,11 @@ func TestMain(m *testing.M) {
 	if mnt := os.Getenv(testLibEnv); mnt != "" {
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 		serve := ServeLib
-		if os.Getenv(testLibEnv+"_KIND") == "gofuse-tree" {
+		switch os.Getenv(testLibEnv + "_KIND") {
+		case "gofuse-tree":
 			serve = ServeGoFuseTree
+		case "lib-perop":
+			serve = ServeLibPerOpen
 		}
 		err := serve(ctx, mnt, testLibFiles, os.Stdout)
 		stop()
@@ -91,11 +94,12 @@ func TestLibSection(t *testing.T) {
 		}
 	}
 	want := map[string][]string{
-		"lib-gen-fresh":   {TargetTmpfs, PeerHelloLL, PeerLib},
-		"lib-gen-perop":   {TargetTmpfs, PeerHelloLL, PeerLib},
-		"lib-percaller":   {TargetTmpfs, PeerHelloLL, PeerLib},
-		"lib-tree-catall": {TargetTmpfs, PeerGoFuse, PeerLib},
-		"lib-tree-rss":    {PeerGoFuse, PeerLib},
+		"lib-gen-fresh":    {TargetTmpfs, PeerHelloLL, PeerLib},
+		"lib-gen-perop":    {TargetTmpfs, PeerHelloLL, PeerLib},
+		"lib-gen-perop-pt": {TargetTmpfs, PeerHelloLL, PeerLib},
+		"lib-percaller":    {TargetTmpfs, PeerHelloLL, PeerLib},
+		"lib-tree-catall":  {TargetTmpfs, PeerGoFuse, PeerLib},
+		"lib-tree-rss":     {PeerGoFuse, PeerLib},
 	}
 	if len(rep.Rows) != len(want) {
 		t.Fatalf("%d rows, want %d", len(rep.Rows), len(want))

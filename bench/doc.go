@@ -149,6 +149,9 @@
 //	                 against the start of the read), and content older
 //	                 than the bound + 50 ms is a failure
 //	lib-gen-perop    the same file generated per open: >= 1.0 x hello_ll
+//	lib-gen-perop-pt the same, served by a server with
+//	                 fusebridge.Options.PerOpenPassthrough (ServeLibPerOpen:
+//	                 read from a backing file made at OPEN, no READ)
 //	lib-percaller    a PerCallerGenerated file: >= 0.6 x hello_ll
 //	lib-tree-catall  find -type f | xargs cat over a tree of
 //	                 -lib-tree-files (100,000) files with a 1 s bound, in

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,7 +29,10 @@ const LibWorkload = "lib"
 const (
 	PeerHelloLL = "hello_ll" // libfuse3-dev's examples/hello_ll.c, built at bench time
 	PeerLib     = "lib"      // a fusebridge server with the zero Options (ServeLib)
-	PeerGoFuse  = "go-fuse"  // a plain go-fuse server of the same tree (ServeGoFuseTree)
+	// peerLibPT is the library server with Options.PerOpenPassthrough
+	// (ServeLibPerOpen), shown in the "lib" column of lib-gen-perop-pt.
+	peerLibPT  = "lib-pt"
+	PeerGoFuse = "go-fuse" // a plain go-fuse server of the same tree (ServeGoFuseTree)
 )
 
 // LibPeers lists the library section's columns in the table's order.
@@ -47,6 +51,8 @@ var libRows = []*workload{
 	{name: "lib-gen-fresh", title: "open + read + close, Generated with a 100 ms bound", unit: unitKops,
 		goals: []goal{{col: PeerLib, ref: TargetTmpfs, want: 0.5}}},
 	{name: "lib-gen-perop", title: "open + read + close, Generated per open", unit: unitKops,
+		goals: []goal{{col: PeerLib, ref: PeerHelloLL, want: 1.0}}},
+	{name: "lib-gen-perop-pt", title: "open + read + close, Generated per open, PerOpenPassthrough", unit: unitKops,
 		goals: []goal{{col: PeerLib, ref: PeerHelloLL, want: 1.0}}},
 	{name: "lib-percaller", title: "open + read + close, PerCallerGenerated", unit: unitKops,
 		goals: []goal{{col: PeerLib, ref: PeerHelloLL, want: 0.6}}},
@@ -128,6 +134,14 @@ func runLib(ctx context.Context, o Options, rep *Report, logf func(string, ...an
 	} else {
 		peers[PeerLib] = t
 	}
+	// The same library server with Options.PerOpenPassthrough, for
+	// lib-gen-perop-pt: its "lib" column (peers keeps it under its own
+	// name, so that it is stopped with the others).
+	if t, err := startLibServer(ctx, peerLibPT, o.LibCommand, "lib-perop", 0); err != nil {
+		note("%s: %v", peerLibPT, err)
+	} else {
+		peers[peerLibPT] = t
+	}
 	if t, err := startLibServer(ctx, PeerGoFuse, o.LibCommand, "gofuse-tree", o.LibTreeFiles); err != nil {
 		note("%s: %v", PeerGoFuse, err)
 	} else {
@@ -141,9 +155,10 @@ func runLib(ctx context.Context, o Options, rep *Report, logf func(string, ...an
 
 	// The file each open+read+close row reads on each peer.
 	files := map[string]map[string]string{
-		"lib-gen-fresh": {TargetTmpfs: tt.gen},
-		"lib-gen-perop": {TargetTmpfs: tt.gen},
-		"lib-percaller": {TargetTmpfs: tt.gen},
+		"lib-gen-fresh":    {TargetTmpfs: tt.gen},
+		"lib-gen-perop":    {TargetTmpfs: tt.gen},
+		"lib-gen-perop-pt": {TargetTmpfs: tt.gen},
+		"lib-percaller":    {TargetTmpfs: tt.gen},
 	}
 	if t := peers[PeerHelloLL]; t != nil {
 		for _, m := range files {
@@ -154,6 +169,13 @@ func runLib(ctx context.Context, o Options, rep *Report, logf func(string, ...an
 		files["lib-gen-fresh"][PeerLib] = filepath.Join(t.dir, libFresh)
 		files["lib-gen-perop"][PeerLib] = filepath.Join(t.dir, libPerOp)
 		files["lib-percaller"][PeerLib] = filepath.Join(t.dir, libCaller)
+	}
+	rowPeers := map[string]map[string]*target{}
+	if t := peers[peerLibPT]; t != nil {
+		files["lib-gen-perop-pt"][PeerLib] = filepath.Join(t.dir, libPerOp)
+		pt := maps.Clone(peers)
+		pt[PeerLib] = t
+		rowPeers["lib-gen-perop-pt"] = pt
 	}
 	buf := make([]byte, 128<<10)
 	for _, w := range libRows {
@@ -178,7 +200,11 @@ func runLib(ctx context.Context, o Options, rep *Report, logf func(string, ...an
 				}
 			}
 		default:
-			oldest := libOpenRows(ctx, o, w, row, files[w.name], peers, buf)
+			rp := peers
+			if p, ok := rowPeers[w.name]; ok {
+				rp = p
+			}
+			oldest := libOpenRows(ctx, o, w, row, files[w.name], rp, buf)
 			if w.name == "lib-gen-fresh" && oldest > 0 {
 				row.Note = fmt.Sprintf("oldest content read: %v (bound %v, + %v for one regeneration)", oldest.Round(time.Millisecond), libBound, libAgeSlack)
 				if oldest > libBound+libAgeSlack {
@@ -327,7 +353,10 @@ func startLibServer(ctx context.Context, name string, command func(kind, mountpo
 		return nil, err
 	}
 	desc := fmt.Sprintf("fusebridge server, zero Options, %d bounded files in %s/ (ServeLib)", treeFiles, libTree)
-	if kind != "lib" {
+	switch kind {
+	case "lib-perop":
+		desc = "fusebridge server, Options.PerOpenPassthrough (ServeLibPerOpen)"
+	case "gofuse-tree":
 		desc = fmt.Sprintf("plain go-fuse server of the same %d-file tree (fs.MemRegularFile; ServeGoFuseTree)", treeFiles)
 	}
 	t, err := startServerWithin(ctx, name, desc, command(kind, dir, treeFiles), dir, libServerTimeout)

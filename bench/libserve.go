@@ -61,7 +61,17 @@ func libTreeName(i int) string {
 // and serves until ctx is done or the directory is unmounted. It needs
 // root, as the bench does.
 func ServeLib(ctx context.Context, mountpoint string, treeFiles int, out io.Writer) error {
-	srv, err := fusebridge.Mount(mountpoint, fusebridge.Options{})
+	return serveLib(ctx, mountpoint, treeFiles, out, fusebridge.Options{})
+}
+
+// ServeLibPerOpen is ServeLib with fusebridge.Options.PerOpenPassthrough,
+// for the lib-gen-perop-pt row.
+func ServeLibPerOpen(ctx context.Context, mountpoint string, treeFiles int, out io.Writer) error {
+	return serveLib(ctx, mountpoint, treeFiles, out, fusebridge.Options{PerOpenPassthrough: true})
+}
+
+func serveLib(ctx context.Context, mountpoint string, treeFiles int, out io.Writer, opts fusebridge.Options) error {
+	srv, err := fusebridge.Mount(mountpoint, opts)
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 package fusebridge_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -418,18 +419,9 @@ func TestPerCaller(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				for range 15 {
-					cmd := exec.CommandContext(ctx, "cat", filepath.Join(srv.Mountpoint(), p))
-					cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
-					var out strings.Builder
-					cmd.Stdout, cmd.Stderr = &out, &out
-					if err := cmd.Start(); err != nil {
-						errs <- err
-						return
-					}
-					pid := cmd.Process.Pid
-					err := cmd.Wait()
-					if want := fmt.Sprintf("uid=%d pid=%d\n", uid, pid); err != nil || out.String() != want {
-						errs <- fmt.Errorf("%s read by uid %d pid %d: %q, %v; want %q", p, uid, pid, out.String(), err, want)
+					out, pid, err := catAs(ctx, uid, filepath.Join(srv.Mountpoint(), p))
+					if want := fmt.Sprintf("uid=%d pid=%d\n", uid, pid); err != nil || string(out) != want {
+						errs <- fmt.Errorf("%s read by uid %d pid %d: %q, %v; want %q", p, uid, pid, out, err, want)
 						return
 					}
 				}
@@ -447,6 +439,20 @@ func TestPerCaller(t *testing.T) {
 	if devOf(t, filepath.Join(mnt, "d/me")) != devOf(t, mnt) || devOf(t, filepath.Join(mnt, "d/cached")) == devOf(t, mnt) {
 		t.Error("files are not on the connections that suit them")
 	}
+}
+
+// catAs runs cat of path as uid (and gid uid) and returns what it printed
+// and its pid.
+func catAs(ctx context.Context, uid uint32, path string) ([]byte, int, error) {
+	cmd := exec.CommandContext(ctx, "cat", path)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		return nil, 0, err
+	}
+	err := cmd.Wait()
+	return out.Bytes(), cmd.Process.Pid, err
 }
 
 // TestPerCallerNoOpen: a NoOpen mount made by root serves what must not

@@ -114,6 +114,10 @@ type fileOps struct {
 	allocator handler.Allocator
 	backing   handler.BackingFiler
 	sizer     handler.SnapshotSizer
+	// snapshotter: content made whole at open, which a read-only open may
+	// be served from a backing file of its own (perop.go); nil for
+	// handlers with a backing file of their own.
+	snapshotter handler.OpenSnapshotter
 
 	// perCaller: content depends on the caller, never cached.
 	perCaller bool
@@ -150,6 +154,9 @@ func resolveOps(h any) *fileOps {
 		o.perCaller = pc.PerCaller()
 	}
 	o.unknownSize = unknownSize(h)
+	if sn, ok := h.(handler.OpenSnapshotter); ok && o.backing == nil {
+		o.snapshotter = sn
+	}
 	_, o.changer = h.(handler.Changer)
 	// A bound is kept only where the bridge makes the snapshot itself
 	// (a SnapshotSizer without Getattrer): it shows the kernel the

@@ -147,6 +147,8 @@ type handleState struct {
 	Dir      bool `json:",omitempty"`
 	Backing  int32
 	Orphan   bool `json:",omitempty"`
+	// PerOpen: Backing is this descriptor's own (perop.go), not its node's.
+	PerOpen bool `json:",omitempty"`
 }
 
 // settingsOf names the options a connection was set up with; a new process
@@ -405,8 +407,8 @@ func (r *restartFS) snapshot() connState {
 	}
 	stale := map[int32]bool{}
 	for fh, h := range r.handles {
-		cs.Handles = append(cs.Handles, handleState{Fh: fh, Node: h.node, Flags: h.flags, Dir: h.dir, Backing: h.backing, Orphan: h.orphan})
-		if h.backing != 0 {
+		cs.Handles = append(cs.Handles, handleState{Fh: fh, Node: h.node, Flags: h.flags, Dir: h.dir, Backing: h.backing, Orphan: h.orphan, PerOpen: h.perOpen})
+		if h.backing != 0 && !h.perOpen {
 			if _, ok := cs.Backing[h.node]; !ok {
 				cs.Backing[h.node] = h.backing
 			}
@@ -795,7 +797,7 @@ func (c *Server) replay(epoch uint64) error {
 		r.backing[node] = id
 	}
 	for _, h := range cs.Handles {
-		rec := &handleRec{node: h.Node, flags: h.Flags, dir: h.Dir, backing: h.Backing, orphan: h.Orphan}
+		rec := &handleRec{node: h.Node, flags: h.Flags, dir: h.Dir, backing: h.Backing, orphan: h.Orphan, perOpen: h.PerOpen}
 		if _, gone := r.orphans[h.Node]; gone || h.Orphan {
 			rec.orphan = true
 			r.handles[h.Fh] = rec
@@ -807,7 +809,15 @@ func (c *Server) replay(epoch uint64) error {
 		if h.Dir {
 			st = inner.OpenDir(nil, &in, &out)
 		} else {
+			if h.PerOpen && r.perop != nil {
+				// The kernel serves the descriptor with this backing file
+				// until its close: its entry's claim (perop.go).
+				r.perop.inheriting = h.Backing
+			}
 			st = inner.Open(nil, &in, &out)
+			if r.perop != nil {
+				r.perop.inheriting = 0
+			}
 		}
 		if st != fuse.OK {
 			rec.orphan = true

@@ -87,6 +87,11 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 		// mmap and reports their errors at close.
 		fl |= fuse.FOPEN_NOFLUSH
 	}
+	if e.snapshotter != nil && !e.perCaller {
+		// Content made whole at open: the kernel may serve this
+		// descriptor's reads from a memfd with it (perop.go).
+		e.srv.perop.open(ctx, e, of)
+	}
 	return of, fl, 0
 }
 

@@ -34,9 +34,14 @@ const armedEnv = "FUSEBRIDGE_TEST_ARMED"
 
 func restartableChild(mnt string) int {
 	var gen int
+	// perOpen: the layout TestRestartPerOpen needs, static Generated files
+	// on the connection that keeps OPEN (no NoOpenHandlers), where a
+	// restart keeps their inodes.
+	perOpen := os.Getenv(perOpenEnv) != ""
 	srv, err := fusebridge.Mount(mnt, fusebridge.Options{
-		Restartable:    true,
-		NoOpenHandlers: true,
+		Restartable:        true,
+		NoOpenHandlers:     !perOpen,
+		PerOpenPassthrough: true,
 		Handover: func() ([]byte, []*os.File, error) {
 			return []byte(strconv.Itoa(gen)), nil, nil
 		},
@@ -69,6 +74,9 @@ func restartableChild(mnt string) int {
 	}))
 	d, _ := srv.Root().Mkdir("dir", 0o755)
 	d.Create("value", 0o644, handler.NewValue("value\n"))
+	// A Generated file on the connection that keeps OPEN, read from a
+	// backing file made at open (PerOpenPassthrough): TestRestartPerOpen.
+	srv.Create("stat", 0o444, genStat(g))
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGUSR2, syscall.SIGTERM)
 	if err := srv.Ready(); err != nil {
@@ -210,18 +218,8 @@ func TestLibraryRestartKeepsReaders(t *testing.T) {
 	pid := cmd.Process.Pid
 	for round := range rounds {
 		time.Sleep(20 * time.Millisecond)
-		syscall.Kill(pid, syscall.SIGUSR2)
+		pid = restartChild(t, mnt, pid, round+1)
 		deadline := time.Now().Add(30 * time.Second)
-		for {
-			if p := fusebridge.ServerPID(mnt); p > 0 && p != pid {
-				pid = p
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("restart %d: the mount is still served by %d after 30s", round+1, pid)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
 		if round == 0 {
 			cmd.Wait()
 		}
@@ -249,4 +247,126 @@ func TestLibraryRestartKeepsReaders(t *testing.T) {
 	if err := testenv.Reap(pid, 30*time.Second); err != nil {
 		t.Errorf("last server: %v", err)
 	}
+}
+
+// restartChild has the restartable server pid of mnt restart (SIGUSR2)
+// and returns the new server's pid once it serves.
+func restartChild(t *testing.T, mnt string, pid, round int) int {
+	t.Helper()
+	syscall.Kill(pid, syscall.SIGUSR2)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if p := fusebridge.ServerPID(mnt); p > 0 && p != pid {
+			return p
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("restart %d: the mount is still served by %d after 30s", round, pid)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// perOpenEnv has restartableChild serve its files in the default layout
+// (TestRestartPerOpen).
+const perOpenEnv = "FUSEBRIDGE_TEST_PEROPEN"
+
+// genStat is "gen G open N": G the process's generation, N the count of
+// its opens.
+func genStat(g int) handler.Generated {
+	var opens atomic.Int64
+	return func(context.Context) ([]byte, error) {
+		return fmt.Appendf(nil, "gen %d open %d\n", g, opens.Add(1)), nil
+	}
+}
+
+// TestRestartPerOpen restarts a PerOpenPassthrough server while a
+// descriptor read from a backing file made at open is open: it keeps
+// reading its snapshot across the restart, and opens made meanwhile by
+// the new process succeed with that process's content (the kernel would
+// fail them with EIO unless they join the descriptor's backing file,
+// whose ID the restart handed over); once it is closed (its RELEASE
+// reaches the new process), opens go on succeeding, and a descriptor
+// opened then survives the next restart the same way.
+func TestRestartPerOpen(t *testing.T) {
+	testenv.RequireFUSE(t)
+	testenv.AdoptOrphans(t)
+	t.Setenv("GORACE", "atexit_sleep_ms=0") // see handover.go: the held wait for the old's exit
+	mnt := filepath.Join(t.TempDir(), "mnt")
+	cmd := exec.Command(os.Args[0], mnt)
+	cmd.Env = append(os.Environ(), childEnv+"=restartable", perOpenEnv+"=1")
+	startReady(t, cmd, func() {
+		if pid := fusebridge.ServerPID(mnt); pid > 0 {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+		unix.Unmount(mnt, unix.MNT_DETACH)
+	})
+	stat := filepath.Join(mnt, "stat")
+	pid := cmd.Process.Pid
+	restart := func(round int) {
+		t.Helper()
+		pid = restartChild(t, mnt, pid, round)
+		if round == 1 {
+			cmd.Wait()
+		}
+	}
+	readNew := func(gen int) {
+		t.Helper()
+		for range 5 {
+			b, err := os.ReadFile(stat)
+			var g, n int
+			if err == nil {
+				_, err = fmt.Sscanf(string(b), "gen %d open %d\n", &g, &n)
+			}
+			if err != nil || g != gen {
+				t.Fatalf("a new open after restart %d read %q, %v; want generation %d", gen, b, err, gen)
+			}
+		}
+	}
+	// keep opens a descriptor read from a backing file of its own: one
+	// that re-reads its snapshot from offset 0 (a forwarded one takes a
+	// new one). An open made before the RELEASE of the descriptor before
+	// reaches the server is forwarded: it is tried again.
+	keep := func() (*os.File, string) {
+		t.Helper()
+		b := make([]byte, 64)
+		for range 1000 {
+			f, err := os.Open(stat)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n, err := f.ReadAt(b, 0)
+			if n == 0 {
+				t.Fatalf("read of the kept descriptor: %v", err)
+			}
+			snap := string(b[:n])
+			if n, _ = f.ReadAt(b, 0); string(b[:n]) == snap {
+				return f, snap
+			}
+			f.Close()
+			time.Sleep(5 * time.Millisecond)
+		}
+		t.Fatal("no open of the file was read from a backing file of its own")
+		return nil, ""
+	}
+	check := func(f *os.File, want string, round int) {
+		t.Helper()
+		b := make([]byte, 64)
+		n, err := f.ReadAt(b, 0)
+		if string(b[:n]) != want {
+			t.Errorf("after restart %d the kept descriptor read %q, %v; want its snapshot %q", round, b[:n], err, want)
+		}
+	}
+	kept, snap := keep()
+	restart(1)
+	check(kept, snap, 1)
+	readNew(1)
+	kept.Close()
+	readNew(1)
+	kept, snap = keep()
+	restart(2)
+	check(kept, snap, 2)
+	readNew(2)
+	kept.Close()
+	readNew(2)
+	syscall.Kill(pid, syscall.SIGTERM)
 }

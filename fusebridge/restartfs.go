@@ -64,6 +64,11 @@ type restartFS struct {
 	crash    *crashLog
 	keepIDs  bool
 	devFd    int
+
+	// perop is the connection's per-open passthrough layer (perop.go):
+	// its backing IDs are one claim's, never given to the node's later
+	// opens by this layer.
+	perop *peropFS
 }
 
 // nodeRec is one node the kernel holds: looked up n times (not yet
@@ -82,6 +87,9 @@ type handleRec struct {
 	backing int32 // the backing ID the kernel was given, 0 for none
 	own     int32 // the bridge's backing ID for it, if not that one
 	orphan  bool  // its node was not found again: every request fails
+	// perOpen: backing is this descriptor's own (content made per open,
+	// perop.go), never to be given to another open of the node.
+	perOpen bool
 }
 
 func newRestartFS(inner fuse.RawFileSystem) *restartFS {
@@ -152,8 +160,9 @@ func (r *restartFS) looked(parent uint64, name string, node uint64) {
 func (r *restartFS) opened(node uint64, flags uint32, dir bool, out *fuse.OpenOut) {
 	kfh := r.kernelFh(out.Fh)
 	h := &handleRec{node: node, flags: flags, dir: dir, backing: out.BackingID}
+	h.perOpen = out.BackingID != 0 && r.perop != nil && r.perop.passthrough(out.Fh)
 	r.mu.Lock()
-	if id, ok := r.backing[node]; ok && out.BackingID != 0 && id != out.BackingID {
+	if id, ok := r.backing[node]; ok && out.BackingID != 0 && id != out.BackingID && !h.perOpen {
 		h.own, h.backing, out.BackingID = out.BackingID, id, id
 	}
 	r.handles[kfh] = h

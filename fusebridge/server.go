@@ -43,7 +43,10 @@
 //     the changes it makes itself, not whenever a file's mtime moves.
 //   - default_permissions: the kernel checks mode bits, as for any file.
 //   - Generated content is made per open and read with FOPEN_DIRECT_IO,
-//     unless it has a freshness bound (see below).
+//     unless it has a freshness bound (see below): OPEN, a READ with the
+//     content and a READ that finds EOF. With Options.PerOpenPassthrough
+//     a read-only open is read instead from a passthrough backing file
+//     made at OPEN with that open's content (perop.go): OPEN only.
 //   - FOPEN_NOFLUSH for every open that cannot write: close(2) sends
 //     nothing; the RELEASE that follows is asynchronous.
 //   - Content that depends on the caller (handler.PerCaller) is never
@@ -152,8 +155,28 @@ type Options struct {
 	// user (and root) reach the files. AllowOther wins if both are set.
 	OwnerOnly bool
 
-	// Passthrough chooses the I/O path of backing-file handlers.
+	// Passthrough chooses the I/O path of backing-file handlers, and of
+	// content made per open (see PerOpenPassthrough).
 	Passthrough Passthrough
+
+	// PerOpenPassthrough serves content made per open (a
+	// handler.Generated without a freshness bound: a
+	// handler.OpenSnapshotter) by passthrough where the kernel grants it:
+	// a read-only open gets a memfd of its own with the content made for
+	// it, as its backing file, so open+read+close costs OPEN and the
+	// asynchronous RELEASE, no READ (perop.go). Opens of the file made
+	// while one such descriptor is open are read through the server, as
+	// without it. The price is what a descriptor served from a file is:
+	// it reads the snapshot of its open until it is closed, also from
+	// offset 0 again (procps's top and free -s keep their /proc files open
+	// and re-read them: they would show the figures of their first read)
+	// and after Entry.Remove (no EIO); mmap(2) of a descriptor opened
+	// meanwhile maps that snapshot. Per-caller files are never served so.
+	// After a crash (not a restart) the adopted mount forwards them all,
+	// and an open of a file whose passthrough descriptor outlived the
+	// crash fails with EIO until that descriptor is closed (the kernel
+	// wants its backing file, which no table names).
+	PerOpenPassthrough bool
 
 	// Logger receives lifecycle messages; nil discards them.
 	Logger *slog.Logger
@@ -285,6 +308,8 @@ type Server struct {
 
 	// passthrough is set once the kernel has accepted a backing file.
 	passthrough atomic.Bool
+	// perop serves content made per open by passthrough (perop.go).
+	perop *peropFS
 
 	// companion is the second connection (split.go): the no-open one
 	// beside a main one that keeps OPEN (made at Mount with
@@ -498,9 +523,12 @@ func (s *Server) start(mountpoint string, direct bool) error {
 		ExternalNodeID:  s.opts.Restartable,
 		ServerCallbacks: s.serverCallbacks(),
 	})
-	fsys := s.wrapRawFS(rawFS)
+	// The counters outside the per-open layer: a RELEASE is counted (and
+	// OpenHandles drops) once its claim is dropped (perop.go).
+	fsys := s.wrapRawFS(s.wrapPerOpen(rawFS))
 	if s.opts.Restartable {
 		s.rs.rfs = newRestartFS(fsys)
+		s.rs.rfs.perop = s.perop
 		fsys = s.rs.rfs
 	}
 	if s.rs.adopt != nil {

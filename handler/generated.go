@@ -17,7 +17,10 @@ import (
 // gets a fresh snapshot. Where the kernel caches the content across opens
 // (a no-open connection: OpenFile.Caching is set there) a snapshot is
 // served until it is older than the file's freshness bound (see MaxAge),
-// or until Entry.Invalidate or Entry.Notify.
+// or until Entry.Invalidate or Entry.Notify. Where the bridge serves a
+// descriptor from a copy of its snapshot (OpenSnapshotter, with
+// fusebridge.Options.PerOpenPassthrough), a re-read from offset 0 sees the
+// same snapshot.
 //
 // The snapshot lives until the descriptor is closed; Release then drops it
 // and, for a large one, gives its memory back to the operating system (see
@@ -25,10 +28,11 @@ import (
 type Generated func(ctx context.Context) ([]byte, error)
 
 var (
-	_ Opener        = Generated(nil)
-	_ Reader        = Generated(nil)
-	_ Releaser      = Generated(nil)
-	_ SnapshotSizer = Generated(nil)
+	_ Opener          = Generated(nil)
+	_ Reader          = Generated(nil)
+	_ Releaser        = Generated(nil)
+	_ SnapshotSizer   = Generated(nil)
+	_ OpenSnapshotter = Generated(nil)
 )
 
 // Open takes the snapshot; for a reopened descriptor (OpenFile.Reopened)
@@ -54,6 +58,9 @@ func (g Generated) Read(ctx context.Context, f *OpenFile, dst []byte, off int64)
 
 // SnapshotSize is the length of the snapshot taken by Open.
 func (g Generated) SnapshotSize(f *OpenFile) int64 { return snapshotSize(f) }
+
+// OpenSnapshot returns the snapshot Open took (see OpenSnapshotter).
+func (g Generated) OpenSnapshot(f *OpenFile) ([]byte, bool) { return openSnapshot(f) }
 
 // Release drops the snapshot. For a snapshot of BigSnapshot bytes or more
 // it also has the Go runtime return the freed memory to the operating
@@ -284,6 +291,20 @@ func scavenge() {
 			s.mu.Unlock()
 		}
 	}()
+}
+
+// openSnapshot is the snapshot in f.Private, if Open took one.
+func openSnapshot(f *OpenFile) ([]byte, bool) {
+	s, _ := f.Private.(*snapshot)
+	if s == nil {
+		return nil, false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stale || s.served {
+		return nil, false
+	}
+	return s.b, true
 }
 
 func snapshotSize(f *OpenFile) int64 {

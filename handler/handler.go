@@ -160,6 +160,24 @@ type BackingFiler interface {
 	BackingFile(f *OpenFile) (fd int, ok bool)
 }
 
+// OpenSnapshotter is implemented by read-only handlers whose Open takes the
+// whole content of the descriptor at once (Generated): OpenSnapshot returns
+// what Open took, or ok == false where it took none (OpenFile.Reopened: the
+// first read takes it). A bridge may then serve every read(2) of that
+// descriptor from a copy of those bytes without calling Read
+// (fusebridge.Options.PerOpenPassthrough: a passthrough backing file made
+// at open, so that open+read+close costs the server one request). Such a
+// descriptor reads the same bytes until it is closed: a read from offset 0
+// after an earlier read does not take a new snapshot, as it does when Read
+// serves it. The returned slice must not be modified afterwards.
+//
+// PerCallerGenerated does not implement it: where the kernel serves one
+// descriptor from a backing file, it maps that file for an mmap(2) of any
+// other descriptor of the file open at the same time (see fusebridge).
+type OpenSnapshotter interface {
+	OpenSnapshot(f *OpenFile) (b []byte, ok bool)
+}
+
 // SnapshotSizer is implemented by handlers whose content is a snapshot that
 // Open takes (Generated, Value): SnapshotSize reports the snapshot's length.
 // A bridge that lets the kernel cache content across opens

@@ -23,7 +23,7 @@ import (
 const serveBaselineFlag = "serve-baseline"
 
 // serveLibFlag is the internal mode that serves the library section's
-// servers: "ramproc bench --serve-lib MOUNTPOINT --serve-lib-kind lib|gofuse-tree
+// servers: "ramproc bench --serve-lib MOUNTPOINT --serve-lib-kind lib|lib-perop|gofuse-tree
 // --serve-lib-files N" (bench.ServeLib, bench.ServeGoFuseTree).
 const serveLibFlag = "serve-lib"
 
@@ -47,7 +47,7 @@ func runBench(args []string) int {
 	quiet := fl.Bool("quiet", false, "no progress lines on stderr")
 	serveBaseline := fl.String(serveBaselineFlag, "", "internal: serve the MemRegularFile baseline on this mountpoint")
 	serveLib := fl.String(serveLibFlag, "", "internal: serve a library section server on this mountpoint")
-	serveLibKind := fl.String(serveLibFlag+"-kind", "lib", "internal: lib or gofuse-tree")
+	serveLibKind := fl.String(serveLibFlag+"-kind", "lib", "internal: lib, lib-perop or gofuse-tree")
 	serveLibFiles := fl.Int(serveLibFlag+"-files", def.LibTreeFiles, "internal: files in the tree")
 	libFiles := fl.Int("lib-tree-files", def.LibTreeFiles, "files in the library section's tree (-workloads lib)")
 	fl.Usage = func() {
@@ -101,8 +101,11 @@ flags:
 
 	if *serveLib != "" {
 		serve := bench.ServeLib
-		if *serveLibKind == "gofuse-tree" {
+		switch *serveLibKind {
+		case "gofuse-tree":
 			serve = bench.ServeGoFuseTree
+		case "lib-perop":
+			serve = bench.ServeLibPerOpen
 		}
 		if err := serve(ctx, *serveLib, *serveLibFiles, os.Stdout); err != nil {
 			fmt.Fprintf(os.Stderr, "ramproc bench: %s server: %v\n", *serveLibKind, err)
