@@ -44,7 +44,8 @@ import (
 // the attributes first (the write made them stale), so it sees no stale
 // page.
 //
-// What the reply waits for is a state, never a time. The kernel's
+// What the reply waits for is a state, never a time (where /proc shows the
+// state: elsewhere a fixed blindWait). The kernel's
 // invalidation (fuse_reverse_inval_inode) first moves the inode's
 // attribute version on and marks the attributes stale, and only then
 // drops the pages; a GETATTR sent before that move is thrown away when its
@@ -102,6 +103,11 @@ import (
 // time any invalidation is expected to take (they take microseconds, or
 // as long as a busy machine takes to run the thread that makes them).
 const stuckWait = 30 * time.Second
+
+// blindWait is how long a WRITE waits for its invalidation where /proc
+// does not show the state of the thread that makes it: the old fixed
+// wait, with the old risk under load.
+const blindWait = 50 * time.Millisecond
 
 // pageSize is the kernel's page size, the smallest folio.
 var pageSize = int64(os.Getpagesize())
@@ -203,9 +209,19 @@ func (n *fileNode) dropWritten(off int64, length int) {
 			return
 		case tid = <-tids:
 		case <-poll.C:
-			if tid != 0 && sleepsOnFolio(tid) {
+			if tid == 0 {
+				continue
+			}
+			switch asleep, known := sleepsOnFolio(tid); {
+			case asleep:
 				writeDropsAnswered.Add(1)
 				return
+			case !known:
+				// Without /proc the bridge cannot see the state: it
+				// waits blindWait more at most, as it once did for
+				// every WRITE.
+				poll.Stop()
+				stuck.Reset(blindWait)
 			}
 		case <-stuck.C:
 			writeDropsAnswered.Add(1)
@@ -220,21 +236,26 @@ func (n *fileNode) dropWritten(off int64, length int) {
 // version on and waits for a folio lock or writeback. Where /proc names
 // no place ("0"), the sleep alone tells: before that move the kernel's
 // invalidation sleeps only while the connection is being torn down.
-func sleepsOnFolio(tid int) bool {
+//
+// known is false where /proc does not show the thread's state at all.
+func sleepsOnFolio(tid int) (asleep, known bool) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/self/task/%d/stat", tid))
 	if err != nil {
-		return false
+		return false, false
 	}
 	// The state follows the command, which is in parentheses.
 	i := bytes.LastIndexByte(b, ')')
-	if i < 0 || i+2 >= len(b) || b[i+2] != 'D' {
-		return false
+	if i < 0 || i+2 >= len(b) {
+		return false, false
+	}
+	if b[i+2] != 'D' {
+		return false, true
 	}
 	w, err := os.ReadFile(fmt.Sprintf("/proc/self/task/%d/wchan", tid))
 	if err != nil || len(w) == 0 || string(w) == "0" {
-		return true
+		return true, true
 	}
-	return bytes.Contains(w, []byte("folio")) || bytes.Contains(w, []byte("page"))
+	return bytes.Contains(w, []byte("folio")) || bytes.Contains(w, []byte("page")), true
 }
 
 // waitDropped waits for the invalidations that WRITEs started and were
