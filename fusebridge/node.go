@@ -1,6 +1,7 @@
 package fusebridge
 
 import (
+	"bytes"
 	"context"
 	"syscall"
 
@@ -166,6 +167,9 @@ func (n *fileNode) Write(ctx context.Context, f fs.FileHandle, data []byte, off 
 		// A short count is a short write; the error is what the
 		// caller's next write will get.
 		return uint32(nw), 0
+	}
+	if sh != nil && !sh.exact && bytes.IndexByte(data, 0) >= 0 {
+		zeroedWrites.Add(1) // pagedrop.go
 	}
 	n.writebackFailed(ctx)
 	if err == nil {

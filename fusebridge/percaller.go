@@ -1,6 +1,7 @@
 package fusebridge
 
 import (
+	"sync/atomic"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -24,10 +25,11 @@ import (
 //
 // A sweep costs a pass over the children, made by the adoption that
 // reaches the limit (the dentry invalidations it asks for are sent in the
-// background): it starts once half as many children as the last one kept
-// (and at least sweepMin) have been added since, so the map holds about
-// twice the children that are shown or held plus a few sweeps' worth of
-// new ones, and sweeping costs O(1) per child added.
+// background): it starts once half as many children as the last one found
+// in use (shown since the sweep before, or held by the kernel since an
+// earlier one; at least sweepMin) have been added since, so the map holds
+// about twice the children that are shown or held plus a few sweeps' worth
+// of new ones, and sweeping costs O(1) per child added.
 
 // sweepMin is the smallest number of children that triggers a sweep.
 const sweepMin = 128
@@ -63,6 +65,9 @@ func (d *Dir) sweep() {
 	defer d.sweeping.Store(false)
 	s := d.srv
 	var candidates []*Entry
+	// inUse counts the children found in use: shown since the last
+	// sweep, or held by the kernel since an earlier one.
+	inUse := 0
 	s.mu.Lock()
 	if d.removed {
 		s.mu.Unlock()
@@ -72,7 +77,9 @@ func (d *Dir) sweep() {
 		// An entry shown since the last sweep survives this one: a
 		// lookup that just adopted it may not have handed its inode to
 		// the kernel yet.
-		if !e.mark.CompareAndSwap(markSeen, markNone) {
+		if e.mark.CompareAndSwap(markSeen, markNone) {
+			inUse++
+		} else {
 			candidates = append(candidates, e)
 		}
 	}
@@ -92,6 +99,8 @@ func (d *Dir) sweep() {
 				// asking again is no use.
 				if e.mark.CompareAndSwap(markNone, markNotified) {
 					drop = append(drop, e.name)
+				} else {
+					inUse++ // held since an earlier sweep asked
 				}
 				continue
 			}
@@ -116,11 +125,15 @@ func (d *Dir) sweep() {
 		}
 	}
 	if !d.removed {
-		// Half as many additions as children kept: O(1) sweeping per
-		// child added for any size of the live set, and a limit that
-		// does not feed on itself (the children added are the next
-		// sweep's active ones).
-		d.sweepAt = len(d.children) + max(len(d.children)/2, sweepMin)
+		// Half as many additions as children in use: O(1) sweeping per
+		// child added for any size of the live set. Not half the
+		// children kept: those include the ones whose dentries this
+		// sweep asked the kernel to drop, which it forgets in its own
+		// time, and a limit that grew with them would never shrink back
+		// (the map settles at twice the additions between sweeps, any
+		// number of them), so every time the kernel lagged under load
+		// the map would keep a larger size for good.
+		d.sweepAt = len(d.children) + max(inUse/2, sweepMin)
 	}
 	s.mu.Unlock()
 }
@@ -128,6 +141,9 @@ func (d *Dir) sweep() {
 // dropDentries has the kernel drop its dentries of the names in p, d's
 // inode, so that it forgets the inodes that nothing else holds.
 func (d *Dir) dropDentries(p *fs.Inode, names []string) {
+	if h := dropDentriesHook.Load(); h != nil {
+		(*h)()
+	}
 	for _, name := range names {
 		if errno := p.NotifyEntry(name); errno != 0 && errno != syscall.ENOENT {
 			d.srv.log.Debug("entry invalidation failed", "name", d.entryPath(name), "errno", errno)
@@ -137,6 +153,10 @@ func (d *Dir) dropDentries(p *fs.Inode, names []string) {
 		}
 	}
 }
+
+// dropDentriesHook, set by tests, runs before a sweep's dentry
+// invalidations are sent: it stands for a kernel slow to serve them.
+var dropDentriesHook atomic.Pointer[func()]
 
 // relink returns e, a child of a per-caller dynamic directory that a
 // listing returns, linked again if a sweep forgot it meanwhile (a slow

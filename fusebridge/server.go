@@ -216,6 +216,13 @@ type Options struct {
 	//     package comment). Such handlers report the snapshot's length as
 	//     their size (handler.SnapshotSizer) and, with a bound, the
 	//     snapshot's time as their mtime;
+	//   - a write(2) to such content is one store only if it stays within
+	//     a page (one that crosses a page boundary where the kernel caches
+	//     no page reaches the handler as two WRITEs), and on a busy machine
+	//     a rare kernel race may zero the written bytes before the server
+	//     reads them (a knob then fails the write with EINVAL) or cut the
+	//     cached text with NULs until the next change (see pagedrop.go);
+	//     a connection that keeps OPEN has neither;
 	//   - what must not be cached (handler.PerCaller files, files of
 	//     unknown size, dynamic directories) is served by a second
 	//     connection that keeps OPEN, bind-mounted over its name, when the

@@ -21,13 +21,22 @@ func init() {
 	testenv.RunWatcher()
 }
 
-var uptimeRE = regexp.MustCompile(`(?m)^ramproc_uptime_seconds (\d+)(?:\.\d*)?$`)
+var uptimeRE = regexp.MustCompile(`(?m)^ramproc_uptime_seconds (\S+)$`)
 
-// watchStats expects a watcher of `stats` to wake about once a second and
-// read new content each time (the uptime moves on).
-func watchStats(t *testing.T, w *testenv.Watcher) {
+// watchStats expects a watcher of `stats` to wake on its notifications and
+// read content at least as new after each one. Where the file is generated
+// per open (perOpen), each read makes new content, so its uptime (to the
+// nanosecond, as the server prints it) grows strictly; on a no-open
+// mount, the content is a snapshot that a notification replaces, and a
+// read delayed past the next notification may already have got the
+// snapshot the next read gets: there it must not go back.
+//
+// Nothing here depends on speed: the uptime is compared whole, not in
+// whole seconds (two reads delayed into the same second are still in
+// order), and the watcher reads after each event in turn.
+func watchStats(t *testing.T, w *testenv.Watcher, perOpen bool) {
 	t.Helper()
-	last := -1
+	last := -1.0
 	for i := 0; i < 3; i++ {
 		ev, early := w.Expect("IN_MODIFY", 10*time.Second)
 		if len(early) != 0 {
@@ -37,14 +46,15 @@ func watchStats(t *testing.T, w *testenv.Watcher) {
 		if m == nil {
 			t.Fatalf("stats after the event: %q (%s)", ev.Content, ev.ReadErr)
 		}
-		up, _ := strconv.Atoi(m[1])
-		if up <= last {
-			t.Errorf("stats after event %d: uptime %d, not newer than %d", i, up, last)
+		up, err := strconv.ParseFloat(m[1], 64)
+		if err != nil {
+			t.Fatalf("stats after the event: uptime %q: %v", m[1], err)
+		}
+		if up < last || (perOpen && up == last) {
+			t.Errorf("stats after event %d: uptime %s, after %v at the event before", i, m[1], last)
 		}
 		last = up
 	}
-	// The uptime (whole seconds) moved on at every event: events come no
-	// faster than about one a second, and each brought new content.
 }
 
 // The RAM file: writes through the mount give IN_MODIFY from the kernel,
@@ -86,7 +96,7 @@ func TestMountNotify(t *testing.T) {
 			}
 			ws := testenv.Watch(t, filepath.Join(mnt, "stats"), "", nil)
 			wr := testenv.Watch(t, path, "", nil)
-			watchStats(t, ws)
+			watchStats(t, ws, mode.name != "no-open")
 			wr.None(1200 * time.Millisecond) // stats changed, the RAM file did not
 
 			appendTo := func(s string) {
@@ -127,9 +137,11 @@ func followTail(t *testing.T, path string, appendTo func(string), attr *syscall.
 		}
 		close(lines)
 	}()
-	// tail opens the file and seeks to the end before it watches; give it
-	// that moment, then prove it follows: each appended line must appear.
-	time.Sleep(300 * time.Millisecond)
+	// tail opens the file and seeks to its end (-n 0) before it follows
+	// it; a line appended before that seek would be skipped. Wait for the
+	// seek, however long it takes, then prove it follows: each appended
+	// line must appear.
+	waitSeekedToEnd(t, tail.Process.Pid, path)
 	for i := 1; i <= 2; i++ {
 		want := fmt.Sprintf("tail line %d", i)
 		appendTo(want + "\n")
@@ -141,6 +153,35 @@ func followTail(t *testing.T, path string, appendTo func(string), attr *syscall.
 		case <-time.After(10 * time.Second):
 			t.Fatalf("tail -f did not print %q within 10s", want)
 		}
+	}
+}
+
+// waitSeekedToEnd waits until process pid holds path, which is not empty,
+// open at a non-zero offset (from /proc/PID/fdinfo): `tail -n 0` opens it
+// at 0 and seeks to the end at once. (The name, not the file, is compared:
+// a mount without allow_other is not even for root to stat.)
+func waitSeekedToEnd(t *testing.T, pid int, path string) {
+	t.Helper()
+	fds := fmt.Sprintf("/proc/%d/fd", pid)
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		ents, _ := os.ReadDir(fds)
+		for _, ent := range ents {
+			if l, err := os.Readlink(filepath.Join(fds, ent.Name())); err != nil || l != path {
+				continue
+			}
+			info, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%s", pid, ent.Name()))
+			var pos int64
+			if err == nil {
+				fmt.Sscanf(string(info), "pos:\t%d", &pos)
+			}
+			if pos > 0 {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("tail did not open %s and seek to its end within 10s", path)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -167,7 +208,7 @@ func TestMountNotifyUnprivileged(t *testing.T) {
 
 	ws := testenv.Watch(t, filepath.Join(mnt, "stats"), watcher, nobody)
 	wr := testenv.Watch(t, path, watcher, nobody)
-	watchStats(t, ws)
+	watchStats(t, ws, true)
 	wr.None(1200 * time.Millisecond)
 	appendTo := func(s string) {
 		c := exec.Command("sh", "-c", `printf %s "$1" >> "$2"`, "sh", s, path)
