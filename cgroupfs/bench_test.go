@@ -268,7 +268,7 @@ func BenchmarkVsLXCFS(b *testing.B) {
 	lx := startLXCFS(b)
 	ours, ourPid := startCommand(b)
 	lxPid := lxcfsPid(b, lx)
-	groups := containerGroups(b)
+	groups := livecg.Container(b)
 	binds := b.TempDir()
 	b.Logf("RSS idle: LXCFS %d KiB, cgroupfs %d KiB", rssKiB(b, lxPid), rssKiB(b, ourPid))
 	for _, f := range benchFiles {
