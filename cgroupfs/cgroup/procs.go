@@ -19,6 +19,11 @@ import (
 // On a hybrid machine a process's v2 path is often just "/" while its v1
 // memory path names the container.
 func (g *Group) home() (place, bool) {
+	return g.pl.home.p, g.pl.home.ok
+}
+
+// findHome finds home's answer (once per content, see resolve).
+func (g *Group) findHome() (place, bool) {
 	if p, ok := g.placeOf("memory"); ok {
 		return p, true
 	}

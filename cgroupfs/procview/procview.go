@@ -22,6 +22,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
 
 	"github.com/ramproc/ramproc/cgroupfs/cgroup"
 	"github.com/ramproc/ramproc/cgroupfs/loadavg"
@@ -303,10 +304,13 @@ type oldestProc struct {
 // stillOldest reports whether o's process still runs (the same start
 // time) in the cgroup at dir or below it.
 func (v *View) stillOldest(o oldestProc, dir string) bool {
-	data, err := os.ReadFile(filepath.Join(v.Proc, strconv.Itoa(o.pid), "stat"))
+	bp := statBufs.Get().(*[]byte)
+	defer statBufs.Put(bp)
+	data, err := procKept.Read(v.Proc+"/"+strconv.Itoa(o.pid)+"/stat", (*bp)[:0])
 	if err != nil {
 		return false
 	}
+	*bp = data[:0] // grown: keep the larger buffer
 	if st, err := ParseStat(data); err != nil || st.StartTicks != o.start {
 		return false
 	}
@@ -355,7 +359,13 @@ func (v *View) Status(pid int) ([]byte, error) {
 func Cpuinfo(host []byte, set cgroup.CPUSet) []byte {
 	out := make([]byte, 0, len(host))
 	keep := true
-	for _, line := range bytes.SplitAfter(host, []byte("\n")) {
+	for rest := host; len(rest) > 0; {
+		end := bytes.IndexByte(rest, '\n') + 1
+		if end == 0 {
+			end = len(rest)
+		}
+		line := rest[:end]
+		rest = rest[end:]
 		if cpu, ok := processorLine(line); ok {
 			keep = set.Contains(cpu)
 		}
@@ -417,16 +427,36 @@ func ParseStat(data []byte) (Stat, error) {
 	if open < 0 || end < open {
 		return Stat{}, errBadStat
 	}
-	// After ")": state(3) ppid(4) ... starttime(22).
-	f := strings.Fields(string(data[end+1:]))
-	if len(f) < 20 {
+	// After ")": state(3) ppid(4) ... starttime(22): fields 1 and 19
+	// counted from 0, and at least 20 of them.
+	var ppidField, startField []byte
+	n := 0
+	for rest := data[end+1:]; ; n++ {
+		rest = bytes.TrimLeftFunc(rest, unicode.IsSpace)
+		if len(rest) == 0 {
+			break
+		}
+		f := rest
+		if i := bytes.IndexFunc(rest, unicode.IsSpace); i >= 0 {
+			f, rest = rest[:i], rest[i:]
+		} else {
+			rest = nil
+		}
+		switch n {
+		case 1:
+			ppidField = f
+		case 19:
+			startField = f
+		}
+	}
+	if n < 20 {
 		return Stat{}, errBadStat
 	}
-	ppid, err := strconv.Atoi(f[1])
+	ppid, err := strconv.Atoi(string(ppidField))
 	if err != nil {
 		return Stat{}, errBadStat
 	}
-	start, err := strconv.ParseUint(f[19], 10, 64)
+	start, err := strconv.ParseUint(string(startField), 10, 64)
 	if err != nil || start > 1<<40 {
 		return Stat{}, errBadStat
 	}
@@ -436,5 +466,16 @@ func ParseStat(data []byte) (Stat, error) {
 var errBadStat = errors.New("malformed /proc/PID/stat")
 
 // keptFiles keeps the host's /proc and /sys files open, to read them with
-// pread (see package kept); /proc/PID files are opened at each read.
+// pread (see package kept); /proc/PID files are opened at each read, but
+// for the oldest processes' stat (procKept).
 var keptFiles kept.Files
+
+// procKept keeps /proc/PID/stat of the cgroups' oldest processes open,
+// which every read of uptime checks (stillOldest). A descriptor holds its
+// process, not its number: once the process has exited, its read fails
+// and the path is opened anew (package kept), and the start time tells
+// the process that reuses the pid. Bounded apart from the host's files.
+var procKept = kept.Files{Max: 256}
+
+// statBufs are the buffers stillOldest reads into.
+var statBufs = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
