@@ -1,0 +1,118 @@
+package cgroupfs
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/ramproc/ramproc/cgroupfs/internal/livecg"
+)
+
+// moveScript reads meminfo ($1) and online ($2) at each line of its stdin
+// and prints MemTotal and the CPU list: the shell itself opens and reads
+// them, so every read is made by the same process, whatever cgroup it has
+// been moved to meanwhile.
+const moveScript = `while read _; do
+  while IFS= read -r l; do case $l in MemTotal:*) echo "$l";; esac; done < "$1"
+  IFS= read -r c < "$2"; echo "online $c"
+done`
+
+// TestReaderMoves: a process that keeps reading moves between two cgroups
+// the test makes (256 MiB and CPU 0; 128 MiB and CPU 1, where there is
+// one), and back: each read after a move shows the cgroup it is in now,
+// never the one it has left (the server keeps the reader's
+// /proc/TID/cgroup open and what its content means, see cgroup.Of).
+func TestReaderMoves(t *testing.T) {
+	mnt := serve(t)
+	cpuB := "0"
+	if runtime.NumCPU() > 1 {
+		cpuB = "1"
+	}
+	a := []*livecg.Group{
+		livecg.New(t, livecg.Memory, livecg.Name(), "memory.limit_in_bytes", "268435456"),
+		livecg.New(t, livecg.Cpuset, livecg.Name(), "cpuset.cpus", "0", "cpuset.mems", "0"),
+	}
+	b := []*livecg.Group{
+		livecg.New(t, livecg.Memory, livecg.Name(), "memory.limit_in_bytes", "134217728"),
+		livecg.New(t, livecg.Cpuset, livecg.Name(), "cpuset.cpus", cpuB, "cpuset.mems", "0"),
+	}
+	cmd := livecg.Command(t, a, "sh", "-c", moveScript, "sh", filepath.Join(mnt, "proc/meminfo"), filepath.Join(mnt, "sys/devices/system/cpu/online"))
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := make(chan string, 4)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	pid := cmd.Process.Pid
+	read := func() (string, string) {
+		t.Helper()
+		if _, err := fmt.Fprintln(stdin); err != nil {
+			t.Fatal(err)
+		}
+		var got [2]string
+		for i := range got {
+			select {
+			case l, ok := <-lines:
+				if !ok {
+					t.Fatal("the reader exited")
+				}
+				got[i] = l
+			case <-time.After(10 * time.Second):
+				t.Fatal("no answer from the reader in 10 s")
+			}
+		}
+		return got[0], got[1]
+	}
+	moveTo := func(groups []*livecg.Group) {
+		t.Helper()
+		for _, g := range groups {
+			g.Set(t, "cgroup.procs", strconv.Itoa(pid))
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !inAll(pid, a) {
+		if time.Now().After(deadline) {
+			t.Fatalf("reader %d did not enter its cgroups", pid)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	want := map[bool][2]string{
+		true:  {"MemTotal:         262144 kB", "online 0"},
+		false: {"MemTotal:         131072 kB", "online " + cpuB},
+	}
+	inA := true
+	for round := range 6 {
+		// Twice in each cgroup: the second read is one the server may
+		// answer from what it kept of the first.
+		for range 2 {
+			if mem, online := read(); mem != want[inA][0] || online != want[inA][1] {
+				t.Errorf("round %d, in %s: %q, %q; want %q", round, map[bool]string{true: "a", false: "b"}[inA], mem, online, want[inA])
+			}
+		}
+		inA = !inA
+		moveTo(map[bool][]*livecg.Group{true: a, false: b}[inA])
+	}
+	stdin.Close()
+	cmd.Wait()
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+		t.Errorf("reader %d still runs", pid)
+	}
+}
