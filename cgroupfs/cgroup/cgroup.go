@@ -208,7 +208,7 @@ type Group struct {
 func (h *Hierarchies) Of(pid int) (*Group, error) {
 	bp := readBufs.Get().(*[]byte)
 	defer readBufs.Put(bp)
-	data, err := procKept.Read(h.Proc+"/"+strconv.Itoa(pid)+"/cgroup", (*bp)[:0])
+	data, err := procKept.ReadRecord(h.Proc+"/"+strconv.Itoa(pid)+"/cgroup", (*bp)[:0])
 	if err != nil {
 		return nil, err
 	}
@@ -366,7 +366,7 @@ func within(p, root string) (string, bool) {
 // process's.
 func (p place) readUp(file string) (data []byte, dir string, ok bool, err error) {
 	for dir = p.dir; ; dir = filepath.Dir(dir) {
-		data, err = keptFiles.ReadFile(filepath.Join(dir, file))
+		data, err = readControl(filepath.Join(dir, file))
 		if err == nil {
 			return data, dir, true, nil
 		}
@@ -398,7 +398,7 @@ func (p place) ancestors(dir string) []string {
 
 // readUint reads a file holding one unsigned number (and a newline).
 func readUint(file string) (uint64, error) {
-	data, err := keptFiles.ReadFile(file)
+	data, err := readControl(file)
 	if err != nil {
 		return 0, err
 	}
@@ -427,6 +427,17 @@ var errMalformed = errors.New("malformed cgroup file")
 // name is read anew, never through the removed one's descriptor. The
 // processes' own files (/proc/PID/cgroup) are kept apart (procKept).
 var keptFiles kept.Files
+
+// readControl reads a cgroup control file through keptFiles. All of them
+// are one record (see kept.Files.ReadRecord) but the lists (cgroup.procs,
+// tasks) and v1's memory.kmem.slabinfo of kernels before 5.9.
+func readControl(path string) ([]byte, error) {
+	switch filepath.Base(path) {
+	case "cgroup.procs", "tasks", "memory.kmem.slabinfo":
+		return keptFiles.ReadFile(path)
+	}
+	return keptFiles.ReadRecord(path, nil)
+}
 
 // At returns the Group of the cgroup at path (a path as /proc/PID/cgroup
 // gives it) in every hierarchy: what a process there would be in, with

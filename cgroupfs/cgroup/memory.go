@@ -255,7 +255,7 @@ func (g *Group) Memory() (m Memory, ok bool, err error) {
 	if m.Usage, err = parseUint(data); err != nil {
 		return Memory{}, false, fmt.Errorf("%s: %w", filepath.Join(dir, files.usage), err)
 	}
-	data, err = keptFiles.ReadFile(filepath.Join(dir, "memory.stat"))
+	data, err = readControl(filepath.Join(dir, "memory.stat"))
 	if err != nil {
 		return Memory{}, false, err
 	}
@@ -286,7 +286,7 @@ func limitOf(p place, dir, file string, hierarchical uint64, hasHierarchical boo
 	}
 	lim := NoLimit
 	for _, d := range p.ancestors(dir) {
-		data, err := keptFiles.ReadFile(filepath.Join(d, file))
+		data, err := readControl(filepath.Join(d, file))
 		if os.IsNotExist(err) {
 			continue
 		}

@@ -144,7 +144,7 @@ func (v *View) derive(pid int, f func(g *cgroup.Group) ([]byte, error)) ([]byte,
 // withHost returns f of the host's file /proc/name and of process pid's
 // cgroups (see derive).
 func (v *View) withHost(pid int, name string, f func(host []byte, g *cgroup.Group) ([]byte, error)) ([]byte, error) {
-	host, err := keptFiles.ReadFile(filepath.Join(v.Proc, name))
+	host, err := readHost(filepath.Join(v.Proc, name))
 	if err != nil {
 		return nil, err
 	}
@@ -199,7 +199,7 @@ func (v *View) Online(pid int) ([]byte, error) {
 			return nil, err
 		}
 		if !ok {
-			return keptFiles.ReadFile(filepath.Join(v.Sys, "devices/system/cpu/online"))
+			return readHost(filepath.Join(v.Sys, "devices/system/cpu/online"))
 		}
 		return []byte(set.String() + "\n"), nil
 	})
@@ -231,7 +231,7 @@ func (v *View) Uptime(pid int) ([]byte, error) {
 		ncpu := 0
 		if set, ok, err := g.CPUs(); err == nil && ok && len(set) > 0 {
 			ncpu = len(set)
-		} else if online, err := keptFiles.ReadFile(filepath.Join(v.Sys, "devices/system/cpu/online")); err == nil {
+		} else if online, err := readHost(filepath.Join(v.Sys, "devices/system/cpu/online")); err == nil {
 			if set, err := cgroup.ParseCPUList(string(online)); err == nil {
 				ncpu = len(set)
 			}
@@ -306,7 +306,7 @@ type oldestProc struct {
 func (v *View) stillOldest(o oldestProc, dir string) bool {
 	bp := statBufs.Get().(*[]byte)
 	defer statBufs.Put(bp)
-	data, err := procKept.Read(v.Proc+"/"+strconv.Itoa(o.pid)+"/stat", (*bp)[:0])
+	data, err := procKept.ReadRecord(v.Proc+"/"+strconv.Itoa(o.pid)+"/stat", (*bp)[:0])
 	if err != nil {
 		return false
 	}
@@ -469,6 +469,18 @@ var errBadStat = errors.New("malformed /proc/PID/stat")
 // pread (see package kept); /proc/PID files are opened at each read, but
 // for the oldest processes' stat (procKept).
 var keptFiles kept.Files
+
+// readHost reads a host's /proc or /sys file through keptFiles. Those
+// with a record per CPU, device or cache (cpuinfo, diskstats, swaps,
+// slabinfo) are read to the end; the others are one record (see
+// kept.Files.ReadRecord).
+func readHost(path string) ([]byte, error) {
+	switch filepath.Base(path) {
+	case "cpuinfo", "diskstats", "swaps", "slabinfo":
+		return keptFiles.ReadFile(path)
+	}
+	return keptFiles.ReadRecord(path, nil)
+}
 
 // procKept keeps /proc/PID/stat of the cgroups' oldest processes open,
 // which every read of uptime checks (stillOldest). A descriptor holds its

@@ -17,7 +17,6 @@ package kept
 
 import (
 	"errors"
-	"io"
 	"os"
 	"sync"
 	"syscall"
@@ -53,6 +52,23 @@ func (k *Files) ReadFile(path string) ([]byte, error) {
 // own to read into. Without one (or too small for it) the buffer is
 // sized after the file's last read.
 func (k *Files) Read(path string, buf []byte) ([]byte, error) {
+	return k.read(path, buf, false)
+}
+
+// ReadRecord is Read for a file that the kernel generates as one record
+// (seq_file's single_open: /proc/meminfo, stat, uptime, loadavg,
+// /proc/PID/cgroup and stat, sysfs attributes, and the cgroup control
+// files but for the lists cgroup.procs and tasks): its read from offset 0
+// returns the whole file, or as much as fits, so a read that fills less
+// than its room has reached the end, and the pread that would return
+// nothing is spared. Never for a file of several records (cpuinfo,
+// diskstats, swaps, slabinfo, cgroup.procs): their reads stop at the end
+// of the seq_file's page, before the end of the file.
+func (k *Files) ReadRecord(path string, buf []byte) ([]byte, error) {
+	return k.read(path, buf, true)
+}
+
+func (k *Files) read(path string, buf []byte, oneRecord bool) ([]byte, error) {
 	e, err := k.get(path)
 	if err != nil {
 		return nil, err
@@ -60,10 +76,14 @@ func (k *Files) Read(path string, buf []byte) ([]byte, error) {
 	e.mu.Lock()
 	if buf == nil {
 		// Room for the last size and a little growth: one pread, and
-		// the one that says EOF.
+		// (but for one record) the one that says EOF.
 		buf = make([]byte, 0, e.size+e.size/8+64)
 	}
-	data, err := pread(e.f, buf)
+	var data []byte
+	err = os.ErrClosed // closed by an eviction since get
+	if e.f != nil {
+		data, err = pread(e.f, buf, oneRecord)
+	}
 	if err == nil {
 		e.size = len(data) - len(buf)
 	}
@@ -138,7 +158,10 @@ func (k *Files) get(path string) (*kept, error) {
 func (e *kept) close() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.f.Close()
+	if e.f != nil {
+		e.f.Close()
+		e.f = nil
+	}
 }
 
 // drop forgets e as path's descriptor, and closes it.
@@ -167,20 +190,38 @@ func (k *Files) Close() {
 	k.open, k.order = nil, nil
 }
 
-// pread appends the whole file, read from offset 0, to buf.
-func pread(f *os.File, buf []byte) ([]byte, error) {
+// pread appends the whole file, read from offset 0, to buf. With
+// oneRecord, a read that fills less than the room it was given is the
+// last (see ReadRecord); else the last is the one that reads nothing.
+func pread(f *os.File, buf []byte, oneRecord bool) ([]byte, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
 	base := len(buf)
 	for {
 		if len(buf) == cap(buf) {
 			buf = append(buf, 0)[:len(buf)]
 		}
-		n, err := f.ReadAt(buf[len(buf):cap(buf)], int64(len(buf)-base))
-		buf = buf[:len(buf)+n]
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				return buf, nil
+		room := buf[len(buf):cap(buf)]
+		var n int
+		var rerr error
+		if err := rc.Read(func(fd uintptr) bool {
+			for {
+				n, rerr = syscall.Pread(int(fd), room, int64(len(buf)-base))
+				if rerr != syscall.EINTR {
+					return true
+				}
 			}
+		}); err != nil {
 			return nil, err
+		}
+		if rerr != nil {
+			return nil, rerr
+		}
+		buf = buf[:len(buf)+n]
+		if n == 0 || (oneRecord && n < len(room)) {
+			return buf, nil
 		}
 	}
 }
