@@ -42,6 +42,9 @@ func TestMain(m *testing.M) {
 	if path := os.Getenv(restartReadEnv); path != "" {
 		os.Exit(restartReader(path))
 	}
+	if paths := os.Getenv(moveReadEnv); paths != "" {
+		os.Exit(moveReader(paths))
+	}
 	code := m.Run()
 	cgroupfstest.RemoveBuilds()
 	os.Exit(code)

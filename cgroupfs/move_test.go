@@ -7,20 +7,40 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/ramproc/ramproc/cgroupfs/internal/livecg"
 )
 
-// moveScript reads meminfo ($1) and online ($2) at each line of its stdin
-// and prints MemTotal and the CPU list: the shell itself opens and reads
-// them, so every read is made by the same process, whatever cgroup it has
+// moveReadEnv makes the test binary the reader of TestReaderMoves
+// (moveReader).
+const moveReadEnv = "CGROUPFS_MOVE_READ"
+
+// moveReader reads meminfo and online (the two paths in moveReadEnv) at
+// each line of its stdin and prints MemTotal and the CPU list, all from
+// one thread: every read is made by the same task, whatever cgroup it has
 // been moved to meanwhile.
-const moveScript = `while read _; do
-  while IFS= read -r l; do case $l in MemTotal:*) echo "$l";; esac; done < "$1"
-  IFS= read -r c < "$2"; echo "online $c"
-done`
+func moveReader(paths string) int {
+	runtime.LockOSThread()
+	meminfo, online, _ := strings.Cut(paths, "\n")
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		mem, err := os.ReadFile(meminfo)
+		if err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		cpus, err := os.ReadFile(online)
+		if err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		fmt.Printf("%s\nonline %s", memTotal(mem), cpus)
+	}
+	return 0
+}
 
 // TestReaderMoves: a process that keeps reading moves between two cgroups
 // the test makes (256 MiB and CPU 0; 128 MiB and CPU 1, where there is
@@ -41,7 +61,8 @@ func TestReaderMoves(t *testing.T) {
 		livecg.New(t, livecg.Memory, livecg.Name(), "memory.limit_in_bytes", "134217728"),
 		livecg.New(t, livecg.Cpuset, livecg.Name(), "cpuset.cpus", cpuB, "cpuset.mems", "0"),
 	}
-	cmd := livecg.Command(t, a, "sh", "-c", moveScript, "sh", filepath.Join(mnt, "proc/meminfo"), filepath.Join(mnt, "sys/devices/system/cpu/online"))
+	cmd := livecg.Command(t, a, os.Args[0])
+	cmd.Env = append(os.Environ(), moveReadEnv+"="+filepath.Join(mnt, "proc/meminfo")+"\n"+filepath.Join(mnt, "sys/devices/system/cpu/online"))
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)

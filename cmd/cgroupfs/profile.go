@@ -16,7 +16,8 @@ import (
 // cgroupfsprof tag (internal/cgroupfstest makes one for
 // -cgroupfs.profile) and CGROUPFS_PROFILE_DIR set profiles the CPU from
 // the start; at the Nth SIGUSR1 it writes DIR/cpu-N.pprof (the CPU since
-// the last) and DIR/heap-N.pprof (after a GC), and profiles on.
+// the last), DIR/heap-N.pprof (after a GC) and DIR/memstats-N.txt (the
+// runtime's figures, in KiB), and profiles on.
 func init() {
 	dir := os.Getenv("CGROUPFS_PROFILE_DIR")
 	if dir == "" {
@@ -41,6 +42,11 @@ func init() {
 				f.Close()
 				os.Rename(heap+".tmp", heap)
 			}
+			var ms runtime.MemStats
+			runtime.ReadMemStats(&ms)
+			os.WriteFile(filepath.Join(dir, fmt.Sprintf("memstats-%d.txt", n)), fmt.Appendf(nil,
+				"HeapInuse %d\nHeapIdle %d\nHeapReleased %d\nStackInuse %d\nGCSys %d\nOtherSys %d\nSys %d\nNumGC %d\nNumGoroutine %d\n",
+				ms.HeapInuse>>10, ms.HeapIdle>>10, ms.HeapReleased>>10, ms.StackInuse>>10, ms.GCSys>>10, ms.OtherSys>>10, ms.Sys>>10, ms.NumGC, runtime.NumGoroutine()), 0o644)
 			n++
 			if cpu, err = os.Create(filepath.Join(dir, fmt.Sprintf("cpu-%d.pprof", n))); err == nil {
 				pprof.StartCPUProfile(cpu)
