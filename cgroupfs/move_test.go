@@ -63,44 +63,14 @@ func TestReaderMoves(t *testing.T) {
 	}
 	cmd := livecg.Command(t, a, os.Args[0])
 	cmd.Env = append(os.Environ(), moveReadEnv+"="+filepath.Join(mnt, "proc/meminfo")+"\n"+filepath.Join(mnt, "sys/devices/system/cpu/online"))
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	lines := make(chan string, 4)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-	}()
+	h := piped(t, cmd)
 	pid := cmd.Process.Pid
 	read := func() (string, string) {
 		t.Helper()
-		if _, err := fmt.Fprintln(stdin); err != nil {
+		if _, err := fmt.Fprintln(h.stdin); err != nil {
 			t.Fatal(err)
 		}
-		var got [2]string
-		for i := range got {
-			select {
-			case l, ok := <-lines:
-				if !ok {
-					t.Fatal("the reader exited")
-				}
-				got[i] = l
-			case <-time.After(10 * time.Second):
-				t.Fatal("no answer from the reader in 10 s")
-			}
-		}
-		return got[0], got[1]
+		return h.line(), h.line()
 	}
 	moveTo := func(groups []*livecg.Group) {
 		t.Helper()
@@ -131,9 +101,7 @@ func TestReaderMoves(t *testing.T) {
 		inA = !inA
 		moveTo(map[bool][]*livecg.Group{true: a, false: b}[inA])
 	}
-	stdin.Close()
-	cmd.Wait()
-	if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
-		t.Errorf("reader %d still runs", pid)
+	if rest := h.finish(); rest != "" {
+		t.Errorf("the reader's last words: %q", rest)
 	}
 }

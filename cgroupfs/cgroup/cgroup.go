@@ -5,9 +5,11 @@
 // the hybrid of both that many machines run (memory and cpuset on v1, the
 // rest on v2), finding each controller where it is mounted.
 //
-// Every figure is read afresh at each call: nothing is cached, because the
-// callers (the cgroupfs example's files) answer for whoever reads them at
-// that moment. A controller that is mounted nowhere gives ok == false, and
+// Every figure is read afresh at each call, because the callers (the
+// cgroupfs files) answer for whoever reads them at that moment; what is
+// kept is the files' descriptors (read again with pread) and what a
+// content of /proc/PID/cgroup means (see Of), never which process is in
+// which cgroup. A controller that is mounted nowhere gives ok == false, and
 // the caller falls back to the host's own figures.
 package cgroup
 

@@ -99,76 +99,55 @@ func parseMemStat(data []byte, v2 bool) (memStat, error) {
 	s := &ms.Stat
 	hasSlab := false
 	err := eachKV(data, "memory.stat", func(k []byte, n uint64) {
-		if v2 {
-			switch string(k) {
-			case "file":
-				s.File = n
-			case "anon":
-				s.Anon = n
-			case "anon_thp":
-				s.AnonHuge = n
-			case "shmem":
-				s.Shmem = n
-			case "file_mapped":
-				s.FileMapped = n
-			case "file_dirty":
-				s.Dirty = n
-			case "file_writeback":
-				s.Writeback = n
-			case "active_anon":
-				s.ActiveAnon = n
-			case "inactive_anon":
-				s.InactiveAnon = n
-			case "active_file":
-				s.ActiveFile = n
-			case "inactive_file":
-				s.InactiveFile = n
-			case "unevictable":
-				s.Unevictable = n
-			case "slab":
-				s.Slab, hasSlab = n, true
-			case "slab_reclaimable":
-				s.SlabReclaimable = n
-			case "slab_unreclaimable":
-				s.SlabUnreclaimable = n
-			case "zswap":
-				s.Zswap = n
-			case "zswapped":
-				s.Zswapped = n
+		name := string(k) // no copy: only compared
+		if !v2 {
+			switch name {
+			case "hierarchical_memory_limit":
+				ms.hierLimit, ms.hasHierLimit = n, true
+			case "hierarchical_memsw_limit":
+				ms.hierMemsw, ms.hasHierMemsw = n, true
+			case "total_swap":
+				ms.totalSwap, ms.hasTotalSwap = n, true
 			}
-			return
+			if name = v1StatNames[name]; name == "" {
+				return
+			}
 		}
-		switch string(k) {
-		case "total_cache":
+		switch name {
+		case "file":
 			s.File = n
-		case "total_rss":
+		case "anon":
 			s.Anon = n
-		case "total_rss_huge":
+		case "anon_thp":
 			s.AnonHuge = n
-		case "total_shmem":
+		case "shmem":
 			s.Shmem = n
-		case "total_mapped_file":
+		case "file_mapped":
 			s.FileMapped = n
-		case "total_dirty":
+		case "file_dirty":
 			s.Dirty = n
-		case "total_writeback":
+		case "file_writeback":
 			s.Writeback = n
-		case "total_active_anon":
+		case "active_anon":
 			s.ActiveAnon = n
-		case "total_inactive_anon":
+		case "inactive_anon":
 			s.InactiveAnon = n
-		case "total_active_file":
+		case "active_file":
 			s.ActiveFile = n
-		case "total_inactive_file":
+		case "inactive_file":
 			s.InactiveFile = n
-		case "total_unevictable":
+		case "unevictable":
 			s.Unevictable = n
-		case "hierarchical_memory_limit":
-			ms.hierLimit, ms.hasHierLimit = n, true
-		case "hierarchical_memsw_limit":
-			ms.hierMemsw, ms.hasHierMemsw = n, true
-		case "total_swap":
-			ms.totalSwap, ms.hasTotalSwap = n, true
+		case "slab":
+			s.Slab, hasSlab = n, true
+		case "slab_reclaimable":
+			s.SlabReclaimable = n
+		case "slab_unreclaimable":
+			s.SlabUnreclaimable = n
+		case "zswap":
+			s.Zswap = n
+		case "zswapped":
+			s.Zswapped = n
 		}
 	})
 	if err != nil {
@@ -178,6 +157,18 @@ func parseMemStat(data []byte, v2 bool) (memStat, error) {
 		s.Slab = s.SlabReclaimable + s.SlabUnreclaimable
 	}
 	return ms, nil
+}
+
+// v1StatNames are the v1 hierarchical figures of memory.stat that Stat
+// holds, by the v2 name of the same figure (v1 has no slab or zswap
+// figures).
+var v1StatNames = map[string]string{
+	"total_cache": "file", "total_rss": "anon", "total_rss_huge": "anon_thp",
+	"total_shmem": "shmem", "total_mapped_file": "file_mapped",
+	"total_dirty": "file_dirty", "total_writeback": "file_writeback",
+	"total_active_anon": "active_anon", "total_inactive_anon": "inactive_anon",
+	"total_active_file": "active_file", "total_inactive_file": "inactive_file",
+	"total_unevictable": "unevictable",
 }
 
 // eachKV calls f with each "name number" line of data (memory.stat,

@@ -102,12 +102,8 @@ func Meminfo(host []byte, m cgroup.Memory) []byte {
 	}
 	out := make([]byte, 0, len(host)+64)
 	for rest := host; len(rest) > 0; {
-		end := bytes.IndexByte(rest, '\n') + 1
-		if end == 0 {
-			end = len(rest)
-		}
-		line := rest[:end]
-		rest = rest[end:]
+		var line []byte
+		line, rest = nextLine(rest)
 		name, _, found := bytes.Cut(line, []byte(":"))
 		i, known := meminfoIndex[string(name)]
 		if !found || !known || !has[i] {

@@ -360,12 +360,8 @@ func Cpuinfo(host []byte, set cgroup.CPUSet) []byte {
 	out := make([]byte, 0, len(host))
 	keep := true
 	for rest := host; len(rest) > 0; {
-		end := bytes.IndexByte(rest, '\n') + 1
-		if end == 0 {
-			end = len(rest)
-		}
-		line := rest[:end]
-		rest = rest[end:]
+		var line []byte
+		line, rest = nextLine(rest)
 		if cpu, ok := processorLine(line); ok {
 			keep = set.Contains(cpu)
 		}
@@ -374,6 +370,16 @@ func Cpuinfo(host []byte, set cgroup.CPUSet) []byte {
 		}
 	}
 	return out
+}
+
+// nextLine splits data after its first newline (or at its end): the line
+// with its newline, and the rest.
+func nextLine(data []byte) (line, rest []byte) {
+	end := bytes.IndexByte(data, '\n') + 1
+	if end == 0 {
+		end = len(data)
+	}
+	return data[:end], data[end:]
 }
 
 // processorLine recognises "processor\t: N".

@@ -14,7 +14,6 @@ package cgroupfstest
 
 import (
 	"bufio"
-	"bytes"
 	"flag"
 	"fmt"
 	"io"
@@ -79,9 +78,15 @@ type Server struct {
 
 	t        testing.TB
 	cmd      *exec.Cmd
-	stderr   lockedBuffer
+	log      string // its stderr
 	exited   chan error
 	profiles int
+}
+
+// stderr is what the command has written to its stderr.
+func (s *Server) stderr() string {
+	data, _ := os.ReadFile(s.log)
+	return string(data)
 }
 
 // Start runs the command with args and a mount point (a directory that
@@ -106,7 +111,14 @@ func Start(t testing.TB, n int, args ...string) *Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.cmd.Stderr = &s.stderr
+	// Its stderr goes to a file, which the test may read while it runs.
+	s.log = filepath.Join(dir, "stderr")
+	logf, err := os.Create(s.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	s.cmd.Stderr = logf
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -136,11 +148,11 @@ func Start(t testing.TB, n int, args ...string) *Server {
 		select {
 		case l, ok := <-lines:
 			if !ok {
-				t.Fatalf("cgroupfs ended after printing %q: %s", s.Printed, s.stderr.String())
+				t.Fatalf("cgroupfs ended after printing %q: %s", s.Printed, s.stderr())
 			}
 			s.Printed = append(s.Printed, l)
 		case <-timeout:
-			t.Fatalf("cgroupfs printed %q in 20 s, want %d paths: %s", s.Printed, n, s.stderr.String())
+			t.Fatalf("cgroupfs printed %q in 20 s, want %d paths: %s", s.Printed, n, s.stderr())
 		}
 	}
 	go func() {
@@ -157,11 +169,11 @@ func (s *Server) Stop() error {
 	select {
 	case err, ok := <-s.exited:
 		if ok && err != nil {
-			return fmt.Errorf("%v: %s", err, s.stderr.String())
+			return fmt.Errorf("%v: %s", err, s.stderr())
 		}
 		return nil
 	case <-time.After(20 * time.Second):
-		return fmt.Errorf("cgroupfs still runs 20 s after SIGTERM: %s", s.stderr.String())
+		return fmt.Errorf("cgroupfs still runs 20 s after SIGTERM: %s", s.stderr())
 	}
 }
 
@@ -180,27 +192,8 @@ func (s *Server) Profile(what string) {
 			break
 		}
 		if time.Now().After(deadline) {
-			s.t.Fatalf("no %s from cgroupfs in 10 s: %s", heap, s.stderr.String())
+			s.t.Fatalf("no %s from cgroupfs in 10 s: %s", heap, s.stderr())
 		}
 	}
 	s.t.Logf("profiles %s: %s, cpu-%d.pprof", what, heap, s.profiles)
-}
-
-// lockedBuffer is the command's stderr, written by exec's copier and
-// read by the test.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
