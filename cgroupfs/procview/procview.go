@@ -399,7 +399,10 @@ func processorLine(line []byte) (int, bool) {
 // Uptime formats /proc/uptime: seconds up and seconds idle (summed over
 // CPUs), with two decimals.
 func Uptime(up, idle time.Duration) []byte {
-	return fmt.Appendf(nil, "%.2f %.2f\n", up.Seconds(), idle.Seconds())
+	b := make([]byte, 0, 32)
+	b = strconv.AppendFloat(b, up.Seconds(), 'f', 2, 64) // as fmt's %.2f
+	b = strconv.AppendFloat(append(b, ' '), idle.Seconds(), 'f', 2, 64)
+	return append(b, '\n')
 }
 
 // ParseUptime parses /proc/uptime.
