@@ -93,15 +93,15 @@ func main() {
 }
 
 // gcPercent is the server's GOGC. Most of its heap lives as long as it
-// does (go-fuse's request buffers, one per reading goroutine, and the
-// by-cgroup tree); what it allocates per open is small and short-lived.
-// The default of 100 lets the heap grow to twice what lives before a
-// collection, and the runtime keeps what it grew to: at 50 the server's
-// RSS after the side-by-side benchmark was 15.6 MiB where it was 18.8
-// (20.0 and 25.5 after 100 cgroups were read through by-cgroup), for a
-// collection per 4 MiB allocated instead of 8, whose cost was lost in
-// the benchmark's noise (docs/cgroupfs.md). A GOGC in the environment
-// wins.
+// does (go-fuse's request buffers, one per goroutine waiting for a
+// request, and the by-cgroup tree); what it allocates per open is small
+// and short-lived. At Go's default of 100 the heap grows to twice what
+// lives before a collection, and the runtime keeps the pages it grew to;
+// at 50, in three pairs of side-by-side benchmark runs (docs/cgroupfs.md),
+// the server's RSS after the runs was 15.9-16.3 MiB against 19.1-23.8
+// (18.5-23.2 against 23.2-27.2 after 100 cgroups were read through
+// by-cgroup), for collections twice as often, whose cost the benchmark's
+// noise did not show. A GOGC in the environment wins.
 const gcPercent = 50
 
 // setGC sets gcPercent unless GOGC is set.
