@@ -132,7 +132,9 @@ func Start(t testing.TB, n int, args ...string) *Server {
 		}
 		os.RemoveAll(dir)
 	})
-	lines := make(chan string)
+	// Room for more than it prints: the copier never waits on a test
+	// that has stopped reading.
+	lines := make(chan string, 256)
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {

@@ -11,8 +11,8 @@
 // process, not its number. It is then closed and the path opened anew, so
 // a read never returns the content of a removed file, or of an exited
 // process, as that of the path's new one (a cgroup made under the old
-// name, a process that reuses the pid). The number of kept descriptors is bounded: past the bound the
-// oldest is closed.
+// name, a process that reuses the pid). The number of kept descriptors is
+// bounded: past the bound the oldest is closed.
 package kept
 
 import (
@@ -49,8 +49,8 @@ func (k *Files) ReadFile(path string) ([]byte, error) {
 
 // Read appends the content of path to buf and returns it, as ReadFile
 // does: a caller that only parses the content may pass a buffer of its
-// own to read into. Without one (or too small for it) the buffer is
-// sized after the file's last read.
+// own to read into. Without one, the buffer is sized after the file's
+// last read.
 func (k *Files) Read(path string, buf []byte) ([]byte, error) {
 	return k.read(path, buf, false)
 }
