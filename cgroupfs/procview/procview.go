@@ -369,6 +369,11 @@ func Cpuinfo(host []byte, set cgroup.CPUSet) []byte {
 			out = append(out, line...)
 		}
 	}
+	if cap(out) > 2*len(out) {
+		// A few CPUs of many: the content may be kept (by-cgroup's
+		// last snapshot of each cgroup), so not with the host's size.
+		out = append([]byte(nil), out...)
+	}
 	return out
 }
 
