@@ -442,10 +442,10 @@ func ParseStat(data []byte) (Stat, error) {
 		return Stat{}, errBadStat
 	}
 	// After ")": state(3) ppid(4) ... starttime(22): fields 1 and 19
-	// counted from 0, and at least 20 of them.
+	// counted from 0, and at least 20 of them (the rest are not read).
 	var ppidField, startField []byte
 	n := 0
-	for rest := data[end+1:]; ; n++ {
+	for rest := data[end+1:]; n < 20; n++ {
 		rest = bytes.TrimLeftFunc(rest, unicode.IsSpace)
 		if len(rest) == 0 {
 			break
