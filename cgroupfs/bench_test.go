@@ -1,7 +1,6 @@
 package cgroupfs
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -12,13 +11,12 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/ramproc/ramproc/cgroupfs/internal/livecg"
-	"github.com/ramproc/ramproc/internal/testenv"
+	"github.com/ramproc/ramproc/internal/cgroupfstest"
 )
 
 // The side-by-side benchmark: the real LXCFS and the cgroupfs command, each
@@ -44,10 +42,11 @@ func TestMain(m *testing.M) {
 	if path := os.Getenv(restartReadEnv); path != "" {
 		os.Exit(restartReader(path))
 	}
-	code := m.Run()
-	if cmdDir != "" {
-		os.RemoveAll(cmdDir)
+	if paths := os.Getenv(moveReadEnv); paths != "" {
+		os.Exit(moveReader(paths))
 	}
+	code := m.Run()
+	cgroupfstest.RemoveBuilds()
 	os.Exit(code)
 }
 
@@ -85,80 +84,6 @@ func benchReader(path string) int {
 	}
 	fmt.Println(n, time.Since(start).Nanoseconds())
 	return 0
-}
-
-var (
-	cmdOnce sync.Once
-	cmdDir  string
-	cmdPath string
-	cmdErr  error
-)
-
-// commandBinary builds the cgroupfs command once per test binary (without
-// -race: it is measured) and returns its path.
-func commandBinary(t testing.TB) string {
-	t.Helper()
-	cmdOnce.Do(func() {
-		if cmdDir, cmdErr = os.MkdirTemp("", "cgroupfs-bin"); cmdErr != nil {
-			return
-		}
-		cmdPath = filepath.Join(cmdDir, "cgroupfs")
-		var out []byte
-		if out, cmdErr = exec.Command("go", "build", "-o", cmdPath, "github.com/ramproc/ramproc/cmd/cgroupfs").CombinedOutput(); cmdErr != nil {
-			cmdErr = fmt.Errorf("%v: %s", cmdErr, out)
-		}
-	})
-	if cmdErr != nil {
-		t.Fatalf("go build cgroupfs: %v", cmdErr)
-	}
-	return cmdPath
-}
-
-// startCommand serves a fresh mount point with the cgroupfs command
-// (commandBinary); it returns the mount point and the server's pid. It is
-// stopped at the end.
-func startCommand(t testing.TB) (string, int) {
-	t.Helper()
-	testenv.RequireFUSE(t)
-	bin := commandBinary(t)
-	dir, err := os.MkdirTemp("", "cgroupfs-cmd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.Chmod(dir, 0o755)
-	mnt := filepath.Join(dir, "mnt")
-	cmd := exec.Command(bin, mnt)
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-		if len(testenv.MountsUnder(t, mnt)) > 0 {
-			syscall.Unmount(mnt, syscall.MNT_DETACH)
-		}
-		os.RemoveAll(dir)
-	})
-	// It prints the paths once it serves.
-	sc := bufio.NewScanner(stdout)
-	if !sc.Scan() {
-		t.Fatalf("cgroupfs printed nothing: %s", stderr.Bytes())
-	}
-	go io.Copy(io.Discard, stdout)
-	return mnt, cmd.Process.Pid
 }
 
 // bind bind-mounts file onto a fresh file in dir and returns its path; it
@@ -266,11 +191,13 @@ var benchFiles = []string{"proc/meminfo", "proc/cpuinfo", "proc/stat", "proc/upt
 
 func BenchmarkVsLXCFS(b *testing.B) {
 	lx := startLXCFS(b)
-	ours, ourPid := startCommand(b)
+	srv := cgroupfstest.Start(b, len(Paths(Options{})))
+	ours, ourPid := srv.Mnt, srv.Pid
 	lxPid := lxcfsPid(b, lx)
-	groups := containerGroups(b)
+	groups := livecg.Container(b)
 	binds := b.TempDir()
 	b.Logf("RSS idle: LXCFS %d KiB, cgroupfs %d KiB", rssKiB(b, lxPid), rssKiB(b, ourPid))
+	srv.Profile("idle")
 	for _, f := range benchFiles {
 		paths := []string{bind(b, filepath.Join(lx, f), binds, "lxcfs"), bind(b, filepath.Join(ours, f), binds, "cgroupfs")}
 		for _, n := range []int{1, 4} {
@@ -287,6 +214,7 @@ func BenchmarkVsLXCFS(b *testing.B) {
 		b.Run(fmt.Sprintf("by-cgroup-meminfo/readers=%d", n), func(b *testing.B) { sideBySide(b, groups, paths, n) })
 	}
 	b.Logf("RSS after: LXCFS %d KiB, cgroupfs %d KiB", rssKiB(b, lxPid), rssKiB(b, ourPid))
+	srv.Profile("after the runs")
 	// 100 cgroups read: each one's files through by-cgroup (its loadavg
 	// too, which the sampler then keeps).
 	for range 100 {
@@ -298,6 +226,7 @@ func BenchmarkVsLXCFS(b *testing.B) {
 		}
 	}
 	b.Logf("RSS after 100 cgroups read: cgroupfs %d KiB", rssKiB(b, ourPid))
+	srv.Profile("after 100 cgroups")
 }
 
 // tmpfsCopy copies file into a tmpfs mounted for the benchmark and returns

@@ -16,6 +16,7 @@ import (
 	"github.com/ramproc/ramproc/cgroupfs/internal/livecg"
 	"github.com/ramproc/ramproc/cgroupfs/procview"
 	"github.com/ramproc/ramproc/fusebridge"
+	"github.com/ramproc/ramproc/internal/cgroupfstest"
 	"github.com/ramproc/ramproc/internal/testenv"
 )
 
@@ -184,7 +185,7 @@ func TestByCgroupFreshBound(t *testing.T) {
 // before a cgroup was made withdraw the cgroup a lookup had just
 // published: EIO and ENOENT in the middle of its files).
 func TestByCgroupNewCgroups(t *testing.T) {
-	ours, _ := startCommand(t)
+	ours := cgroupfstest.Start(t, len(Paths(Options{}))).Mnt
 	for i := range 40 {
 		g := livecg.New(t, livecg.Memory, "bycgroup-"+livecg.Name(), "memory.limit_in_bytes", "268435456")
 		for _, f := range benchFiles {

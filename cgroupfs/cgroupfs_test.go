@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ramproc/ramproc/cgroupfs/cgroup"
 	"github.com/ramproc/ramproc/cgroupfs/internal/livecg"
 	"github.com/ramproc/ramproc/cgroupfs/procview"
 	"github.com/ramproc/ramproc/fusebridge"
@@ -428,9 +429,7 @@ func TestPureV2(t *testing.T) {
 	if v.Cgroups.Unified == nil {
 		testenv.Missing(t, "no cgroup v2 hierarchy is mounted")
 	}
-	pure := *v.Cgroups
-	pure.V1 = nil
-	v.Cgroups = &pure
+	v.Cgroups = &cgroup.Hierarchies{Proc: v.Cgroups.Proc, Unified: v.Cgroups.Unified}
 	mnt := serveView(t, v)
 	a := livecg.New(t, livecg.Unified, livecg.Name())
 	b := livecg.New(t, livecg.Unified, livecg.Name())

@@ -86,20 +86,6 @@ func startLXCFS(t testing.TB) string {
 	}
 }
 
-// containerGroups makes the cgroups of a container as runtimes do: one
-// name in every controller that LXCFS or cgroupfs reads, with 256 MiB of
-// memory and one CPU.
-func containerGroups(t testing.TB) []*livecg.Group {
-	name := livecg.Name()
-	return []*livecg.Group{
-		livecg.New(t, livecg.Memory, name, "memory.limit_in_bytes", "268435456"),
-		livecg.New(t, livecg.Cpuset, name, "cpuset.cpus", "0", "cpuset.mems", "0"),
-		livecg.New(t, "/sys/fs/cgroup/cpuacct", name),
-		livecg.New(t, "/sys/fs/cgroup/cpu", name),
-		livecg.New(t, "/sys/fs/cgroup/blkio", name),
-	}
-}
-
 // compared are the files the comparison reads from both mounts.
 var compared = []string{"proc/meminfo", "proc/cpuinfo", "proc/stat", "proc/loadavg", "proc/swaps", "proc/diskstats", "sys/devices/system/cpu/online"}
 
@@ -114,7 +100,7 @@ var compared = []string{"proc/meminfo", "proc/cpuinfo", "proc/stat", "proc/loada
 func TestAgainstLXCFS(t *testing.T) {
 	lx := startLXCFS(t)
 	ours := serve(t)
-	groups := containerGroups(t)
+	groups := livecg.Container(t)
 	var script strings.Builder
 	for _, f := range compared {
 		fmt.Fprintf(&script, `cat "$1/%s"; echo @@; cat "$2/%s"; echo @@; `, f, f)

@@ -3,6 +3,7 @@ package cgroupfs
 import (
 	"bufio"
 	"io"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -31,7 +32,13 @@ stat -c %i "$1" 2>&1`
 
 func hold(t *testing.T, groups []*livecg.Group, path string) *holder {
 	t.Helper()
-	cmd := livecg.Command(t, groups, "sh", "-c", holdScript, "sh", path)
+	return piped(t, livecg.Command(t, groups, "sh", "-c", holdScript, "sh", path))
+}
+
+// piped starts cmd with its stdin and stdout piped to a holder: the test
+// writes to stdin, and reads its output by line (line, finish).
+func piped(t *testing.T, cmd *exec.Cmd) *holder {
+	t.Helper()
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/ramproc/ramproc/cgroupfs/internal/livecg"
 	"github.com/ramproc/ramproc/fusebridge"
+	"github.com/ramproc/ramproc/internal/cgroupfstest"
 	"github.com/ramproc/ramproc/internal/testenv"
 )
 
@@ -53,7 +54,7 @@ func restartReader(path string) int {
 }
 
 // restartRounds is how many restarts TestRestartKeepsBindMountReaders
-// does: the 20; the server is not race-built (commandBinary), so a
+// does: the 20; the server is not race-built (cgroupfstest.Binary), so a
 // restart costs the same under -race.
 const restartRounds = 20
 
@@ -71,7 +72,7 @@ func TestRestartKeepsBindMountReaders(t *testing.T) {
 	mem := livecg.New(t, livecg.Memory, fmt.Sprintf("cgrestart-%d-%x", os.Getpid(), rand.Uint32()),
 		"memory.limit_in_bytes", "268435456")
 	// The binary on disk, which the upgrade replaces.
-	run := testenv.CopyForNobody(t, commandBinary(t))
+	run := testenv.CopyForNobody(t, cgroupfstest.Binary(t))
 	// The upgrade: the same program built with another -X setting, which
 	// changes its bytes and nothing else.
 	next := filepath.Join(t.TempDir(), "cgroupfs-next")

@@ -5,9 +5,11 @@
 // the hybrid of both that many machines run (memory and cpuset on v1, the
 // rest on v2), finding each controller where it is mounted.
 //
-// Every figure is read afresh at each call: nothing is cached, because the
-// callers (the cgroupfs example's files) answer for whoever reads them at
-// that moment. A controller that is mounted nowhere gives ok == false, and
+// Every figure is read afresh at each call, because the callers (the
+// cgroupfs files) answer for whoever reads them at that moment; what is
+// kept is the files' descriptors (read again with pread) and what a
+// content of /proc/PID/cgroup means (see Of), never which process is in
+// which cgroup. A controller that is mounted nowhere gives ok == false, and
 // the caller falls back to the host's own figures.
 package cgroup
 
@@ -20,7 +22,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
+	"sync"
 
 	"github.com/ramproc/ramproc/cgroupfs/internal/kept"
 )
@@ -45,6 +47,9 @@ type Hierarchies struct {
 	V1 map[string]Mount
 	// Unified is the v2 hierarchy, nil if none is mounted.
 	Unified *Mount
+
+	mu       sync.Mutex
+	resolved map[string]*places // see resolve
 }
 
 // Discover finds the cgroup hierarchies of the running system from
@@ -187,22 +192,113 @@ type Group struct {
 	h *Hierarchies
 	// Pid is the process the group was looked up for.
 	Pid int
-	// Membership is what /proc/PID/cgroup said.
+	// Membership is what /proc/PID/cgroup said. Its maps may be shared
+	// with other Groups of the same content: read them, never write.
 	Membership Membership
+
+	pl *places
 }
 
 // Of looks up the cgroups of process pid. A process that does not exist
 // gives an error satisfying errors.Is(err, fs.ErrNotExist).
+//
+// /proc/PID/cgroup is read at every call: it is what ties an answer to
+// the process's cgroups at that moment (a process moves between cgroups
+// while it lives). Its descriptor is kept and read again with pread (see
+// procKept), and the parsed and resolved content is kept by the content
+// itself (see resolve): a process that has moved reads another content.
 func (h *Hierarchies) Of(pid int) (*Group, error) {
-	data, err := readProc(filepath.Join(h.Proc, strconv.Itoa(pid), "cgroup"))
+	bp := readBufs.Get().(*[]byte)
+	defer readBufs.Put(bp)
+	data, err := procKept.ReadRecord(h.Proc+"/"+strconv.Itoa(pid)+"/cgroup", (*bp)[:0])
 	if err != nil {
 		return nil, err
+	}
+	*bp = data[:0] // grown: keep the larger buffer
+	pl, err := h.resolve(data)
+	if err != nil {
+		return nil, err
+	}
+	return &Group{h: h, Pid: pid, Membership: pl.m, pl: pl}, nil
+}
+
+// readBufs are the buffers Of reads /proc/PID/cgroup into: only parsed,
+// never handed out.
+var readBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+// procKept keeps the descriptors of the /proc/PID/cgroup files that Of
+// reads, to read them again with pread: a reader of cgroupfs's files opens
+// them again and again, and the open of a procfs file (its path walk, the
+// process's directory looked up) costs more than the read. A descriptor
+// holds its process, not its number: once the process has exited, its
+// read fails with ESRCH and the path is opened anew (see package kept), so
+// a process that reuses the pid is never read through the old one's
+// descriptor. Bounded apart from the cgroup files, past which the oldest
+// is closed (a server that many short-lived processes read keeps only the
+// newest).
+var procKept = kept.Files{Max: 256}
+
+// places is a Membership resolved against the mounts: where each
+// controller's cgroup is, as placeOf and home find it. It depends only on
+// the Membership and the Hierarchies, so it is kept by content.
+type places struct {
+	m          Membership
+	v1         map[string]placeOK // the controllers mounted on v1 that m names
+	unified    placeOK            // v2's, when mounted and named
+	hasUnified bool
+	home       placeOK
+}
+
+type placeOK struct {
+	p  place
+	ok bool
+}
+
+// resolve parses the content of /proc/PID/cgroup and resolves it, or
+// returns the places of the same content resolved before. The content
+// names the cgroups, so a process that moves (or a pid reused by another
+// process elsewhere) gives another content and another answer: nothing
+// here says which process is where, only what a content means. Up to
+// maxResolved contents are kept; past that the map starts over.
+func (h *Hierarchies) resolve(data []byte) (*places, error) {
+	h.mu.Lock()
+	pl, ok := h.resolved[string(data)]
+	h.mu.Unlock()
+	if ok {
+		return pl, nil
 	}
 	m, err := ParseProcCgroup(data)
 	if err != nil {
 		return nil, err
 	}
-	return &Group{h: h, Pid: pid, Membership: m}, nil
+	pl = h.places(m)
+	h.mu.Lock()
+	if h.resolved == nil || len(h.resolved) >= maxResolved {
+		h.resolved = map[string]*places{}
+	}
+	h.resolved[string(data)] = pl
+	h.mu.Unlock()
+	return pl, nil
+}
+
+const maxResolved = 1024
+
+// places resolves m.
+func (h *Hierarchies) places(m Membership) *places {
+	pl := &places{m: m, v1: map[string]placeOK{}}
+	for c, mnt := range h.V1 {
+		if cg, ok := m.V1[c]; ok {
+			p, ok := at(mnt, cg, false)
+			pl.v1[c] = placeOK{p, ok}
+		}
+	}
+	if h.Unified != nil && m.HasUnified {
+		p, ok := at(*h.Unified, m.Unified, true)
+		pl.unified, pl.hasUnified = placeOK{p, ok}, true
+	}
+	g := &Group{h: h, Membership: m, pl: pl}
+	pl.home.p, pl.home.ok = g.findHome()
+	return pl
 }
 
 // place is where one controller of a process lives: the hierarchy and the
@@ -220,15 +316,19 @@ type place struct {
 // false when the process's cgroup cannot be reached through the mounts
 // (a cgroup outside a partial mount's Root).
 func (g *Group) placeOf(controller string) (place, bool) {
-	if mnt, ok := g.h.V1[controller]; ok {
-		if p, ok := g.Membership.V1[controller]; ok {
-			return at(mnt, p, false)
-		}
+	if p, ok := g.pl.v1[controller]; ok {
+		return p.p, p.ok
 	}
-	if g.h.Unified != nil && g.Membership.HasUnified {
-		return at(*g.h.Unified, g.Membership.Unified, true)
+	return g.unified()
+}
+
+// unified is the process's place in v2; ok is false without v2 or a line
+// for it.
+func (g *Group) unified() (place, bool) {
+	if !g.pl.hasUnified {
+		return place{}, false
 	}
-	return place{}, false
+	return g.pl.unified.p, g.pl.unified.ok
 }
 
 func at(mnt Mount, cg string, v2 bool) (place, bool) {
@@ -268,7 +368,7 @@ func within(p, root string) (string, bool) {
 // process's.
 func (p place) readUp(file string) (data []byte, dir string, ok bool, err error) {
 	for dir = p.dir; ; dir = filepath.Dir(dir) {
-		data, err = keptFiles.ReadFile(filepath.Join(dir, file))
+		data, err = readControl(filepath.Join(dir, file))
 		if err == nil {
 			return data, dir, true, nil
 		}
@@ -300,7 +400,7 @@ func (p place) ancestors(dir string) []string {
 
 // readUint reads a file holding one unsigned number (and a newline).
 func readUint(file string) (uint64, error) {
-	data, err := keptFiles.ReadFile(file)
+	data, err := readControl(file)
 	if err != nil {
 		return 0, err
 	}
@@ -327,9 +427,19 @@ var errMalformed = errors.New("malformed cgroup file")
 // keptFiles keeps the cgroup files that are read open, to read them again with
 // pread (see package kept): a cgroup removed and recreated under the same
 // name is read anew, never through the removed one's descriptor. The
-// processes' own files (/proc/PID/cgroup) are opened at each read: pids
-// are reused.
+// processes' own files (/proc/PID/cgroup) are kept apart (procKept).
 var keptFiles kept.Files
+
+// readControl reads a cgroup control file through keptFiles. All of them
+// are one record (see kept.Files.ReadRecord) but the lists (cgroup.procs,
+// tasks) and v1's memory.kmem.slabinfo of kernels before 5.9.
+func readControl(path string) ([]byte, error) {
+	switch filepath.Base(path) {
+	case "cgroup.procs", "tasks", "memory.kmem.slabinfo":
+		return keptFiles.ReadFile(path)
+	}
+	return keptFiles.ReadRecord(path, nil)
+}
 
 // At returns the Group of the cgroup at path (a path as /proc/PID/cgroup
 // gives it) in every hierarchy: what a process there would be in, with
@@ -353,7 +463,7 @@ func (h *Hierarchies) At(path string) (g *Group, ok bool) {
 			m.Unified = path
 		}
 	}
-	g = &Group{h: h, Membership: m}
+	g = &Group{h: h, Membership: m, pl: h.places(m)}
 	if home, found := g.home(); !found || !isDir(home.dir) || (home.cg != path && path != "/") {
 		return nil, false
 	}
@@ -381,32 +491,4 @@ func (h *Hierarchies) HomeMount() (Mount, bool) {
 		}
 	}
 	return Mount{}, false
-}
-
-// readProc reads a small procfs file as os.ReadFile does, without its
-// fstat (procfs files have size 0): the one read of every open that
-// cannot be kept open, since it names the process.
-func readProc(path string) ([]byte, error) {
-	fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, &os.PathError{Op: "open", Path: path, Err: err}
-	}
-	defer syscall.Close(fd)
-	buf := make([]byte, 0, 1024)
-	for {
-		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)]
-		}
-		n, err := syscall.Read(fd, buf[len(buf):cap(buf)])
-		if err == syscall.EINTR {
-			continue
-		}
-		if err != nil {
-			return nil, &os.PathError{Op: "read", Path: path, Err: err}
-		}
-		if n == 0 {
-			return buf, nil
-		}
-		buf = buf[:len(buf)+n]
-	}
 }

@@ -124,10 +124,7 @@ func (g *Group) CPUTime() (d time.Duration, ok bool, err error) {
 			return time.Duration(ns), true, nil
 		}
 	}
-	if g.h.Unified == nil || !g.Membership.HasUnified {
-		return 0, false, nil
-	}
-	p, ok := at(*g.h.Unified, g.Membership.Unified, true)
+	p, ok := g.unified()
 	if !ok {
 		return 0, false, nil
 	}
@@ -189,10 +186,7 @@ func (g *Group) Usage() (u CPUUsage, ok bool, err error) {
 			}
 		}
 	}
-	if g.h.Unified == nil || !g.Membership.HasUnified {
-		return CPUUsage{}, false, nil
-	}
-	p, ok := at(*g.h.Unified, g.Membership.Unified, true)
+	p, ok := g.unified()
 	if !ok || p.dir == p.mount.Dir {
 		return CPUUsage{}, false, nil
 	}
@@ -200,12 +194,19 @@ func (g *Group) Usage() (u CPUUsage, ok bool, err error) {
 	if err != nil || !ok {
 		return CPUUsage{}, false, err
 	}
-	kv, err := parseKV(data)
+	var user, sys uint64
+	var ok1, ok2 bool
+	err = eachKV(data, "cpu.stat", func(k []byte, n uint64) {
+		switch string(k) {
+		case "user_usec":
+			user, ok1 = n, true
+		case "system_usec":
+			sys, ok2 = n, true
+		}
+	})
 	if err != nil {
 		return CPUUsage{}, false, fmt.Errorf("%s/cpu.stat: %w", dir, err)
 	}
-	user, ok1 := kv["user_usec"]
-	sys, ok2 := kv["system_usec"]
 	if !ok1 || !ok2 || user > 1<<53 || sys > 1<<53 {
 		return CPUUsage{}, false, nil
 	}

@@ -108,8 +108,7 @@ func TestLiveV2(t *testing.T) {
 		t.Errorf("v2 path %q, want %q", g.Membership.Unified, g2.Path)
 	}
 	// As a pure v2 machine would see it: without the v1 hierarchies.
-	pure := *h
-	pure.V1 = nil
+	pure := &cgroup.Hierarchies{Proc: h.Proc, Unified: h.Unified}
 	pg, err := pure.Of(pid)
 	if err != nil {
 		t.Fatal(err)

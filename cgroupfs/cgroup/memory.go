@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 )
 
 // NoLimit is the limit of a cgroup that has none (v2 "max", v1's
@@ -80,57 +79,118 @@ type Stat struct {
 // include the cgroup's descendants as v2's figures do. A line that is not
 // "name number" is an error.
 func ParseStat(data []byte, v2 bool) (Stat, error) {
-	kv, err := parseKV(data)
-	if err != nil {
-		return Stat{}, err
-	}
-	return statOf(kv, v2), nil
+	ms, err := parseMemStat(data, v2)
+	return ms.Stat, err
 }
 
-// parseKV parses memory.stat's "name number" lines.
-func parseKV(data []byte) (map[string]uint64, error) {
-	kv := make(map[string]uint64, 64)
-	for _, line := range strings.Split(string(data), "\n") {
-		if line == "" {
+// memStat is what Memory takes from memory.stat: the Stat, and v1's
+// hierarchical limits and swap in use (has* says whether the line was
+// there).
+type memStat struct {
+	Stat
+	hierLimit, hierMemsw, totalSwap          uint64
+	hasHierLimit, hasHierMemsw, hasTotalSwap bool
+}
+
+// parseMemStat parses memory.stat, v1's names or v2's, without a map: it
+// runs at every open of meminfo and swaps.
+func parseMemStat(data []byte, v2 bool) (memStat, error) {
+	var ms memStat
+	s := &ms.Stat
+	hasSlab := false
+	err := eachKV(data, "memory.stat", func(k []byte, n uint64) {
+		name := string(k) // no copy: only compared
+		if !v2 {
+			switch name {
+			case "hierarchical_memory_limit":
+				ms.hierLimit, ms.hasHierLimit = n, true
+			case "hierarchical_memsw_limit":
+				ms.hierMemsw, ms.hasHierMemsw = n, true
+			case "total_swap":
+				ms.totalSwap, ms.hasTotalSwap = n, true
+			}
+			if name = v1StatNames[name]; name == "" {
+				return
+			}
+		}
+		switch name {
+		case "file":
+			s.File = n
+		case "anon":
+			s.Anon = n
+		case "anon_thp":
+			s.AnonHuge = n
+		case "shmem":
+			s.Shmem = n
+		case "file_mapped":
+			s.FileMapped = n
+		case "file_dirty":
+			s.Dirty = n
+		case "file_writeback":
+			s.Writeback = n
+		case "active_anon":
+			s.ActiveAnon = n
+		case "inactive_anon":
+			s.InactiveAnon = n
+		case "active_file":
+			s.ActiveFile = n
+		case "inactive_file":
+			s.InactiveFile = n
+		case "unevictable":
+			s.Unevictable = n
+		case "slab":
+			s.Slab, hasSlab = n, true
+		case "slab_reclaimable":
+			s.SlabReclaimable = n
+		case "slab_unreclaimable":
+			s.SlabUnreclaimable = n
+		case "zswap":
+			s.Zswap = n
+		case "zswapped":
+			s.Zswapped = n
+		}
+	})
+	if err != nil {
+		return memStat{}, err
+	}
+	if v2 && !hasSlab {
+		s.Slab = s.SlabReclaimable + s.SlabUnreclaimable
+	}
+	return ms, nil
+}
+
+// v1StatNames are the v1 hierarchical figures of memory.stat that Stat
+// holds, by the v2 name of the same figure (v1 has no slab or zswap
+// figures).
+var v1StatNames = map[string]string{
+	"total_cache": "file", "total_rss": "anon", "total_rss_huge": "anon_thp",
+	"total_shmem": "shmem", "total_mapped_file": "file_mapped",
+	"total_dirty": "file_dirty", "total_writeback": "file_writeback",
+	"total_active_anon": "active_anon", "total_inactive_anon": "inactive_anon",
+	"total_active_file": "active_file", "total_inactive_file": "inactive_file",
+	"total_unevictable": "unevictable",
+}
+
+// eachKV calls f with each "name number" line of data (memory.stat,
+// cpu.stat); a line of another form is an error naming file.
+func eachKV(data []byte, file string, f func(k []byte, n uint64)) error {
+	for len(data) > 0 {
+		line, rest, _ := bytes.Cut(data, []byte("\n"))
+		data = rest
+		if len(line) == 0 {
 			continue
 		}
-		k, v, ok := strings.Cut(line, " ")
-		if !ok || k == "" {
-			return nil, fmt.Errorf("memory.stat: malformed line %q", line)
+		k, v, ok := bytes.Cut(line, []byte(" "))
+		if !ok || len(k) == 0 {
+			return fmt.Errorf("%s: malformed line %q", file, line)
 		}
-		n, err := strconv.ParseUint(v, 10, 64)
+		n, err := strconv.ParseUint(string(v), 10, 64)
 		if err != nil {
-			return nil, fmt.Errorf("memory.stat: malformed line %q", line)
+			return fmt.Errorf("%s: malformed line %q", file, line)
 		}
-		kv[k] = n
+		f(k, n)
 	}
-	return kv, nil
-}
-
-func statOf(kv map[string]uint64, v2 bool) Stat {
-	if v2 {
-		s := Stat{
-			File: kv["file"], Anon: kv["anon"], AnonHuge: kv["anon_thp"], Shmem: kv["shmem"],
-			FileMapped: kv["file_mapped"], Dirty: kv["file_dirty"], Writeback: kv["file_writeback"],
-			ActiveAnon: kv["active_anon"], InactiveAnon: kv["inactive_anon"],
-			ActiveFile: kv["active_file"], InactiveFile: kv["inactive_file"],
-			Unevictable: kv["unevictable"], Slab: kv["slab"],
-			SlabReclaimable: kv["slab_reclaimable"], SlabUnreclaimable: kv["slab_unreclaimable"],
-			Zswap: kv["zswap"], Zswapped: kv["zswapped"],
-		}
-		if _, ok := kv["slab"]; !ok {
-			s.Slab = s.SlabReclaimable + s.SlabUnreclaimable
-		}
-		return s
-	}
-	return Stat{
-		File: kv["total_cache"], Anon: kv["total_rss"], AnonHuge: kv["total_rss_huge"],
-		Shmem: kv["total_shmem"], FileMapped: kv["total_mapped_file"],
-		Dirty: kv["total_dirty"], Writeback: kv["total_writeback"],
-		ActiveAnon: kv["total_active_anon"], InactiveAnon: kv["total_inactive_anon"],
-		ActiveFile: kv["total_active_file"], InactiveFile: kv["total_inactive_file"],
-		Unevictable: kv["total_unevictable"],
-	}
+	return nil
 }
 
 // ParseLimit parses a limit file: a byte count, v2's "max", or v1's
@@ -186,19 +246,19 @@ func (g *Group) Memory() (m Memory, ok bool, err error) {
 	if m.Usage, err = parseUint(data); err != nil {
 		return Memory{}, false, fmt.Errorf("%s: %w", filepath.Join(dir, files.usage), err)
 	}
-	data, err = keptFiles.ReadFile(filepath.Join(dir, "memory.stat"))
+	data, err = readControl(filepath.Join(dir, "memory.stat"))
 	if err != nil {
 		return Memory{}, false, err
 	}
-	kv, err := parseKV(data)
+	ms, err := parseMemStat(data, p.v2)
 	if err != nil {
 		return Memory{}, false, err
 	}
-	m.Stat = statOf(kv, p.v2)
-	if m.Limit, err = limitOf(p, dir, files.limit, kv, "hierarchical_memory_limit"); err != nil {
+	m.Stat = ms.Stat
+	if m.Limit, err = limitOf(p, dir, files.limit, ms.hierLimit, ms.hasHierLimit); err != nil {
 		return Memory{}, false, err
 	}
-	if m.Swap, err = readSwap(p, dir, files, kv, m); err != nil {
+	if m.Swap, err = readSwap(p, dir, files, ms); err != nil {
 		return Memory{}, false, err
 	}
 	return m, true, nil
@@ -208,18 +268,16 @@ func (g *Group) Memory() (m Memory, ok bool, err error) {
 // when it has one, else the smallest value of the limit file along the path
 // from dir to the hierarchy's root; NoLimit if no directory on the way has
 // the file (v2's root has no memory.max).
-func limitOf(p place, dir, file string, kv map[string]uint64, hierarchical string) (uint64, error) {
-	if !p.v2 {
-		if n, ok := kv[hierarchical]; ok {
-			if n >= v1Unlimited {
-				return NoLimit, nil
-			}
-			return n, nil
+func limitOf(p place, dir, file string, hierarchical uint64, hasHierarchical bool) (uint64, error) {
+	if !p.v2 && hasHierarchical {
+		if hierarchical >= v1Unlimited {
+			return NoLimit, nil
 		}
+		return hierarchical, nil
 	}
 	lim := NoLimit
 	for _, d := range p.ancestors(dir) {
-		data, err := keptFiles.ReadFile(filepath.Join(d, file))
+		data, err := readControl(filepath.Join(d, file))
 		if os.IsNotExist(err) {
 			continue
 		}
@@ -239,7 +297,7 @@ func limitOf(p place, dir, file string, kv map[string]uint64, hierarchical strin
 // accounting (v1 without swapaccount, v2 without memory.swap.*). v1's
 // memory.stat has the swap in use (total_swap) and the memory+swap limit
 // (hierarchical_memsw_limit) exactly when swap is accounted; v2 has files.
-func readSwap(p place, dir string, files memoryFiles, kv map[string]uint64, m Memory) (*Swap, error) {
+func readSwap(p place, dir string, files memoryFiles, ms memStat) (*Swap, error) {
 	var s *Swap
 	if p.v2 {
 		usage, err := readUint(filepath.Join(dir, files.swapUsage))
@@ -251,7 +309,7 @@ func readSwap(p place, dir string, files memoryFiles, kv map[string]uint64, m Me
 		}
 		s = &Swap{Usage: usage, Swappiness: -1}
 	} else {
-		usage, ok := kv["total_swap"]
+		usage, ok := ms.totalSwap, ms.hasTotalSwap
 		if !ok {
 			return nil, nil // no swap accounting
 		}
@@ -260,7 +318,7 @@ func readSwap(p place, dir string, files memoryFiles, kv map[string]uint64, m Me
 			s.Swappiness = int(n)
 		}
 	}
-	lim, err := limitOf(p, dir, files.swapLimit, kv, "hierarchical_memsw_limit")
+	lim, err := limitOf(p, dir, files.swapLimit, ms.hierMemsw, ms.hasHierMemsw)
 	if err != nil {
 		return nil, err
 	}

@@ -14,10 +14,7 @@ func (g *Group) Pressure(resource string) (data []byte, ok bool, err error) {
 	default:
 		return nil, false, fmt.Errorf("pressure: unknown resource %q", resource)
 	}
-	if g.h.Unified == nil || !g.Membership.HasUnified {
-		return nil, false, nil
-	}
-	p, ok := at(*g.h.Unified, g.Membership.Unified, true)
+	p, ok := g.unified()
 	if !ok || p.dir == p.mount.Dir {
 		return nil, false, nil
 	}

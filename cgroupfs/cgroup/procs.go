@@ -19,6 +19,11 @@ import (
 // On a hybrid machine a process's v2 path is often just "/" while its v1
 // memory path names the container.
 func (g *Group) home() (place, bool) {
+	return g.pl.home.p, g.pl.home.ok
+}
+
+// findHome finds home's answer (once per content, see resolve).
+func (g *Group) findHome() (place, bool) {
 	if p, ok := g.placeOf("memory"); ok {
 		return p, true
 	}
@@ -88,7 +93,7 @@ func MembersOf(dir string) ([]int, error) {
 		if !d.IsDir() {
 			return nil
 		}
-		data, err := keptFiles.ReadFile(filepath.Join(path, "cgroup.procs"))
+		data, err := readControl(filepath.Join(path, "cgroup.procs"))
 		if os.IsNotExist(err) || errors.Is(err, syscall.ENODEV) {
 			return nil // removed between the listing and the read
 		}

@@ -72,7 +72,7 @@ func (v *View) Swaps(pid int) ([]byte, error) {
 		if err != nil || !ok {
 			return host, err
 		}
-		meminfo, err := keptFiles.ReadFile(filepath.Join(v.Proc, "meminfo"))
+		meminfo, err := readHost(filepath.Join(v.Proc, "meminfo"))
 		if err != nil {
 			return nil, err
 		}
@@ -99,7 +99,7 @@ func (v *View) Slabinfo(pid int) ([]byte, error) {
 		if ok {
 			return v.slabinfoHeader()
 		}
-		return keptFiles.ReadFile(filepath.Join(v.Proc, "slabinfo"))
+		return readHost(filepath.Join(v.Proc, "slabinfo"))
 	})
 }
 
@@ -127,7 +127,7 @@ func (v *View) Pressure(pid int, resource string) ([]byte, error) {
 		if err != nil || ok {
 			return data, err
 		}
-		return keptFiles.ReadFile(filepath.Join(v.Proc, "pressure", resource))
+		return readHost(filepath.Join(v.Proc, "pressure", resource))
 	})
 }
 
@@ -139,7 +139,7 @@ func (v *View) Loadavg(pid int) ([]byte, error) {
 	return v.derive(pid, func(g *cgroup.Group) ([]byte, error) {
 		dir, ok := g.Dir()
 		if !ok || v.Load == nil {
-			return keptFiles.ReadFile(filepath.Join(v.Proc, "loadavg"))
+			return readHost(filepath.Join(v.Proc, "loadavg"))
 		}
 		return loadavg.Format(v.Load.Read(dir, pid)), nil
 	})
@@ -154,7 +154,7 @@ func (v *View) slabinfoHeader() ([]byte, error) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if st.slabHeader == nil {
-		host, err := keptFiles.ReadFile(filepath.Join(v.Proc, "slabinfo"))
+		host, err := readHost(filepath.Join(v.Proc, "slabinfo"))
 		if err != nil {
 			return nil, err
 		}

@@ -2,9 +2,8 @@ package procview
 
 import (
 	"bytes"
-	"fmt"
 	"strconv"
-	"strings"
+	"unicode"
 
 	"github.com/ramproc/ramproc/cgroupfs/cgroup"
 )
@@ -12,20 +11,43 @@ import (
 // MeminfoField reads the value of one "Name:   N kB" line of a meminfo
 // file, in kB; ok is false if there is no such line.
 func MeminfoField(meminfo []byte, name string) (kb uint64, ok bool) {
-	for _, line := range bytes.Split(meminfo, []byte("\n")) {
+	for len(meminfo) > 0 {
+		line, rest, _ := bytes.Cut(meminfo, []byte("\n"))
+		meminfo = rest
 		k, v, found := bytes.Cut(line, []byte(":"))
 		if !found || string(k) != name {
 			continue
 		}
-		f := strings.Fields(string(v))
-		if len(f) == 0 {
+		v = bytes.TrimLeftFunc(v, unicode.IsSpace)
+		if end := bytes.IndexFunc(v, unicode.IsSpace); end >= 0 {
+			v = v[:end]
+		}
+		if len(v) == 0 {
 			return 0, false
 		}
-		n, err := strconv.ParseUint(f[0], 10, 64)
+		n, err := strconv.ParseUint(string(v), 10, 64)
 		return n, err == nil
 	}
 	return 0, false
 }
+
+// meminfoNames are the lines of meminfo that Meminfo writes the cgroup's
+// figure into, and meminfoIndex their places in its table of values.
+var meminfoNames = [...]string{
+	"MemTotal", "MemFree", "MemAvailable", "Buffers", "Cached", "SwapCached",
+	"Active", "Inactive", "Active(anon)", "Inactive(anon)", "Active(file)", "Inactive(file)",
+	"Unevictable", "Dirty", "Writeback", "AnonPages", "Mapped", "Shmem",
+	"KReclaimable", "Slab", "SReclaimable", "SUnreclaim", "AnonHugePages",
+	"ShmemHugePages", "ShmemPmdMapped", "Zswap", "Zswapped", "SwapTotal", "SwapFree",
+}
+
+var meminfoIndex = func() map[string]int {
+	m := make(map[string]int, len(meminfoNames))
+	for i, n := range meminfoNames {
+		m[n] = i
+	}
+	return m
+}()
 
 // Meminfo derives the /proc/meminfo that a process in a cgroup with memory
 // figures m should see, from the host's /proc/meminfo: the same lines in
@@ -58,51 +80,38 @@ func Meminfo(host []byte, m cgroup.Memory) []byte {
 	total := m.Limit / 1024
 	used := min(m.Usage/1024, total)
 	free := total - used
-	s := m.Stat
+	st := m.Stat
 	kb := func(b uint64) uint64 { return b / 1024 }
-	vals := map[string]uint64{
-		"MemTotal":       total,
-		"MemFree":        free,
-		"MemAvailable":   min(total, free+kb(s.ActiveFile+s.InactiveFile+s.SlabReclaimable)),
-		"Buffers":        0,
-		"Cached":         kb(s.File),
-		"SwapCached":     0,
-		"Active":         kb(s.ActiveAnon + s.ActiveFile),
-		"Inactive":       kb(s.InactiveAnon + s.InactiveFile),
-		"Active(anon)":   kb(s.ActiveAnon),
-		"Inactive(anon)": kb(s.InactiveAnon),
-		"Active(file)":   kb(s.ActiveFile),
-		"Inactive(file)": kb(s.InactiveFile),
-		"Unevictable":    kb(s.Unevictable),
-		"Dirty":          kb(s.Dirty),
-		"Writeback":      kb(s.Writeback),
-		"AnonPages":      kb(s.Anon),
-		"Mapped":         kb(s.FileMapped),
-		"Shmem":          kb(s.Shmem),
-		"KReclaimable":   kb(s.SlabReclaimable),
-		"Slab":           kb(s.Slab),
-		"SReclaimable":   kb(s.SlabReclaimable),
-		"SUnreclaim":     kb(s.SlabUnreclaimable),
-		"AnonHugePages":  kb(s.AnonHuge),
-		"ShmemHugePages": 0,
-		"ShmemPmdMapped": 0,
-		"Zswap":          kb(s.Zswap),
-		"Zswapped":       kb(s.Zswapped),
+	// The values, in meminfoNames' order; has says which are set (swap's
+	// only where the kernel accounts it per cgroup).
+	vals := [len(meminfoNames)]uint64{
+		total, free, min(total, free+kb(st.ActiveFile+st.InactiveFile+st.SlabReclaimable)), 0, kb(st.File), 0,
+		kb(st.ActiveAnon + st.ActiveFile), kb(st.InactiveAnon + st.InactiveFile), kb(st.ActiveAnon), kb(st.InactiveAnon), kb(st.ActiveFile), kb(st.InactiveFile),
+		kb(st.Unevictable), kb(st.Dirty), kb(st.Writeback), kb(st.Anon), kb(st.FileMapped), kb(st.Shmem),
+		kb(st.SlabReclaimable), kb(st.Slab), kb(st.SlabReclaimable), kb(st.SlabUnreclaimable), kb(st.AnonHuge),
+		0, 0, kb(st.Zswap), kb(st.Zswapped), 0, 0,
+	}
+	var has [len(meminfoNames)]bool
+	for i := range has {
+		has[i] = true
 	}
 	if swTotal, swUsed, ok := swapOf(host, m); ok {
-		vals["SwapTotal"] = swTotal
-		vals["SwapFree"] = swTotal - swUsed
+		vals[len(vals)-2], vals[len(vals)-1] = swTotal, swTotal-swUsed
+	} else {
+		has[len(has)-2], has[len(has)-1] = false, false
 	}
 	out := make([]byte, 0, len(host)+64)
-	for _, line := range bytes.SplitAfter(host, []byte("\n")) {
+	for rest := host; len(rest) > 0; {
+		var line []byte
+		line, rest = nextLine(rest)
 		name, _, found := bytes.Cut(line, []byte(":"))
-		v, known := vals[string(name)]
-		if !found || !known {
+		i, known := meminfoIndex[string(name)]
+		if !found || !known || !has[i] {
 			out = append(out, line...)
 			continue
 		}
-		out = appendMeminfoLine(out, string(name), v)
-		if !bytes.HasSuffix(line, []byte("\n")) {
+		out = appendMeminfoLine(out, meminfoNames[i], vals[i])
+		if line[len(line)-1] != '\n' {
 			out = out[:len(out)-1] // the host's last line had no newline
 		}
 	}
@@ -112,11 +121,17 @@ func Meminfo(host []byte, m cgroup.Memory) []byte {
 // appendMeminfoLine writes one line as the kernel's show_val_kb does: the
 // name and colon padded to 16 columns, the number right-aligned in 8.
 func appendMeminfoLine(out []byte, name string, kb uint64) []byte {
-	label := name + ":"
-	if len(label) < 16 {
-		label += strings.Repeat(" ", 16-len(label))
-	} else {
-		label += " "
+	out = append(append(out, name...), ':')
+	for n := len(name) + 1; n < 16; n++ {
+		out = append(out, ' ')
 	}
-	return fmt.Appendf(out, "%s%8d kB\n", label, kb)
+	if len(name)+1 >= 16 {
+		out = append(out, ' ')
+	}
+	var num [20]byte
+	digits := strconv.AppendUint(num[:0], kb, 10)
+	for n := len(digits); n < 8; n++ {
+		out = append(out, ' ')
+	}
+	return append(append(out, digits...), " kB\n"...)
 }

@@ -22,6 +22,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
 
 	"github.com/ramproc/ramproc/cgroupfs/cgroup"
 	"github.com/ramproc/ramproc/cgroupfs/loadavg"
@@ -143,7 +144,7 @@ func (v *View) derive(pid int, f func(g *cgroup.Group) ([]byte, error)) ([]byte,
 // withHost returns f of the host's file /proc/name and of process pid's
 // cgroups (see derive).
 func (v *View) withHost(pid int, name string, f func(host []byte, g *cgroup.Group) ([]byte, error)) ([]byte, error) {
-	host, err := keptFiles.ReadFile(filepath.Join(v.Proc, name))
+	host, err := readHost(filepath.Join(v.Proc, name))
 	if err != nil {
 		return nil, err
 	}
@@ -198,7 +199,7 @@ func (v *View) Online(pid int) ([]byte, error) {
 			return nil, err
 		}
 		if !ok {
-			return keptFiles.ReadFile(filepath.Join(v.Sys, "devices/system/cpu/online"))
+			return readHost(filepath.Join(v.Sys, "devices/system/cpu/online"))
 		}
 		return []byte(set.String() + "\n"), nil
 	})
@@ -230,7 +231,7 @@ func (v *View) Uptime(pid int) ([]byte, error) {
 		ncpu := 0
 		if set, ok, err := g.CPUs(); err == nil && ok && len(set) > 0 {
 			ncpu = len(set)
-		} else if online, err := keptFiles.ReadFile(filepath.Join(v.Sys, "devices/system/cpu/online")); err == nil {
+		} else if online, err := readHost(filepath.Join(v.Sys, "devices/system/cpu/online")); err == nil {
 			if set, err := cgroup.ParseCPUList(string(online)); err == nil {
 				ncpu = len(set)
 			}
@@ -303,10 +304,13 @@ type oldestProc struct {
 // stillOldest reports whether o's process still runs (the same start
 // time) in the cgroup at dir or below it.
 func (v *View) stillOldest(o oldestProc, dir string) bool {
-	data, err := os.ReadFile(filepath.Join(v.Proc, strconv.Itoa(o.pid), "stat"))
+	bp := statBufs.Get().(*[]byte)
+	defer statBufs.Put(bp)
+	data, err := procKept.ReadRecord(v.Proc+"/"+strconv.Itoa(o.pid)+"/stat", (*bp)[:0])
 	if err != nil {
 		return false
 	}
+	*bp = data[:0] // grown: keep the larger buffer
 	if st, err := ParseStat(data); err != nil || st.StartTicks != o.start {
 		return false
 	}
@@ -355,7 +359,9 @@ func (v *View) Status(pid int) ([]byte, error) {
 func Cpuinfo(host []byte, set cgroup.CPUSet) []byte {
 	out := make([]byte, 0, len(host))
 	keep := true
-	for _, line := range bytes.SplitAfter(host, []byte("\n")) {
+	for rest := host; len(rest) > 0; {
+		var line []byte
+		line, rest = nextLine(rest)
 		if cpu, ok := processorLine(line); ok {
 			keep = set.Contains(cpu)
 		}
@@ -363,7 +369,22 @@ func Cpuinfo(host []byte, set cgroup.CPUSet) []byte {
 			out = append(out, line...)
 		}
 	}
+	if cap(out) > 2*len(out) {
+		// A few CPUs of many: the content may be kept (by-cgroup's
+		// last snapshot of each cgroup), so not with the host's size.
+		out = append([]byte(nil), out...)
+	}
 	return out
+}
+
+// nextLine splits data after its first newline (or at its end): the line
+// with its newline, and the rest.
+func nextLine(data []byte) (line, rest []byte) {
+	end := bytes.IndexByte(data, '\n') + 1
+	if end == 0 {
+		end = len(data)
+	}
+	return data[:end], data[end:]
 }
 
 // processorLine recognises "processor\t: N".
@@ -383,7 +404,10 @@ func processorLine(line []byte) (int, bool) {
 // Uptime formats /proc/uptime: seconds up and seconds idle (summed over
 // CPUs), with two decimals.
 func Uptime(up, idle time.Duration) []byte {
-	return fmt.Appendf(nil, "%.2f %.2f\n", up.Seconds(), idle.Seconds())
+	b := make([]byte, 0, 32)
+	b = strconv.AppendFloat(b, up.Seconds(), 'f', 2, 64) // as fmt's %.2f
+	b = strconv.AppendFloat(append(b, ' '), idle.Seconds(), 'f', 2, 64)
+	return append(b, '\n')
 }
 
 // ParseUptime parses /proc/uptime.
@@ -417,16 +441,36 @@ func ParseStat(data []byte) (Stat, error) {
 	if open < 0 || end < open {
 		return Stat{}, errBadStat
 	}
-	// After ")": state(3) ppid(4) ... starttime(22).
-	f := strings.Fields(string(data[end+1:]))
-	if len(f) < 20 {
+	// After ")": state(3) ppid(4) ... starttime(22): fields 1 and 19
+	// counted from 0, and at least 20 of them (the rest are not read).
+	var ppidField, startField []byte
+	n := 0
+	for rest := data[end+1:]; n < 20; n++ {
+		rest = bytes.TrimLeftFunc(rest, unicode.IsSpace)
+		if len(rest) == 0 {
+			break
+		}
+		f := rest
+		if i := bytes.IndexFunc(rest, unicode.IsSpace); i >= 0 {
+			f, rest = rest[:i], rest[i:]
+		} else {
+			rest = nil
+		}
+		switch n {
+		case 1:
+			ppidField = f
+		case 19:
+			startField = f
+		}
+	}
+	if n < 20 {
 		return Stat{}, errBadStat
 	}
-	ppid, err := strconv.Atoi(f[1])
+	ppid, err := strconv.Atoi(string(ppidField))
 	if err != nil {
 		return Stat{}, errBadStat
 	}
-	start, err := strconv.ParseUint(f[19], 10, 64)
+	start, err := strconv.ParseUint(string(startField), 10, 64)
 	if err != nil || start > 1<<40 {
 		return Stat{}, errBadStat
 	}
@@ -436,5 +480,28 @@ func ParseStat(data []byte) (Stat, error) {
 var errBadStat = errors.New("malformed /proc/PID/stat")
 
 // keptFiles keeps the host's /proc and /sys files open, to read them with
-// pread (see package kept); /proc/PID files are opened at each read.
+// pread (see package kept); /proc/PID files are opened at each read, but
+// for the oldest processes' stat (procKept).
 var keptFiles kept.Files
+
+// readHost reads a host's /proc or /sys file through keptFiles. Those
+// with a record per CPU, device or cache (cpuinfo, diskstats, swaps,
+// slabinfo) are read to the end; the others are one record (see
+// kept.Files.ReadRecord).
+func readHost(path string) ([]byte, error) {
+	switch filepath.Base(path) {
+	case "cpuinfo", "diskstats", "swaps", "slabinfo":
+		return keptFiles.ReadFile(path)
+	}
+	return keptFiles.ReadRecord(path, nil)
+}
+
+// procKept keeps /proc/PID/stat of the cgroups' oldest processes open,
+// which every read of uptime checks (stillOldest). A descriptor holds its
+// process, not its number: once the process has exited, its read fails
+// and the path is opened anew (package kept), and the start time tells
+// the process that reuses the pid. Bounded apart from the host's files.
+var procKept = kept.Files{Max: 256}
+
+// statBufs are the buffers stillOldest reads into.
+var statBufs = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}

@@ -2,7 +2,6 @@ package procview
 
 import (
 	"bytes"
-	"fmt"
 	"strconv"
 	"time"
 
@@ -31,10 +30,9 @@ func SystemStat(host []byte, set cgroup.CPUSet, u *cgroup.CPUUsage) []byte {
 	}
 	var kept []cpuLine
 	var rest [][]byte
-	for _, line := range bytes.SplitAfter(host, []byte("\n")) {
-		if len(line) == 0 {
-			continue
-		}
+	for data := host; len(data) > 0; {
+		var line []byte
+		line, data = nextLine(data)
 		name, fields, ok := parseCPULine(line)
 		if !ok {
 			rest = append(rest, line)
@@ -140,7 +138,7 @@ func parseCPULine(line []byte) (name string, fields [10]uint64, ok bool) {
 func appendCPULine(out []byte, name string, f [10]uint64) []byte {
 	out = append(out, name...)
 	for _, v := range f {
-		out = fmt.Appendf(out, " %d", v)
+		out = strconv.AppendUint(append(out, ' '), v, 10)
 	}
 	return append(out, '\n')
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"os"
@@ -13,93 +12,34 @@ import (
 	"time"
 
 	"github.com/ramproc/ramproc/cgroupfs"
+	"github.com/ramproc/ramproc/internal/cgroupfstest"
 	"github.com/ramproc/ramproc/internal/testenv"
 )
 
-// build compiles the command, to run it as a user does, in a directory
-// that user nobody may enter too.
-func build(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "cgroupfs-bin")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, "cgroupfs")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/ramproc/ramproc/cmd/cgroupfs").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
+func TestMain(m *testing.M) {
+	code := m.Run()
+	cgroupfstest.RemoveBuilds()
+	os.Exit(code)
 }
 
 // TestCommand runs the command: it prints the files' paths, serves them,
 // and on SIGTERM unmounts and exits 0.
 func TestCommand(t *testing.T) {
-	testenv.RequireFUSE(t)
-	bin := build(t)
-	mnt := filepath.Join(t.TempDir(), "mnt") // missing: the command creates it
-	cmd := exec.Command(bin, mnt)
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		syscall.Unmount(mnt, syscall.MNT_DETACH)
-	})
-	lines := make(chan string)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-		exited <- cmd.Wait()
-	}()
-	var printed []string
-	timeout := time.After(20 * time.Second)
 	paths := cgroupfs.Paths(cgroupfs.Options{})
-	for len(printed) < len(paths) {
-		select {
-		case l, ok := <-lines:
-			if !ok {
-				t.Fatalf("the command ended after %q: %s", printed, stderr.Bytes())
-			}
-			printed = append(printed, l)
-		case <-timeout:
-			t.Fatalf("no paths printed in 20 s (got %q): %s", printed, stderr.Bytes())
-		}
-	}
+	srv := cgroupfstest.Start(t, len(paths)) // its mount point is missing: the command makes it
 	for i, p := range paths {
-		if printed[i] != filepath.Join(mnt, p) {
-			t.Errorf("line %d: %q, want %q", i, printed[i], filepath.Join(mnt, p))
+		if srv.Printed[i] != filepath.Join(srv.Mnt, p) {
+			t.Errorf("line %d: %q, want %q", i, srv.Printed[i], filepath.Join(srv.Mnt, p))
 		}
 	}
-	meminfo, err := os.ReadFile(filepath.Join(mnt, "proc/meminfo"))
+	meminfo, err := os.ReadFile(filepath.Join(srv.Mnt, "proc/meminfo"))
 	if err != nil || !bytes.HasPrefix(meminfo, []byte("MemTotal:")) {
 		t.Errorf("proc/meminfo: %q, %v", meminfo, err)
 	}
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
+	if err := srv.Stop(); err != nil {
+		t.Errorf("after SIGTERM: %v; want exit 0", err)
 	}
-	select {
-	case err := <-exited:
-		if err != nil {
-			t.Errorf("exit after SIGTERM: %v: %s", err, stderr.Bytes())
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("still running 20 s after SIGTERM")
-	}
-	if m := testenv.MountsUnder(t, mnt); len(m) != 0 {
+	if m := testenv.MountsUnder(t, srv.Mnt); len(m) != 0 {
 		t.Errorf("still mounted: %v", m)
 	}
 }
@@ -108,7 +48,7 @@ func TestCommand(t *testing.T) {
 // and how to use the command, and exit status 2; -h is the help, exit 0;
 // an unprivileged user is told it needs root.
 func TestCommandErrors(t *testing.T) {
-	bin := build(t)
+	bin := cgroupfstest.Binary(t)
 	for _, c := range []struct {
 		args []string
 		want string

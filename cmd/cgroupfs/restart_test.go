@@ -13,13 +13,14 @@ import (
 	"time"
 
 	"github.com/ramproc/ramproc/fusebridge"
+	"github.com/ramproc/ramproc/internal/cgroupfstest"
 	"github.com/ramproc/ramproc/internal/testenv"
 )
 
 // 'cgroupfs -restart' of a mount point no server serves is one line saying
 // how to start one, exit 1.
 func TestRestartNotServed(t *testing.T) {
-	bin := build(t)
+	bin := cgroupfstest.Binary(t)
 	idle := t.TempDir()
 	out, err := exec.Command(bin, "-restart", idle).CombinedOutput()
 	var ee *exec.ExitError
@@ -39,7 +40,7 @@ func TestRestartTellsTheServiceManager(t *testing.T) {
 	if os.Geteuid() != 0 {
 		testenv.Missing(t, "cgroupfs runs as root")
 	}
-	bin := build(t)
+	bin := cgroupfstest.Binary(t)
 	sock := filepath.Join(t.TempDir(), "notify")
 	recv := testenv.ListenNotify(t, sock)
 	mnt := filepath.Join(t.TempDir(), "mnt")

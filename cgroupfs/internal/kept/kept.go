@@ -6,15 +6,17 @@
 //
 // A kept descriptor of a file that has since been removed (a cgroup
 // removed, perhaps recreated under the same name) fails with ENODEV (or
-// ESTALE, ENOENT); it is then closed and the path opened anew, so a read
-// never returns the content of a removed file as that of the path's new
-// one. The number of kept descriptors is bounded: past the bound the
-// oldest is closed.
+// ESTALE, ENOENT); one of a process's procfs file (/proc/PID/cgroup) fails
+// with ESRCH once that process has exited, for the descriptor holds the
+// process, not its number. It is then closed and the path opened anew, so
+// a read never returns the content of a removed file, or of an exited
+// process, as that of the path's new one (a cgroup made under the old
+// name, a process that reuses the pid). The number of kept descriptors is
+// bounded: past the bound the oldest is closed.
 package kept
 
 import (
 	"errors"
-	"io"
 	"os"
 	"sync"
 	"syscall"
@@ -35,29 +37,83 @@ type Files struct {
 // between them would make the kernel generate the file anew, so that the
 // pieces would come from two generations.
 type kept struct {
-	mu sync.Mutex
-	f  *os.File
+	mu   sync.Mutex
+	f    *os.File
+	size int // of the last read: the next one's buffer
 }
 
 // ReadFile returns the content of path, as os.ReadFile does.
 func (k *Files) ReadFile(path string) ([]byte, error) {
+	return k.Read(path, nil)
+}
+
+// Read appends the content of path to buf and returns it, as ReadFile
+// does: a caller that only parses the content may pass a buffer of its
+// own to read into. Without one, the buffer is sized after the file's
+// last read.
+func (k *Files) Read(path string, buf []byte) ([]byte, error) {
+	return k.read(path, buf, false)
+}
+
+// ReadRecord is Read for a file that the kernel generates as one record
+// (seq_file's single_open: /proc/meminfo, stat, uptime, loadavg,
+// /proc/PID/cgroup and stat, sysfs attributes, and the cgroup control
+// files but for the lists cgroup.procs and tasks): its read from offset 0
+// returns the whole file, or as much as fits, so a read that fills less
+// than its room has reached the end, and the pread that would return
+// nothing is spared. Never for a file of several records (cpuinfo,
+// diskstats, swaps, slabinfo, cgroup.procs): their reads stop at the end
+// of the seq_file's page, before the end of the file.
+func (k *Files) ReadRecord(path string, buf []byte) ([]byte, error) {
+	return k.read(path, buf, true)
+}
+
+func (k *Files) read(path string, buf []byte, oneRecord bool) ([]byte, error) {
 	e, err := k.get(path)
 	if err != nil {
 		return nil, err
 	}
 	e.mu.Lock()
-	data, err := pread(e.f)
+	if buf == nil {
+		// Room for the last size and a little growth: one pread, and
+		// (but for one record) the one that says EOF.
+		buf = make([]byte, 0, e.size+e.size/8+64)
+	}
+	var data []byte
+	err = os.ErrClosed // closed by an eviction since get
+	if e.f != nil {
+		data, err = pread(e.f, buf, oneRecord)
+	}
+	if err == nil {
+		e.size = len(data) - len(buf)
+	}
 	e.mu.Unlock()
 	if err == nil {
 		return data, nil
 	}
-	// Removed since it was opened (or evicted meanwhile): forget the
-	// descriptor and read the path as it is now.
+	// Removed since it was opened, its process gone (or evicted
+	// meanwhile): forget the descriptor and read the path as it is now.
 	k.drop(path, e)
-	if errors.Is(err, syscall.ENODEV) || errors.Is(err, syscall.ESTALE) || errors.Is(err, syscall.ENOENT) || errors.Is(err, os.ErrClosed) {
-		return os.ReadFile(path)
+	if gone(err) {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return nil, err
+		}
+		return append(buf, data...), nil
 	}
 	return nil, &os.PathError{Op: "read", Path: path, Err: err}
+}
+
+// gone tells the errors of a descriptor whose file is no longer the
+// path's: removed (ENODEV, ESTALE, ENOENT), of an exited process (ESRCH),
+// or closed by an eviction.
+func gone(err error) bool {
+	for _, e := range []error{syscall.ENODEV, syscall.ESTALE, syscall.ENOENT, syscall.ESRCH, os.ErrClosed} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 // get returns the kept descriptor of path, opening it if there is none.
@@ -102,7 +158,10 @@ func (k *Files) get(path string) (*kept, error) {
 func (e *kept) close() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.f.Close()
+	if e.f != nil {
+		e.f.Close()
+		e.f = nil
+	}
 }
 
 // drop forgets e as path's descriptor, and closes it.
@@ -131,20 +190,38 @@ func (k *Files) Close() {
 	k.open, k.order = nil, nil
 }
 
-// pread reads the whole file from offset 0.
-func pread(f *os.File) ([]byte, error) {
-	buf := make([]byte, 0, 4096)
+// pread appends the whole file, read from offset 0, to buf. With
+// oneRecord, a read that fills less than the room it was given is the
+// last (see ReadRecord); else the last is the one that reads nothing.
+func pread(f *os.File, buf []byte, oneRecord bool) ([]byte, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	base := len(buf)
 	for {
-		n, err := f.ReadAt(buf[len(buf):cap(buf)], int64(len(buf)))
-		buf = buf[:len(buf)+n]
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				return buf, nil
-			}
-			return nil, err
-		}
 		if len(buf) == cap(buf) {
 			buf = append(buf, 0)[:len(buf)]
+		}
+		room := buf[len(buf):cap(buf)]
+		var n int
+		var rerr error
+		if err := rc.Read(func(fd uintptr) bool {
+			for {
+				n, rerr = syscall.Pread(int(fd), room, int64(len(buf)-base))
+				if rerr != syscall.EINTR {
+					return true
+				}
+			}
+		}); err != nil {
+			return nil, err
+		}
+		if rerr != nil {
+			return nil, rerr
+		}
+		buf = buf[:len(buf)+n]
+		if n == 0 || (oneRecord && n < len(room)) {
+			return buf, nil
 		}
 	}
 }

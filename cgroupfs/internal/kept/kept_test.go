@@ -1,8 +1,11 @@
 package kept
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -71,4 +74,38 @@ func TestKept(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+// TestExitedProcess: the kept descriptor (read with Read and with
+// ReadRecord, as /proc/PID/cgroup is one record) of /proc/PID/cgroup holds its
+// process; once that process has exited, the read does not answer through
+// it but opens the path anew, which is then ENOENT (or, had the pid been
+// reused, the new process's file).
+func TestExitedProcess(t *testing.T) {
+	cmd := exec.Command("sleep", "60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	path := fmt.Sprintf("/proc/%d/cgroup", cmd.Process.Pid)
+	k := &Files{}
+	defer k.Close()
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A buffer smaller than the file: read on (one record, or not).
+	for _, read := range []func(string, []byte) ([]byte, error){k.Read, k.ReadRecord, k.ReadRecord} {
+		if got, err := read(path, make([]byte, 0, 8)); err != nil || string(got) != string(want) {
+			t.Fatalf("%s: %q, %v; want %q", path, got, err, want)
+		}
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	if got, err := k.Read(path, nil); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("after the exit: %q, %v; want ENOENT", got, err)
+	}
+	if n := len(k.open); n != 0 {
+		t.Errorf("%d descriptors kept after the exit", n)
+	}
 }

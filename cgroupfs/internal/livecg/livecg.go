@@ -95,6 +95,20 @@ func (g *Group) remove(t testing.TB) {
 	}
 }
 
+// Container makes the cgroups of a container as runtimes do: one name in
+// every controller that LXCFS or cgroupfs reads, with 256 MiB of memory
+// and one CPU (CPU 0).
+func Container(t testing.TB) []*Group {
+	name := Name()
+	return []*Group{
+		New(t, Memory, name, "memory.limit_in_bytes", "268435456"),
+		New(t, Cpuset, name, "cpuset.cpus", "0", "cpuset.mems", "0"),
+		New(t, "/sys/fs/cgroup/cpuacct", name),
+		New(t, "/sys/fs/cgroup/cpu", name),
+		New(t, "/sys/fs/cgroup/blkio", name),
+	}
+}
+
 // Command returns a command that runs argv inside the cgroups: a shell
 // writes its own pid into each cgroup's cgroup.procs, then execs argv, so
 // argv runs inside from its first instruction. The caller starts it; the
