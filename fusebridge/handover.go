@@ -155,7 +155,7 @@ type handleState struct {
 // must be given the same to serve it.
 func settingsOf(o Options) string {
 	return fmt.Sprintf("noopen=%v noopen_handlers=%v passthrough=%d ro=%v allow_other=%v attr_timeout=%v maxwrite=%d",
-		o.NoOpen, o.NoOpenHandlers, o.Passthrough, o.ReadOnly, o.AllowOther, o.AttrTimeout, maxWrite)
+		o.NoOpen, o.NoOpenHandlers, o.Passthrough, o.ReadOnly, o.AllowOther, o.AttrTimeout, o.maxWrite())
 }
 
 // Inheriting reports whether this process was started by a restart and
@@ -350,7 +350,7 @@ func (s *Server) handoverState() (*handoverState, []int, []*os.File, error) {
 			cs.MountFd = add(c.mountFd)
 		}
 		cs.ConnID = c.connID
-		cs.MaxWrite = maxWrite
+		cs.MaxWrite = c.opts.maxWrite()
 		st.Conns = append(st.Conns, cs)
 	}
 	if s.claim != nil && s.claim.fd >= 0 {
@@ -504,6 +504,12 @@ func adoptMount(mnt string, opts Options, in *inheritance) (*Server, error) {
 	in.taken = true
 	if st.Mountpoint != mnt {
 		return nil, in.refuse(fmt.Errorf("the running server serves %s, this one was asked to mount %s", st.Mountpoint, mnt))
+	}
+	// The kernel agreed on the largest write with the first process: its
+	// successors keep it, whatever they were given (a new version's
+	// default may differ).
+	if len(st.Conns) > 0 && st.Conns[0].MaxWrite > 0 {
+		opts.MaxWrite = st.Conns[0].MaxWrite
 	}
 	if got := settingsOf(opts); got != st.Settings {
 		return nil, in.refuse(fmt.Errorf("the running server's mount is set up as %q, this one would be %q", st.Settings, got))

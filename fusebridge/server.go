@@ -122,9 +122,21 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// maxWrite is the largest write the kernel sends in one request: 1 MiB
-// writes are 1.5x faster than with go-fuse's default of 128 KiB.
-const maxWrite = 1 << 20
+// DefaultMaxWrite is Options.MaxWrite's default: 1 MiB writes are 1.5x
+// faster than with go-fuse's default of 128 KiB.
+const DefaultMaxWrite = 1 << 20
+
+// maxWrite is the largest write, and read, the kernel sends in one request
+// on o's connections: o.MaxWrite, rounded up to whole pages, from one page
+// to DefaultMaxWrite.
+func (o *Options) maxWrite() int {
+	page := os.Getpagesize()
+	n := o.MaxWrite
+	if n <= 0 || n > DefaultMaxWrite {
+		return DefaultMaxWrite
+	}
+	return (n + page - 1) / page * page
+}
 
 // Passthrough selects whether handlers that implement handler.BackingFiler
 // are served by FUSE passthrough.
@@ -154,6 +166,16 @@ type Options struct {
 	// OwnerOnly switches AllowOther's root default off: only the mounting
 	// user (and root) reach the files. AllowOther wins if both are set.
 	OwnerOnly bool
+
+	// MaxWrite is the largest write(2), and read(2), the kernel sends in
+	// one request (0: DefaultMaxWrite, 1 MiB; rounded up to whole pages).
+	// Each goroutine that reads requests (up to GOMAXPROCS per connection,
+	// at least two) holds a buffer of this size while it waits, so a
+	// server of small files that are read whole (cgroupfs: 128 KiB) keeps
+	// megabytes less in memory; a file written in large blocks wants the
+	// default. A restarted server keeps the value of the process it
+	// replaces: the kernel agreed on it when the file system was mounted.
+	MaxWrite int
 
 	// Passthrough chooses the I/O path of backing-file handlers, and of
 	// content made per open (see PerOpenPassthrough).
@@ -494,7 +516,7 @@ func (s *Server) start(mountpoint string, direct bool) error {
 		FsName:            "ramproc",
 		Name:              "ramproc",
 		DisableXAttrs:     true,
-		MaxWrite:          maxWrite,
+		MaxWrite:          s.opts.maxWrite(),
 		Options:           append([]string{"default_permissions"}, roOption(s.opts.ReadOnly)...),
 		ExtraCapabilities: caps,
 		// On a connection that keeps OPEN, cached file data changes only

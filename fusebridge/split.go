@@ -40,7 +40,7 @@ func (s *Server) mountCompanion() (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open /dev/fuse: %w", err)
 	}
-	mfd, err := detachedFuseMount(dev, s.uid, s.gid, s.opts.AllowOther)
+	mfd, err := detachedFuseMount(dev, s.uid, s.gid, s.opts.AllowOther, s.opts.maxWrite())
 	if err != nil {
 		unix.Close(dev)
 		return nil, err
@@ -92,7 +92,7 @@ func pollHack(mfd int) error {
 
 // detachedFuseMount creates a FUSE mount served through dev with the main
 // mount's options, attached nowhere, and returns its mount descriptor.
-func detachedFuseMount(dev int, uid, gid uint32, allowOther bool) (int, error) {
+func detachedFuseMount(dev int, uid, gid uint32, allowOther bool, maxRead int) (int, error) {
 	fsfd, err := unix.Fsopen("fuse", unix.FSOPEN_CLOEXEC)
 	if err != nil {
 		return -1, fmt.Errorf("fsopen fuse: %w", err)
@@ -105,7 +105,7 @@ func detachedFuseMount(dev int, uid, gid uint32, allowOther bool) (int, error) {
 		{"rootmode", strconv.FormatUint(unix.S_IFDIR, 8)},
 		{"user_id", strconv.FormatUint(uint64(uid), 10)},
 		{"group_id", strconv.FormatUint(uint64(gid), 10)},
-		{"max_read", strconv.Itoa(maxWrite)},
+		{"max_read", strconv.Itoa(maxRead)},
 	}
 	for _, p := range params {
 		if err := unix.FsconfigSetString(fsfd, p[0], p[1]); err != nil {

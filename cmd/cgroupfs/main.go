@@ -179,6 +179,10 @@ func run(mnt string, o cgroupfs.Options) error {
 	srv, err := fusebridge.Mount(mnt, fusebridge.Options{
 		Restartable: true,
 		Handover:    handover(v.Load, o),
+		// Every file is small and read whole; each request reader's
+		// buffer is this size (1 MiB by default: 7 of the 7.5 MiB of heap
+		// in use were those buffers).
+		MaxWrite: 128 << 10,
 	})
 	if err != nil {
 		return err
