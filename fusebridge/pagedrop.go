@@ -78,12 +78,19 @@ const droppedWait = time.Second
 
 // readStarting is called when a READ is about to be answered: from now on
 // the kernel may hold an uptodate folio of the file.
-func (p *pageState) readStarting() { p.reads.Add(1) }
+func (p *pageState) readStarting() {
+	if p != nil {
+		p.reads.Add(1)
+	}
+}
 
 // dropPages invalidates the kernel's pages (and attributes) of n and
 // records that the READs counted before it began no longer have pages in
 // the cache.
 func (n *fileNode) dropPages() syscall.Errno {
+	if n.pages == nil {
+		return n.NotifyContent(0, 0)
+	}
 	r := n.pages.reads.Load()
 	errno := n.NotifyContent(0, 0)
 	if errno != 0 && errno != syscall.ENOENT {
@@ -135,6 +142,9 @@ func (n *fileNode) dropWritten(off int64, length int) {
 // waitDropped waits (boundedly) for an invalidation that a WRITE was
 // answered before.
 func (n *fileNode) waitDropped() {
+	if n.pages == nil {
+		return // no WRITE leaves an invalidation pending
+	}
 	p := n.pages.pending.Load()
 	if p == nil {
 		return

@@ -286,6 +286,10 @@ type Server struct {
 	// passthrough is set once the kernel has accepted a backing file.
 	passthrough atomic.Bool
 
+	// lastSnapshot is the time of the last snapshot made for the kernel's
+	// cache (Server.snapshotTime).
+	lastSnapshot atomic.Int64
+
 	// companion is the second connection (split.go): the no-open one
 	// beside a main one that keeps OPEN (made at Mount with
 	// NoOpenHandlers, else with the first file that has a freshness
