@@ -187,7 +187,7 @@ func (n *fileNode) handle(ctx context.Context, f fs.FileHandle) (of *handler.Ope
 	if errno != 0 {
 		return nil, nil, errno
 	}
-	return &sh.of.f, sh, 0
+	return &sh.f, sh, 0
 }
 
 func (n *fileNode) unhandle(sh *sharedFile) {
