@@ -1,6 +1,7 @@
 package fusebridge
 
 import (
+	"bytes"
 	"context"
 	"io/fs"
 	"sync"
@@ -91,9 +92,12 @@ type Entry struct {
 // sharedFile is an Entry's open file on a NoOpen mount.
 type sharedFile struct {
 	f handler.OpenFile
-	// made is when it was opened (Unix nanoseconds, Server.snapshotTime):
-	// for content with a freshness bound, its age and the mtime the kernel
-	// is shown.
+	// fresh is when it was opened (Unix nanoseconds, Server.snapshotTime):
+	// for content with a freshness bound, the time its age counts from.
+	fresh int64
+	// made is the mtime the kernel is shown: fresh, or for a snapshot
+	// whose bytes are those of the one it replaced, that one's made, so
+	// that the kernel keeps the pages it holds (see renewShared).
 	made int64
 	refs int32 // callbacks using it; guarded by Entry.opensMu
 	// exact is set when the handler's Opener set Caching: its content
@@ -429,10 +433,11 @@ func (e *Entry) attrTTL(ctx context.Context, out *fuse.Attr) (time.Duration, sys
 		a.Blocks = (a.Size + 511) / 512
 		if d := e.ageBound(); d > 0 {
 			// The connection drops a file's pages when its mtime moves
-			// (auto_inval_data, server.go): each snapshot has its own.
+			// (auto_inval_data, server.go): each snapshot of new bytes
+			// has its own.
 			a.Mtime = time.Unix(0, sh.made)
 			a.Ctime = a.Mtime
-			ttl = min(ttl, max(d-time.Duration(time.Now().UnixNano()-sh.made), 0))
+			ttl = min(ttl, max(d-time.Duration(time.Now().UnixNano()-sh.fresh), 0))
 		}
 		e.releaseShared(sh)
 	}
@@ -517,6 +522,19 @@ func (e *Entry) acquireShared(ctx context.Context) (*sharedFile, syscall.Errno) 
 		sh.refs++
 		return sh, 0
 	}
+	sh, errno := e.openSharedLocked(ctx)
+	if errno != 0 {
+		return nil, errno
+	}
+	sh.refs = 1
+	e.shared = sh
+	return sh, 0
+}
+
+// openSharedLocked opens a new shared open file through the handler's
+// Opener (for a snapshot handler, takes a snapshot); under opensMu, so
+// that concurrent first readers share one generation.
+func (e *Entry) openSharedLocked(ctx context.Context) (*sharedFile, syscall.Errno) {
 	flags := syscall.O_RDWR
 	switch {
 	case e.writer == nil:
@@ -526,36 +544,91 @@ func (e *Entry) acquireShared(ctx context.Context) (*sharedFile, syscall.Errno) 
 	}
 	sh := &sharedFile{f: handler.OpenFile{Flags: flags}}
 	if e.opener != nil {
-		// Under opensMu: concurrent first readers share one generation.
 		if err := e.opener.Open(ctx, &sh.f); err != nil {
 			return nil, handler.Errno(err)
 		}
 	}
 	sh.exact = sh.f.Caching
 	sh.f.Caching = true
-	sh.refs = 1
-	sh.made = e.srv.snapshotTime()
-	e.shared = sh
+	sh.fresh = e.srv.snapshotTime()
+	sh.made = sh.fresh
 	return sh, 0
 }
 
 // freshShared is acquireShared for the attributes: a snapshot older than
-// e's freshness bound is replaced first. The kernel asks for them (GETATTR)
-// at the first read after the timeout attrTTL gave, which is when the
-// snapshot reaches the bound; the new mtime then makes it drop the old
-// pages before it reads. So the bound costs no timer, an idle file no
-// work, and a hot one one regeneration per bound.
+// e's freshness bound is replaced first (renewShared). The kernel asks for
+// them (GETATTR) at the first read after the timeout attrTTL gave, which
+// is when the snapshot reaches the bound; a new mtime then makes it drop
+// the old pages before it reads. So the bound costs no timer, an idle file
+// no work, and a hot one one regeneration per bound.
 func (e *Entry) freshShared(ctx context.Context) (*sharedFile, syscall.Errno) {
 	if d := e.ageBound(); d > 0 {
 		e.opensMu.Lock()
 		sh := e.shared
-		stale := sh != nil && time.Now().UnixNano()-sh.made >= int64(d)
-		e.opensMu.Unlock()
-		if stale {
-			e.dropSharedIf(sh)
+		if sh != nil && time.Now().UnixNano()-sh.fresh >= int64(d) {
+			return e.renewSharedLocked(ctx, sh) // unlocks
 		}
+		e.opensMu.Unlock()
 	}
 	return e.acquireShared(ctx)
+}
+
+// sameContentMax is the largest snapshot renewSharedLocked compares with
+// the one it replaces; a larger one always shows a new mtime.
+const sameContentMax = 64 << 10
+
+// renewSharedLocked replaces old, e's shared open file, which has reached
+// the freshness bound, by a new one, and returns it as acquireShared
+// does; called under opensMu, which it releases. A new snapshot whose
+// bytes are old's keeps old's mtime: the kernel then keeps the pages it
+// caches, which hold those very bytes, and a reader of a file whose
+// content has not changed pays the GETATTR that revalidates it, not a
+// READ as well (half the requests of `find | xargs cat` run again over a
+// tree of such files, the catall row of ramproc bench -workloads lib).
+// The bound holds all the same: the bytes served are the ones just made.
+func (e *Entry) renewSharedLocked(ctx context.Context, old *sharedFile) (*sharedFile, syscall.Errno) {
+	sh, errno := e.openSharedLocked(ctx)
+	if errno == 0 && e.sameContent(ctx, old, sh) {
+		sh.made = old.made
+	}
+	e.shared = sh // nil if the handler failed: the next callback tries again
+	old.dropped = true
+	last := old.refs == 0
+	if sh != nil {
+		sh.refs = 1
+	}
+	e.opensMu.Unlock()
+	if last && e.releaser != nil {
+		e.releaser.Release(context.Background(), &old.f)
+	}
+	return sh, errno
+}
+
+// sameContent reports whether the snapshots a and b of e hold the same
+// bytes (of at most sameContentMax; a larger one counts as changed).
+func (e *Entry) sameContent(ctx context.Context, a, b *sharedFile) bool {
+	sz := e.sizer()
+	if sz == nil || e.reader == nil {
+		return false
+	}
+	n := sz.SnapshotSize(&a.f)
+	if n != sz.SnapshotSize(&b.f) || n > sameContentMax {
+		return false
+	}
+	ba, bb := make([]byte, n), make([]byte, n)
+	return readFull(ctx, e.reader, &a.f, ba) && readFull(ctx, e.reader, &b.f, bb) && bytes.Equal(ba, bb)
+}
+
+// readFull reads len(buf) bytes of f from offset 0; false if it cannot.
+func readFull(ctx context.Context, r handler.Reader, f *handler.OpenFile, buf []byte) bool {
+	for got := 0; got < len(buf); {
+		k, err := r.Read(ctx, f, buf[got:], int64(got))
+		if err != nil || k <= 0 {
+			return false
+		}
+		got += k
+	}
+	return true
 }
 
 // snapshotTime is the time of a new snapshot (Unix nanoseconds): now, or
