@@ -131,7 +131,11 @@ func (n *dirNode) child(ctx context.Context, e *Entry, out *fuse.EntryOut) (*fs.
 		return nil, errno
 	}
 	out.SetAttrTimeout(ttl)
-	return n.NewInode(ctx, &fileNode{e: e}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: e.ino}), 0
+	fn := &fileNode{e: e}
+	if e.writer != nil {
+		fn.pages = new(pageState)
+	}
+	return n.NewInode(ctx, fn, fs.StableAttr{Mode: syscall.S_IFREG, Ino: e.ino}), 0
 }
 
 // attr fills out a directory's attributes.
@@ -382,7 +386,7 @@ func (n *linkNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 		return nil, syscall.ENOENT
 	}
 	defer e.exit()
-	target, err := e.link.Readlink(ctx)
+	target, err := e.symlink().Readlink(ctx)
 	if err != nil {
 		return nil, handler.Errno(err)
 	}

@@ -1,6 +1,7 @@
 package fusebridge
 
 import (
+	"bytes"
 	"context"
 	"io/fs"
 	"sync"
@@ -17,8 +18,8 @@ import (
 // or a directory (Entry.Dir). It is the counterpart of the seed's
 // proc_dir_entry.
 type Entry struct {
-	// The handler's optional interfaces, resolved once at Create so that no
-	// FUSE operation pays for a type assertion; shared with the twin.
+	// The handler and the interfaces its OPEN path needs, resolved once
+	// at Create; shared with the twin.
 	*fileOps
 
 	srv    *Server
@@ -30,9 +31,8 @@ type Entry struct {
 	// for each of a large tree's entries.
 	born int64
 	kind kind
-	// removed is guarded by life, opensClosed by opensMu, bound by
-	// srv.bindMu; kept together so that they share one word.
-	removed     bool
+	// opensClosed is guarded by opensMu, bound by srv.bindMu; kept
+	// together so that they share one word.
 	opensClosed bool
 	// bound is set while the twin is bind-mounted over this entry's path
 	// (a file's own bind, or a whole directory's).
@@ -41,83 +41,98 @@ type Entry struct {
 	// is always there: cached by the kernel as a static name is. Set
 	// before the entry is linked.
 	fixed bool
-	// mark is a child of a per-caller dynamic directory's sweep state
-	// (percaller.go): markSeen each time a handler's answer shows it.
-	mark atomic.Uint32
 
-	dir  *Dir              // kindDir: the directory this entry names
-	link handler.Symlinker // kindLink
+	dir *Dir // kindDir: the directory this entry names
 
 	// perm and owner are kept here for handlers without a Setattrer, so
 	// chmod works on every entry, as it does on /proc files.
 	perm atomic.Uint32
 	uid  atomic.Uint32
 	gid  atomic.Uint32
+	// mark is a child of a per-caller dynamic directory's sweep state
+	// (percaller.go): markSeen each time a handler's answer shows it.
+	// (Beside the three above, it fills the word they leave half empty.)
+	mark atomic.Uint32
 
 	// gen is a dynamic child's handler.Child.Gen, set before it is linked.
 	gen uint64
 
-	// life is read-held by every callback while it runs and write-held by
-	// remove: removal waits for callbacks in flight to finish (as
-	// proc_remove waits for in_use to drain) and callbacks that start
-	// afterwards see removed and fail with EIO, never touching a handler
-	// that its owner has already torn down.
-	life sync.RWMutex
+	// life counts the callbacks running (enter, exit), plus lifeRemoved
+	// once the entry is removed: removal waits for callbacks in flight to
+	// finish (as proc_remove waits for in_use to drain) and callbacks that
+	// start afterwards see lifeRemoved and fail with EIO, never touching a
+	// handler that its owner has already torn down. (A counter rather
+	// than a sync.RWMutex: 20 bytes less for each of a large tree's
+	// entries; removals wait on one condition for all.)
+	life atomic.Int32
 
 	// opens lists the descriptors not yet released, so removal can release
 	// them, as procfs's close_pdeo does on remove_proc_entry. It is made
 	// at the first open: most entries of a large tree are never opened
-	// through a handle.
+	// through a handle. opensMu also guards shared: a connection either
+	// opens (opens) or never does (shared), so one lock serves both, and
+	// an entry is 8 bytes smaller.
 	opensMu sync.Mutex
 	opens   map[*openFile]struct{}
 
 	// shared is the one open file of a NoOpen mount, where the kernel
 	// sends no OPEN: created by the first callback that needs it, dropped
 	// (and released once its last user is done) on invalidation.
-	sharedMu sync.Mutex
-	shared   *sharedFile
-	// lastMade is the made of the last shared file dropped, until the
-	// next is opened (guarded by sharedMu).
-	lastMade int64
+	shared *sharedFile
 
 	// twin is the same handler published on the no-open connection of a
 	// NoOpenHandlers mount (split.go).
 	twin atomic.Pointer[Entry]
 
-	notify notifyState // change notification (notify.go)
+	// notify is the change notification state (notify.go), made by the
+	// first Notify or Changer: most entries never have one.
+	notify atomic.Pointer[notifyState]
 }
 
 // sharedFile is an Entry's open file on a NoOpen mount.
 type sharedFile struct {
-	of openFile
+	f handler.OpenFile
+	// fresh is when it was opened (Unix nanoseconds, Server.snapshotTime):
+	// for content with a freshness bound, the time its age counts from.
+	fresh int64
+	// made is the mtime the kernel is shown: fresh, or for a snapshot
+	// whose bytes are those of the one it replaced, that one's made, so
+	// that the kernel keeps the pages it holds (see renewShared).
+	made int64
+	refs int32 // callbacks using it; guarded by Entry.opensMu
 	// exact is set when the handler's Opener set Caching: its content
 	// changes only through this mount, so the kernel's own write-through
 	// keeps the page cache right and writes need no invalidation.
 	exact   bool
-	refs    int // callbacks using it; guarded by Entry.sharedMu
 	dropped bool
-	// made is when it was opened (Unix nanoseconds): for content with a
-	// freshness bound, its age and the mtime the kernel is shown.
-	made int64
 }
 
-// fileOps is a file handler's interfaces, resolved once.
+// fileOps is a file handler's interfaces, resolved once, and shared by an
+// entry and its twin.
+//
+// Only the interfaces of the OPEN path are kept resolved: the rest are
+// asserted from h when a request needs them (a few nanoseconds against a
+// round trip of tens of microseconds). Each resolved interface is 16 bytes
+// per published file whatever the handler implements, and a tree of
+// 100,000 generated files paid 200 bytes a file for eleven of them, most
+// nil (the footprint row of ramproc bench -workloads lib).
 type fileOps struct {
-	opener    handler.Opener
-	reader    handler.Reader
-	writer    handler.Writer
-	lseeker   handler.Lseeker
-	releaser  handler.Releaser
-	getattrer handler.Getattrer
-	setattrer handler.Setattrer
-	fsyncer   handler.Fsyncer
-	allocator handler.Allocator
-	backing   handler.BackingFiler
-	sizer     handler.SnapshotSizer
+	// h is the handler itself (a link's Symlinker; nil for directories).
+	h any
+
+	opener   handler.Opener
+	reader   handler.Reader
+	writer   handler.Writer
+	releaser handler.Releaser
+	backing  handler.BackingFiler
 	// snapshotter: content made whole at open, which a read-only open may
 	// be served from a backing file of its own (perop.go); nil for
 	// handlers with a backing file of their own.
 	snapshotter handler.OpenSnapshotter
+
+	// maxAge is the freshness bound of a snapshot handler that states one
+	// (handler.AgeBound); 0 for none.
+	maxAge time.Duration
 
 	// perCaller: content depends on the caller, never cached.
 	perCaller bool
@@ -126,30 +141,33 @@ type fileOps struct {
 	// changer: the handler tells the bridge of every change
 	// (handler.Changer), so a cache of it needs no bound.
 	changer bool
-	// maxAge is the freshness bound of a snapshot handler that states one
-	// (handler.AgeBound); 0 for none.
-	maxAge time.Duration
 	// sourced: a handler.SourceChanger, whose writes carry the fileOps (the
 	// same for an entry and its twin) as their source (notify.go).
 	sourced bool
 }
 
-// noOps serves directories and links, which have no file operations.
+// The handler's other optional interfaces, nil where it has none.
+
+func (o *fileOps) lseeker() handler.Lseeker     { i, _ := o.h.(handler.Lseeker); return i }
+func (o *fileOps) getattrer() handler.Getattrer { i, _ := o.h.(handler.Getattrer); return i }
+func (o *fileOps) setattrer() handler.Setattrer { i, _ := o.h.(handler.Setattrer); return i }
+func (o *fileOps) fsyncer() handler.Fsyncer     { i, _ := o.h.(handler.Fsyncer); return i }
+func (o *fileOps) allocator() handler.Allocator { i, _ := o.h.(handler.Allocator); return i }
+func (o *fileOps) sizer() handler.SnapshotSizer { i, _ := o.h.(handler.SnapshotSizer); return i }
+
+// symlink is a link entry's handler.
+func (o *fileOps) symlink() handler.Symlinker { i, _ := o.h.(handler.Symlinker); return i }
+
+// noOps serves directories, which have no file operations.
 var noOps = &fileOps{}
 
 func resolveOps(h any) *fileOps {
-	o := &fileOps{}
+	o := &fileOps{h: h}
 	o.opener, _ = h.(handler.Opener)
 	o.reader, _ = h.(handler.Reader)
 	o.writer, _ = h.(handler.Writer)
-	o.lseeker, _ = h.(handler.Lseeker)
 	o.releaser, _ = h.(handler.Releaser)
-	o.getattrer, _ = h.(handler.Getattrer)
-	o.setattrer, _ = h.(handler.Setattrer)
-	o.fsyncer, _ = h.(handler.Fsyncer)
-	o.allocator, _ = h.(handler.Allocator)
 	o.backing, _ = h.(handler.BackingFiler)
-	o.sizer, _ = h.(handler.SnapshotSizer)
 	if pc, ok := h.(handler.PerCaller); ok {
 		o.perCaller = pc.PerCaller()
 	}
@@ -161,7 +179,7 @@ func resolveOps(h any) *fileOps {
 	// A bound is kept only where the bridge makes the snapshot itself
 	// (a SnapshotSizer without Getattrer): it shows the kernel the
 	// snapshot's size and time, which is what makes a bound hold.
-	if ab, ok := h.(handler.AgeBound); ok && o.sizer != nil && o.getattrer == nil && ab.FreshFor() > 0 {
+	if ab, ok := h.(handler.AgeBound); ok && o.sizer() != nil && o.getattrer() == nil && ab.FreshFor() > 0 {
 		o.maxAge = ab.FreshFor()
 	}
 	_, o.sourced = h.(handler.SourceChanger)
@@ -186,7 +204,7 @@ func (e *Entry) ageBound() time.Duration {
 	if e.maxAge > 0 {
 		return e.maxAge
 	}
-	if e.sizer != nil && e.getattrer == nil && !e.changer && !e.perCaller {
+	if e.sizer() != nil && e.getattrer() == nil && !e.changer && !e.perCaller {
 		return DefaultMaxAge
 	}
 	return 0
@@ -206,8 +224,7 @@ func newEntry(s *Server, parent *Dir, name string, ino uint64, mode fs.FileMode,
 			e.dir.perCaller = pc.PerCaller()
 		}
 	case kindLink:
-		e.fileOps = noOps
-		e.link = h.(handler.Symlinker)
+		e.fileOps = &fileOps{h: h}
 	default:
 		if ops == nil {
 			ops = resolveOps(h)
@@ -306,9 +323,12 @@ func (e *Entry) Remove() error {
 // kill waits for callbacks in flight, then releases open descriptors.
 func (e *Entry) kill() {
 	e.stopNotify() // notify.go
-	e.life.Lock()
-	e.removed = true
-	e.life.Unlock()
+	e.life.Or(lifeRemoved)
+	lifeMu.Lock()
+	for e.life.Load() != lifeRemoved {
+		lifeDone.Wait()
+	}
+	lifeMu.Unlock()
 	e.dropShared()
 
 	e.opensMu.Lock()
@@ -358,17 +378,39 @@ func (e *Entry) Invalidate() error {
 	return nil
 }
 
+// lifeRemoved is the bit of Entry.life that marks a removed entry.
+const lifeRemoved = 1 << 30
+
+// lifeMu and lifeDone wake the removals waiting for the last callback of
+// their entry (kill).
+var (
+	lifeMu   sync.Mutex
+	lifeDone = sync.NewCond(&lifeMu)
+)
+
 // enter marks a callback as running; false means the entry is gone.
 func (e *Entry) enter() bool {
-	e.life.RLock()
-	if e.removed {
-		e.life.RUnlock()
-		return false
+	for {
+		v := e.life.Load()
+		if v&lifeRemoved != 0 {
+			return false
+		}
+		if e.life.CompareAndSwap(v, v+1) {
+			return true
+		}
 	}
-	return true
 }
 
-func (e *Entry) exit() { e.life.RUnlock() }
+func (e *Entry) exit() {
+	if e.life.Add(-1) == lifeRemoved {
+		// The last callback of a removed entry: its kill may be waiting.
+		// (Under lifeMu, so that a kill between its check and its Wait
+		// cannot miss it.)
+		lifeMu.Lock()
+		lifeDone.Broadcast()
+		lifeMu.Unlock()
+	}
+}
 
 // attr fills out from the bridge's defaults and the handler's Getattr.
 func (e *Entry) attr(ctx context.Context, out *fuse.Attr) syscall.Errno {
@@ -383,25 +425,26 @@ func (e *Entry) attr(ctx context.Context, out *fuse.Attr) syscall.Errno {
 func (e *Entry) attrTTL(ctx context.Context, out *fuse.Attr) (time.Duration, syscall.Errno) {
 	ttl := e.timeout()
 	a := e.baseAttr()
-	if e.getattrer != nil {
-		if err := e.getattrer.Getattr(ctx, &a); err != nil {
+	if ga := e.getattrer(); ga != nil {
+		if err := ga.Getattr(ctx, &a); err != nil {
 			return 0, handler.Errno(err)
 		}
-	} else if e.srv.opts.NoOpen && e.sizer != nil {
+	} else if sz := e.sizer(); e.srv.opts.NoOpen && sz != nil {
 		// The kernel caches the content and reads no further than the
 		// size it knows, so the size must be the snapshot's.
 		sh, errno := e.freshShared(ctx)
 		if errno != 0 {
 			return 0, errno
 		}
-		a.Size = e.sizer.SnapshotSize(&sh.of.f)
+		a.Size = sz.SnapshotSize(&sh.f)
 		a.Blocks = (a.Size + 511) / 512
 		if d := e.ageBound(); d > 0 {
 			// The connection drops a file's pages when its mtime moves
-			// (auto_inval_data, server.go): each snapshot has its own.
+			// (auto_inval_data, server.go): each snapshot of new bytes
+			// has its own.
 			a.Mtime = time.Unix(0, sh.made)
 			a.Ctime = a.Mtime
-			ttl = min(ttl, max(d-time.Duration(time.Now().UnixNano()-sh.made), 0))
+			ttl = min(ttl, max(d-time.Duration(time.Now().UnixNano()-sh.fresh), 0))
 		}
 		e.releaseShared(sh)
 	}
@@ -436,7 +479,7 @@ func (e *Entry) fillAttr(a *handler.Attr, nlink uint32, out *fuse.Attr) {
 	typ := uint32(syscall.S_IFREG)
 	if e.kind == kindLink {
 		typ = syscall.S_IFLNK
-		if l, ok := e.link.(handler.Link); ok {
+		if l, ok := e.h.(handler.Link); ok {
 			a.Size = int64(len(l)) // as tmpfs; computed targets say 0, as /proc/self
 		}
 	}
@@ -480,14 +523,25 @@ func (e *Entry) untrack(of *openFile) bool {
 // acquireShared returns the entry's shared open file (NoOpen), opening it
 // through the handler's Opener if there is none; releaseShared must follow.
 func (e *Entry) acquireShared(ctx context.Context) (*sharedFile, syscall.Errno) {
-	e.sharedMu.Lock()
-	defer e.sharedMu.Unlock()
+	e.opensMu.Lock()
+	defer e.opensMu.Unlock()
 	if sh := e.shared; sh != nil {
 		sh.refs++
 		return sh, 0
 	}
-	prev := e.lastMade
-	e.lastMade = 0
+	sh, errno := e.openSharedLocked(ctx)
+	if errno != 0 {
+		return nil, errno
+	}
+	sh.refs = 1
+	e.shared = sh
+	return sh, 0
+}
+
+// openSharedLocked opens a new shared open file through the handler's
+// Opener (for a snapshot handler, takes a snapshot); under opensMu, so
+// that concurrent first readers share one generation.
+func (e *Entry) openSharedLocked(ctx context.Context) (*sharedFile, syscall.Errno) {
 	flags := syscall.O_RDWR
 	switch {
 	case e.writer == nil:
@@ -495,50 +549,116 @@ func (e *Entry) acquireShared(ctx context.Context) (*sharedFile, syscall.Errno) 
 	case e.reader == nil:
 		flags = syscall.O_WRONLY
 	}
-	sh := &sharedFile{of: openFile{e: e, f: handler.OpenFile{Flags: flags}}}
+	sh := &sharedFile{f: handler.OpenFile{Flags: flags}}
 	if e.opener != nil {
-		// Under sharedMu: concurrent first readers share one generation.
-		if err := e.opener.Open(ctx, &sh.of.f); err != nil {
+		if err := e.opener.Open(ctx, &sh.f); err != nil {
 			return nil, handler.Errno(err)
 		}
 	}
-	sh.exact = sh.of.f.Caching
-	sh.of.f.Caching = true
-	sh.refs = 1
-	sh.made = time.Now().UnixNano()
-	if prev != 0 && sh.made <= prev {
-		sh.made = prev + 1 // a new snapshot always shows a new mtime
-	}
-	e.shared = sh
+	sh.exact = sh.f.Caching
+	sh.f.Caching = true
+	sh.fresh = e.srv.snapshotTime()
+	sh.made = sh.fresh
 	return sh, 0
 }
 
 // freshShared is acquireShared for the attributes: a snapshot older than
-// e's freshness bound is replaced first. The kernel asks for them (GETATTR)
-// at the first read after the timeout attrTTL gave, which is when the
-// snapshot reaches the bound; the new mtime then makes it drop the old
-// pages before it reads. So the bound costs no timer, an idle file no
-// work, and a hot one one regeneration per bound.
+// e's freshness bound is replaced first (renewShared). The kernel asks for
+// them (GETATTR) at the first read after the timeout attrTTL gave, which
+// is when the snapshot reaches the bound; a new mtime then makes it drop
+// the old pages before it reads. So the bound costs no timer, an idle file
+// no work, and a hot one one regeneration per bound.
 func (e *Entry) freshShared(ctx context.Context) (*sharedFile, syscall.Errno) {
 	if d := e.ageBound(); d > 0 {
-		e.sharedMu.Lock()
+		e.opensMu.Lock()
 		sh := e.shared
-		stale := sh != nil && time.Now().UnixNano()-sh.made >= int64(d)
-		e.sharedMu.Unlock()
-		if stale {
-			e.dropSharedIf(sh)
+		if sh != nil && time.Now().UnixNano()-sh.fresh >= int64(d) {
+			return e.renewSharedLocked(ctx, sh) // unlocks
 		}
+		e.opensMu.Unlock()
 	}
 	return e.acquireShared(ctx)
 }
 
+// sameContentMax is the largest snapshot renewSharedLocked compares with
+// the one it replaces; a larger one always shows a new mtime.
+const sameContentMax = 64 << 10
+
+// renewSharedLocked replaces old, e's shared open file, which has reached
+// the freshness bound, by a new one, and returns it as acquireShared
+// does; called under opensMu, which it releases. A new snapshot whose
+// bytes are old's keeps old's mtime: the kernel then keeps the pages it
+// caches, which hold those very bytes, and a reader of a file whose
+// content has not changed pays the GETATTR that revalidates it, not a
+// READ as well (half the requests of `find | xargs cat` run again over a
+// tree of such files, the catall row of ramproc bench -workloads lib).
+// The bound holds all the same: the bytes served are the ones just made.
+func (e *Entry) renewSharedLocked(ctx context.Context, old *sharedFile) (*sharedFile, syscall.Errno) {
+	sh, errno := e.openSharedLocked(ctx)
+	if errno == 0 && e.sameContent(ctx, old, sh) {
+		sh.made = old.made
+	}
+	e.shared = sh // nil if the handler failed: the next callback tries again
+	old.dropped = true
+	last := old.refs == 0
+	if sh != nil {
+		sh.refs = 1
+	}
+	e.opensMu.Unlock()
+	if last && e.releaser != nil {
+		e.releaser.Release(context.Background(), &old.f)
+	}
+	return sh, errno
+}
+
+// sameContent reports whether the snapshots a and b of e hold the same
+// bytes (of at most sameContentMax; a larger one counts as changed).
+func (e *Entry) sameContent(ctx context.Context, a, b *sharedFile) bool {
+	sz := e.sizer()
+	if sz == nil || e.reader == nil {
+		return false
+	}
+	n := sz.SnapshotSize(&a.f)
+	if n != sz.SnapshotSize(&b.f) || n > sameContentMax {
+		return false
+	}
+	ba, bb := make([]byte, n), make([]byte, n)
+	return readFull(ctx, e.reader, &a.f, ba) && readFull(ctx, e.reader, &b.f, bb) && bytes.Equal(ba, bb)
+}
+
+// readFull reads len(buf) bytes of f from offset 0; false if it cannot.
+func readFull(ctx context.Context, r handler.Reader, f *handler.OpenFile, buf []byte) bool {
+	for got := 0; got < len(buf); {
+		k, err := r.Read(ctx, f, buf[got:], int64(got))
+		if err != nil || k <= 0 {
+			return false
+		}
+		got += k
+	}
+	return true
+}
+
+// snapshotTime is the time of a new snapshot (Unix nanoseconds): now, or
+// just after the last one this connection made if the clock has not moved
+// on, so that a new snapshot always shows the kernel a new mtime (which is
+// what makes it drop the old one's pages).
+func (s *Server) snapshotTime() int64 {
+	for {
+		last := s.lastSnapshot.Load()
+		t := max(time.Now().UnixNano(), last+1)
+		if s.lastSnapshot.CompareAndSwap(last, t) {
+			return t
+		}
+	}
+}
+
 func (e *Entry) releaseShared(sh *sharedFile) {
-	e.sharedMu.Lock()
+	e.opensMu.Lock()
 	sh.refs--
 	last := sh.refs == 0 && sh.dropped
-	e.sharedMu.Unlock()
+	e.opensMu.Unlock()
 	if last && e.releaser != nil {
-		e.releaser.Release(context.Background(), &sh.of.f)
+		e.releaser.Release(context.Background(), &sh.f)
 	}
 }
 
@@ -550,23 +670,20 @@ func (e *Entry) dropShared() { e.dropSharedIf(nil) }
 // nil): of concurrent GETATTRs that find the same snapshot stale, one
 // replaces it.
 func (e *Entry) dropSharedIf(only *sharedFile) {
-	e.sharedMu.Lock()
+	e.opensMu.Lock()
 	sh := e.shared
 	if only != nil && sh != only {
-		e.sharedMu.Unlock()
+		e.opensMu.Unlock()
 		return
 	}
 	e.shared = nil
-	if sh != nil {
-		e.lastMade = sh.made
-	}
 	last := false
 	if sh != nil {
 		sh.dropped = true
 		last = sh.refs == 0
 	}
-	e.sharedMu.Unlock()
+	e.opensMu.Unlock()
 	if last && e.releaser != nil {
-		e.releaser.Release(context.Background(), &sh.of.f)
+		e.releaser.Release(context.Background(), &sh.f)
 	}
 }

@@ -204,12 +204,13 @@ func (e *Entry) killPrivOpen(ctx context.Context, of *handler.OpenFile) {
 	if newMode == mode {
 		return
 	}
-	if e.setattrer == nil {
+	sa := e.setattrer()
+	if sa == nil {
 		e.perm.Store(newMode)
 		return
 	}
 	m := handler.ModeFromUnix(newMode)
-	if err := e.setattrer.Setattr(ctx, of, &handler.SetAttr{Mode: &m}); err != nil {
+	if err := sa.Setattr(ctx, of, &handler.SetAttr{Mode: &m}); err != nil {
 		e.srv.log.Warn("clearing setuid/setgid after open(O_TRUNC) failed", "name", e.name, "err", err)
 	}
 }

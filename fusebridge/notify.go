@@ -152,7 +152,7 @@ func isNotifyThread(tid uint32) bool {
 // for them itself (one event for an O_TRUNC open, one per write(2)), and
 // the bridge adds none (see subscribe).
 func (e *Entry) Notify() {
-	st := &e.notify
+	st := e.notifyState()
 	st.mu.Lock()
 	if st.stopped {
 		st.mu.Unlock()
@@ -170,10 +170,27 @@ func (e *Entry) Notify() {
 
 // NotifyEvents reports whether Notify could raise the inotify event every
 // time so far (see Notify for when it cannot).
-func (e *Entry) NotifyEvents() bool { return !e.notify.degraded.Load() }
+func (e *Entry) NotifyEvents() bool {
+	st := e.notify.Load()
+	return st == nil || !st.degraded.Load()
+}
+
+// notifyState returns e's notification state, made at the first need.
+func (e *Entry) notifyState() *notifyState {
+	if st := e.notify.Load(); st != nil {
+		return st
+	}
+	e.notify.CompareAndSwap(nil, new(notifyState))
+	return e.notify.Load()
+}
+
+// notifyStopped is the state of every entry removed before it had one of
+// its own: Notify does nothing there (and it never runs a worker, so it
+// is never degraded).
+var notifyStopped = &notifyState{stopped: true}
 
 func (e *Entry) notifyLoop() {
-	st := &e.notify
+	st := e.notifyState()
 	for {
 		if err := e.notifyNow(); err != nil && !errors.Is(err, errEntryGone) {
 			if !st.degraded.Swap(true) {
@@ -318,7 +335,7 @@ func (e *Entry) subscribe(h any) {
 	} else {
 		stop = c.Changed(e.Notify)
 	}
-	st := &e.notify
+	st := e.notifyState()
 	st.mu.Lock()
 	if st.stopped {
 		// Removed while Changed ran.
@@ -344,7 +361,10 @@ func (e *Entry) writeContext(ctx context.Context) context.Context {
 // stopNotify ends notification for a removed entry: later Notify calls do
 // nothing, and a Changer's stop runs.
 func (e *Entry) stopNotify() {
-	st := &e.notify
+	if e.notify.CompareAndSwap(nil, notifyStopped) {
+		return
+	}
+	st := e.notify.Load()
 	st.mu.Lock()
 	stop := st.stop
 	st.stop = nil

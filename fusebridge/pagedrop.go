@@ -128,7 +128,11 @@ type pageState struct {
 
 // readStarting is called when a READ is about to be answered: from now on
 // the kernel may hold an uptodate folio of the file.
-func (p *pageState) readStarting() { p.reads.Add(1) }
+func (p *pageState) readStarting() {
+	if p != nil {
+		p.reads.Add(1)
+	}
+}
 
 // begin records an invalidation under way; end, that it completed.
 func (p *pageState) begin() {
@@ -152,6 +156,9 @@ func (p *pageState) end() {
 // records that the READs counted before it began no longer have pages in
 // the cache.
 func (n *fileNode) dropPages() syscall.Errno {
+	if n.pages == nil {
+		return n.NotifyContent(0, 0)
+	}
 	r := n.pages.reads.Load()
 	errno := n.NotifyContent(0, 0)
 	if errno != 0 && errno != syscall.ENOENT {
@@ -261,7 +268,10 @@ func sleepsOnFolio(tid int) (asleep, known bool) {
 // waitDropped waits for the invalidations that WRITEs started and were
 // answered before they completed.
 func (n *fileNode) waitDropped() {
-	p := &n.pages
+	if n.pages == nil {
+		return // no WRITE leaves an invalidation pending
+	}
+	p := n.pages
 	if p.pending.Load() == 0 {
 		return
 	}

@@ -71,8 +71,11 @@
 // request a cached read makes, and the sign that the file is read); the
 // bridge then regenerates, and the new mtime makes the kernel drop the old
 // pages itself before it reads (the no-open connection negotiates
-// auto_inval_data). No timer: an idle file costs nothing, a hot one one
-// regeneration per bound; Entry.Notify regenerates at once. A read(2)
+// auto_inval_data). New content that is byte for byte the old (up to 64
+// KiB) keeps the old mtime instead, and the kernel its pages: a reader of
+// a file that has not changed pays that one GETATTR per bound, no READ.
+// No timer: an idle file costs nothing, a hot one one regeneration per
+// bound; Entry.Notify regenerates at once. A read(2)
 // that returns the whole file sees one version; one that reads a larger
 // file in pieces may get pieces of two (see handler.Generated.MaxAge).
 // Where there is no second connection (an unprivileged mount), a bounded
@@ -339,6 +342,10 @@ type Server struct {
 	passthrough atomic.Bool
 	// perop serves content made per open by passthrough (perop.go).
 	perop *peropFS
+
+	// lastSnapshot is the time of the last snapshot made for the kernel's
+	// cache (Server.snapshotTime).
+	lastSnapshot atomic.Int64
 
 	// companion is the second connection (split.go): the no-open one
 	// beside a main one that keeps OPEN (made at Mount with

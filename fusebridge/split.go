@@ -187,7 +187,7 @@ func (s *Server) ensureCompanion() *Server {
 			}
 			var h any
 			if ch.kind == kindLink {
-				h = ch.link
+				h = ch.h
 			}
 			s.mirrorLocked(d, ch, handler.ModeFromUnix(ch.perm.Load()), h)
 			if static {

@@ -457,9 +457,9 @@ func (s *Server) publish(d *Dir, name string, mode fs.FileMode, h any, k kind, i
 	if e.dir != nil && miss != nil {
 		e.dir.onMiss.Store(miss)
 	}
-	if e.setattrer != nil {
+	if sa := e.setattrer(); sa != nil {
 		m := mode
-		if err := e.setattrer.Setattr(context.Background(), nil, &handler.SetAttr{Mode: &m}); err != nil {
+		if err := sa.Setattr(context.Background(), nil, &handler.SetAttr{Mode: &m}); err != nil {
 			return nil, fmt.Errorf("fusebridge: create %q: setting mode: %w", name, err)
 		}
 	}
