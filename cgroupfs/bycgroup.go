@@ -1,6 +1,7 @@
 package cgroupfs
 
 import (
+	"bytes"
 	"context"
 	"io/fs"
 	"os"
@@ -55,6 +56,53 @@ type byCgroup struct {
 
 	mu    sync.Mutex
 	nodes map[string]*cgNode // by cgroup path ("/" is by-cgroup itself)
+
+	// same holds, per file name below a cgroup (proc/meminfo, ...), the
+	// last content made (see sameContent); guarded by mu.
+	same map[string]*sameContent
+}
+
+// sameContent is the last content of one file name made for any cgroup.
+// Each bounded file keeps its last snapshot until its next read, for
+// every cgroup ever read; where cgroups show the same bytes (cpuinfo,
+// online, swaps, slabinfo, diskstats and pressure of cgroups with the same
+// cpuset and no I/O or swap of their own, meminfo of idle cgroups with the
+// same limit), they share one copy rather than keep one each. It is only
+// a dedup of equal bytes, made afresh each time: no cgroup is shown other
+// figures than its own, nor older ones.
+type sameContent struct {
+	mu   sync.Mutex
+	last []byte
+}
+
+// of returns data, or the equal content kept; either is never written to
+// again (a snapshot handler only copies out of its content).
+func (s *sameContent) of(data []byte) []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.last != nil && bytes.Equal(data, s.last) {
+		return s.last
+	}
+	if cap(data)-len(data) > len(data)/8 {
+		// Kept for as long as the cgroup is not read again: not with
+		// the room an append left.
+		data = append(make([]byte, 0, len(data)), data...)
+	}
+	s.last = data
+	return data
+}
+
+// sameFor is the sameContent of file name (relative to a cgroup's
+// directory).
+func (b *byCgroup) sameFor(name string) *sameContent {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := b.same[name]
+	if s == nil {
+		s = &sameContent{}
+		b.same[name] = s
+	}
+	return s
 }
 
 // cgNode is one published cgroup directory.
@@ -67,7 +115,7 @@ type cgNode struct {
 // publishByCgroup makes by-cgroup in root and starts following the
 // hierarchy.
 func publishByCgroup(root *fusebridge.Dir, v *procview.View, o Options) error {
-	b := &byCgroup{v: v, o: o, maxAge: o.ByCgroupMaxAge, nodes: map[string]*cgNode{}}
+	b := &byCgroup{v: v, o: o, maxAge: o.ByCgroupMaxAge, nodes: map[string]*cgNode{}, same: map[string]*sameContent{}}
 	if b.maxAge <= 0 {
 		b.maxAge = DefaultByCgroupMaxAge
 	}
@@ -162,7 +210,7 @@ func (b *byCgroup) files(d *fusebridge.Dir, p string) error {
 		if f.name == "loadavg" && b.o.NoLoadavg {
 			continue
 		}
-		if _, err := proc.Create(f.name, f.mode, b.file(v, f.derive)); err != nil {
+		if _, err := proc.Create(f.name, f.mode, b.file(v, "proc/"+f.name, f.derive)); err != nil {
 			return err
 		}
 	}
@@ -172,7 +220,7 @@ func (b *byCgroup) files(d *fusebridge.Dir, p string) error {
 	}
 	for _, r := range pressures {
 		derive := func(v *procview.View, pid int) ([]byte, error) { return v.Pressure(pid, r) }
-		if _, err := pressure.Create(r, 0o444, b.file(v, derive)); err != nil {
+		if _, err := pressure.Create(r, 0o444, b.file(v, "proc/pressure/"+r, derive)); err != nil {
 			return err
 		}
 	}
@@ -182,17 +230,23 @@ func (b *byCgroup) files(d *fusebridge.Dir, p string) error {
 			return err
 		}
 	}
-	_, err = cpu.Create("online", 0o444, b.file(v, (*procview.View).Online))
+	_, err = cpu.Create("online", 0o444, b.file(v, "sys/devices/system/cpu/online", (*procview.View).Online))
 	return err
 }
 
-// file is a file of one cgroup, generated at most once per bound; the pid
-// passed to derive is the reader's who asks for a new version (the loadavg
-// of a cgroup read for the first time names it as the last task), or 0.
-func (b *byCgroup) file(v *procview.View, derive func(v *procview.View, pid int) ([]byte, error)) handler.Bounded {
+// file is file name of one cgroup, generated at most once per bound; the
+// pid passed to derive is the reader's who asks for a new version (the
+// loadavg of a cgroup read for the first time names it as the last task),
+// or 0. Its content is shared with other cgroups' equal one (sameContent).
+func (b *byCgroup) file(v *procview.View, name string, derive func(v *procview.View, pid int) ([]byte, error)) handler.Bounded {
+	same := b.sameFor(name)
 	return handler.Generated(func(ctx context.Context) ([]byte, error) {
 		pid, _ := caller(ctx)
-		return derive(v, pid)
+		data, err := derive(v, pid)
+		if err != nil {
+			return nil, err
+		}
+		return same.of(data), nil
 	}).MaxAge(b.maxAge)
 }
 
