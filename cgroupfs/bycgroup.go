@@ -1,7 +1,9 @@
 package cgroupfs
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"io/fs"
 	"os"
 	"path"
@@ -52,9 +54,58 @@ type byCgroup struct {
 	maxAge time.Duration
 	inot   *os.File // inotify instance, nil without one
 	syncMu sync.Mutex
+	// walkBuf is resync's buffer for getdents(2); guarded by syncMu.
+	walkBuf []byte
 
 	mu    sync.Mutex
 	nodes map[string]*cgNode // by cgroup path ("/" is by-cgroup itself)
+
+	// same holds, per file name below a cgroup (proc/meminfo, ...), the
+	// last content made (see sameContent); guarded by mu.
+	same map[string]*sameContent
+}
+
+// sameContent is the last content of one file name made for any cgroup.
+// Each bounded file keeps its last snapshot until its next read, for
+// every cgroup ever read; where cgroups show the same bytes (cpuinfo,
+// online, swaps, slabinfo, diskstats and pressure of cgroups with the same
+// cpuset and no I/O or swap of their own, meminfo of idle cgroups with the
+// same limit), they share one copy rather than keep one each. It is only
+// a dedup of equal bytes, made afresh each time: no cgroup is shown other
+// figures than its own, nor older ones.
+type sameContent struct {
+	mu   sync.Mutex
+	last []byte
+}
+
+// of returns data, or the equal content kept; either is never written to
+// again (a snapshot handler only copies out of its content).
+func (s *sameContent) of(data []byte) []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.last != nil && bytes.Equal(data, s.last) {
+		return s.last
+	}
+	if cap(data)-len(data) > len(data)/8 {
+		// Kept for as long as the cgroup is not read again: not with
+		// the room an append left.
+		data = append(make([]byte, 0, len(data)), data...)
+	}
+	s.last = data
+	return data
+}
+
+// sameFor is the sameContent of file name (relative to a cgroup's
+// directory).
+func (b *byCgroup) sameFor(name string) *sameContent {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := b.same[name]
+	if s == nil {
+		s = &sameContent{}
+		b.same[name] = s
+	}
+	return s
 }
 
 // cgNode is one published cgroup directory.
@@ -67,7 +118,7 @@ type cgNode struct {
 // publishByCgroup makes by-cgroup in root and starts following the
 // hierarchy.
 func publishByCgroup(root *fusebridge.Dir, v *procview.View, o Options) error {
-	b := &byCgroup{v: v, o: o, maxAge: o.ByCgroupMaxAge, nodes: map[string]*cgNode{}}
+	b := &byCgroup{v: v, o: o, maxAge: o.ByCgroupMaxAge, nodes: map[string]*cgNode{}, same: map[string]*sameContent{}}
 	if b.maxAge <= 0 {
 		b.maxAge = DefaultByCgroupMaxAge
 	}
@@ -162,7 +213,7 @@ func (b *byCgroup) files(d *fusebridge.Dir, p string) error {
 		if f.name == "loadavg" && b.o.NoLoadavg {
 			continue
 		}
-		if _, err := proc.Create(f.name, f.mode, b.file(v, f.derive)); err != nil {
+		if _, err := proc.Create(f.name, f.mode, b.file(v, "proc/"+f.name, f.derive)); err != nil {
 			return err
 		}
 	}
@@ -172,7 +223,7 @@ func (b *byCgroup) files(d *fusebridge.Dir, p string) error {
 	}
 	for _, r := range pressures {
 		derive := func(v *procview.View, pid int) ([]byte, error) { return v.Pressure(pid, r) }
-		if _, err := pressure.Create(r, 0o444, b.file(v, derive)); err != nil {
+		if _, err := pressure.Create(r, 0o444, b.file(v, "proc/pressure/"+r, derive)); err != nil {
 			return err
 		}
 	}
@@ -182,17 +233,23 @@ func (b *byCgroup) files(d *fusebridge.Dir, p string) error {
 			return err
 		}
 	}
-	_, err = cpu.Create("online", 0o444, b.file(v, (*procview.View).Online))
+	_, err = cpu.Create("online", 0o444, b.file(v, "sys/devices/system/cpu/online", (*procview.View).Online))
 	return err
 }
 
-// file is a file of one cgroup, generated at most once per bound; the pid
-// passed to derive is the reader's who asks for a new version (the loadavg
-// of a cgroup read for the first time names it as the last task), or 0.
-func (b *byCgroup) file(v *procview.View, derive func(v *procview.View, pid int) ([]byte, error)) handler.Bounded {
+// file is file name of one cgroup, generated at most once per bound; the
+// pid passed to derive is the reader's who asks for a new version (the
+// loadavg of a cgroup read for the first time names it as the last task),
+// or 0. Its content is shared with other cgroups' equal one (sameContent).
+func (b *byCgroup) file(v *procview.View, name string, derive func(v *procview.View, pid int) ([]byte, error)) handler.Bounded {
+	same := b.sameFor(name)
 	return handler.Generated(func(ctx context.Context) ([]byte, error) {
 		pid, _ := caller(ctx)
-		return derive(v, pid)
+		data, err := derive(v, pid)
+		if err != nil {
+			return nil, err
+		}
+		return same.of(data), nil
 	}).MaxAge(b.maxAge)
 }
 
@@ -340,21 +397,21 @@ func (b *byCgroup) resync() {
 	}
 	top, rootPath := m.Dir, path.Clean("/"+m.Root)
 	found := map[string]uint64{}
-	filepath.WalkDir(top, func(dir string, e fs.DirEntry, err error) error {
-		if err != nil || !e.IsDir() {
-			return nil
+	if st, err := os.Lstat(top); err == nil && st.IsDir() {
+		if b.walkBuf == nil {
+			b.walkBuf = make([]byte, 8<<10)
 		}
-		rel, _ := filepath.Rel(top, dir)
-		p := path.Join(rootPath, filepath.ToSlash(rel))
-		if name := path.Base(p); p != rootPath && (name == "proc" || name == "sys") {
-			return fs.SkipDir // not reachable (see above)
-		}
-		if st, err := e.Info(); err == nil {
-			found[p] = inoOf(st)
+		walkDirs(top, inoOf(st), b.walkBuf, func(dir string, ino uint64) bool {
+			rel, _ := filepath.Rel(top, dir)
+			p := path.Join(rootPath, filepath.ToSlash(rel))
+			if name := path.Base(p); p != rootPath && (name == "proc" || name == "sys") {
+				return false // not reachable (see above)
+			}
+			found[p] = ino
 			b.watch(dir)
-		}
-		return nil
-	})
+			return true
+		})
+	}
 	var stale []*cgNode
 	b.mu.Lock()
 	for p, n := range b.nodes {
@@ -385,5 +442,64 @@ func (b *byCgroup) resync() {
 	})
 	for _, p := range add {
 		b.ensure(p, found[p])
+	}
+}
+
+// walkDirs calls fn for dir (inode number ino) and every directory below
+// it, symbolic links not followed, with its inode number; where fn
+// returns false, what is below that directory is skipped. It reads each
+// directory with getdents(2) into buf and looks at no entry but the
+// directories. Why not filepath.WalkDir: resync walks the whole hierarchy
+// at every batch of inotify events, and os.ReadDir's entry for each file
+// (a cgroup directory holds tens of control files) made that walk 32 of
+// the 53 MB allocated while 100 cgroups were made and read, garbage whose
+// collections left the entries of the new cgroups' files scattered over
+// a heap twice their size.
+func walkDirs(dir string, ino uint64, buf []byte, fn func(dir string, ino uint64) bool) {
+	if !fn(dir, ino) {
+		return
+	}
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return // removed meanwhile: the next event says so
+	}
+	// The subdirectories are listed first and walked after the close: one
+	// descriptor open at a time, and buf free for them.
+	var subs []string
+	for {
+		n, err := unix.ReadDirent(fd, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || n <= 0 {
+			break
+		}
+		// struct linux_dirent64: d_ino (8 bytes), d_off (8), d_reclen
+		// (2), d_type (1), d_name (NUL-terminated).
+		for rec := buf[:n]; len(rec) >= 19; {
+			reclen := int(binary.NativeEndian.Uint16(rec[16:18]))
+			if reclen < 19 || reclen > len(rec) {
+				break
+			}
+			name := rec[19:reclen]
+			if i := bytes.IndexByte(name, 0); i >= 0 {
+				name = name[:i]
+			}
+			// DT_UNKNOWN: a file system that does not say; lstat tells.
+			if typ := rec[18]; (typ == unix.DT_DIR || typ == unix.DT_UNKNOWN) && string(name) != "." && string(name) != ".." {
+				subs = append(subs, string(name))
+			}
+			rec = rec[reclen:]
+		}
+	}
+	unix.Close(fd)
+	for _, name := range subs {
+		// The inode number from lstat, not the entry's d_ino: on a mount
+		// point that is the covered directory's.
+		sub := filepath.Join(dir, name)
+		var st unix.Stat_t
+		if unix.Lstat(sub, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR {
+			walkDirs(sub, st.Ino, buf, fn)
+		}
 	}
 }

@@ -23,6 +23,9 @@ func init() {
 	if dir == "" {
 		return
 	}
+	// Every 4 KiB allocated is sampled, not every 512 KiB: the figures
+	// per cgroup are tens of KB, which the default's samples would miss.
+	runtime.MemProfileRate = 4 << 10
 	n := 1
 	cpu, err := os.Create(filepath.Join(dir, fmt.Sprintf("cpu-%d.pprof", n)))
 	if err != nil || pprof.StartCPUProfile(cpu) != nil {
