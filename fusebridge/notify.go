@@ -58,7 +58,7 @@ package fusebridge
 //
 //   - fileNode.Write (node.go): the handler's Write gets
 //     `e.writeContext(ctx)` (a SourceChanger's source, see subscribe);
-//   - fileOps (entry.go): the field `sourced`, set in resolveOps;
+//   - entryCore (entry.go): the field `sourced`, set in resolveFile;
 //   - Entry struct (entry.go): the field `notify notifyState`;
 //   - fileNode.Setattr (node.go), first line:
 //     `if errno, ok := n.e.selfNotified(ctx, in, out); ok { return errno }`;
@@ -319,7 +319,7 @@ func (e *Entry) selfNotified(ctx context.Context, in *fuse.SetAttrIn, out *fuse.
 
 // subscribe hands a handler.Changer its notify function (once per
 // published handler, also when it is served on two connections). A
-// handler.SourceChanger gets the entry's fileOps as the source, which
+// handler.SourceChanger gets the entry's core as the source, which
 // writeContext puts in the context of every write through the entry or
 // its twin: the handler then leaves this entry's notify out for such a
 // write, whose events the kernel raises itself (one for an O_TRUNC open,
@@ -331,7 +331,7 @@ func (e *Entry) subscribe(h any) {
 	}
 	var stop func()
 	if sc, ok := h.(handler.SourceChanger); ok {
-		stop = sc.ChangedFrom(e.fileOps, e.Notify)
+		stop = sc.ChangedFrom(e.entryCore, e.Notify)
 	} else {
 		stop = c.Changed(e.Notify)
 	}
@@ -355,7 +355,7 @@ func (e *Entry) writeContext(ctx context.Context) context.Context {
 	if !e.sourced {
 		return ctx
 	}
-	return handler.WithWriteSource(ctx, e.fileOps)
+	return handler.WithWriteSource(ctx, e.entryCore)
 }
 
 // stopNotify ends notification for a removed entry: later Notify calls do
