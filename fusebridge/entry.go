@@ -30,20 +30,20 @@ type Entry struct {
 	// a directory's is its own.
 	*entryCore
 
-	srv    *Server
+	// parent is the entry's directory on its connection; its server
+	// (Entry.srv) is the entry's.
 	parent *Dir
-	dir    *Dir // kindDir: the directory this entry names
 
 	// twin is the same handler published on the no-open connection of a
 	// NoOpenHandlers mount (split.go).
 	twin atomic.Pointer[Entry]
 
-	// bound is set while the twin is bind-mounted over this entry's path
-	// (a file's own bind, or a whole directory's); guarded by
-	// srv.bindMu. Per connection: the restart state lists the binds of
-	// the main one.
-	bound bool
+	// gen is a dynamic child's handler.Child.Gen, set before it is linked.
+	gen uint64
 }
+
+// srv is the server of the connection the entry is published on.
+func (e *Entry) srv() *Server { return e.parent.srv }
 
 // entryCore is what an entry and its twin share. Its fields are laid out
 // to fill 128 bytes, a size class of Go's allocator, with no slack.
@@ -67,8 +67,14 @@ type entryCore struct {
 	// for each of a large tree's entries.
 	born int64
 	kind kind
-	// opensClosed is guarded by opensMu.
+	// opensClosed is guarded by opensMu, bound by the main connection's
+	// bindMu; kept together so that they share one word.
 	opensClosed bool
+	// bound is set while the twin is bind-mounted over this entry's path
+	// (a file's own bind, or a whole directory's). Only the main
+	// connection binds, and reads it, so its entry and its twin can share
+	// it.
+	bound bool
 	// fixed is a dynamic directory's child that handler.Child.Fixed says
 	// is always there: cached by the kernel as a static name is. Set
 	// before the entry is linked.
@@ -94,8 +100,7 @@ type entryCore struct {
 	// (Beside the three above, it fills the word they leave half empty.)
 	mark atomic.Uint32
 
-	// gen is a dynamic child's handler.Child.Gen, set before it is linked.
-	gen uint64
+	dir *Dir // kindDir: the directory this entry names (one core per connection)
 
 	// life counts the callbacks running (enter, exit), plus lifeRemoved
 	// once the entry is removed: removal waits for callbacks in flight to
@@ -205,7 +210,7 @@ const DefaultMaxAge = time.Second
 // change drops the cache (handler.Changer, and content the handler marks
 // byte-exact, which shares no snapshot).
 func (e *Entry) ageBound() time.Duration {
-	if !e.srv.opts.NoOpen || e.kind != kindFile {
+	if !e.srv().opts.NoOpen || e.kind != kindFile {
 		return 0
 	}
 	if e.maxAge > 0 {
@@ -221,7 +226,7 @@ func (e *Entry) ageBound() time.Duration {
 // nil, is the state it shares with its twin on the other connection (a
 // file's or a link's), already made.
 func newEntry(s *Server, parent *Dir, name string, ino uint64, mode fs.FileMode, h any, k kind, core *entryCore) *Entry {
-	e := &Entry{srv: s, parent: parent}
+	e := &Entry{parent: parent}
 	if core != nil {
 		e.entryCore = core
 		return e
@@ -251,7 +256,7 @@ func newEntry(s *Server, parent *Dir, name string, ino uint64, mode fs.FileMode,
 // child of a dynamic directory.
 func (e *Entry) timeout() time.Duration {
 	if e.fixed {
-		return e.srv.opts.AttrTimeout
+		return e.srv().opts.AttrTimeout
 	}
 	return e.parent.timeout()
 }
@@ -271,7 +276,7 @@ func (e *Entry) pins() bool {
 	}
 	// In the default layout only content with a freshness bound is worth
 	// a bind onto the no-open connection (split.go).
-	return e.srv.freshOnly() && e.maxAge <= 0
+	return e.srv().freshOnly() && e.maxAge <= 0
 }
 
 // fresh reports a file with a freshness bound of its own (for the counts
@@ -293,7 +298,7 @@ func (e *Entry) Name() string { return e.name }
 // until they are closed: the kernel gives the server no way to revoke them.
 func (e *Entry) Remove() error {
 	e.primeDentry() // notify.go: for the IN_DELETE_SELF of notifyRemoved
-	ok, sub := e.srv.unlink(e)
+	ok, sub := e.srv().unlink(e)
 	if !ok {
 		return syscall.ENOENT
 	}
@@ -302,14 +307,14 @@ func (e *Entry) Remove() error {
 		// connection, which no longer knows the names. (Dropping the
 		// dentry below would detach them too; an error means the
 		// directory is already gone.)
-		e.srv.unbindRemoved(append(sub[:len(sub):len(sub)], e))
+		e.srv().unbindRemoved(append(sub[:len(sub):len(sub)], e))
 		ce.Remove()
 	}
 	sub = append(sub, e)
 	for _, c := range sub {
 		c.kill()
 	}
-	if e.srv.opts.NoOpen {
+	if e.srv().opts.NoOpen {
 		// Descriptors opened before must get EIO, not the pages the
 		// kernel cached for them.
 		for _, c := range sub {
@@ -324,7 +329,7 @@ func (e *Entry) Remove() error {
 	e.notifyRemoved() // notify.go: IN_DELETE_SELF for watchers
 	e.parent.notifyGone(e.name)
 	if e.pins() {
-		e.srv.rejoin(e.parent)
+		e.srv().rejoin(e.parent)
 	}
 	return nil
 }
@@ -367,7 +372,7 @@ func (e *Entry) Invalidate() error {
 		}
 	}
 	off := int64(-1)
-	if e.srv.opts.NoOpen {
+	if e.srv().opts.NoOpen {
 		e.dropShared()
 		off = 0
 	}
@@ -438,7 +443,7 @@ func (e *Entry) attrTTL(ctx context.Context, out *fuse.Attr) (time.Duration, sys
 		if err := ga.Getattr(ctx, &a); err != nil {
 			return 0, handler.Errno(err)
 		}
-	} else if sz := e.sizer(); e.srv.opts.NoOpen && sz != nil {
+	} else if sz := e.sizer(); e.srv().opts.NoOpen && sz != nil {
 		// The kernel caches the content and reads no further than the
 		// size it knows, so the size must be the snapshot's.
 		sh, errno := e.freshShared(ctx)
@@ -566,7 +571,7 @@ func (e *Entry) openSharedLocked(ctx context.Context) (*sharedFile, syscall.Errn
 	}
 	sh.exact = sh.f.Caching
 	sh.f.Caching = true
-	sh.fresh = e.srv.snapshotTime()
+	sh.fresh = e.srv().snapshotTime()
 	sh.made = sh.fresh
 	return sh, 0
 }

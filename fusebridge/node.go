@@ -45,7 +45,7 @@ var (
 
 func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
 	e := n.e
-	if e.srv.opts.NoOpen {
+	if e.srv().opts.NoOpen {
 		// The kernel remembers ENOSYS for the connection: no OPEN or
 		// RELEASE is sent again, and every file is cached as with
 		// FOPEN_KEEP_CACHE. Callbacks then carry no file handle and use
@@ -93,7 +93,7 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	if e.snapshotter() != nil && !e.perCaller {
 		// Content made whole at open: the kernel may serve this
 		// descriptor's reads from a memfd with it (perop.go).
-		e.srv.perop.open(ctx, e, of)
+		e.srv().perop.open(ctx, e, of)
 	}
 	return of, fl, 0
 }
@@ -102,11 +102,11 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 // makes the kernel serve read, write and mmap from it without the server.
 func (of *openFile) PassthroughFd() (int, bool) {
 	bf := of.e.backing()
-	if bf == nil || !of.e.srv.passthrough.Load() {
+	if bf == nil || !of.e.srv().passthrough.Load() {
 		return -1, false
 	}
 	fd, ok := bf.BackingFile(&of.f)
-	if r := of.e.srv.rs.rfs; ok && r != nil {
+	if r := of.e.srv().rs.rfs; ok && r != nil {
 		r.keepBacking(of.e.ino, fd) // crash.go
 	}
 	return fd, ok
@@ -124,7 +124,7 @@ func (n *fileNode) Read(ctx context.Context, f fs.FileHandle, dest []byte, off i
 		// page cache page before a partial write; procfs answers EIO.
 		return nil, syscall.EIO
 	}
-	if e.srv.opts.NoOpen {
+	if e.srv().opts.NoOpen {
 		// Counted before the snapshot is taken: a WRITE that drops it
 		// afterwards must see that this READ may cache its text
 		// (pagedrop.go).
@@ -192,7 +192,7 @@ func (n *fileNode) handle(ctx context.Context, f fs.FileHandle) (of *handler.Ope
 	if h, ok := f.(*openFile); ok {
 		return &h.f, nil, 0
 	}
-	if !n.e.srv.opts.NoOpen {
+	if !n.e.srv().opts.NoOpen {
 		return nil, nil, 0
 	}
 	sh, errno = n.e.acquireShared(ctx)
@@ -376,7 +376,7 @@ func (n *fileNode) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAtt
 		// procfs does, and the file cannot be truncated. On a NoOpen mount
 		// a size change is ignored instead, as kernfs does: O_TRUNC comes
 		// as a SETATTR there, and `echo 1 > knob` must work.
-		if sa.Size != nil && !e.srv.opts.NoOpen {
+		if sa.Size != nil && !e.srv().opts.NoOpen {
 			return syscall.EINVAL
 		}
 		if sa.Mode != nil {

@@ -194,7 +194,7 @@ func (e *Entry) notifyLoop() {
 	for {
 		if err := e.notifyNow(); err != nil && !errors.Is(err, errEntryGone) {
 			if !st.degraded.Swap(true) {
-				e.srv.log.Info("no inotify event for this file: the change is visible to readers, but watchers are not woken", "name", e.name, "reason", err)
+				e.srv().log.Info("no inotify event for this file: the change is visible to readers, but watchers are not woken", "name", e.name, "reason", err)
 			}
 		}
 		st.mu.Lock()
@@ -227,7 +227,7 @@ func (e *Entry) notifyNow() error {
 			e.Invalidate()
 		}
 	}()
-	path := filepath.Join(e.srv.mnt, e.notifyRelPath())
+	path := filepath.Join(e.srv().mnt, e.notifyRelPath())
 	fd, err := unix.Open(path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTCONN) {
@@ -240,7 +240,7 @@ func (e *Entry) notifyNow() error {
 	if err := unix.Fstat(fd, &st); err != nil {
 		return fmt.Errorf("stat %s: %w", path, err)
 	}
-	if st.Ino != target.ino || unix.Major(st.Dev) != 0 || unix.Minor(st.Dev) != target.srv.connID {
+	if st.Ino != target.ino || unix.Major(st.Dev) != 0 || unix.Minor(st.Dev) != target.srv().connID {
 		// Removed (and maybe published again), or unmounted: what the
 		// name reaches now is not this entry's file.
 		return errEntryGone
@@ -259,7 +259,7 @@ func (e *Entry) notifyNow() error {
 		// watch the main connection's directory, whose own file for the
 		// name is under the bind mount.
 		if err := e.notifyCovered(); err != nil {
-			e.srv.log.Debug("no event for watchers of the directory", "name", e.name, "reason", err)
+			e.srv().log.Debug("no event for watchers of the directory", "name", e.name, "reason", err)
 		}
 	}
 	return nil
@@ -399,7 +399,7 @@ func (e *Entry) notifyRemoved() {
 		return // the name was published again and is another file now
 	}
 	if errno := dir.NotifyDelete(e.name, n); errno != 0 && errno != syscall.ENOENT {
-		e.srv.log.Debug("delete notification failed", "name", e.name, "errno", errno)
+		e.srv().log.Debug("delete notification failed", "name", e.name, "errno", errno)
 	}
 }
 
@@ -428,7 +428,7 @@ func (e *Entry) primeDentry() {
 		return
 	}
 	var st unix.Stat_t
-	unix.Fstatat(unix.AT_FDCWD, filepath.Join(e.srv.mnt, e.notifyRelPath()), &st, unix.AT_SYMLINK_NOFOLLOW)
+	unix.Fstatat(unix.AT_FDCWD, filepath.Join(e.srv().mnt, e.notifyRelPath()), &st, unix.AT_SYMLINK_NOFOLLOW)
 }
 
 // notifyCovered raises IN_MODIFY on the main connection's file of a
@@ -436,7 +436,7 @@ func (e *Entry) primeDentry() {
 // directory. It reaches the file through a clone of the main mount that has
 // no binds in it (open_tree without AT_RECURSIVE, see mainView).
 func (e *Entry) notifyCovered() error {
-	view, release, err := e.srv.acquireView()
+	view, release, err := e.srv().acquireView()
 	if err != nil {
 		return err
 	}
@@ -450,7 +450,7 @@ func (e *Entry) notifyCovered() error {
 	if err := unix.Fstat(fd, &st); err != nil {
 		return err
 	}
-	if st.Ino != e.ino || unix.Major(st.Dev) != 0 || unix.Minor(st.Dev) != e.srv.connID {
+	if st.Ino != e.ino || unix.Major(st.Dev) != 0 || unix.Minor(st.Dev) != e.srv().connID {
 		return errEntryGone
 	}
 	return selfUtimens(fd, &st)
