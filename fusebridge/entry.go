@@ -22,9 +22,13 @@ import (
 // on each (each connection's directory, tree walk and restart state are
 // its own), but the two share one entryCore: the handler, the callbacks
 // in flight, the open descriptors, the snapshot and the attributes the
-// bridge keeps. That is 96 bytes of Entry per connection and 128 of core,
-// where two whole entries and the handler's resolved interfaces were 416
-// (the lib-tree-rss row of ramproc bench -workloads lib).
+// bridge keeps (which all belong to the file, not to a connection; the
+// removal of a file removes it from both). That is 32 bytes of Entry per
+// connection and 128 of core, where two whole entries and the handler's
+// resolved interfaces were 416 (the lib-tree-rss row of ramproc bench
+// -workloads lib). What is per connection stays in Entry, or is keyed by
+// it: the directory, the twin, the descriptors' openFile and the claims
+// of perop.go.
 type Entry struct {
 	// The state both connections' entries of one published file share;
 	// a directory's is its own.
@@ -34,8 +38,8 @@ type Entry struct {
 	// (Entry.srv) is the entry's.
 	parent *Dir
 
-	// twin is the same handler published on the no-open connection of a
-	// NoOpenHandlers mount (split.go).
+	// twin is the same handler published on the second connection of a
+	// split mount (split.go); set on the main connection's entry.
 	twin atomic.Pointer[Entry]
 
 	// gen is a dynamic child's handler.Child.Gen, set before it is linked.
