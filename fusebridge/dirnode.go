@@ -132,7 +132,7 @@ func (n *dirNode) child(ctx context.Context, e *Entry, out *fuse.EntryOut) (*fs.
 	}
 	out.SetAttrTimeout(ttl)
 	fn := &fileNode{e: e}
-	if e.writer != nil {
+	if e.writer() != nil {
 		fn.pages = new(pageState)
 	}
 	return n.NewInode(ctx, fn, fs.StableAttr{Mode: syscall.S_IFREG, Ino: e.ino}), 0

@@ -17,32 +17,82 @@ import (
 // Entry is one published name: a file bound to a handler, a symbolic link,
 // or a directory (Entry.Dir). It is the counterpart of the seed's
 // proc_dir_entry.
+//
+// A file or link served on both connections of a split mount has an Entry
+// on each (each connection's directory, tree walk and restart state are
+// its own), but the two share one entryCore: the handler, the callbacks
+// in flight, the open descriptors, the snapshot and the attributes the
+// bridge keeps (which all belong to the file, not to a connection; the
+// removal of a file removes it from both). That is 32 bytes of Entry per
+// connection and 128 of core, where two whole entries and the handler's
+// resolved interfaces were 416 (the lib-tree-rss row of ramproc bench
+// -workloads lib). What is per connection stays in Entry, or is keyed by
+// it: the directory, the twin, the descriptors' openFile and the claims
+// of perop.go.
 type Entry struct {
-	// The handler and the interfaces its OPEN path needs, resolved once
-	// at Create; shared with the twin.
-	*fileOps
+	// The state both connections' entries of one published file share;
+	// a directory's is its own.
+	*entryCore
 
-	srv    *Server
+	// parent is the entry's directory on its connection; its server
+	// (Entry.srv) is the entry's.
 	parent *Dir
-	name   string
-	ino    uint64
+
+	// twin is the same handler published on the second connection of a
+	// split mount (split.go); set on the main connection's entry.
+	twin atomic.Pointer[Entry]
+
+	// gen is a dynamic child's handler.Child.Gen, set before it is linked.
+	gen uint64
+}
+
+// srv is the server of the connection the entry is published on.
+func (e *Entry) srv() *Server { return e.parent.srv }
+
+// entryCore is what an entry and its twin share. Its fields are laid out
+// to fill 128 bytes, a size class of Go's allocator, with no slack.
+type entryCore struct {
+	// h is the handler itself (a link's Symlinker; nil for directories).
+	// Its optional interfaces are asserted where a request needs them (a
+	// few nanoseconds against a round trip of tens of microseconds):
+	// resolved, each was 16 bytes per published file whatever the
+	// handler implements, and a tree of 100,000 generated files paid 200
+	// bytes a file for eleven of them, most nil.
+	h any
+
+	// maxAge is the freshness bound of a snapshot handler that states one
+	// (handler.AgeBound); 0 for none.
+	maxAge time.Duration
+
+	name string
+	ino  uint64
 	// born (Unix nanoseconds) stands in for all three times of handlers
 	// that keep none; an int64, not a time.Time, as it is 16 bytes less
 	// for each of a large tree's entries.
 	born int64
 	kind kind
-	// opensClosed is guarded by opensMu, bound by srv.bindMu; kept
-	// together so that they share one word.
+	// opensClosed is guarded by opensMu, bound by the main connection's
+	// bindMu; kept together so that they share one word.
 	opensClosed bool
 	// bound is set while the twin is bind-mounted over this entry's path
-	// (a file's own bind, or a whole directory's).
+	// (a file's own bind, or a whole directory's). Only the main
+	// connection binds, and reads it, so its entry and its twin can share
+	// it.
 	bound bool
 	// fixed is a dynamic directory's child that handler.Child.Fixed says
 	// is always there: cached by the kernel as a static name is. Set
 	// before the entry is linked.
 	fixed bool
-
-	dir *Dir // kindDir: the directory this entry names
+	// perCaller: content depends on the caller, never cached.
+	perCaller bool
+	// unknownSize: a streamed file, read with FOPEN_DIRECT_IO to its end.
+	unknownSize bool
+	// changer: the handler tells the bridge of every change
+	// (handler.Changer), so a cache of it needs no bound.
+	changer bool
+	// sourced: a handler.SourceChanger, whose writes carry the core (the
+	// same for an entry and its twin) as their source (notify.go).
+	sourced bool
 
 	// perm and owner are kept here for handlers without a Setattrer, so
 	// chmod works on every entry, as it does on /proc files.
@@ -54,8 +104,7 @@ type Entry struct {
 	// (Beside the three above, it fills the word they leave half empty.)
 	mark atomic.Uint32
 
-	// gen is a dynamic child's handler.Child.Gen, set before it is linked.
-	gen uint64
+	dir *Dir // kindDir: the directory this entry names (one core per connection)
 
 	// life counts the callbacks running (enter, exit), plus lifeRemoved
 	// once the entry is removed: removal waits for callbacks in flight to
@@ -63,26 +112,24 @@ type Entry struct {
 	// start afterwards see lifeRemoved and fail with EIO, never touching a
 	// handler that its owner has already torn down. (A counter rather
 	// than a sync.RWMutex: 20 bytes less for each of a large tree's
-	// entries; removals wait on one condition for all.)
+	// entries; removals wait on one condition for all.) Shared by both
+	// connections: the removal of either entry of a file (both are
+	// removed together) waits for the callbacks of both, and a second
+	// kill finds nothing left to do.
 	life atomic.Int32
 
 	// opens lists the descriptors not yet released, so removal can release
 	// them, as procfs's close_pdeo does on remove_proc_entry. It is made
 	// at the first open: most entries of a large tree are never opened
 	// through a handle. opensMu also guards shared: a connection either
-	// opens (opens) or never does (shared), so one lock serves both, and
-	// an entry is 8 bytes smaller.
+	// opens (opens) or never does (shared), so one lock serves both.
 	opensMu sync.Mutex
 	opens   map[*openFile]struct{}
 
-	// shared is the one open file of a NoOpen mount, where the kernel
-	// sends no OPEN: created by the first callback that needs it, dropped
-	// (and released once its last user is done) on invalidation.
+	// shared is the one open file of a no-open connection, where the
+	// kernel sends no OPEN: created by the first callback that needs it,
+	// dropped (and released once its last user is done) on invalidation.
 	shared *sharedFile
-
-	// twin is the same handler published on the no-open connection of a
-	// NoOpenHandlers mount (split.go).
-	twin atomic.Pointer[Entry]
 
 	// notify is the change notification state (notify.go), made by the
 	// first Notify or Changer: most entries never have one.
@@ -107,74 +154,44 @@ type sharedFile struct {
 	dropped bool
 }
 
-// fileOps is a file handler's interfaces, resolved once, and shared by an
-// entry and its twin.
-//
-// Only the interfaces of the OPEN path are kept resolved: the rest are
-// asserted from h when a request needs them (a few nanoseconds against a
-// round trip of tens of microseconds). Each resolved interface is 16 bytes
-// per published file whatever the handler implements, and a tree of
-// 100,000 generated files paid 200 bytes a file for eleven of them, most
-// nil (the footprint row of ramproc bench -workloads lib).
-type fileOps struct {
-	// h is the handler itself (a link's Symlinker; nil for directories).
-	h any
+// The handler's optional interfaces, nil where it has none.
 
-	opener   handler.Opener
-	reader   handler.Reader
-	writer   handler.Writer
-	releaser handler.Releaser
-	backing  handler.BackingFiler
-	// snapshotter: content made whole at open, which a read-only open may
-	// be served from a backing file of its own (perop.go); nil for
-	// handlers with a backing file of their own.
-	snapshotter handler.OpenSnapshotter
+func (o *entryCore) opener() handler.Opener     { i, _ := o.h.(handler.Opener); return i }
+func (o *entryCore) reader() handler.Reader     { i, _ := o.h.(handler.Reader); return i }
+func (o *entryCore) writer() handler.Writer     { i, _ := o.h.(handler.Writer); return i }
+func (o *entryCore) releaser() handler.Releaser { i, _ := o.h.(handler.Releaser); return i }
+func (o *entryCore) backing() handler.BackingFiler {
+	i, _ := o.h.(handler.BackingFiler)
+	return i
+}
+func (o *entryCore) lseeker() handler.Lseeker     { i, _ := o.h.(handler.Lseeker); return i }
+func (o *entryCore) getattrer() handler.Getattrer { i, _ := o.h.(handler.Getattrer); return i }
+func (o *entryCore) setattrer() handler.Setattrer { i, _ := o.h.(handler.Setattrer); return i }
+func (o *entryCore) fsyncer() handler.Fsyncer     { i, _ := o.h.(handler.Fsyncer); return i }
+func (o *entryCore) allocator() handler.Allocator { i, _ := o.h.(handler.Allocator); return i }
+func (o *entryCore) sizer() handler.SnapshotSizer { i, _ := o.h.(handler.SnapshotSizer); return i }
 
-	// maxAge is the freshness bound of a snapshot handler that states one
-	// (handler.AgeBound); 0 for none.
-	maxAge time.Duration
-
-	// perCaller: content depends on the caller, never cached.
-	perCaller bool
-	// unknownSize: a streamed file, read with FOPEN_DIRECT_IO to its end.
-	unknownSize bool
-	// changer: the handler tells the bridge of every change
-	// (handler.Changer), so a cache of it needs no bound.
-	changer bool
-	// sourced: a handler.SourceChanger, whose writes carry the fileOps (the
-	// same for an entry and its twin) as their source (notify.go).
-	sourced bool
+// snapshotter is content made whole at open, which a read-only open may be
+// served from a backing file of its own (perop.go); nil for handlers with
+// a backing file of their own.
+func (o *entryCore) snapshotter() handler.OpenSnapshotter {
+	if o.backing() != nil {
+		return nil
+	}
+	i, _ := o.h.(handler.OpenSnapshotter)
+	return i
 }
 
-// The handler's other optional interfaces, nil where it has none.
-
-func (o *fileOps) lseeker() handler.Lseeker     { i, _ := o.h.(handler.Lseeker); return i }
-func (o *fileOps) getattrer() handler.Getattrer { i, _ := o.h.(handler.Getattrer); return i }
-func (o *fileOps) setattrer() handler.Setattrer { i, _ := o.h.(handler.Setattrer); return i }
-func (o *fileOps) fsyncer() handler.Fsyncer     { i, _ := o.h.(handler.Fsyncer); return i }
-func (o *fileOps) allocator() handler.Allocator { i, _ := o.h.(handler.Allocator); return i }
-func (o *fileOps) sizer() handler.SnapshotSizer { i, _ := o.h.(handler.SnapshotSizer); return i }
-
 // symlink is a link entry's handler.
-func (o *fileOps) symlink() handler.Symlinker { i, _ := o.h.(handler.Symlinker); return i }
+func (o *entryCore) symlink() handler.Symlinker { i, _ := o.h.(handler.Symlinker); return i }
 
-// noOps serves directories, which have no file operations.
-var noOps = &fileOps{}
-
-func resolveOps(h any) *fileOps {
-	o := &fileOps{h: h}
-	o.opener, _ = h.(handler.Opener)
-	o.reader, _ = h.(handler.Reader)
-	o.writer, _ = h.(handler.Writer)
-	o.releaser, _ = h.(handler.Releaser)
-	o.backing, _ = h.(handler.BackingFiler)
+// resolveFile sets the flags of a file handler's core from h.
+func (o *entryCore) resolveFile(h any) {
+	o.h = h
 	if pc, ok := h.(handler.PerCaller); ok {
 		o.perCaller = pc.PerCaller()
 	}
 	o.unknownSize = unknownSize(h)
-	if sn, ok := h.(handler.OpenSnapshotter); ok && o.backing == nil {
-		o.snapshotter = sn
-	}
 	_, o.changer = h.(handler.Changer)
 	// A bound is kept only where the bridge makes the snapshot itself
 	// (a SnapshotSizer without Getattrer): it shows the kernel the
@@ -183,7 +200,6 @@ func resolveOps(h any) *fileOps {
 		o.maxAge = ab.FreshFor()
 	}
 	_, o.sourced = h.(handler.SourceChanger)
-	return o
 }
 
 // DefaultMaxAge is the freshness bound of generated content that states
@@ -198,7 +214,7 @@ const DefaultMaxAge = time.Second
 // change drops the cache (handler.Changer, and content the handler marks
 // byte-exact, which shares no snapshot).
 func (e *Entry) ageBound() time.Duration {
-	if !e.srv.opts.NoOpen || e.kind != kindFile {
+	if !e.srv().opts.NoOpen || e.kind != kindFile {
 		return 0
 	}
 	if e.maxAge > 0 {
@@ -210,13 +226,18 @@ func (e *Entry) ageBound() time.Duration {
 	return 0
 }
 
-// newEntry makes the entry of h (nil for a static directory); ops, if not
-// nil, are h's interfaces already resolved (a twin shares its original's).
-func newEntry(s *Server, parent *Dir, name string, ino uint64, mode fs.FileMode, h any, k kind, ops *fileOps) *Entry {
-	e := &Entry{srv: s, parent: parent, name: name, ino: ino, kind: k, born: time.Now().UnixNano()}
+// newEntry makes the entry of h (nil for a static directory); core, if not
+// nil, is the state it shares with its twin on the other connection (a
+// file's or a link's), already made.
+func newEntry(s *Server, parent *Dir, name string, ino uint64, mode fs.FileMode, h any, k kind, core *entryCore) *Entry {
+	e := &Entry{parent: parent}
+	if core != nil {
+		e.entryCore = core
+		return e
+	}
+	e.entryCore = &entryCore{name: name, ino: ino, kind: k, born: time.Now().UnixNano()}
 	switch k {
 	case kindDir:
-		e.fileOps = noOps
 		e.dir = newDir(s, parent, name, ino, mode)
 		e.dir.self = e
 		e.dir.dyn, _ = h.(handler.DirHandler)
@@ -224,12 +245,9 @@ func newEntry(s *Server, parent *Dir, name string, ino uint64, mode fs.FileMode,
 			e.dir.perCaller = pc.PerCaller()
 		}
 	case kindLink:
-		e.fileOps = &fileOps{h: h}
+		e.h = h
 	default:
-		if ops == nil {
-			ops = resolveOps(h)
-		}
-		e.fileOps = ops
+		e.resolveFile(h)
 	}
 	e.perm.Store(handler.UnixMode(mode))
 	e.uid.Store(s.uid)
@@ -242,7 +260,7 @@ func newEntry(s *Server, parent *Dir, name string, ino uint64, mode fs.FileMode,
 // child of a dynamic directory.
 func (e *Entry) timeout() time.Duration {
 	if e.fixed {
-		return e.srv.opts.AttrTimeout
+		return e.srv().opts.AttrTimeout
 	}
 	return e.parent.timeout()
 }
@@ -257,18 +275,18 @@ func (e *Entry) pins() bool {
 	case kindLink:
 		return false
 	}
-	if e.backing != nil || e.perCaller || e.unknownSize {
+	if e.backing() != nil || e.perCaller || e.unknownSize {
 		return true
 	}
 	// In the default layout only content with a freshness bound is worth
 	// a bind onto the no-open connection (split.go).
-	return e.srv.freshOnly() && e.maxAge <= 0
+	return e.srv().freshOnly() && e.maxAge <= 0
 }
 
 // fresh reports a file with a freshness bound of its own (for the counts
 // that decide the binds of the default layout, split.go).
 func (e *Entry) fresh() bool {
-	return e.kind == kindFile && e.maxAge > 0 && e.backing == nil && !e.perCaller && !e.unknownSize
+	return e.kind == kindFile && e.maxAge > 0 && e.backing() == nil && !e.perCaller && !e.unknownSize
 }
 
 // Name returns the entry's file name.
@@ -284,7 +302,7 @@ func (e *Entry) Name() string { return e.name }
 // until they are closed: the kernel gives the server no way to revoke them.
 func (e *Entry) Remove() error {
 	e.primeDentry() // notify.go: for the IN_DELETE_SELF of notifyRemoved
-	ok, sub := e.srv.unlink(e)
+	ok, sub := e.srv().unlink(e)
 	if !ok {
 		return syscall.ENOENT
 	}
@@ -293,14 +311,14 @@ func (e *Entry) Remove() error {
 		// connection, which no longer knows the names. (Dropping the
 		// dentry below would detach them too; an error means the
 		// directory is already gone.)
-		e.srv.unbindRemoved(append(sub[:len(sub):len(sub)], e))
+		e.srv().unbindRemoved(append(sub[:len(sub):len(sub)], e))
 		ce.Remove()
 	}
 	sub = append(sub, e)
 	for _, c := range sub {
 		c.kill()
 	}
-	if e.srv.opts.NoOpen {
+	if e.srv().opts.NoOpen {
 		// Descriptors opened before must get EIO, not the pages the
 		// kernel cached for them.
 		for _, c := range sub {
@@ -315,7 +333,7 @@ func (e *Entry) Remove() error {
 	e.notifyRemoved() // notify.go: IN_DELETE_SELF for watchers
 	e.parent.notifyGone(e.name)
 	if e.pins() {
-		e.srv.rejoin(e.parent)
+		e.srv().rejoin(e.parent)
 	}
 	return nil
 }
@@ -336,9 +354,9 @@ func (e *Entry) kill() {
 	e.opens = nil
 	e.opensClosed = true
 	e.opensMu.Unlock()
-	if e.releaser != nil {
+	if r := e.releaser(); r != nil {
 		for of := range open {
-			e.releaser.Release(context.Background(), &of.f)
+			r.Release(context.Background(), &of.f)
 		}
 	}
 }
@@ -358,7 +376,7 @@ func (e *Entry) Invalidate() error {
 		}
 	}
 	off := int64(-1)
-	if e.srv.opts.NoOpen {
+	if e.srv().opts.NoOpen {
 		e.dropShared()
 		off = 0
 	}
@@ -429,7 +447,7 @@ func (e *Entry) attrTTL(ctx context.Context, out *fuse.Attr) (time.Duration, sys
 		if err := ga.Getattr(ctx, &a); err != nil {
 			return 0, handler.Errno(err)
 		}
-	} else if sz := e.sizer(); e.srv.opts.NoOpen && sz != nil {
+	} else if sz := e.sizer(); e.srv().opts.NoOpen && sz != nil {
 		// The kernel caches the content and reads no further than the
 		// size it knows, so the size must be the snapshot's.
 		sh, errno := e.freshShared(ctx)
@@ -544,20 +562,20 @@ func (e *Entry) acquireShared(ctx context.Context) (*sharedFile, syscall.Errno) 
 func (e *Entry) openSharedLocked(ctx context.Context) (*sharedFile, syscall.Errno) {
 	flags := syscall.O_RDWR
 	switch {
-	case e.writer == nil:
+	case e.writer() == nil:
 		flags = syscall.O_RDONLY
-	case e.reader == nil:
+	case e.reader() == nil:
 		flags = syscall.O_WRONLY
 	}
 	sh := &sharedFile{f: handler.OpenFile{Flags: flags}}
-	if e.opener != nil {
-		if err := e.opener.Open(ctx, &sh.f); err != nil {
+	if op := e.opener(); op != nil {
+		if err := op.Open(ctx, &sh.f); err != nil {
 			return nil, handler.Errno(err)
 		}
 	}
 	sh.exact = sh.f.Caching
 	sh.f.Caching = true
-	sh.fresh = e.srv.snapshotTime()
+	sh.fresh = e.srv().snapshotTime()
 	sh.made = sh.fresh
 	return sh, 0
 }
@@ -605,8 +623,8 @@ func (e *Entry) renewSharedLocked(ctx context.Context, old *sharedFile) (*shared
 		sh.refs = 1
 	}
 	e.opensMu.Unlock()
-	if last && e.releaser != nil {
-		e.releaser.Release(context.Background(), &old.f)
+	if r := e.releaser(); last && r != nil {
+		r.Release(context.Background(), &old.f)
 	}
 	return sh, errno
 }
@@ -615,7 +633,7 @@ func (e *Entry) renewSharedLocked(ctx context.Context, old *sharedFile) (*shared
 // bytes (of at most sameContentMax; a larger one counts as changed).
 func (e *Entry) sameContent(ctx context.Context, a, b *sharedFile) bool {
 	sz := e.sizer()
-	if sz == nil || e.reader == nil {
+	if sz == nil || e.reader() == nil {
 		return false
 	}
 	n := sz.SnapshotSize(&a.f)
@@ -623,7 +641,7 @@ func (e *Entry) sameContent(ctx context.Context, a, b *sharedFile) bool {
 		return false
 	}
 	ba, bb := make([]byte, n), make([]byte, n)
-	return readFull(ctx, e.reader, &a.f, ba) && readFull(ctx, e.reader, &b.f, bb) && bytes.Equal(ba, bb)
+	return readFull(ctx, e.reader(), &a.f, ba) && readFull(ctx, e.reader(), &b.f, bb) && bytes.Equal(ba, bb)
 }
 
 // readFull reads len(buf) bytes of f from offset 0; false if it cannot.
@@ -657,8 +675,8 @@ func (e *Entry) releaseShared(sh *sharedFile) {
 	sh.refs--
 	last := sh.refs == 0 && sh.dropped
 	e.opensMu.Unlock()
-	if last && e.releaser != nil {
-		e.releaser.Release(context.Background(), &sh.f)
+	if r := e.releaser(); last && r != nil {
+		r.Release(context.Background(), &sh.f)
 	}
 }
 
@@ -683,7 +701,7 @@ func (e *Entry) dropSharedIf(only *sharedFile) {
 		last = sh.refs == 0
 	}
 	e.opensMu.Unlock()
-	if last && e.releaser != nil {
-		e.releaser.Release(context.Background(), &sh.f)
+	if r := e.releaser(); last && r != nil {
+		r.Release(context.Background(), &sh.f)
 	}
 }

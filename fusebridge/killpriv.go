@@ -189,7 +189,7 @@ func (e *Entry) killPrivSetattr(ctx context.Context, in *fuse.SetAttrIn, sa *han
 // cached mode is refreshed by the GETATTR that its own kill check sends
 // right after the open.
 func (e *Entry) killPrivOpen(ctx context.Context, of *handler.OpenFile) {
-	if of.Flags&syscall.O_TRUNC == 0 || e.srv.opts.NoOpen {
+	if of.Flags&syscall.O_TRUNC == 0 || e.srv().opts.NoOpen {
 		return
 	}
 	var cur fuse.Attr
@@ -211,6 +211,6 @@ func (e *Entry) killPrivOpen(ctx context.Context, of *handler.OpenFile) {
 	}
 	m := handler.ModeFromUnix(newMode)
 	if err := sa.Setattr(ctx, of, &handler.SetAttr{Mode: &m}); err != nil {
-		e.srv.log.Warn("clearing setuid/setgid after open(O_TRUNC) failed", "name", e.name, "err", err)
+		e.srv().log.Warn("clearing setuid/setgid after open(O_TRUNC) failed", "name", e.name, "err", err)
 	}
 }

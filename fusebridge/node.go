@@ -45,7 +45,7 @@ var (
 
 func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
 	e := n.e
-	if e.srv.opts.NoOpen {
+	if e.srv().opts.NoOpen {
 		// The kernel remembers ENOSYS for the connection: no OPEN or
 		// RELEASE is sent again, and every file is cached as with
 		// FOPEN_KEEP_CACHE. Callbacks then carry no file handle and use
@@ -61,18 +61,18 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	of := &openFile{e: e, f: handler.OpenFile{Flags: int(flags), Reopened: reopening(ctx)}}
 	// A missing callback makes the file unreadable or unwritable at open,
 	// as sysfs refuses to open an attribute without show() or store().
-	if (of.f.Readable() && e.reader == nil) || (of.f.Writable() && e.writer == nil) {
+	if (of.f.Readable() && e.reader() == nil) || (of.f.Writable() && e.writer() == nil) {
 		return nil, 0, syscall.EACCES
 	}
-	if e.opener != nil {
-		if err := e.opener.Open(ctx, &of.f); err != nil {
+	if op := e.opener(); op != nil {
+		if err := op.Open(ctx, &of.f); err != nil {
 			return nil, 0, handler.Errno(err)
 		}
 	}
 	e.killPrivOpen(ctx, &of.f)
 	if !e.track(of) {
-		if e.releaser != nil {
-			e.releaser.Release(ctx, &of.f)
+		if r := e.releaser(); r != nil {
+			r.Release(ctx, &of.f)
 		}
 		return nil, 0, syscall.ENOENT
 	}
@@ -83,17 +83,17 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	if of.f.Caching && !e.perCaller {
 		fl = fuse.FOPEN_KEEP_CACHE
 	}
-	if !of.f.Writable() || e.writer == nil {
+	if !of.f.Writable() || e.writer() == nil {
 		// Nothing to flush at close: no FLUSH request, not even the one
 		// that teaches the kernel ENOSYS (see Flush). Writable files keep
 		// the kernel's flush, which writes back pages dirtied through
 		// mmap and reports their errors at close.
 		fl |= fuse.FOPEN_NOFLUSH
 	}
-	if e.snapshotter != nil && !e.perCaller {
+	if e.snapshotter() != nil && !e.perCaller {
 		// Content made whole at open: the kernel may serve this
 		// descriptor's reads from a memfd with it (perop.go).
-		e.srv.perop.open(ctx, e, of)
+		e.srv().perop.open(ctx, e, of)
 	}
 	return of, fl, 0
 }
@@ -101,11 +101,12 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 // PassthroughFd is asked by go-fuse right after Open; a descriptor here
 // makes the kernel serve read, write and mmap from it without the server.
 func (of *openFile) PassthroughFd() (int, bool) {
-	if of.e.backing == nil || !of.e.srv.passthrough.Load() {
+	bf := of.e.backing()
+	if bf == nil || !of.e.srv().passthrough.Load() {
 		return -1, false
 	}
-	fd, ok := of.e.backing.BackingFile(&of.f)
-	if r := of.e.srv.rs.rfs; ok && r != nil {
+	fd, ok := bf.BackingFile(&of.f)
+	if r := of.e.srv().rs.rfs; ok && r != nil {
 		r.keepBacking(of.e.ino, fd) // crash.go
 	}
 	return fd, ok
@@ -117,12 +118,13 @@ func (n *fileNode) Read(ctx context.Context, f fs.FileHandle, dest []byte, off i
 		return nil, syscall.EIO
 	}
 	defer e.exit()
-	if e.reader == nil {
+	reader := e.reader()
+	if reader == nil {
 		// The kernel reads through write-only descriptors too, to fill a
 		// page cache page before a partial write; procfs answers EIO.
 		return nil, syscall.EIO
 	}
-	if e.srv.opts.NoOpen {
+	if e.srv().opts.NoOpen {
 		// Counted before the snapshot is taken: a WRITE that drops it
 		// afterwards must see that this READ may cache its text
 		// (pagedrop.go).
@@ -133,7 +135,7 @@ func (n *fileNode) Read(ctx context.Context, f fs.FileHandle, dest []byte, off i
 		return nil, errno
 	}
 	defer n.unhandle(sh)
-	nr, err := e.reader.Read(ctx, of, dest, off)
+	nr, err := reader.Read(ctx, of, dest, off)
 	if err != nil && nr == 0 {
 		return nil, handler.Errno(err)
 	}
@@ -146,14 +148,15 @@ func (n *fileNode) Write(ctx context.Context, f fs.FileHandle, data []byte, off 
 		return 0, syscall.EIO
 	}
 	defer e.exit()
-	if e.writer == nil {
+	writer := e.writer()
+	if writer == nil {
 		return 0, syscall.EIO
 	}
 	of, sh, errno := n.handle(ctx, f)
 	if errno != 0 {
 		return 0, errno
 	}
-	nw, err := e.writer.Write(e.writeContext(ctx), of, data, off)
+	nw, err := writer.Write(e.writeContext(ctx), of, data, off)
 	n.unhandle(sh)
 	if nw > 0 {
 		if sh != nil && !sh.exact {
@@ -189,7 +192,7 @@ func (n *fileNode) handle(ctx context.Context, f fs.FileHandle) (of *handler.Ope
 	if h, ok := f.(*openFile); ok {
 		return &h.f, nil, 0
 	}
-	if !n.e.srv.opts.NoOpen {
+	if !n.e.srv().opts.NoOpen {
 		return nil, nil, 0
 	}
 	sh, errno = n.e.acquireShared(ctx)
@@ -253,8 +256,8 @@ func (n *fileNode) Flush(ctx context.Context, f fs.FileHandle) syscall.Errno { r
 func (n *fileNode) Release(ctx context.Context, f fs.FileHandle) syscall.Errno {
 	of := f.(*openFile)
 	// Removal may have released it already; a handler sees one Release.
-	if n.e.untrack(of) && n.e.releaser != nil {
-		n.e.releaser.Release(ctx, &of.f)
+	if r := n.e.releaser(); n.e.untrack(of) && r != nil {
+		r.Release(ctx, &of.f)
 	}
 	return 0
 }
@@ -373,7 +376,7 @@ func (n *fileNode) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAtt
 		// procfs does, and the file cannot be truncated. On a NoOpen mount
 		// a size change is ignored instead, as kernfs does: O_TRUNC comes
 		// as a SETATTR there, and `echo 1 > knob` must work.
-		if sa.Size != nil && !e.srv.opts.NoOpen {
+		if sa.Size != nil && !e.srv().opts.NoOpen {
 			return syscall.EINVAL
 		}
 		if sa.Mode != nil {

@@ -58,7 +58,7 @@ package fusebridge
 //
 //   - fileNode.Write (node.go): the handler's Write gets
 //     `e.writeContext(ctx)` (a SourceChanger's source, see subscribe);
-//   - fileOps (entry.go): the field `sourced`, set in resolveOps;
+//   - entryCore (entry.go): the field `sourced`, set in resolveFile;
 //   - Entry struct (entry.go): the field `notify notifyState`;
 //   - fileNode.Setattr (node.go), first line:
 //     `if errno, ok := n.e.selfNotified(ctx, in, out); ok { return errno }`;
@@ -194,7 +194,7 @@ func (e *Entry) notifyLoop() {
 	for {
 		if err := e.notifyNow(); err != nil && !errors.Is(err, errEntryGone) {
 			if !st.degraded.Swap(true) {
-				e.srv.log.Info("no inotify event for this file: the change is visible to readers, but watchers are not woken", "name", e.name, "reason", err)
+				e.srv().log.Info("no inotify event for this file: the change is visible to readers, but watchers are not woken", "name", e.name, "reason", err)
 			}
 		}
 		st.mu.Lock()
@@ -227,7 +227,7 @@ func (e *Entry) notifyNow() error {
 			e.Invalidate()
 		}
 	}()
-	path := filepath.Join(e.srv.mnt, e.notifyRelPath())
+	path := filepath.Join(e.srv().mnt, e.notifyRelPath())
 	fd, err := unix.Open(path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTCONN) {
@@ -240,7 +240,7 @@ func (e *Entry) notifyNow() error {
 	if err := unix.Fstat(fd, &st); err != nil {
 		return fmt.Errorf("stat %s: %w", path, err)
 	}
-	if st.Ino != target.ino || unix.Major(st.Dev) != 0 || unix.Minor(st.Dev) != target.srv.connID {
+	if st.Ino != target.ino || unix.Major(st.Dev) != 0 || unix.Minor(st.Dev) != target.srv().connID {
 		// Removed (and maybe published again), or unmounted: what the
 		// name reaches now is not this entry's file.
 		return errEntryGone
@@ -259,7 +259,7 @@ func (e *Entry) notifyNow() error {
 		// watch the main connection's directory, whose own file for the
 		// name is under the bind mount.
 		if err := e.notifyCovered(); err != nil {
-			e.srv.log.Debug("no event for watchers of the directory", "name", e.name, "reason", err)
+			e.srv().log.Debug("no event for watchers of the directory", "name", e.name, "reason", err)
 		}
 	}
 	return nil
@@ -319,7 +319,7 @@ func (e *Entry) selfNotified(ctx context.Context, in *fuse.SetAttrIn, out *fuse.
 
 // subscribe hands a handler.Changer its notify function (once per
 // published handler, also when it is served on two connections). A
-// handler.SourceChanger gets the entry's fileOps as the source, which
+// handler.SourceChanger gets the entry's core as the source, which
 // writeContext puts in the context of every write through the entry or
 // its twin: the handler then leaves this entry's notify out for such a
 // write, whose events the kernel raises itself (one for an O_TRUNC open,
@@ -331,7 +331,7 @@ func (e *Entry) subscribe(h any) {
 	}
 	var stop func()
 	if sc, ok := h.(handler.SourceChanger); ok {
-		stop = sc.ChangedFrom(e.fileOps, e.Notify)
+		stop = sc.ChangedFrom(e.entryCore, e.Notify)
 	} else {
 		stop = c.Changed(e.Notify)
 	}
@@ -355,7 +355,7 @@ func (e *Entry) writeContext(ctx context.Context) context.Context {
 	if !e.sourced {
 		return ctx
 	}
-	return handler.WithWriteSource(ctx, e.fileOps)
+	return handler.WithWriteSource(ctx, e.entryCore)
 }
 
 // stopNotify ends notification for a removed entry: later Notify calls do
@@ -399,7 +399,7 @@ func (e *Entry) notifyRemoved() {
 		return // the name was published again and is another file now
 	}
 	if errno := dir.NotifyDelete(e.name, n); errno != 0 && errno != syscall.ENOENT {
-		e.srv.log.Debug("delete notification failed", "name", e.name, "errno", errno)
+		e.srv().log.Debug("delete notification failed", "name", e.name, "errno", errno)
 	}
 }
 
@@ -428,7 +428,7 @@ func (e *Entry) primeDentry() {
 		return
 	}
 	var st unix.Stat_t
-	unix.Fstatat(unix.AT_FDCWD, filepath.Join(e.srv.mnt, e.notifyRelPath()), &st, unix.AT_SYMLINK_NOFOLLOW)
+	unix.Fstatat(unix.AT_FDCWD, filepath.Join(e.srv().mnt, e.notifyRelPath()), &st, unix.AT_SYMLINK_NOFOLLOW)
 }
 
 // notifyCovered raises IN_MODIFY on the main connection's file of a
@@ -436,7 +436,7 @@ func (e *Entry) primeDentry() {
 // directory. It reaches the file through a clone of the main mount that has
 // no binds in it (open_tree without AT_RECURSIVE, see mainView).
 func (e *Entry) notifyCovered() error {
-	view, release, err := e.srv.acquireView()
+	view, release, err := e.srv().acquireView()
 	if err != nil {
 		return err
 	}
@@ -450,7 +450,7 @@ func (e *Entry) notifyCovered() error {
 	if err := unix.Fstat(fd, &st); err != nil {
 		return err
 	}
-	if st.Ino != e.ino || unix.Major(st.Dev) != 0 || unix.Minor(st.Dev) != e.srv.connID {
+	if st.Ino != e.ino || unix.Major(st.Dev) != 0 || unix.Minor(st.Dev) != e.srv().connID {
 		return errEntryGone
 	}
 	return selfUtimens(fd, &st)

@@ -152,7 +152,7 @@ func (p *peropFS) open(ctx context.Context, e *Entry, of *openFile) {
 	var snap []byte
 	snapOK := false
 	if readOnly {
-		snap, snapOK = e.snapshotter.OpenSnapshot(&of.f)
+		snap, snapOK = e.snapshotter().OpenSnapshot(&of.f)
 	}
 	var timer *time.Timer
 	waited := false // once: a claim made meanwhile is joined

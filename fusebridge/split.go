@@ -233,7 +233,14 @@ func (s *Server) mirrorLocked(d *Dir, e *Entry, mode fs.FileMode, h any) error {
 	if e.dir != nil {
 		miss = e.dir.onMiss.Load()
 	}
-	ce, err := c.publish(ct, e.name, mode, h, e.kind, e.ino, e.fileOps, miss)
+	// A file or a link shares its core with its twin: one handler, one
+	// set of callbacks, descriptors and attributes for both connections.
+	// A directory is one per connection, each with its own children.
+	var core *entryCore
+	if e.dir == nil {
+		core = e.entryCore
+	}
+	ce, err := c.publish(ct, e.name, mode, h, e.kind, e.ino, core, miss)
 	if err != nil {
 		if must {
 			return fmt.Errorf("fusebridge: create %q on the connection that keeps OPEN: %w", e.Path(), err)
@@ -288,7 +295,7 @@ func (s *Server) companionSuits(e *Entry) bool {
 		return false
 	}
 	if s.opts.NoOpen {
-		return e.pins() && e.backing == nil
+		return e.pins() && e.backing() == nil
 	}
 	return !e.pins()
 }

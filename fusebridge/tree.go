@@ -427,9 +427,10 @@ func unknownSize(h any) bool {
 
 // publish makes the entry of h (nil for a static directory) named name in d
 // with inode number ino (0: the next free) on s, and links it into d.
-// ops, if not nil, are h's interfaces already resolved; miss is a static
-// directory's OnMiss hook, set before any lookup can see it.
-func (s *Server) publish(d *Dir, name string, mode fs.FileMode, h any, k kind, ino uint64, ops *fileOps, miss missHook) (*Entry, error) {
+// core, if not nil, is the state the entry shares with its twin on the
+// other connection (newEntry); miss is a static directory's OnMiss hook,
+// set before any lookup can see it.
+func (s *Server) publish(d *Dir, name string, mode fs.FileMode, h any, k kind, ino uint64, core *entryCore, miss missHook) (*Entry, error) {
 	if err := validName(name); err != nil {
 		return nil, err
 	}
@@ -453,7 +454,7 @@ func (s *Server) publish(d *Dir, name string, mode fs.FileMode, h any, k kind, i
 	}
 	s.mu.Unlock()
 
-	e := newEntry(s, d, name, ino, mode, h, k, ops)
+	e := newEntry(s, d, name, ino, mode, h, k, core)
 	if e.dir != nil && miss != nil {
 		e.dir.onMiss.Store(miss)
 	}

@@ -5,6 +5,7 @@ import (
 	"runtime/debug"
 	"sync"
 	"time"
+	"unsafe"
 )
 
 // Generated is a read-only handler whose content is produced by a function,
@@ -46,7 +47,7 @@ func (g Generated) Open(ctx context.Context, f *OpenFile) error {
 	if err != nil {
 		return err
 	}
-	f.Private = &snapshot{b: b}
+	f.Private = newSnapshot(b)
 	return nil
 }
 
@@ -154,7 +155,7 @@ func (v *Value) Get() []byte {
 
 // Open snapshots the value for readers.
 func (v *Value) Open(ctx context.Context, f *OpenFile) error {
-	f.Private = &snapshot{b: v.Get()}
+	f.Private = newSnapshot(v.Get())
 	return nil
 }
 
@@ -190,12 +191,27 @@ func (v *Value) Write(ctx context.Context, f *OpenFile, src []byte, off int64) (
 // snapshot is what the snapshot handlers (Generated, PerCallerGenerated,
 // Value, Knob) keep in OpenFile.Private: the content taken at open, and
 // whether a read has returned part of it since.
+//
+// The content is kept as a pointer and a length, not a slice: without the
+// slice's capacity a snapshot is 32 bytes, not 48, and a bounded file of a
+// large tree keeps one for as long as the kernel caches it (issue 14's
+// footprint per file).
 type snapshot struct {
 	mu     sync.Mutex // reads through one descriptor may run concurrently
-	b      []byte
+	p      *byte
+	n      int
 	served bool
 	stale  bool // none taken yet (OpenFile.Reopened): the next read takes it
 }
+
+// newSnapshot is a snapshot of b.
+func newSnapshot(b []byte) *snapshot { return &snapshot{p: unsafe.SliceData(b), n: len(b)} }
+
+// bytes is the content; under s.mu.
+func (s *snapshot) bytes() []byte { return unsafe.Slice(s.p, s.n) }
+
+// set replaces the content by b; under s.mu.
+func (s *snapshot) set(b []byte) { s.p, s.n = unsafe.SliceData(b), len(b) }
 
 // readSnapshot copies the part of the snapshot in f.Private that starts at
 // off. A read from offset 0 after a read that returned bytes first replaces
@@ -216,12 +232,13 @@ func readSnapshot(ctx context.Context, f *OpenFile, dst []byte, off int64, regen
 		if err != nil {
 			return 0, err
 		}
-		s.b, s.served, s.stale = b, false, false
+		s.set(b)
+		s.served, s.stale = false, false
 	}
-	if off >= int64(len(s.b)) {
+	if off >= int64(s.n) {
 		return 0, nil
 	}
-	n := copy(dst, s.b[off:])
+	n := copy(dst, s.bytes()[off:])
 	s.served = n > 0
 	return n, nil
 }
@@ -253,8 +270,8 @@ func releaseSnapshot(f *OpenFile) {
 		return
 	}
 	s.mu.Lock()
-	big := cap(s.b) >= BigSnapshot
-	s.b = nil
+	big := s.n >= BigSnapshot
+	s.set(nil)
 	s.mu.Unlock()
 	if big {
 		scavenge()
@@ -304,7 +321,7 @@ func openSnapshot(f *OpenFile) ([]byte, bool) {
 	if s.stale || s.served {
 		return nil, false
 	}
-	return s.b, true
+	return s.bytes(), true
 }
 
 func snapshotSize(f *OpenFile) int64 {
@@ -314,5 +331,5 @@ func snapshotSize(f *OpenFile) int64 {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return int64(len(s.b))
+	return int64(s.n)
 }

@@ -169,7 +169,7 @@ func (k *Knob[T]) store(ctx context.Context, v T, fromWrite bool) error {
 
 // Open snapshots the value's text for readers of this descriptor.
 func (k *Knob[T]) Open(ctx context.Context, f *OpenFile) error {
-	f.Private = &snapshot{b: k.codec.Format(k.Get())}
+	f.Private = newSnapshot(k.codec.Format(k.Get()))
 	return nil
 }
 
