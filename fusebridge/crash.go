@@ -45,6 +45,9 @@ import (
 //     kernel (FUSE_NOTIFY_RESEND) once the new process serves. They were
 //     maybe executed already: every request of the RAM file is idempotent
 //     (WRITE is pwrite at the offset the kernel chose, for O_APPEND too).
+//     One the kernel fails itself (EIO): a request a thread of the dying
+//     process was still copying in when SIGKILL came (fs/fuse/dev.c,
+//     fuse_dev_do_read; docs/restart.md).
 //
 // Epochs (the high half of file handles) go on counting across crashes:
 // the record carries the epoch of the process that wrote it.

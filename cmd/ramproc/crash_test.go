@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -157,5 +158,33 @@ func TestSuperviseGivesUpBeforeReady(t *testing.T) {
 	out, err = exec.Command(bin, "supervise", "no-such-program-here").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "ramproc supervise ramproc mount") {
 		t.Errorf("ramproc supervise of a missing program: %v\n%s", err, out)
+	}
+}
+
+// After a planned restart, the new server's READY=1 and its predecessor's
+// MAINPID= naming it come from two processes, in either order; in both,
+// the keeper counts the new server as serving, so that a crash of it is
+// survived. A new main one that has not said so is not (it would be
+// started again with nothing it gave).
+func TestKeeperReadyAcrossRestart(t *testing.T) {
+	const oldPid, newPid = 100, 200
+	for _, order := range []string{"ready first", "mainpid first"} {
+		k := &keeper{files: map[string]*os.File{}, served: map[int]bool{}, main: oldPid}
+		k.handle([]byte("READY=1"), nil, oldPid)
+		ready := func() { k.handle([]byte("READY=1"), nil, newPid) }
+		mainpid := func() { k.handle([]byte(fmt.Sprintf("MAINPID=%d", newPid)), nil, oldPid) }
+		if order == "ready first" {
+			ready()
+			mainpid()
+		} else {
+			mainpid()
+			if k.ready {
+				t.Errorf("%s: ready before the new server said so", order)
+			}
+			ready()
+		}
+		if k.main != newPid || !k.ready {
+			t.Errorf("%s: main %d ready %v, want %d true", order, k.main, k.ready, newPid)
+		}
 	}
 }
