@@ -45,6 +45,9 @@ import (
 //     kernel (FUSE_NOTIFY_RESEND) once the new process serves. They were
 //     maybe executed already: every request of the RAM file is idempotent
 //     (WRITE is pwrite at the offset the kernel chose, for O_APPEND too).
+//     One the kernel fails itself (EIO): a request a thread of the dying
+//     process was still copying in when SIGKILL came (fs/fuse/dev.c,
+//     fuse_dev_do_read; docs/restart.md).
 //
 // Epochs (the high half of file handles) go on counting across crashes:
 // the record carries the epoch of the process that wrote it.
@@ -430,16 +433,22 @@ func (s *Server) readyAfterCrash(in *inheritance) error {
 	// Recorded before the first request of the new epoch is answered.
 	s.keepForCrash()
 	for _, c := range conns {
+		// The dead process answers nothing: what it read is sent again.
+		// Before this process reads anything: the kernel resends every
+		// request read and not answered, by whichever process, and one
+		// this process was serving would run twice (a RELEASE twice is
+		// a panic in go-fuse's bridge, answered EIO).
+		if err := notifyResend(c.rs.devFd); err != nil {
+			s.log.Warn("cannot have the kernel resend the requests the dead process read; they wait until the mount ends", "err", err)
+		}
+	}
+	for _, c := range conns {
 		if err := c.serveAdopted(); err != nil {
 			return err
 		}
 	}
 	for _, c := range conns {
 		c.rs.adopt = nil
-		// The dead process answers nothing: what it read is sent again.
-		if err := notifyResend(c.rs.devFd); err != nil {
-			s.log.Warn("cannot have the kernel resend the requests the dead process read; they wait until the mount ends", "err", err)
-		}
 	}
 	s.rs.inos, s.rs.binds = nil, nil
 	s.log.Info("serving the mount of a process that died", "mountpoint", s.mnt, "passthrough", s.passthrough.Load())

@@ -55,9 +55,15 @@ type keeper struct {
 	files    map[string]*os.File
 	names    []string // in the order given
 	main     int
-	ready    bool
+	ready    bool // main has said that it serves
 	stopping bool
-	synced   chan struct{}
+	// served lists the processes that said they serve (READY=1, or the
+	// crash record), by the pid the kernel gives with each datagram. A
+	// server started by a restart says so on its own, and its
+	// predecessor names it MAINPID= meanwhile: the two datagrams come
+	// from two processes, in either order.
+	served map[int]bool
+	synced chan struct{}
 }
 
 func runSupervise(args []string) int {
@@ -134,6 +140,7 @@ func runSupervise(args []string) int {
 			return err
 		}
 		k.main, k.ready, k.stopping = cmd.Process.Pid, false, false
+		k.served = map[int]bool{}
 		return nil
 	}
 	if err := start(); err != nil {
@@ -204,7 +211,7 @@ func newKeeper() (*keeper, string, error) {
 		unix.Close(sock)
 		return nil, "", err
 	}
-	return &keeper{sock: sock, files: map[string]*os.File{}, synced: make(chan struct{}, 1)}, addr, nil
+	return &keeper{sock: sock, files: map[string]*os.File{}, served: map[int]bool{}, synced: make(chan struct{}, 1)}, addr, nil
 }
 
 // receive takes the server's notifications until the process exits.
@@ -236,12 +243,12 @@ func (k *keeper) receive() {
 			}
 			continue
 		}
-		k.handle(buf[:n], fds)
+		k.handle(buf[:n], fds, int(cred.Pid))
 	}
 }
 
-// handle applies one notification.
-func (k *keeper) handle(msg []byte, fds []int) {
+// handle applies one notification, sent by process pid.
+func (k *keeper) handle(msg []byte, fds []int, pid int) {
 	vars := map[string]string{}
 	for _, line := range bytes.Split(msg, []byte("\n")) {
 		if name, val, ok := strings.Cut(string(line), "="); ok {
@@ -266,13 +273,19 @@ func (k *keeper) handle(msg []byte, fds []int) {
 	for _, fd := range fds {
 		unix.Close(fd)
 	}
-	if v, err := strconv.Atoi(vars["MAINPID"]); err == nil && v > 0 {
-		k.main, k.ready = v, false
-	}
 	// A server on the library that does not speak READY= itself is
 	// serving once it has given its crash record (fusebridge/crash.go).
 	if vars["READY"] == "1" || vars["FDSTORE"] == "1" && name == "fusebridge-record" {
-		k.ready = true
+		k.served[pid] = true
+		k.ready = k.ready || pid == k.main
+	}
+	if v, err := strconv.Atoi(vars["MAINPID"]); err == nil && v > 0 {
+		// Ready if the new main one has said so already: a restarted
+		// server's READY=1 often arrives before its predecessor's
+		// MAINPID=, and would otherwise be forgotten, so that a crash
+		// of it ended the keeper instead of starting it again.
+		k.main, k.ready = v, k.served[v]
+		k.served = map[int]bool{v: k.served[v]}
 	}
 	if vars["STOPPING"] == "1" {
 		k.stopping = true
