@@ -734,7 +734,24 @@ func (s *Server) Ready() error {
 	unix.Close(in.sock)
 	s.keepForCrash() // before the new epoch answers anything
 
-	go resendHeld(in.old, conns, s.log)
+	// Before this process reads anything, as after a crash (crash.go):
+	// the kernel resends every request read and not answered, this
+	// process's own too, which would then run twice (an OPEN twice leaks
+	// a handle, and a per-open passthrough claim with it; a RELEASE twice
+	// panics go-fuse's bridge). So the resend waits for the old process to
+	// exit (its readers may take requests until then, and hold them
+	// unanswered), and requests wait in the kernel meanwhile: the old
+	// process exits right after Restart returns. One that outlives
+	// resendGrace is resent from then on while this process serves.
+	exited := waitExit(in.old, resendGrace)
+	resendAll(conns, s.log)
+	if exited {
+		if in.old >= 0 {
+			unix.Close(in.old)
+		}
+	} else {
+		go resendHeld(in.old, conns, s.log)
+	}
 	for _, c := range conns {
 		if err := c.serveAdopted(); err != nil {
 			return err
@@ -903,12 +920,13 @@ func notifyResend(fd int) error {
 	return err
 }
 
-// resendGrace is how long the old process gets to exit before the held
-// requests are resent anyway, and again each time it passes while the old
-// process lives (its readers may take requests until it exits). The old
-// process answers nothing once its gates are closed, so a resend is safe
-// at any time but in the microseconds in which the last requests it ran
-// before the gates closed still have their answers on the way.
+// resendGrace is how long the old process gets to exit before this one
+// serves and has the held requests resent anyway, and again each time it
+// passes while the old process lives (its readers may take requests until
+// it exits). The old process answers nothing once its gates are closed;
+// a resend while this process serves makes it run its own unanswered
+// requests twice, which only an old process that outlives this grace
+// causes (Ready resends before serving otherwise).
 const resendGrace = 2 * time.Second
 
 // resendHeld has the kernel resend, once the old process (pidfd) has
@@ -920,17 +938,26 @@ func resendHeld(pidfd int, conns []*Server, log *slog.Logger) {
 	}
 	for {
 		exited := waitExit(pidfd, resendGrace)
-		for _, c := range conns {
-			if err := notifyResend(c.rs.devFd); err != nil {
-				log.Warn("cannot have the kernel resend the requests the old process read; they wait until the mount ends", "err", err)
-				return
-			}
+		if !resendAll(conns, log) {
+			return
 		}
 		if exited {
 			return
 		}
 		log.Warn("the old process has not exited; resending what it holds again", "after", resendGrace)
 	}
+}
+
+// resendAll has the kernel resend, on each connection, every request read
+// and not answered; false if it cannot.
+func resendAll(conns []*Server, log *slog.Logger) bool {
+	for _, c := range conns {
+		if err := notifyResend(c.rs.devFd); err != nil {
+			log.Warn("cannot have the kernel resend the requests the old process read; they wait until the mount ends", "err", err)
+			return false
+		}
+	}
+	return true
 }
 
 // waitExit waits at most d until the process of pidfd has exited, and
