@@ -432,25 +432,11 @@ func (s *Server) readyAfterCrash(in *inheritance) error {
 	s.claim.retake()
 	// Recorded before the first request of the new epoch is answered.
 	s.keepForCrash()
-	for _, c := range conns {
-		// The dead process answers nothing: what it read is sent again.
-		// Before this process reads anything: the kernel resends every
-		// request read and not answered, by whichever process, and one
-		// this process was serving would run twice (a RELEASE twice is
-		// a panic in go-fuse's bridge, answered EIO).
-		if err := notifyResend(c.rs.devFd); err != nil {
-			s.log.Warn("cannot have the kernel resend the requests the dead process read; they wait until the mount ends", "err", err)
-		}
-	}
-	for _, c := range conns {
-		if err := c.serveAdopted(); err != nil {
-			return err
-		}
-	}
-	for _, c := range conns {
-		c.rs.adopt = nil
-	}
-	s.rs.inos, s.rs.binds = nil, nil
-	s.log.Info("serving the mount of a process that died", "mountpoint", s.mnt, "passthrough", s.passthrough.Load())
-	return nil
+	// The dead process answers nothing: what it read is sent again.
+	// Before this process reads anything: the kernel resends every
+	// request read and not answered, by whichever process, and one this
+	// process was serving would run twice (a RELEASE twice is a panic in
+	// go-fuse's bridge, answered EIO).
+	resendAll(conns, s.log)
+	return s.serveAdoptedConns(conns, "serving the mount of a process that died")
 }

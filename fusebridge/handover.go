@@ -752,6 +752,13 @@ func (s *Server) Ready() error {
 	} else {
 		go resendHeld(in.old, conns, s.log)
 	}
+	return s.serveAdoptedConns(conns, "serving the adopted mount")
+}
+
+// serveAdoptedConns starts serving the adopted connections, once the
+// kernel has been asked to resend what earlier processes left unanswered,
+// and drops what only the adoption needed.
+func (s *Server) serveAdoptedConns(conns []*Server, msg string) error {
 	for _, c := range conns {
 		if err := c.serveAdopted(); err != nil {
 			return err
@@ -761,7 +768,7 @@ func (s *Server) Ready() error {
 		c.rs.adopt = nil
 	}
 	s.rs.inos, s.rs.binds = nil, nil
-	s.log.Info("serving the adopted mount", "mountpoint", s.mnt, "passthrough", s.passthrough.Load())
+	s.log.Info(msg, "mountpoint", s.mnt, "passthrough", s.passthrough.Load())
 	return nil
 }
 
@@ -953,7 +960,7 @@ func resendHeld(pidfd int, conns []*Server, log *slog.Logger) {
 func resendAll(conns []*Server, log *slog.Logger) bool {
 	for _, c := range conns {
 		if err := notifyResend(c.rs.devFd); err != nil {
-			log.Warn("cannot have the kernel resend the requests the old process read; they wait until the mount ends", "err", err)
+			log.Warn("cannot have the kernel resend the requests an earlier process read; they wait until the mount ends", "err", err)
 			return false
 		}
 	}

@@ -3,6 +3,7 @@ package fusebridge
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -70,6 +71,10 @@ type peropFS struct {
 	pending map[<-chan struct{}]ptOpen
 	// byFh maps the bridge's file handle to the claim it was answered with.
 	byFh map[uint64]*ptClaim
+	// used is set once an OPEN has made or joined a claim: until then
+	// (always, without the option and without inherited claims) OPEN and
+	// RELEASE pass through without taking mu.
+	used atomic.Bool
 	// inheriting is the backing ID of the descriptor handover.go's replay
 	// is opening again, 0 for none (written before the mount is served).
 	inheriting int32
@@ -148,6 +153,9 @@ func (p *peropFS) open(ctx context.Context, e *Entry, of *openFile) {
 	// Without the option (a restart may change it) only the claims of
 	// descriptors opened before are joined, as the kernel requires.
 	create := inherited != 0 || p.enabled()
+	if !create && !p.used.Load() {
+		return // no claim to join
+	}
 	readOnly := !of.f.Writable() && inherited == 0 && create
 	var snap []byte
 	snapOK := false
@@ -178,6 +186,7 @@ func (p *peropFS) open(ctx context.Context, e *Entry, of *openFile) {
 				close(c.ready)
 			}
 			p.claims[e] = c
+			p.used.Store(true)
 			p.pending[cancel] = ptOpen{c: c, holder: !c.decided}
 			p.mu.Unlock()
 			if !c.decided {
@@ -217,6 +226,7 @@ func (p *peropFS) open(ctx context.Context, e *Entry, of *openFile) {
 			continue
 		}
 		c.refs++
+		p.used.Store(true)
 		p.pending[cancel] = ptOpen{c: c}
 		p.mu.Unlock()
 		return
@@ -258,6 +268,9 @@ func (p *peropFS) register(b []byte) int32 {
 
 func (p *peropFS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
 	st := p.RawFileSystem.Open(cancel, in, out)
+	if !p.used.Load() {
+		return st // set by the node's Open above if it made or joined a claim
+	}
 	p.mu.Lock()
 	po, ok := p.pending[cancel]
 	if !ok {
@@ -286,6 +299,10 @@ func (p *peropFS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOu
 }
 
 func (p *peropFS) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
+	if !p.used.Load() {
+		p.RawFileSystem.Release(cancel, in)
+		return
+	}
 	// Taken before the bridge frees the handle number, which a
 	// concurrent OPEN may then be given.
 	p.mu.Lock()
