@@ -2,6 +2,7 @@ package filecheck_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -183,14 +184,23 @@ func TestReloadHang(t *testing.T) {
 	}
 }
 
-// abortFUSE aborts the FUSE connection of the mount on dir, if the fusectl
-// file system is there.
+// abortFUSE aborts the FUSE connection of the mount on dir, as a crash
+// would. fusectl is mounted for it if it is not (and unmounted again):
+// without the abort only the unmount remains, and writers that keep the
+// file open go on writing to the old server, so whether any of them
+// noticed the unload depended on timing.
 func abortFUSE(t *testing.T, dir string) {
 	var st unix.Stat_t
 	if err := unix.Stat(dir, &st); err != nil {
 		return
 	}
-	ctl := fmt.Sprintf("/sys/fs/fuse/connections/%d/abort", unix.Minor(st.Dev))
+	const conns = "/sys/fs/fuse/connections"
+	ctl := fmt.Sprintf("%s/%d/abort", conns, unix.Minor(st.Dev))
+	if _, err := os.Stat(ctl); errors.Is(err, os.ErrNotExist) {
+		if err := unix.Mount("fusectl", conns, "fusectl", 0, ""); err == nil {
+			defer unix.Unmount(conns, unix.MNT_DETACH)
+		}
+	}
 	if err := os.WriteFile(ctl, []byte("1"), 0); err != nil {
 		t.Logf("cannot abort the connection (%v); unmounting only", err)
 	}
