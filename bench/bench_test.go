@@ -123,6 +123,13 @@ func TestLibSection(t *testing.T) {
 	if err := rep.WriteText(&text); err != nil || !strings.Contains(text.String(), "lib-tree-catall") {
 		t.Errorf("text report: %v\n%s", err, text.String())
 	}
+	// The main table's header (its engine, data file and targets) has
+	// nothing to say about a report of the library section alone.
+	for _, s := range []string{"targets:", "data file", "engine:"} {
+		if strings.Contains(text.String(), s) {
+			t.Errorf("text report of the library section alone has the main table's %q:\n%s", s, text.String())
+		}
+	}
 	if err := rep.WriteJSON(&js); err != nil || !strings.Contains(js.String(), `"lib-gen-fresh"`) {
 		t.Errorf("JSON report: %v", err)
 	}

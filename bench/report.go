@@ -250,26 +250,6 @@ func (rep *Report) WriteJSON(w io.Writer) error {
 // comment explains how to read them.
 func (rep *Report) WriteText(w io.Writer) error {
 	var b strings.Builder
-	engine := "built-in Go load generator"
-	if rep.Engine == EngineFio {
-		engine = rep.Fio + " (psync) where it applies, Go generator for the rest"
-	}
-	fmt.Fprintf(&b, "ramproc bench: Linux %s, %d CPUs, %s\n", rep.Kernel, rep.CPUs, rep.Started.Format("2006-01-02 15:04:05"))
-	fmt.Fprintf(&b, "engine: %s\n", engine)
-	fmt.Fprintf(&b, "%d repetition(s) x %v per workload and target, targets interleaved; figure = median, (x.xx) = ratio to tmpfs\n",
-		rep.Reps, time.Duration(rep.DurationS*float64(time.Second)).Round(time.Millisecond))
-	fmt.Fprintf(&b, "data file %s; the memory row writes %s into the emptied file\n\n", sizeString(rep.FileBytes), sizeString(rep.MemBytes))
-
-	fmt.Fprintf(&b, "targets:\n")
-	for _, t := range rep.Targets {
-		d := t.Description
-		if t.Error != "" {
-			d = "NOT MEASURED: " + t.Error
-		}
-		fmt.Fprintf(&b, "  %-15s %s\n", t.Name, d)
-	}
-	b.WriteString("\n")
-
 	var mainRows, libRows []*Row
 	for _, row := range rep.Rows {
 		if row.isLib() {
@@ -278,6 +258,31 @@ func (rep *Report) WriteText(w io.Writer) error {
 			mainRows = append(mainRows, row)
 		}
 	}
+	fmt.Fprintf(&b, "ramproc bench: Linux %s, %d CPUs, %s\n", rep.Kernel, rep.CPUs, rep.Started.Format("2006-01-02 15:04:05"))
+	if len(mainRows) > 0 {
+		// The engine, the data file and the targets concern the main
+		// table only: the library section names its own peers.
+		engine := "built-in Go load generator"
+		if rep.Engine == EngineFio {
+			engine = rep.Fio + " (psync) where it applies, Go generator for the rest"
+		}
+		fmt.Fprintf(&b, "engine: %s\n", engine)
+	}
+	fmt.Fprintf(&b, "%d repetition(s) x %v per workload and target, targets interleaved; figure = median, (x.xx) = ratio to tmpfs\n",
+		rep.Reps, time.Duration(rep.DurationS*float64(time.Second)).Round(time.Millisecond))
+	if len(mainRows) > 0 {
+		fmt.Fprintf(&b, "data file %s; the memory row writes %s into the emptied file\n\n", sizeString(rep.FileBytes), sizeString(rep.MemBytes))
+		fmt.Fprintf(&b, "targets:\n")
+		for _, t := range rep.Targets {
+			d := t.Description
+			if t.Error != "" {
+				d = "NOT MEASURED: " + t.Error
+			}
+			fmt.Fprintf(&b, "  %-15s %s\n", t.Name, d)
+		}
+	}
+	b.WriteString("\n")
+
 	names := rep.targetNames()
 	wide := len("workload")
 	for _, row := range rep.Rows {
