@@ -23,6 +23,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/ramproc/ramproc/cgroupfs/internal/kept"
 )
@@ -49,7 +50,8 @@ type Hierarchies struct {
 	Unified *Mount
 
 	mu       sync.Mutex
-	resolved map[string]*places // see resolve
+	resolved map[string]*places    // see resolve
+	sched    map[string]schedCheck // see hasSchedCounters
 }
 
 // Discover finds the cgroup hierarchies of the running system from
@@ -492,3 +494,65 @@ func (h *Hierarchies) HomeMount() (Mount, bool) {
 	}
 	return Mount{}, false
 }
+
+// Pin is one process held by a descriptor of its /proc/PID/cgroup, to ask
+// again and cheaply which cgroups that very process is in: the descriptor
+// holds the process, not its number, so once the process has exited every
+// read fails (ESRCH) and is never answered by a later process that reuses
+// the pid. Unlike Of, a Pin is never opened anew.
+type Pin struct {
+	h   *Hierarchies
+	pid int
+	f   *os.File
+}
+
+// Pin opens process pid's /proc/PID/cgroup. The caller tells that the
+// process it meant is the one held (its start time, read after Pin
+// returns, is unchanged) and Closes the Pin.
+func (h *Hierarchies) Pin(pid int) (*Pin, error) {
+	f, err := os.Open(h.Proc + "/" + strconv.Itoa(pid) + "/cgroup")
+	if err != nil {
+		return nil, err
+	}
+	return &Pin{h: h, pid: pid, f: f}, nil
+}
+
+// Group is Of for the pinned process: its cgroups now, with one pread(2);
+// an error once it has exited (or the Pin is closed).
+func (p *Pin) Group() (*Group, error) {
+	bp := readBufs.Get().(*[]byte)
+	defer readBufs.Put(bp)
+	buf := (*bp)[:cap(*bp)]
+	// One pread: the file is one record (os.File.ReadAt would read
+	// again to fill the buffer, for nothing).
+	rc, err := p.f.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var n int
+	var rerr error
+	if err := rc.Read(func(fd uintptr) bool {
+		for {
+			n, rerr = syscall.Pread(int(fd), buf, 0)
+			if rerr != syscall.EINTR {
+				return true
+			}
+		}
+	}); err != nil {
+		return nil, err
+	}
+	if rerr != nil {
+		return nil, &os.PathError{Op: "read", Path: p.f.Name(), Err: rerr}
+	}
+	if n == len(buf) {
+		return nil, fmt.Errorf("%s: longer than %d bytes", p.f.Name(), len(buf))
+	}
+	pl, err := p.h.resolve(buf[:n])
+	if err != nil {
+		return nil, err
+	}
+	return &Group{h: p.h, Pid: p.pid, Membership: pl.m, pl: pl}, nil
+}
+
+// Close closes the descriptor; a Group after it fails.
+func (p *Pin) Close() error { return p.f.Close() }

@@ -24,6 +24,16 @@ import (
 //   - every other line (intr, ctxt, btime, processes, procs_running, ...)
 //     is the host's.
 func SystemStat(host []byte, set cgroup.CPUSet, u *cgroup.CPUUsage) []byte {
+	return systemStat(host, set, u, 0)
+}
+
+// systemStat is SystemStat of a host's file read elapsed ago (a shared
+// read, see View.hostShared): each CPU's total time has grown by elapsed
+// since, which the cgroup's time, read now, may include, so it is counted
+// to the time spent on others' work or idle, as a fresh read would.
+// Without it a busy cgroup's idle figure would step back by up to a tick
+// between two reads of one shared content.
+func systemStat(host []byte, set cgroup.CPUSet, u *cgroup.CPUUsage, elapsed time.Duration) []byte {
 	type cpuLine struct {
 		cpu    int
 		fields [10]uint64
@@ -73,6 +83,7 @@ func SystemStat(host []byte, set cgroup.CPUSet, u *cgroup.CPUUsage) []byte {
 				}
 			}
 			idle := c.fields[3]
+			hostUsed += clockTicks(elapsed)
 			if cg := user + system; hostUsed >= cg {
 				idle += hostUsed - cg
 			}
