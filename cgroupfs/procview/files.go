@@ -27,7 +27,7 @@ func (v *View) memory(g *cgroup.Group) (cgroup.Memory, bool, error) {
 // cpuset's CPUs with its cgroup's CPU time. A process with neither a
 // cpuset nor CPU accounting of its own sees the host's file.
 func (v *View) Stat(pid int) ([]byte, error) {
-	host, at, err := v.hostShared(v.Proc + "/stat")
+	host, at, _, err := v.hostShared(v.Proc + "/stat")
 	if err != nil {
 		return nil, err
 	}
@@ -77,7 +77,7 @@ func (v *View) Swaps(pid int) ([]byte, error) {
 		if err != nil || !ok {
 			return host, err
 		}
-		meminfo, _, err := v.hostShared(v.Proc + "/meminfo")
+		meminfo, _, _, err := v.hostShared(v.Proc + "/meminfo")
 		if err != nil {
 			return nil, err
 		}

@@ -166,7 +166,7 @@ func (v *View) derive(pid int, f func(g *cgroup.Group) ([]byte, error)) ([]byte,
 // withHost returns f of the host's file /proc/name and of process pid's
 // cgroups (see derive).
 func (v *View) withHost(pid int, name string, f func(host []byte, g *cgroup.Group) ([]byte, error)) ([]byte, error) {
-	host, _, err := v.hostShared(v.Proc + "/" + name)
+	host, _, _, err := v.hostShared(v.Proc + "/" + name)
 	if err != nil {
 		return nil, err
 	}
@@ -175,9 +175,10 @@ func (v *View) withHost(pid int, name string, f func(host []byte, g *cgroup.Grou
 
 // hostSnap is the last read of one host file.
 type hostSnap struct {
-	mu   sync.Mutex
-	data []byte    // never written to once kept: readers hold it
-	at   time.Time // when its read began
+	mu      sync.Mutex
+	data    []byte            // never written to once kept: readers hold it
+	at      time.Time         // when its read began
+	derived map[string][]byte // contents derived from data (see derive)
 }
 
 // hostShared returns the content of the host's file at path, read at
@@ -185,11 +186,12 @@ type hostSnap struct {
 // that read began. Every reader within that age gets the same bytes: a
 // file the same for every reader, whose kernel generation is the cost.
 // A later read replaces an earlier one only, so a reader that reads
-// again never sees an older content than before.
-func (v *View) hostShared(path string) ([]byte, time.Time, error) {
+// again never sees an older content than before. The hostSnap (nil when
+// nothing is shared) keeps what is derived from that content.
+func (v *View) hostShared(path string) ([]byte, time.Time, *hostSnap, error) {
 	if v.HostMaxAge <= 0 {
 		data, err := readHost(path)
-		return data, time.Now(), err
+		return data, time.Now(), nil, err
 	}
 	st := v.state()
 	st.mu.Lock()
@@ -207,16 +209,46 @@ func (v *View) hostShared(path string) ([]byte, time.Time, error) {
 	// Held while reading: readers that come meanwhile wait for this
 	// read, which is as new as any they would make.
 	if h.data != nil && time.Since(h.at) < v.HostMaxAge {
-		return h.data, h.at, nil
+		return h.data, h.at, h, nil
 	}
 	at := time.Now()
 	data, err := readHost(path)
+	h.data, h.at, h.derived = nil, at, nil
 	if err != nil {
-		h.data = nil
-		return nil, at, err
+		return nil, at, nil, err
 	}
-	h.data, h.at = data, at
-	return data, at, nil
+	h.data = data
+	return data, at, h, nil
+}
+
+// derive returns f(), kept with h's content host under key while h holds
+// that content: what is made from the host's file alone (cpuinfo's blocks
+// of one cpuset) is made once for all readers of one shared read. A nil
+// h, or one that holds a newer content by now, keeps nothing.
+func (h *hostSnap) derive(host []byte, key string, f func() []byte) []byte {
+	if h == nil {
+		return f()
+	}
+	h.mu.Lock()
+	if len(h.data) == 0 || len(host) == 0 || &h.data[0] != &host[0] {
+		h.mu.Unlock()
+		return f()
+	}
+	if d, ok := h.derived[key]; ok {
+		h.mu.Unlock()
+		return d
+	}
+	h.mu.Unlock()
+	d := f()
+	h.mu.Lock()
+	if len(h.data) > 0 && &h.data[0] == &host[0] && len(h.derived) < 64 {
+		if h.derived == nil {
+			h.derived = map[string][]byte{}
+		}
+		h.derived[key] = d
+	}
+	h.mu.Unlock()
+	return d
 }
 
 func (v *View) group(pid int) (*cgroup.Group, error) {
@@ -248,12 +280,16 @@ func (v *View) cpus(g *cgroup.Group) (cgroup.CPUSet, bool, error) {
 // Cpuinfo is /proc/cpuinfo as process pid should see it: only the blocks
 // of the CPUs in its cpuset (see the function Cpuinfo).
 func (v *View) Cpuinfo(pid int) ([]byte, error) {
-	return v.withHost(pid, "cpuinfo", func(host []byte, g *cgroup.Group) ([]byte, error) {
+	host, _, snap, err := v.hostShared(v.Proc + "/cpuinfo")
+	if err != nil {
+		return nil, err
+	}
+	return v.derive(pid, func(g *cgroup.Group) ([]byte, error) {
 		set, ok, err := v.cpus(g)
 		if err != nil || !ok {
 			return host, err
 		}
-		return Cpuinfo(host, set), nil
+		return snap.derive(host, set.String(), func() []byte { return Cpuinfo(host, set) }), nil
 	})
 }
 

@@ -124,7 +124,8 @@ func parseCPULine(line []byte) (name string, fields [10]uint64, ok bool) {
 	if !found {
 		return "", fields, false
 	}
-	f := bytes.Fields(rest)
+	var buf [12][]byte // no allocation per line: bytes.Fields would make one
+	f := splitFields(rest, buf[:0])
 	if len(f) < 2 {
 		return "", fields, false
 	}
@@ -144,6 +145,24 @@ func parseCPULine(line []byte) (name string, fields [10]uint64, ok bool) {
 		fields[i] = n
 	}
 	return name, fields, true
+}
+
+// splitFields appends the space-separated fields of line to f, up to its
+// capacity (a line with more is cut there: a cpu line with more than ten
+// counters is refused anyway).
+func splitFields(line []byte, f [][]byte) [][]byte {
+	for len(f) < cap(f) {
+		line = bytes.TrimLeft(line, " \t\n\v\f\r")
+		if len(line) == 0 {
+			break
+		}
+		end := bytes.IndexAny(line, " \t\n\v\f\r")
+		if end < 0 {
+			end = len(line)
+		}
+		f, line = append(f, line[:end]), line[end:]
+	}
+	return f
 }
 
 func appendCPULine(out []byte, name string, f [10]uint64) []byte {
