@@ -76,6 +76,8 @@ func set(c *uint64, n uint64) {
 // the process, or v1 has no scheduler counters (the caller then shows the
 // host's figures, as LXCFS does).
 func (g *Group) IO() (map[Dev]IOStat, bool, error) {
+	sc := getScratch()
+	defer sc.put()
 	if p, ok := g.placeOf("blkio"); ok && !p.v2 {
 		// A v1 hierarchy has the same files in every cgroup, its root
 		// included: without the scheduler's counters there, no cgroup has
@@ -88,7 +90,7 @@ func (g *Group) IO() (map[Dev]IOStat, bool, error) {
 		found := false
 		for k, f := range blkioFiles {
 			for _, name := range f.names {
-				data, dir, ok, err := p.readUp(name)
+				data, dir, ok, err := p.readUp(name, sc)
 				if err != nil {
 					return nil, false, err
 				}
@@ -114,7 +116,7 @@ func (g *Group) IO() (map[Dev]IOStat, bool, error) {
 	if !ok || !p.v2 {
 		return nil, false, nil
 	}
-	data, dir, ok, err := p.readUp("io.stat")
+	data, dir, ok, err := p.readUp("io.stat", sc)
 	if err != nil || !ok {
 		return nil, false, err
 	}
