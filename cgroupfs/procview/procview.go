@@ -21,6 +21,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode"
 
@@ -356,8 +357,10 @@ func (v *View) Uptime(pid int) ([]byte, error) {
 // and only while that process lives and is still in the cgroup: a process
 // that moves in from elsewhere and is older than it is seen within that
 // second. The process is held by a descriptor of its /proc/PID/cgroup
-// (cgroup.Pin), whose one read at each call says both: a process that has
-// exited fails it, whoever has its pid now.
+// (cgroup.Pin), whose one read says both: a process that has exited fails
+// it, whoever has its pid now. It is read at most once per v.HostMaxAge
+// (one clock tick), the bound of the host's uptime the start time is
+// subtracted from.
 func (v *View) oldest(g *cgroup.Group) (start uint64, found bool, err error) {
 	dir, inGroup := g.Dir()
 	st := v.state()
@@ -365,8 +368,18 @@ func (v *View) oldest(g *cgroup.Group) (start uint64, found bool, err error) {
 		st.mu.Lock()
 		o := st.oldestOf[dir]
 		st.mu.Unlock()
-		if o != nil && time.Since(o.at) < oldestFor && o.stillIn(dir) {
-			return o.start, true, nil
+		if o != nil && time.Since(o.at) < oldestFor {
+			// Checked at most once per v.HostMaxAge, the age of the
+			// host's uptime this is subtracted from: a cgroup read by
+			// many costs one pread per tick, not one per open.
+			now := time.Now().UnixNano()
+			if now-o.checked.Load() < int64(v.HostMaxAge) {
+				return o.start, true, nil
+			}
+			if o.stillIn(dir) {
+				o.checked.Store(now)
+				return o.start, true, nil
+			}
 		}
 	}
 	pids, err := g.Members()
@@ -397,6 +410,7 @@ func (v *View) oldest(g *cgroup.Group) (start uint64, found bool, err error) {
 		return start, true, nil
 	}
 	o := &oldestProc{pin: pin, start: start, at: time.Now()}
+	o.checked.Store(o.at.UnixNano())
 	st.mu.Lock()
 	if old := st.oldestOf[dir]; old != nil {
 		old.pin.Close()
@@ -435,9 +449,10 @@ func (v *View) startOf(pid int) (uint64, error) {
 
 // oldestProc is the oldest process of a cgroup when it was looked for.
 type oldestProc struct {
-	pin   *cgroup.Pin
-	start uint64
-	at    time.Time
+	pin     *cgroup.Pin
+	start   uint64
+	at      time.Time
+	checked atomic.Int64 // when stillIn last said yes (Unix nanoseconds)
 }
 
 // stillIn reports whether o's process still runs in the cgroup at dir or
