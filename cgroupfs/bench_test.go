@@ -103,8 +103,8 @@ func bind(t testing.TB, file, dir, prefix string) string {
 }
 
 // rate runs n readers of path in groups for d and returns their summed
-// rate of open+read+close cycles per second.
-func rate(t testing.TB, groups []*livecg.Group, path string, n int, d time.Duration) float64 {
+// rate of open+read+close cycles per second, and how many they made.
+func rate(t testing.TB, groups []*livecg.Group, path string, n int, d time.Duration) (float64, int64) {
 	t.Helper()
 	self, err := os.Executable()
 	if err != nil {
@@ -142,7 +142,7 @@ func rate(t testing.TB, groups []*livecg.Group, path string, n int, d time.Durat
 	for _, r := range rs {
 		r.start.Close()
 	}
-	total := 0.0
+	total, opens := 0.0, int64(0)
 	for _, r := range rs {
 		if err := r.cmd.Wait(); err != nil {
 			t.Fatalf("reader of %s: %v: %s", path, err, r.err.Bytes())
@@ -152,8 +152,26 @@ func rate(t testing.TB, groups []*livecg.Group, path string, n int, d time.Durat
 			t.Fatalf("reader of %s printed %q: %v", path, r.out.String(), err)
 		}
 		total += float64(cycles) / (float64(ns) / 1e9)
+		opens += cycles
 	}
-	return total
+	return total, opens
+}
+
+// cpuTime is the CPU time a process has used (user and system, all its
+// threads), from /proc/PID/stat, in clock ticks.
+func cpuTime(t testing.TB, pid int) time.Duration {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+1:]))
+	utime, err1 := strconv.ParseUint(f[11], 10, 64)
+	stime, err2 := strconv.ParseUint(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		t.Fatalf("/proc/%d/stat: %q", pid, data)
+	}
+	return time.Duration(utime+stime) * (time.Second / 100)
 }
 
 // rssKiB is a process's resident set (VmRSS), in KiB.
@@ -201,7 +219,7 @@ func BenchmarkVsLXCFS(b *testing.B) {
 	for _, f := range benchFiles {
 		paths := []string{bind(b, filepath.Join(lx, f), binds, "lxcfs"), bind(b, filepath.Join(ours, f), binds, "cgroupfs")}
 		for _, n := range []int{1, 4} {
-			b.Run(fmt.Sprintf("%s/readers=%d", filepath.Base(f), n), func(b *testing.B) { sideBySide(b, groups, paths, n) })
+			b.Run(fmt.Sprintf("%s/readers=%d", filepath.Base(f), n), func(b *testing.B) { sideBySide(b, groups, paths, []int{lxPid, ourPid}, n) })
 		}
 	}
 	// The per-cgroup view: the container's own cgroup's meminfo, beside
@@ -211,7 +229,7 @@ func BenchmarkVsLXCFS(b *testing.B) {
 	paths := []string{bind(b, filepath.Join(lx, "proc/meminfo"), binds, "lxcfs-view"),
 		bind(b, view, binds, "cgroupfs-view"), tmpfsCopy(b, view)}
 	for _, n := range []int{1, 4} {
-		b.Run(fmt.Sprintf("by-cgroup-meminfo/readers=%d", n), func(b *testing.B) { sideBySide(b, groups, paths, n) })
+		b.Run(fmt.Sprintf("by-cgroup-meminfo/readers=%d", n), func(b *testing.B) { sideBySide(b, groups, paths, []int{lxPid, ourPid}, n) })
 	}
 	b.Logf("RSS after: LXCFS %d KiB, cgroupfs %d KiB", rssKiB(b, lxPid), rssKiB(b, ourPid))
 	srv.Profile("after the runs")
@@ -253,16 +271,27 @@ func tmpfsCopy(b *testing.B, file string) string {
 // and of paths[2] (a tmpfs file) if given, in five alternating rounds, so
 // that a change of load on the machine weighs on all alike, and reports
 // the median of each rate and of the rounds' ratios (a burst of other work
-// on the machine moves one round, not the median).
-func sideBySide(b *testing.B, groups []*livecg.Group, paths []string, n int) {
+// on the machine moves one round, not the median), and the CPU time each
+// server (pids: LXCFS's, ours) used per open over all its rounds: the
+// figure that load on the machine moves least.
+func sideBySide(b *testing.B, groups []*livecg.Group, paths []string, pids []int, n int) {
 	const rounds = 5
 	var lx, ours, ratio, tmp, tmpRatio []float64
+	var cpu [2]time.Duration
+	var opens [2]int64
+	measure := func(i int) float64 {
+		before := cpuTime(b, pids[i])
+		r, k := rate(b, groups, paths[i], n, 200*time.Millisecond)
+		cpu[i] += cpuTime(b, pids[i]) - before
+		opens[i] += k
+		return r
+	}
 	for range rounds {
-		a := rate(b, groups, paths[0], n, 200*time.Millisecond)
-		c := rate(b, groups, paths[1], n, 200*time.Millisecond)
+		a := measure(0)
+		c := measure(1)
 		lx, ours, ratio = append(lx, a), append(ours, c), append(ratio, c/a)
 		if len(paths) > 2 {
-			f := rate(b, groups, paths[2], n, 200*time.Millisecond)
+			f, _ := rate(b, groups, paths[2], n, 200*time.Millisecond)
 			tmp, tmpRatio = append(tmp, f), append(tmpRatio, c/f)
 		}
 	}
@@ -274,5 +303,7 @@ func sideBySide(b *testing.B, groups []*livecg.Group, paths []string, n int) {
 		b.ReportMetric(median(tmp), "tmpfs-opens/s")
 		b.ReportMetric(median(tmpRatio), "x-tmpfs")
 	}
+	b.ReportMetric(float64(cpu[0].Microseconds())/float64(max(1, opens[0])), "lxcfs-cpu-us/open")
+	b.ReportMetric(float64(cpu[1].Microseconds())/float64(max(1, opens[1])), "cgroupfs-cpu-us/open")
 	b.ReportMetric(0, "ns/op")
 }

@@ -23,6 +23,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/ramproc/ramproc/cgroupfs/internal/kept"
 )
@@ -49,7 +50,8 @@ type Hierarchies struct {
 	Unified *Mount
 
 	mu       sync.Mutex
-	resolved map[string]*places // see resolve
+	resolved map[string]*places    // see resolve
+	sched    map[string]schedCheck // see hasSchedCounters
 }
 
 // Discover finds the cgroup hierarchies of the running system from
@@ -366,9 +368,9 @@ func within(p, root string) (string, bool) {
 // /proc/PID/cgroup was read: the process has moved), it returns an error
 // wrapping ErrRemoved rather than an ancestor's figures, which are not the
 // process's.
-func (p place) readUp(file string) (data []byte, dir string, ok bool, err error) {
+func (p place) readUp(file string, s *scratch) (data []byte, dir string, ok bool, err error) {
 	for dir = p.dir; ; dir = filepath.Dir(dir) {
-		data, err = readControl(filepath.Join(dir, file))
+		data, err = readControl(filepath.Join(dir, file), s)
 		if err == nil {
 			return data, dir, true, nil
 		}
@@ -399,8 +401,8 @@ func (p place) ancestors(dir string) []string {
 }
 
 // readUint reads a file holding one unsigned number (and a newline).
-func readUint(file string) (uint64, error) {
-	data, err := readControl(file)
+func readUint(file string, s *scratch) (uint64, error) {
+	data, err := readControl(file, s)
 	if err != nil {
 		return 0, err
 	}
@@ -430,15 +432,45 @@ var errMalformed = errors.New("malformed cgroup file")
 // processes' own files (/proc/PID/cgroup) are kept apart (procKept).
 var keptFiles kept.Files
 
-// readControl reads a cgroup control file through keptFiles. All of them
-// are one record (see kept.Files.ReadRecord) but the lists (cgroup.procs,
-// tasks) and v1's memory.kmem.slabinfo of kernels before 5.9.
-func readControl(path string) ([]byte, error) {
+// readControl reads a cgroup control file through keptFiles, into s's
+// buffer when s is not nil (a content that is parsed at once: the next
+// read into s overwrites it). All of them are one record (see
+// kept.Files.ReadRecord) but the lists (cgroup.procs, tasks) and v1's
+// memory.kmem.slabinfo of kernels before 5.9.
+func readControl(path string, s *scratch) ([]byte, error) {
+	var buf []byte
+	if s != nil {
+		buf = s.b[:0]
+	}
+	var data []byte
+	var err error
 	switch filepath.Base(path) {
 	case "cgroup.procs", "tasks", "memory.kmem.slabinfo":
-		return keptFiles.ReadFile(path)
+		data, err = keptFiles.Read(path, buf)
+	default:
+		data, err = keptFiles.ReadRecord(path, buf)
 	}
-	return keptFiles.ReadRecord(path, nil)
+	if s != nil && err == nil && cap(data) > cap(s.b) {
+		s.b = data[:0] // grown: keep the larger buffer
+	}
+	return data, err
+}
+
+// scratch is a buffer that a Group's method reads control files into
+// when it only parses them: the figures, not the bytes, leave it, so a
+// read costs no allocation. Each read overwrites the last.
+type scratch struct{ b []byte }
+
+var scratches = sync.Pool{New: func() any { return &scratch{b: make([]byte, 0, 2048)} }}
+
+// getScratch lends a scratch; give it back with put once nothing read
+// into it is used any more.
+func getScratch() *scratch { return scratches.Get().(*scratch) }
+
+func (s *scratch) put() {
+	if cap(s.b) <= 64<<10 {
+		scratches.Put(s)
+	}
 }
 
 // At returns the Group of the cgroup at path (a path as /proc/PID/cgroup
@@ -492,3 +524,65 @@ func (h *Hierarchies) HomeMount() (Mount, bool) {
 	}
 	return Mount{}, false
 }
+
+// Pin is one process held by a descriptor of its /proc/PID/cgroup, to ask
+// again and cheaply which cgroups that very process is in: the descriptor
+// holds the process, not its number, so once the process has exited every
+// read fails (ESRCH) and is never answered by a later process that reuses
+// the pid. Unlike Of, a Pin is never opened anew.
+type Pin struct {
+	h   *Hierarchies
+	pid int
+	f   *os.File
+}
+
+// Pin opens process pid's /proc/PID/cgroup. The caller tells that the
+// process it meant is the one held (its start time, read after Pin
+// returns, is unchanged) and Closes the Pin.
+func (h *Hierarchies) Pin(pid int) (*Pin, error) {
+	f, err := os.Open(h.Proc + "/" + strconv.Itoa(pid) + "/cgroup")
+	if err != nil {
+		return nil, err
+	}
+	return &Pin{h: h, pid: pid, f: f}, nil
+}
+
+// Group is Of for the pinned process: its cgroups now, with one pread(2);
+// an error once it has exited (or the Pin is closed).
+func (p *Pin) Group() (*Group, error) {
+	bp := readBufs.Get().(*[]byte)
+	defer readBufs.Put(bp)
+	buf := (*bp)[:cap(*bp)]
+	// One pread: the file is one record (os.File.ReadAt would read
+	// again to fill the buffer, for nothing).
+	rc, err := p.f.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var n int
+	var rerr error
+	if err := rc.Read(func(fd uintptr) bool {
+		for {
+			n, rerr = syscall.Pread(int(fd), buf, 0)
+			if rerr != syscall.EINTR {
+				return true
+			}
+		}
+	}); err != nil {
+		return nil, err
+	}
+	if rerr != nil {
+		return nil, &os.PathError{Op: "read", Path: p.f.Name(), Err: rerr}
+	}
+	if n == len(buf) {
+		return nil, fmt.Errorf("%s: longer than %d bytes", p.f.Name(), len(buf))
+	}
+	pl, err := p.h.resolve(buf[:n])
+	if err != nil {
+		return nil, err
+	}
+	return &Group{h: p.h, Pid: p.pid, Membership: pl.m, pl: pl}, nil
+}
+
+// Close closes the descriptor; a Group after it fails.
+func (p *Pin) Close() error { return p.f.Close() }

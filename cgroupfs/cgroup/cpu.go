@@ -82,6 +82,8 @@ func (s CPUSet) Contains(cpu int) bool {
 // kernels without it). ok is false when no cpuset controller covers the
 // process.
 func (g *Group) CPUs() (set CPUSet, ok bool, err error) {
+	sc := getScratch()
+	defer sc.put()
 	p, ok := g.placeOf("cpuset")
 	if !ok {
 		return nil, false, nil
@@ -91,7 +93,7 @@ func (g *Group) CPUs() (set CPUSet, ok bool, err error) {
 		names = []string{"cpuset.cpus.effective"}
 	}
 	for _, name := range names {
-		data, _, ok, err := p.readUp(name)
+		data, _, ok, err := p.readUp(name, sc)
 		if err != nil {
 			return nil, false, err
 		}
@@ -111,8 +113,10 @@ func (g *Group) CPUs() (set CPUSet, ok bool, err error) {
 // has used: v2 cpu.stat usage_usec, v1 cpuacct.usage. ok is false when
 // neither is there.
 func (g *Group) CPUTime() (d time.Duration, ok bool, err error) {
+	sc := getScratch()
+	defer sc.put()
 	if p, ok := g.placeOf("cpuacct"); ok && !p.v2 {
-		data, _, ok, err := p.readUp("cpuacct.usage")
+		data, _, ok, err := p.readUp("cpuacct.usage", sc)
 		if err != nil {
 			return 0, false, err
 		}
@@ -128,7 +132,7 @@ func (g *Group) CPUTime() (d time.Duration, ok bool, err error) {
 	if !ok {
 		return 0, false, nil
 	}
-	data, _, ok, err := p.readUp("cpu.stat")
+	data, _, ok, err := p.readUp("cpu.stat", sc)
 	if err != nil || !ok {
 		return 0, false, err
 	}
@@ -165,6 +169,8 @@ type CPUTimes struct {
 // only). ok is false when neither is there, and in a root cgroup, whose
 // figures are the host's /proc/stat.
 func (g *Group) Usage() (u CPUUsage, ok bool, err error) {
+	sc := getScratch()
+	defer sc.put()
 	if p, ok := g.placeOf("cpuacct"); ok && !p.v2 {
 		if p.dir == p.mount.Dir {
 			return CPUUsage{}, false, nil
@@ -173,7 +179,7 @@ func (g *Group) Usage() (u CPUUsage, ok bool, err error) {
 			name  string
 			parse func([]byte) ([]CPUTimes, error)
 		}{{"cpuacct.usage_all", ParseUsageAll}, {"cpuacct.usage_percpu", parsePercpu}} {
-			data, dir, ok, err := p.readUp(f.name)
+			data, dir, ok, err := p.readUp(f.name, sc)
 			if err != nil {
 				return CPUUsage{}, false, err
 			}
@@ -190,7 +196,7 @@ func (g *Group) Usage() (u CPUUsage, ok bool, err error) {
 	if !ok || p.dir == p.mount.Dir {
 		return CPUUsage{}, false, nil
 	}
-	data, dir, ok, err := p.readUp("cpu.stat")
+	data, dir, ok, err := p.readUp("cpu.stat", sc)
 	if err != nil || !ok {
 		return CPUUsage{}, false, err
 	}

@@ -76,19 +76,21 @@ func set(c *uint64, n uint64) {
 // the process, or v1 has no scheduler counters (the caller then shows the
 // host's figures, as LXCFS does).
 func (g *Group) IO() (map[Dev]IOStat, bool, error) {
+	sc := getScratch()
+	defer sc.put()
 	if p, ok := g.placeOf("blkio"); ok && !p.v2 {
 		// A v1 hierarchy has the same files in every cgroup, its root
 		// included: without the scheduler's counters there, no cgroup has
 		// them, and looking for each in every ancestor would cost a dozen
 		// failed opens per read.
-		if !exists(filepath.Join(p.mount.Dir, blkioFiles[0].names[0])) && !exists(filepath.Join(p.mount.Dir, blkioFiles[0].names[1])) {
+		if !g.h.hasSchedCounters(p.mount.Dir) {
 			return nil, false, nil
 		}
 		stats := map[Dev]IOStat{}
 		found := false
 		for k, f := range blkioFiles {
 			for _, name := range f.names {
-				data, dir, ok, err := p.readUp(name)
+				data, dir, ok, err := p.readUp(name, sc)
 				if err != nil {
 					return nil, false, err
 				}
@@ -114,7 +116,7 @@ func (g *Group) IO() (map[Dev]IOStat, bool, error) {
 	if !ok || !p.v2 {
 		return nil, false, nil
 	}
-	data, dir, ok, err := p.readUp("io.stat")
+	data, dir, ok, err := p.readUp("io.stat", sc)
 	if err != nil || !ok {
 		return nil, false, err
 	}
@@ -185,6 +187,37 @@ func ParseIOStat(data []byte) (map[Dev]IOStat, error) {
 		stats[d] = s
 	}
 	return stats, nil
+}
+
+// hasSchedCounters reports whether the v1 blkio hierarchy at dir has the
+// CFQ or BFQ scheduler's counters (in its root, so in every cgroup). The
+// answer is kept for schedCheckFor: the counters come and go only with the
+// scheduler (BFQ's module loaded or unloaded), and the check costs two
+// stat(2) calls, as much as the rest of a diskstats that has none.
+func (h *Hierarchies) hasSchedCounters(dir string) bool {
+	h.mu.Lock()
+	c, ok := h.sched[dir]
+	h.mu.Unlock()
+	if ok && time.Since(c.at) < schedCheckFor {
+		return c.has
+	}
+	c = schedCheck{at: time.Now()}
+	c.has = exists(filepath.Join(dir, blkioFiles[0].names[0])) || exists(filepath.Join(dir, blkioFiles[0].names[1]))
+	h.mu.Lock()
+	if h.sched == nil {
+		h.sched = map[string]schedCheck{}
+	}
+	h.sched[dir] = c
+	h.mu.Unlock()
+	return c.has
+}
+
+// schedCheckFor is how long hasSchedCounters keeps its answer.
+const schedCheckFor = time.Second
+
+type schedCheck struct {
+	has bool
+	at  time.Time
 }
 
 func exists(file string) bool {

@@ -1,10 +1,15 @@
 package cgroup_test
 
 import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -35,9 +40,19 @@ func TestLiveV1Memory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, ok, err := g.Memory()
-	if err != nil || !ok {
-		t.Fatalf("Memory: ok=%v %v", ok, err)
+	// The process is in the cgroup once its shell has written itself
+	// there, maybe before exec has charged the cgroup a page: a usage of 0
+	// is read again (bounded).
+	var m cgroup.Memory
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		var ok bool
+		m, ok, err = g.Memory()
+		if err != nil || !ok {
+			t.Fatalf("Memory: ok=%v %v", ok, err)
+		}
+		if m.Usage != 0 || time.Now().After(deadline) {
+			break
+		}
 	}
 	if m.V2 || m.Limit != 256<<20 {
 		t.Errorf("limit %d (v2 %v), want the parent's 268435456 from v1", m.Limit, m.V2)
@@ -136,4 +151,35 @@ func TestLiveV2(t *testing.T) {
 		time.Sleep(10 * time.Millisecond) // bounded: 200 x 10 ms
 	}
 	t.Errorf("cpu.stat usage did not grow while the cgroup's process was busy")
+}
+
+// TestPin: a Pin answers for the process it was opened for, follows it
+// when it moves, and fails once it has exited (never answering for
+// another process that takes the pid).
+func TestPin(t *testing.T) {
+	a := livecg.New(t, livecg.Memory, fmt.Sprintf("cgfour-%d", rand.Uint32()))
+	b := livecg.New(t, livecg.Memory, fmt.Sprintf("cgfour-%d", rand.Uint32()))
+	cmd := livecg.Start(t, []*livecg.Group{a}, "sleep", "60")
+	h := discover(t)
+	pin, err := h.Pin(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pin.Close()
+	for _, want := range []*livecg.Group{a, b} {
+		if want == b {
+			if err := os.WriteFile(filepath.Join(b.Dir, "cgroup.procs"), []byte(strconv.Itoa(cmd.Process.Pid)), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		g, err := pin.Group()
+		if err != nil || g.Path() != want.Path || g.Pid != cmd.Process.Pid {
+			t.Fatalf("Group() = %v, %v; want path %s", g, err, want.Path)
+		}
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	if g, err := pin.Group(); !errors.Is(err, syscall.ESRCH) {
+		t.Fatalf("Group() of an exited process = %v, %v; want ESRCH", g, err)
+	}
 }

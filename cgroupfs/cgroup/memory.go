@@ -230,6 +230,8 @@ var (
 // (above a partial mount's root too); they spare reading every ancestor.
 // Without them (v2) the ancestors' limit files are read.
 func (g *Group) Memory() (m Memory, ok bool, err error) {
+	sc := getScratch()
+	defer sc.put()
 	p, ok := g.placeOf("memory")
 	if !ok {
 		return Memory{}, false, nil
@@ -238,7 +240,7 @@ func (g *Group) Memory() (m Memory, ok bool, err error) {
 	if p.v2 {
 		files = memoryV2
 	}
-	data, dir, ok, err := p.readUp(files.usage)
+	data, dir, ok, err := p.readUp(files.usage, sc)
 	if err != nil || !ok {
 		return Memory{}, false, err
 	}
@@ -246,7 +248,7 @@ func (g *Group) Memory() (m Memory, ok bool, err error) {
 	if m.Usage, err = parseUint(data); err != nil {
 		return Memory{}, false, fmt.Errorf("%s: %w", filepath.Join(dir, files.usage), err)
 	}
-	data, err = readControl(filepath.Join(dir, "memory.stat"))
+	data, err = readControl(filepath.Join(dir, "memory.stat"), sc)
 	if err != nil {
 		return Memory{}, false, err
 	}
@@ -255,10 +257,10 @@ func (g *Group) Memory() (m Memory, ok bool, err error) {
 		return Memory{}, false, err
 	}
 	m.Stat = ms.Stat
-	if m.Limit, err = limitOf(p, dir, files.limit, ms.hierLimit, ms.hasHierLimit); err != nil {
+	if m.Limit, err = limitOf(p, dir, files.limit, ms.hierLimit, ms.hasHierLimit, sc); err != nil {
 		return Memory{}, false, err
 	}
-	if m.Swap, err = readSwap(p, dir, files, ms); err != nil {
+	if m.Swap, err = readSwap(p, dir, files, ms, sc); err != nil {
 		return Memory{}, false, err
 	}
 	return m, true, nil
@@ -268,7 +270,7 @@ func (g *Group) Memory() (m Memory, ok bool, err error) {
 // when it has one, else the smallest value of the limit file along the path
 // from dir to the hierarchy's root; NoLimit if no directory on the way has
 // the file (v2's root has no memory.max).
-func limitOf(p place, dir, file string, hierarchical uint64, hasHierarchical bool) (uint64, error) {
+func limitOf(p place, dir, file string, hierarchical uint64, hasHierarchical bool, sc *scratch) (uint64, error) {
 	if !p.v2 && hasHierarchical {
 		if hierarchical >= v1Unlimited {
 			return NoLimit, nil
@@ -277,7 +279,7 @@ func limitOf(p place, dir, file string, hierarchical uint64, hasHierarchical boo
 	}
 	lim := NoLimit
 	for _, d := range p.ancestors(dir) {
-		data, err := readControl(filepath.Join(d, file))
+		data, err := readControl(filepath.Join(d, file), sc)
 		if os.IsNotExist(err) {
 			continue
 		}
@@ -297,10 +299,10 @@ func limitOf(p place, dir, file string, hierarchical uint64, hasHierarchical boo
 // accounting (v1 without swapaccount, v2 without memory.swap.*). v1's
 // memory.stat has the swap in use (total_swap) and the memory+swap limit
 // (hierarchical_memsw_limit) exactly when swap is accounted; v2 has files.
-func readSwap(p place, dir string, files memoryFiles, ms memStat) (*Swap, error) {
+func readSwap(p place, dir string, files memoryFiles, ms memStat, sc *scratch) (*Swap, error) {
 	var s *Swap
 	if p.v2 {
-		usage, err := readUint(filepath.Join(dir, files.swapUsage))
+		usage, err := readUint(filepath.Join(dir, files.swapUsage), sc)
 		if os.IsNotExist(err) {
 			return nil, nil
 		}
@@ -314,11 +316,11 @@ func readSwap(p place, dir string, files memoryFiles, ms memStat) (*Swap, error)
 			return nil, nil // no swap accounting
 		}
 		s = &Swap{Usage: usage, Swappiness: -1}
-		if n, err := readUint(filepath.Join(dir, "memory.swappiness")); err == nil && n <= 200 {
+		if n, err := readUint(filepath.Join(dir, "memory.swappiness"), sc); err == nil && n <= 200 {
 			s.Swappiness = int(n)
 		}
 	}
-	lim, err := limitOf(p, dir, files.swapLimit, ms.hierMemsw, ms.hasHierMemsw)
+	lim, err := limitOf(p, dir, files.swapLimit, ms.hierMemsw, ms.hasHierMemsw, sc)
 	if err != nil {
 		return nil, err
 	}

@@ -18,7 +18,7 @@ func (g *Group) Pressure(resource string) (data []byte, ok bool, err error) {
 	if !ok || p.dir == p.mount.Dir {
 		return nil, false, nil
 	}
-	data, _, ok, err = p.readUp(resource + ".pressure")
+	data, _, ok, err = p.readUp(resource+".pressure", nil)
 	return data, ok, err
 }
 
@@ -30,6 +30,6 @@ func (g *Group) Slabinfo() (data []byte, ok bool, err error) {
 	if !ok || p.v2 || p.dir == p.mount.Dir {
 		return nil, false, nil
 	}
-	data, _, ok, err = p.readUp("memory.kmem.slabinfo")
+	data, _, ok, err = p.readUp("memory.kmem.slabinfo", nil)
 	return data, ok, err
 }

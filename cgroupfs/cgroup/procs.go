@@ -93,7 +93,7 @@ func MembersOf(dir string) ([]int, error) {
 		if !d.IsDir() {
 			return nil
 		}
-		data, err := readControl(filepath.Join(path, "cgroup.procs"))
+		data, err := readControl(filepath.Join(path, "cgroup.procs"), nil)
 		if os.IsNotExist(err) || errors.Is(err, syscall.ENODEV) {
 			return nil // removed between the listing and the read
 		}

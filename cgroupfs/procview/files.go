@@ -3,6 +3,7 @@ package procview
 import (
 	"bytes"
 	"path/filepath"
+	"time"
 
 	"github.com/ramproc/ramproc/cgroupfs/cgroup"
 	"github.com/ramproc/ramproc/cgroupfs/loadavg"
@@ -26,7 +27,11 @@ func (v *View) memory(g *cgroup.Group) (cgroup.Memory, bool, error) {
 // cpuset's CPUs with its cgroup's CPU time. A process with neither a
 // cpuset nor CPU accounting of its own sees the host's file.
 func (v *View) Stat(pid int) ([]byte, error) {
-	return v.withHost(pid, "stat", func(host []byte, g *cgroup.Group) ([]byte, error) {
+	host, at, _, err := v.hostShared(v.Proc + "/stat")
+	if err != nil {
+		return nil, err
+	}
+	return v.derive(pid, func(g *cgroup.Group) ([]byte, error) {
 		set, hasSet, err := g.CPUs()
 		if err != nil {
 			return nil, err
@@ -44,7 +49,7 @@ func (v *View) Stat(pid int) ([]byte, error) {
 		if !hasUsage {
 			return SystemStat(host, set, nil), nil
 		}
-		return SystemStat(host, set, &u), nil
+		return systemStat(host, set, &u, time.Since(at)), nil
 	})
 }
 
@@ -72,7 +77,7 @@ func (v *View) Swaps(pid int) ([]byte, error) {
 		if err != nil || !ok {
 			return host, err
 		}
-		meminfo, err := readHost(filepath.Join(v.Proc, "meminfo"))
+		meminfo, _, _, err := v.hostShared(v.Proc + "/meminfo")
 		if err != nil {
 			return nil, err
 		}

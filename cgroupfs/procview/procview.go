@@ -21,6 +21,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode"
 
@@ -48,6 +49,12 @@ type View struct {
 	// cgroup whoever asks (see At).
 	Path string
 
+	// HostMaxAge is how long one read of a host file that is the same for
+	// every reader (cpuinfo, stat, meminfo, uptime, diskstats, swaps) is
+	// shared by all the reads that begin within it; 0 reads it at every
+	// call. New sets DefaultHostMaxAge.
+	HostMaxAge time.Duration
+
 	s *shared
 }
 
@@ -57,8 +64,19 @@ func New() (*View, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &View{Cgroups: h, Proc: "/proc", Sys: "/sys", Load: &loadavg.Sampler{Proc: "/proc"}}, nil
+	return &View{Cgroups: h, Proc: "/proc", Sys: "/sys", Load: &loadavg.Sampler{Proc: "/proc"}, HostMaxAge: DefaultHostMaxAge}, nil
 }
+
+// DefaultHostMaxAge is the age up to which a host file's content is
+// shared by all readers: one clock tick (USER_HZ is 100 on every Linux),
+// the unit of /proc/stat's times and of /proc/uptime's two decimals, so
+// no reader can tell a content shared within it from one read for it
+// alone. The kernel's own figures lag more: meminfo's counters are folded
+// from per-CPU deltas once a second (vm.stat_interval), cpuinfo's "cpu
+// MHz" is sampled at the tick. The host's cpuinfo costs the kernel 30 µs
+// to make, its stat and meminfo 8 µs, a third to a whole of what the
+// server spends on one open of those files besides the FUSE requests.
+const DefaultHostMaxAge = 10 * time.Millisecond
 
 // Close stops the load sampling, and runs what OnClose was given.
 func (v *View) Close() {
@@ -69,6 +87,10 @@ func (v *View) Close() {
 	s.mu.Lock()
 	closers := s.closers
 	s.closers = nil
+	for _, o := range s.oldestOf {
+		o.pin.Close()
+	}
+	s.oldestOf = nil
 	s.mu.Unlock()
 	for _, f := range closers {
 		f()
@@ -87,9 +109,10 @@ func (v *View) OnClose(f func()) {
 // shared is what a View and the Views made from it by At share.
 type shared struct {
 	mu         sync.Mutex
-	oldestOf   map[string]oldestProc // by cgroup directory (see oldest)
-	slabHeader []byte                // see slabinfoHeader
-	closers    []func()              // see OnClose
+	oldestOf   map[string]*oldestProc // by cgroup directory (see oldest)
+	hosts      map[string]*hostSnap   // by path (see hostShared)
+	slabHeader []byte                 // see slabinfoHeader
+	closers    []func()               // see OnClose
 }
 
 var sharedInit sync.Mutex
@@ -144,11 +167,89 @@ func (v *View) derive(pid int, f func(g *cgroup.Group) ([]byte, error)) ([]byte,
 // withHost returns f of the host's file /proc/name and of process pid's
 // cgroups (see derive).
 func (v *View) withHost(pid int, name string, f func(host []byte, g *cgroup.Group) ([]byte, error)) ([]byte, error) {
-	host, err := readHost(filepath.Join(v.Proc, name))
+	host, _, _, err := v.hostShared(v.Proc + "/" + name)
 	if err != nil {
 		return nil, err
 	}
 	return v.derive(pid, func(g *cgroup.Group) ([]byte, error) { return f(host, g) })
+}
+
+// hostSnap is the last read of one host file.
+type hostSnap struct {
+	mu      sync.Mutex
+	data    []byte            // never written to once kept: readers hold it
+	at      time.Time         // when its read began
+	derived map[string][]byte // contents derived from data (see derive)
+}
+
+// hostShared returns the content of the host's file at path, read at
+// most v.HostMaxAge before the call (see DefaultHostMaxAge), and when
+// that read began. Every reader within that age gets the same bytes: a
+// file the same for every reader, whose kernel generation is the cost.
+// A later read replaces an earlier one only, so a reader that reads
+// again never sees an older content than before. The hostSnap (nil when
+// nothing is shared) keeps what is derived from that content.
+func (v *View) hostShared(path string) ([]byte, time.Time, *hostSnap, error) {
+	if v.HostMaxAge <= 0 {
+		data, err := readHost(path)
+		return data, time.Now(), nil, err
+	}
+	st := v.state()
+	st.mu.Lock()
+	h := st.hosts[path]
+	if h == nil {
+		if st.hosts == nil {
+			st.hosts = map[string]*hostSnap{}
+		}
+		h = &hostSnap{}
+		st.hosts[path] = h
+	}
+	st.mu.Unlock()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	// Held while reading: readers that come meanwhile wait for this
+	// read, which is as new as any they would make.
+	if h.data != nil && time.Since(h.at) < v.HostMaxAge {
+		return h.data, h.at, h, nil
+	}
+	at := time.Now()
+	data, err := readHost(path)
+	h.data, h.at, h.derived = nil, at, nil
+	if err != nil {
+		return nil, at, nil, err
+	}
+	h.data = data
+	return data, at, h, nil
+}
+
+// derive returns f(), kept with h's content host under key while h holds
+// that content: what is made from the host's file alone (cpuinfo's blocks
+// of one cpuset) is made once for all readers of one shared read. A nil
+// h, or one that holds a newer content by now, keeps nothing.
+func (h *hostSnap) derive(host []byte, key string, f func() []byte) []byte {
+	if h == nil {
+		return f()
+	}
+	h.mu.Lock()
+	if len(h.data) == 0 || len(host) == 0 || &h.data[0] != &host[0] {
+		h.mu.Unlock()
+		return f()
+	}
+	if d, ok := h.derived[key]; ok {
+		h.mu.Unlock()
+		return d
+	}
+	h.mu.Unlock()
+	d := f()
+	h.mu.Lock()
+	if len(h.data) > 0 && &h.data[0] == &host[0] && len(h.derived) < 64 {
+		if h.derived == nil {
+			h.derived = map[string][]byte{}
+		}
+		h.derived[key] = d
+	}
+	h.mu.Unlock()
+	return d
 }
 
 func (v *View) group(pid int) (*cgroup.Group, error) {
@@ -180,12 +281,16 @@ func (v *View) cpus(g *cgroup.Group) (cgroup.CPUSet, bool, error) {
 // Cpuinfo is /proc/cpuinfo as process pid should see it: only the blocks
 // of the CPUs in its cpuset (see the function Cpuinfo).
 func (v *View) Cpuinfo(pid int) ([]byte, error) {
-	return v.withHost(pid, "cpuinfo", func(host []byte, g *cgroup.Group) ([]byte, error) {
+	host, _, snap, err := v.hostShared(v.Proc + "/cpuinfo")
+	if err != nil {
+		return nil, err
+	}
+	return v.derive(pid, func(g *cgroup.Group) ([]byte, error) {
 		set, ok, err := v.cpus(g)
 		if err != nil || !ok {
 			return host, err
 		}
-		return Cpuinfo(host, set), nil
+		return snap.derive(host, set.String(), func() []byte { return Cpuinfo(host, set) }), nil
 	})
 }
 
@@ -248,73 +353,112 @@ func (v *View) Uptime(pid int) ([]byte, error) {
 
 // oldest returns the start time of the oldest process of g's cgroup (and
 // of its descendants). Scanning the members costs a read per process, so
-// the answer is kept per cgroup directory for up to a second, and only
-// while that process lives (its start time unchanged: not a reused pid)
-// and is still in the cgroup: a process that moves in from elsewhere and
-// is older than it is seen within that second.
+// the answer is kept per cgroup directory for up to a second (oldestFor),
+// and only while that process lives and is still in the cgroup: a process
+// that moves in from elsewhere and is older than it is seen within that
+// second. The process is held by a descriptor of its /proc/PID/cgroup
+// (cgroup.Pin), whose one read says both: a process that has exited fails
+// it, whoever has its pid now. It is read at most once per v.HostMaxAge
+// (one clock tick), the bound of the host's uptime the start time is
+// subtracted from.
 func (v *View) oldest(g *cgroup.Group) (start uint64, found bool, err error) {
 	dir, inGroup := g.Dir()
+	st := v.state()
 	if inGroup {
-		st := v.state()
 		st.mu.Lock()
-		o, ok := st.oldestOf[dir]
+		o := st.oldestOf[dir]
 		st.mu.Unlock()
-		if ok && time.Since(o.at) < time.Second && v.stillOldest(o, dir) {
-			return o.start, true, nil
+		if o != nil && time.Since(o.at) < oldestFor {
+			// Checked at most once per v.HostMaxAge, the age of the
+			// host's uptime this is subtracted from: a cgroup read by
+			// many costs one pread per tick, not one per open.
+			now := time.Now().UnixNano()
+			if now-o.checked.Load() < int64(v.HostMaxAge) {
+				return o.start, true, nil
+			}
+			if o.stillIn(dir) {
+				o.checked.Store(now)
+				return o.start, true, nil
+			}
 		}
 	}
 	pids, err := g.Members()
 	if err != nil {
 		return 0, false, err
 	}
-	var o oldestProc
+	var pid int
 	for _, p := range pids {
-		data, err := os.ReadFile(filepath.Join(v.Proc, strconv.Itoa(p), "stat"))
+		s, err := v.startOf(p)
 		if err != nil {
 			continue // exited since the listing
 		}
-		st, err := ParseStat(data)
-		if err != nil {
-			return 0, false, err
-		}
-		if !found || st.StartTicks < o.start {
-			o, found = oldestProc{pid: p, start: st.StartTicks}, true
+		if !found || s < start {
+			pid, start, found = p, s, true
 		}
 	}
-	if found && inGroup {
-		o.at = time.Now()
-		st := v.state()
-		st.mu.Lock()
-		if st.oldestOf == nil || len(st.oldestOf) > 4096 {
-			st.oldestOf = map[string]oldestProc{} // bounded: start over
-		}
-		st.oldestOf[dir] = o
-		st.mu.Unlock()
+	if !found || !inGroup {
+		return start, found, nil
 	}
-	return o.start, found, nil
+	// Pinned, then its start time read again: the pinned process is the
+	// one found (a process that took its pid since would start later).
+	pin, err := v.Cgroups.Pin(pid)
+	if err != nil {
+		return start, true, nil
+	}
+	if s, err := v.startOf(pid); err != nil || s != start {
+		pin.Close()
+		return start, true, nil
+	}
+	o := &oldestProc{pin: pin, start: start, at: time.Now()}
+	o.checked.Store(o.at.UnixNano())
+	st.mu.Lock()
+	if old := st.oldestOf[dir]; old != nil {
+		old.pin.Close()
+	}
+	if st.oldestOf == nil {
+		st.oldestOf = map[string]*oldestProc{}
+	}
+	if len(st.oldestOf) >= 64 {
+		// What is past oldestFor is of no use: a cgroup no longer read
+		// keeps no descriptor (and past 4096 cgroups read within a
+		// second, none is kept).
+		for d, old := range st.oldestOf {
+			if time.Since(old.at) >= oldestFor || len(st.oldestOf) >= 4096 {
+				old.pin.Close()
+				delete(st.oldestOf, d)
+			}
+		}
+	}
+	st.oldestOf[dir] = o
+	st.mu.Unlock()
+	return start, true, nil
+}
+
+// oldestFor is how long the oldest process of a cgroup is kept.
+const oldestFor = time.Second
+
+// startOf reads the start time of process pid.
+func (v *View) startOf(pid int) (uint64, error) {
+	data, err := os.ReadFile(v.Proc + "/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	st, err := ParseStat(data)
+	return st.StartTicks, err
 }
 
 // oldestProc is the oldest process of a cgroup when it was looked for.
 type oldestProc struct {
-	pid   int
-	start uint64
-	at    time.Time
+	pin     *cgroup.Pin
+	start   uint64
+	at      time.Time
+	checked atomic.Int64 // when stillIn last said yes (Unix nanoseconds)
 }
 
-// stillOldest reports whether o's process still runs (the same start
-// time) in the cgroup at dir or below it.
-func (v *View) stillOldest(o oldestProc, dir string) bool {
-	bp := statBufs.Get().(*[]byte)
-	defer statBufs.Put(bp)
-	data, err := procKept.ReadRecord(v.Proc+"/"+strconv.Itoa(o.pid)+"/stat", (*bp)[:0])
-	if err != nil {
-		return false
-	}
-	*bp = data[:0] // grown: keep the larger buffer
-	if st, err := ParseStat(data); err != nil || st.StartTicks != o.start {
-		return false
-	}
-	g, err := v.Cgroups.Of(o.pid)
+// stillIn reports whether o's process still runs in the cgroup at dir or
+// below it.
+func (o *oldestProc) stillIn(dir string) bool {
+	g, err := o.pin.Group()
 	if err != nil {
 		return false
 	}
@@ -480,8 +624,7 @@ func ParseStat(data []byte) (Stat, error) {
 var errBadStat = errors.New("malformed /proc/PID/stat")
 
 // keptFiles keeps the host's /proc and /sys files open, to read them with
-// pread (see package kept); /proc/PID files are opened at each read, but
-// for the oldest processes' stat (procKept).
+// pread (see package kept); /proc/PID files are opened at each read.
 var keptFiles kept.Files
 
 // readHost reads a host's /proc or /sys file through keptFiles. Those
@@ -495,13 +638,3 @@ func readHost(path string) ([]byte, error) {
 	}
 	return keptFiles.ReadRecord(path, nil)
 }
-
-// procKept keeps /proc/PID/stat of the cgroups' oldest processes open,
-// which every read of uptime checks (stillOldest). A descriptor holds its
-// process, not its number: once the process has exited, its read fails
-// and the path is opened anew (package kept), and the start time tells
-// the process that reuses the pid. Bounded apart from the host's files.
-var procKept = kept.Files{Max: 256}
-
-// statBufs are the buffers stillOldest reads into.
-var statBufs = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}

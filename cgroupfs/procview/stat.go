@@ -24,6 +24,16 @@ import (
 //   - every other line (intr, ctxt, btime, processes, procs_running, ...)
 //     is the host's.
 func SystemStat(host []byte, set cgroup.CPUSet, u *cgroup.CPUUsage) []byte {
+	return systemStat(host, set, u, 0)
+}
+
+// systemStat is SystemStat of a host's file read elapsed ago (a shared
+// read, see View.hostShared): each CPU's total time has grown by elapsed
+// since, which the cgroup's time, read now, may include, so it is counted
+// to the time spent on others' work or idle, as a fresh read would.
+// Without it a busy cgroup's idle figure would step back by up to a tick
+// between two reads of one shared content.
+func systemStat(host []byte, set cgroup.CPUSet, u *cgroup.CPUUsage, elapsed time.Duration) []byte {
 	type cpuLine struct {
 		cpu    int
 		fields [10]uint64
@@ -73,6 +83,7 @@ func SystemStat(host []byte, set cgroup.CPUSet, u *cgroup.CPUUsage) []byte {
 				}
 			}
 			idle := c.fields[3]
+			hostUsed += clockTicks(elapsed)
 			if cg := user + system; hostUsed >= cg {
 				idle += hostUsed - cg
 			}
@@ -113,7 +124,8 @@ func parseCPULine(line []byte) (name string, fields [10]uint64, ok bool) {
 	if !found {
 		return "", fields, false
 	}
-	f := bytes.Fields(rest)
+	var buf [12][]byte // no allocation per line: bytes.Fields would make one
+	f := splitFields(rest, buf[:0])
 	if len(f) < 2 {
 		return "", fields, false
 	}
@@ -133,6 +145,24 @@ func parseCPULine(line []byte) (name string, fields [10]uint64, ok bool) {
 		fields[i] = n
 	}
 	return name, fields, true
+}
+
+// splitFields appends the space-separated fields of line to f, up to its
+// capacity (a line with more is cut there: a cpu line with more than ten
+// counters is refused anyway).
+func splitFields(line []byte, f [][]byte) [][]byte {
+	for len(f) < cap(f) {
+		line = bytes.TrimLeft(line, " \t\n\v\f\r")
+		if len(line) == 0 {
+			break
+		}
+		end := bytes.IndexAny(line, " \t\n\v\f\r")
+		if end < 0 {
+			end = len(line)
+		}
+		f, line = append(f, line[:end]), line[end:]
+	}
+	return f
 }
 
 func appendCPULine(out []byte, name string, f [10]uint64) []byte {

@@ -12,25 +12,39 @@
 // a read never returns the content of a removed file, or of an exited
 // process, as that of the path's new one (a cgroup made under the old
 // name, a process that reuses the pid). The number of kept descriptors is
-// bounded: past the bound the oldest is closed.
+// bounded: past the bound the oldest is closed. A descriptor not read for
+// Idle is closed too: a cgroup (or a reading thread) no longer read keeps
+// nothing open, neither our descriptor nor the kernel's page-sized
+// buffer behind it.
 package kept
 
 import (
 	"errors"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 )
 
-// Files keeps descriptors; the zero Files keeps up to 1024.
+// Files keeps descriptors; the zero Files keeps up to 1024, each until it
+// has not been read for DefaultIdle.
 type Files struct {
 	// Max bounds the descriptors kept (1024 when zero).
 	Max int
+	// Idle is how long a descriptor is kept without a read
+	// (DefaultIdle when zero).
+	Idle time.Duration
 
 	mu    sync.Mutex
 	open  map[string]*kept
-	order []string // oldest first, for eviction
+	order []string    // oldest first, for eviction
+	sweep *time.Timer // closes the idle descriptors; nil while none is kept
 }
+
+// DefaultIdle is how long a descriptor is kept without a read when
+// Files.Idle is zero.
+const DefaultIdle = 10 * time.Second
 
 // kept is one kept descriptor. Its reads are serialized: a file longer than
 // one read takes several preads, and another reader's pread from offset 0
@@ -39,7 +53,8 @@ type Files struct {
 type kept struct {
 	mu   sync.Mutex
 	f    *os.File
-	size int // of the last read: the next one's buffer
+	size int          // of the last read: the next one's buffer
+	used atomic.Int64 // when it was last read (Unix nanoseconds)
 }
 
 // ReadFile returns the content of path, as os.ReadFile does.
@@ -73,6 +88,7 @@ func (k *Files) read(path string, buf []byte, oneRecord bool) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	e.used.Store(time.Now().UnixNano())
 	e.mu.Lock()
 	if buf == nil {
 		// Room for the last size and a little growth: one pread, and
@@ -150,9 +166,52 @@ func (k *Files) get(path string) (*kept, error) {
 		}
 	}
 	e := &kept{f: f}
+	e.used.Store(time.Now().UnixNano())
 	k.open[path] = e
 	k.order = append(k.order, path)
+	if k.sweep == nil {
+		k.sweep = time.AfterFunc(k.idle(), k.closeIdle)
+	}
 	return e, nil
+}
+
+func (k *Files) idle() time.Duration {
+	if k.Idle > 0 {
+		return k.Idle
+	}
+	return DefaultIdle
+}
+
+// closeIdle closes the descriptors not read for Idle, and comes back
+// while any is kept.
+func (k *Files) closeIdle() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.sweep == nil {
+		return // Close
+	}
+	idle := k.idle()
+	cut := time.Now().Add(-idle).UnixNano()
+	stay := k.order[:0]
+	for _, path := range k.order {
+		e := k.open[path]
+		if e == nil {
+			continue
+		}
+		if e.used.Load() < cut {
+			delete(k.open, path)
+			go e.close() // after a read in progress
+			continue
+		}
+		stay = append(stay, path)
+	}
+	clear(k.order[len(stay):])
+	k.order = stay
+	if len(k.order) == 0 {
+		k.sweep = nil
+		return
+	}
+	k.sweep.Reset(idle / 2)
 }
 
 func (e *kept) close() {
@@ -188,6 +247,10 @@ func (k *Files) Close() {
 		e.close()
 	}
 	k.open, k.order = nil, nil
+	if k.sweep != nil {
+		k.sweep.Stop()
+		k.sweep = nil
+	}
 }
 
 // pread appends the whole file, read from offset 0, to buf. With

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // TestKept: reads follow the file's content; a removed file is an error
@@ -107,5 +108,38 @@ func TestExitedProcess(t *testing.T) {
 	}
 	if n := len(k.open); n != 0 {
 		t.Errorf("%d descriptors kept after the exit", n)
+	}
+}
+
+// TestIdle: a descriptor not read for Idle is closed, and the path is
+// read anew after it.
+func TestIdle(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "f")
+	os.WriteFile(p, []byte("one\n"), 0o644)
+	k := &Files{Idle: 20 * time.Millisecond}
+	defer k.Close()
+	if got, err := k.ReadFile(p); err != nil || string(got) != "one\n" {
+		t.Fatalf("%q %v", got, err)
+	}
+	// Bounded wait for the sweep (it runs at Idle, then every Idle/2).
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		k.mu.Lock()
+		n, armed := len(k.open), k.sweep != nil
+		k.mu.Unlock()
+		if n == 0 && !armed {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d descriptors still kept (sweep armed %v) after 10 s idle", n, armed)
+		}
+	}
+	os.WriteFile(p, []byte("two\n"), 0o644)
+	if got, err := k.ReadFile(p); err != nil || string(got) != "two\n" {
+		t.Fatalf("after the sweep: %q %v", got, err)
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if len(k.open) != 1 || k.sweep == nil {
+		t.Errorf("after a new read: %d kept, sweep armed %v", len(k.open), k.sweep != nil)
 	}
 }
