@@ -364,7 +364,7 @@ func (s *Server) bind(e *Entry) error {
 func (s *Server) linked(e *Entry) bool {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return !e.parent.removed && e.parent.children[e.name] == e
+	return !e.parent.removed && e.parent.children.get(e.name) == e
 }
 
 // unbind takes the bind off e and binds its children one by one instead,
