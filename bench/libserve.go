@@ -63,16 +63,16 @@ func libTreeName(i int) string {
 // and serves until ctx is done or the directory is unmounted. It needs
 // root, as the bench does.
 func ServeLib(ctx context.Context, mountpoint string, treeFiles int, out io.Writer) error {
-	return serveLib(ctx, mountpoint, treeFiles, out, fusebridge.Options{})
+	return serveLib(ctx, mountpoint, treeFiles, out, "lib", fusebridge.Options{})
 }
 
 // ServeLibPerOpen is ServeLib with fusebridge.Options.PerOpenPassthrough,
 // for the lib-gen-perop-pt row.
 func ServeLibPerOpen(ctx context.Context, mountpoint string, treeFiles int, out io.Writer) error {
-	return serveLib(ctx, mountpoint, treeFiles, out, fusebridge.Options{PerOpenPassthrough: true})
+	return serveLib(ctx, mountpoint, treeFiles, out, "lib-perop", fusebridge.Options{PerOpenPassthrough: true})
 }
 
-func serveLib(ctx context.Context, mountpoint string, treeFiles int, out io.Writer, opts fusebridge.Options) error {
+func serveLib(ctx context.Context, mountpoint string, treeFiles int, out io.Writer, kind string, opts fusebridge.Options) error {
 	srv, err := fusebridge.Mount(mountpoint, opts)
 	if err != nil {
 		return err
@@ -119,7 +119,7 @@ func serveLib(ctx context.Context, mountpoint string, treeFiles int, out io.Writ
 	case <-served:
 	case <-ctx.Done():
 	}
-	writeMemProfile("lib")
+	writeMemProfile(kind)
 	return srv.Unmount()
 }
 
@@ -184,8 +184,8 @@ func ServeGoFuseTree(ctx context.Context, mountpoint string, treeFiles int, out 
 // section's servers write what their memory holds when they are stopped
 // (after lib-tree-rss, with the tree still mounted): with
 // RAMPROC_BENCH_MEMPROFILE=/tmp/p, "ramproc bench -workloads lib" leaves
-// /tmp/p.lib and /tmp/p.gofuse, heap profiles for "go tool pprof", and
-// /tmp/p.lib.txt and /tmp/p.gofuse.txt, the Go runtime's figures
+// /tmp/p.lib, /tmp/p.lib-perop and /tmp/p.gofuse, heap profiles for "go
+// tool pprof", and the same names with .txt, the Go runtime's figures
 // (runtime.MemStats) next to the process's VmRSS. Unset, nothing is
 // written. A debugging aid for the footprint figures (issue 14), not part
 // of the bench's report.

@@ -40,12 +40,13 @@ func (s *Server) mountCompanion() (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open /dev/fuse: %w", err)
 	}
-	mfd, err := detachedFuseMount(dev, s.uid, s.gid, s.opts.AllowOther, s.opts.maxWrite())
+	copts := companionOptions(s) // handover.go
+	mfd, err := detachedFuseMount(dev, s.uid, s.gid, s.opts.AllowOther, copts.maxWrite())
 	if err != nil {
 		unix.Close(dev)
 		return nil, err
 	}
-	c := newServer(s.mnt, companionOptions(s)) // handover.go
+	c := newServer(s.mnt, copts)
 	c.mountFd = mfd
 	// go-fuse serves an already mounted /dev/fuse descriptor given as
 	// /dev/fd/N, and owns it from then on.
