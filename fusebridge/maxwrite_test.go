@@ -7,9 +7,11 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/ramproc/ramproc/fusebridge"
 	"github.com/ramproc/ramproc/handler"
+	"github.com/ramproc/ramproc/internal/testenv"
 )
 
 // sink is a write-only handler that keeps what it is given and the largest
@@ -68,6 +70,89 @@ func TestMaxWrite(t *testing.T) {
 			}
 			if s.largest != tc.want {
 				t.Errorf("largest piece per request %d, want %d", s.largest, tc.want)
+			}
+		})
+	}
+}
+
+// bigBounded is a bounded file of fixed content that records the largest
+// READ it is asked for, and takes writes (dropping them), recording the
+// largest piece.
+type bigBounded struct {
+	data    []byte
+	mu      sync.Mutex
+	largest int
+	written int
+}
+
+func (b *bigBounded) Write(_ context.Context, _ *handler.OpenFile, src []byte, _ int64) (int, error) {
+	b.mu.Lock()
+	b.written = max(b.written, len(src))
+	b.mu.Unlock()
+	return len(src), nil
+}
+
+func (b *bigBounded) FreshFor() time.Duration              { return time.Hour }
+func (b *bigBounded) SnapshotSize(*handler.OpenFile) int64 { return int64(len(b.data)) }
+func (b *bigBounded) Read(_ context.Context, _ *handler.OpenFile, dst []byte, off int64) (int, error) {
+	b.mu.Lock()
+	b.largest = max(b.largest, len(dst))
+	b.mu.Unlock()
+	if off >= int64(len(b.data)) {
+		return 0, nil
+	}
+	return copy(dst, b.data[off:]), nil
+}
+
+// TestMaxWriteBounded: the no-open connection that serves files with a
+// freshness bound takes requests of at most 128 KiB, or MaxWrite if that
+// is less (its request buffers are that size): a 1 MiB write(2) reaches
+// the handler in pieces of that size, and a file larger than that is read
+// whole all the same.
+func TestMaxWriteBounded(t *testing.T) {
+	payload := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
+	for _, tc := range []struct {
+		name     string
+		maxWrite int
+		want     int
+	}{
+		{"default", 0, 128 << 10},
+		{"64KiB", 64 << 10, 64 << 10},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := mount(t, fusebridge.Options{MaxWrite: tc.maxWrite})
+			if !srv.HandlersNoOpen() {
+				testenv.Missing(t, "bounded files are served by a no-open connection only on a mount made by root")
+			}
+			b := &bigBounded{data: payload}
+			if _, err := srv.Create("big", 0o644, b); err != nil {
+				t.Fatal(err)
+			}
+			p := filepath.Join(srv.Mountpoint(), "big")
+			f, err := os.OpenFile(p, os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n, err := f.Write(payload); err != nil || n != len(payload) {
+				t.Fatalf("write: %d, %v", n, err)
+			}
+			if err := f.Close(); err != nil {
+				t.Fatal(err)
+			}
+			got, err := os.ReadFile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, payload) {
+				t.Errorf("read %d bytes, not the %d of the file", len(got), len(payload))
+			}
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			if b.largest == 0 || b.largest > tc.want {
+				t.Errorf("largest READ %d bytes, want at most %d", b.largest, tc.want)
+			}
+			if b.written != tc.want {
+				t.Errorf("largest WRITE %d bytes, want %d", b.written, tc.want)
 			}
 		})
 	}
