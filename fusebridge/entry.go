@@ -442,12 +442,14 @@ func (e *Entry) attr(ctx context.Context, out *fuse.Attr) syscall.Errno {
 // the attributes again (and regenerates the content: see freshShared).
 func (e *Entry) attrTTL(ctx context.Context, out *fuse.Attr) (time.Duration, syscall.Errno) {
 	ttl := e.timeout()
-	a := e.baseAttr()
 	if ga := e.getattrer(); ga != nil {
-		if err := ga.Getattr(ctx, &a); err != nil {
-			return 0, handler.Errno(err)
-		}
-	} else if sz := e.sizer(); e.srv().opts.NoOpen && sz != nil {
+		return ttl, e.handlerAttr(ctx, ga, out)
+	}
+	// Not shared with handlerAttr: given to a handler, a escapes to the
+	// heap, and here it stays on the stack (it was 128 bytes of garbage
+	// per LOOKUP and GETATTR of every file).
+	a := e.baseAttr()
+	if sz := e.sizer(); e.srv().opts.NoOpen && sz != nil {
 		// The kernel caches the content and reads no further than the
 		// size it knows, so the size must be the snapshot's.
 		sh, errno := e.freshShared(ctx)
@@ -468,6 +470,16 @@ func (e *Entry) attrTTL(ctx context.Context, out *fuse.Attr) (time.Duration, sys
 	}
 	e.fillAttr(&a, 1, out)
 	return ttl, 0
+}
+
+// handlerAttr is attrTTL's part for a handler that states its attributes.
+func (e *Entry) handlerAttr(ctx context.Context, ga handler.Getattrer, out *fuse.Attr) syscall.Errno {
+	a := e.baseAttr()
+	if err := ga.Getattr(ctx, &a); err != nil {
+		return handler.Errno(err)
+	}
+	e.fillAttr(&a, 1, out)
+	return 0
 }
 
 // baseAttr is what the entry itself knows of its attributes, without its
