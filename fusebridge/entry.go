@@ -23,7 +23,7 @@ import (
 // its own), but the two share one entryCore: the handler, the callbacks
 // in flight, the open descriptors, the snapshot and the attributes the
 // bridge keeps (which all belong to the file, not to a connection; the
-// removal of a file removes it from both). That is 32 bytes of Entry per
+// removal of a file removes it from both). That is 24 bytes of Entry per
 // connection and 128 of core, where two whole entries and the handler's
 // resolved interfaces were 416 (the lib-tree-rss row of ramproc bench
 // -workloads lib). What is per connection stays in Entry, or is keyed by
@@ -38,16 +38,43 @@ type Entry struct {
 	// (Entry.srv) is the entry's.
 	parent *Dir
 
-	// twin is the same handler published on the second connection of a
-	// split mount (split.go); set on the main connection's entry.
-	twin atomic.Pointer[Entry]
-
 	// gen is a dynamic child's handler.Child.Gen, set before it is linked.
 	gen uint64
 }
 
 // srv is the server of the connection the entry is published on.
 func (e *Entry) srv() *Server { return e.parent.srv }
+
+// twin returns the same name on the second connection of a split mount
+// (split.go), for an entry of the main one: for a file or a link the entry
+// that shares its core in the twin of its directory, for a directory the
+// entry that names the directory's twin; nil if there is none. Found, not
+// kept: a pointer in every Entry was 8 bytes of each connection's entry
+// of every file (issue 14's footprint), for the few calls that need it
+// (removal, invalidation, notification, binds). Called with neither
+// connection's mu held.
+func (e *Entry) twin() *Entry {
+	s := e.srv()
+	s.mu.RLock()
+	ct := e.parent.twin
+	if e.dir != nil {
+		ct = e.dir.twin
+	}
+	s.mu.RUnlock()
+	if ct == nil {
+		return nil
+	}
+	c := ct.srv
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if e.dir != nil {
+		return ct.self
+	}
+	if ce := ct.children.get(e.name); ce != nil && ce.entryCore == e.entryCore {
+		return ce
+	}
+	return nil
+}
 
 // entryCore is what an entry and its twin share. Its fields are laid out
 // to fill 128 bytes, a size class of Go's allocator, with no slack.
@@ -306,7 +333,7 @@ func (e *Entry) Remove() error {
 	if !ok {
 		return syscall.ENOENT
 	}
-	if ce := e.twin.Load(); ce != nil {
+	if ce := e.twin(); ce != nil {
 		// Off the binds first, deepest first, so that lookups reach this
 		// connection, which no longer knows the names. (Dropping the
 		// dentry below would detach them too; an error means the
@@ -370,7 +397,7 @@ func (e *Entry) kill() {
 // generated afresh at the next read or stat) and the kernel's cached pages:
 // there, content is served from the kernel's cache until this is called.
 func (e *Entry) Invalidate() error {
-	if ce := e.twin.Load(); ce != nil {
+	if ce := e.twin(); ce != nil {
 		if err := ce.Invalidate(); err != nil {
 			return err
 		}

@@ -540,7 +540,7 @@ func adoptMount(mnt string, opts Options, in *inheritance) (*Server, error) {
 		}
 		c := newServer(mnt, copts)
 		c.mountFd = fd(st.Conns[1].MountFd)
-		s.companion = c
+		s.setCompanion(c)
 		conns = append(conns, c)
 	}
 	for i, c := range conns {

@@ -475,7 +475,7 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 		if c, err := s.mountCompanion(); err != nil {
 			s.log.Info("no second no-open connection; handler files are served on the main one", "reason", err)
 		} else {
-			s.companion = c
+			s.setCompanion(c)
 		}
 	case opts.NoOpen && os.Geteuid() == 0:
 		// Per-caller files, streamed files and dynamic directories must
@@ -483,7 +483,7 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 		if c, err := s.mountCompanion(); err != nil {
 			s.log.Info("no second connection that keeps OPEN; per-caller and streamed files and dynamic directories cannot be published", "reason", err)
 		} else {
-			s.companion = c
+			s.setCompanion(c)
 		}
 	}
 	s.log.Info("mounted", "mountpoint", mnt, "passthrough", s.passthrough.Load(), "noopen", opts.NoOpen, "noopen_handlers", s.companion != nil)

@@ -52,7 +52,9 @@ type Dir struct {
 	// bound of their own (see split.go).
 	pinned int
 	fresh  int
-	// twin is this directory on the no-open connection, or nil.
+	// twin is this directory on the second connection of a split mount
+	// (split.go), or nil; set on the main connection's directories (the
+	// root's once the second connection is made).
 	twin *Dir
 	// sweepAt is the number of children at which a per-caller dynamic
 	// directory next sweeps them (0: sweepMin); sweeping is set while a
