@@ -33,6 +33,21 @@ func (s *sink) Write(_ context.Context, _ *handler.OpenFile, src []byte, off int
 	return len(src), nil
 }
 
+// writeOnce writes data to path with one write(2).
+func writeOnce(t *testing.T, path string, data []byte) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := f.Write(data); err != nil || n != len(data) {
+		t.Fatalf("write: %d, %v", n, err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestMaxWrite: Options.MaxWrite is the largest piece of a write(2) one
 // request brings (the default, 1 MiB, takes a 1 MiB write whole), and a
 // write larger than it arrives whole all the same, in pieces.
@@ -53,16 +68,7 @@ func TestMaxWrite(t *testing.T) {
 			if _, err := srv.Create("sink", 0o200, s); err != nil {
 				t.Fatal(err)
 			}
-			f, err := os.OpenFile(filepath.Join(srv.Mountpoint(), "sink"), os.O_WRONLY, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if n, err := f.Write(payload); err != nil || n != len(payload) {
-				t.Fatalf("write: %d, %v", n, err)
-			}
-			if err := f.Close(); err != nil {
-				t.Fatal(err)
-			}
+			writeOnce(t, filepath.Join(srv.Mountpoint(), "sink"), payload)
 			s.mu.Lock()
 			defer s.mu.Unlock()
 			if !bytes.Equal(s.data, payload) {
@@ -129,16 +135,7 @@ func TestMaxWriteBounded(t *testing.T) {
 				t.Fatal(err)
 			}
 			p := filepath.Join(srv.Mountpoint(), "big")
-			f, err := os.OpenFile(p, os.O_WRONLY, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if n, err := f.Write(payload); err != nil || n != len(payload) {
-				t.Fatalf("write: %d, %v", n, err)
-			}
-			if err := f.Close(); err != nil {
-				t.Fatal(err)
-			}
+			writeOnce(t, p, payload)
 			got, err := os.ReadFile(p)
 			if err != nil {
 				t.Fatal(err)
