@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"io/fs"
+	"math"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 
@@ -77,7 +79,8 @@ func (e *Entry) twin() *Entry {
 }
 
 // entryCore is what an entry and its twin share. Its fields are laid out
-// to fill 128 bytes, a size class of Go's allocator, with no slack.
+// to fill 128 bytes, a size class of Go's allocator, with no slack (see
+// the size checks below sharedFile).
 type entryCore struct {
 	// h is the handler itself (a link's Symlinker; nil for directories).
 	// Its optional interfaces are asserted where a request needs them (a
@@ -145,6 +148,13 @@ type entryCore struct {
 	// kill finds nothing left to do.
 	life atomic.Int32
 
+	// exact is set when the handler's Opener set Caching on its last
+	// shared open file (sharedFile): its content changes only through
+	// this mount, so the kernel's own write-through keeps the page cache
+	// right and writes need no invalidation. (Here, in the four bytes
+	// the fields around leave free, rather than in each snapshot.)
+	exact atomic.Bool
+
 	// opens lists the descriptors not yet released, so removal can release
 	// them, as procfs's close_pdeo does on remove_proc_entry. It is made
 	// at the first open: most entries of a large tree are never opened
@@ -163,22 +173,48 @@ type entryCore struct {
 	notify atomic.Pointer[notifyState]
 }
 
-// sharedFile is an Entry's open file on a NoOpen mount.
+// sharedFile is an Entry's open file on a NoOpen mount. It is 48 bytes, a
+// size class of Go's allocator (a bounded file of a large tree keeps one
+// for as long as the kernel caches it): whether it was dropped is
+// whether it is still the entry's shared one, and whether its content is
+// byte-exact is the entry's (entryCore.exact).
 type sharedFile struct {
 	f handler.OpenFile
-	// fresh is when it was opened (Unix nanoseconds, Server.snapshotTime):
-	// for content with a freshness bound, the time its age counts from.
-	fresh int64
-	// made is the mtime the kernel is shown: fresh, or for a snapshot
-	// whose bytes are those of the one it replaced, that one's made, so
-	// that the kernel keeps the pages it holds (see renewShared).
+	// made is the mtime the kernel is shown (Unix nanoseconds): when it
+	// was opened (Server.snapshotTime), or for a snapshot whose bytes are
+	// those of the one it replaced, that one's made, so that the kernel
+	// keeps the pages it holds (see renewSharedLocked).
 	made int64
-	refs int32 // callbacks using it; guarded by Entry.opensMu
-	// exact is set when the handler's Opener set Caching: its content
-	// changes only through this mount, so the kernel's own write-through
-	// keeps the page cache right and writes need no invalidation.
-	exact   bool
-	dropped bool
+	// freshMs is when it was opened, in whole milliseconds after made
+	// (sharedFile.fresh).
+	freshMs uint32
+	refs    int32 // callbacks using it; guarded by Entry.opensMu
+}
+
+// Sizes the footprint counts on (docs/design.md): a field more must find
+// room, not take the next size class.
+var (
+	_ [0]struct{} = [unsafe.Sizeof(sharedFile{}) - 48]struct{}{}
+	_ [0]struct{} = [unsafe.Sizeof(entryCore{}) - 128]struct{}{}
+	_ [0]struct{} = [unsafe.Sizeof(Entry{}) - 24]struct{}{}
+)
+
+// fresh is when sh was opened (Unix nanoseconds), rounded down to a
+// millisecond after made: for content with a freshness bound, the time
+// its age counts from. Rounded down, the age is over-counted, never
+// under: the bound holds.
+func (sh *sharedFile) fresh() int64 { return sh.made + int64(sh.freshMs)*int64(time.Millisecond) }
+
+// setFresh records t, a time at or after sh.made, as when sh was opened.
+// A snapshot that kept its predecessor's made for longer than freshMs
+// counts (49 days) shows t as its mtime instead: the kernel then drops
+// the pages it holds once.
+func (sh *sharedFile) setFresh(t int64) {
+	ms := (t - sh.made) / int64(time.Millisecond)
+	if ms > math.MaxUint32 {
+		sh.made, ms = t, 0
+	}
+	sh.freshMs = uint32(ms)
 }
 
 // The handler's optional interfaces, nil where it has none.
@@ -491,7 +527,7 @@ func (e *Entry) attrTTL(ctx context.Context, out *fuse.Attr) (time.Duration, sys
 			// has its own.
 			a.Mtime = time.Unix(0, sh.made)
 			a.Ctime = a.Mtime
-			ttl = min(ttl, max(d-time.Duration(time.Now().UnixNano()-sh.fresh), 0))
+			ttl = min(ttl, max(d-time.Duration(time.Now().UnixNano()-sh.fresh()), 0))
 		}
 		e.releaseShared(sh)
 	}
@@ -612,10 +648,9 @@ func (e *Entry) openSharedLocked(ctx context.Context) (*sharedFile, syscall.Errn
 			return nil, handler.Errno(err)
 		}
 	}
-	sh.exact = sh.f.Caching
+	e.exact.Store(sh.f.Caching)
 	sh.f.Caching = true
-	sh.fresh = e.srv().snapshotTime()
-	sh.made = sh.fresh
+	sh.made = e.srv().snapshotTime()
 	return sh, 0
 }
 
@@ -629,7 +664,7 @@ func (e *Entry) freshShared(ctx context.Context) (*sharedFile, syscall.Errno) {
 	if d := e.ageBound(); d > 0 {
 		e.opensMu.Lock()
 		sh := e.shared
-		if sh != nil && time.Now().UnixNano()-sh.fresh >= int64(d) {
+		if sh != nil && time.Now().UnixNano()-sh.fresh() >= int64(d) {
 			return e.renewSharedLocked(ctx, sh) // unlocks
 		}
 		e.opensMu.Unlock()
@@ -653,10 +688,12 @@ const sameContentMax = 64 << 10
 func (e *Entry) renewSharedLocked(ctx context.Context, old *sharedFile) (*sharedFile, syscall.Errno) {
 	sh, errno := e.openSharedLocked(ctx)
 	if errno == 0 && e.sameContent(ctx, old, sh) {
+		opened := sh.made
 		sh.made = old.made
+		sh.setFresh(opened)
 	}
 	e.shared = sh // nil if the handler failed: the next callback tries again
-	old.dropped = true
+	// old is dropped now (no longer e.shared): released by its last user.
 	last := old.refs == 0
 	if sh != nil {
 		sh.refs = 1
@@ -712,7 +749,7 @@ func (s *Server) snapshotTime() int64 {
 func (e *Entry) releaseShared(sh *sharedFile) {
 	e.opensMu.Lock()
 	sh.refs--
-	last := sh.refs == 0 && sh.dropped
+	last := sh.refs == 0 && e.shared != sh // dropped, and unused
 	e.opensMu.Unlock()
 	if r := e.releaser(); last && r != nil {
 		r.Release(context.Background(), &sh.f)
@@ -736,7 +773,6 @@ func (e *Entry) dropSharedIf(only *sharedFile) {
 	e.shared = nil
 	last := false
 	if sh != nil {
-		sh.dropped = true
 		last = sh.refs == 0
 	}
 	e.opensMu.Unlock()
