@@ -6,6 +6,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
+	"runtime/pprof"
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -61,16 +63,16 @@ func libTreeName(i int) string {
 // and serves until ctx is done or the directory is unmounted. It needs
 // root, as the bench does.
 func ServeLib(ctx context.Context, mountpoint string, treeFiles int, out io.Writer) error {
-	return serveLib(ctx, mountpoint, treeFiles, out, fusebridge.Options{})
+	return serveLib(ctx, mountpoint, treeFiles, out, "lib", fusebridge.Options{})
 }
 
 // ServeLibPerOpen is ServeLib with fusebridge.Options.PerOpenPassthrough,
 // for the lib-gen-perop-pt row.
 func ServeLibPerOpen(ctx context.Context, mountpoint string, treeFiles int, out io.Writer) error {
-	return serveLib(ctx, mountpoint, treeFiles, out, fusebridge.Options{PerOpenPassthrough: true})
+	return serveLib(ctx, mountpoint, treeFiles, out, "lib-perop", fusebridge.Options{PerOpenPassthrough: true})
 }
 
-func serveLib(ctx context.Context, mountpoint string, treeFiles int, out io.Writer, opts fusebridge.Options) error {
+func serveLib(ctx context.Context, mountpoint string, treeFiles int, out io.Writer, kind string, opts fusebridge.Options) error {
 	srv, err := fusebridge.Mount(mountpoint, opts)
 	if err != nil {
 		return err
@@ -117,6 +119,7 @@ func serveLib(ctx context.Context, mountpoint string, treeFiles int, out io.Writ
 	case <-served:
 	case <-ctx.Done():
 	}
+	writeMemProfile(kind)
 	return srv.Unmount()
 }
 
@@ -169,9 +172,50 @@ func ServeGoFuseTree(ctx context.Context, mountpoint string, treeFiles int, out 
 		return nil
 	case <-ctx.Done():
 	}
+	writeMemProfile("gofuse")
 	if err := server.Unmount(); err != nil {
 		return fmt.Errorf("unmount %s: %w", mnt, err)
 	}
 	<-served
 	return nil
+}
+
+// MemProfileEnv names the environment variable that makes the library
+// section's servers write what their memory holds when they are stopped
+// (after lib-tree-rss, with the tree still mounted): with
+// RAMPROC_BENCH_MEMPROFILE=/tmp/p, "ramproc bench -workloads lib" leaves
+// /tmp/p.lib, /tmp/p.lib-perop and /tmp/p.gofuse, heap profiles for "go
+// tool pprof", and the same names with .txt, the Go runtime's figures
+// (runtime.MemStats) next to the process's VmRSS. Unset, nothing is
+// written. A debugging aid for the footprint figures (issue 14), not part
+// of the bench's report.
+const MemProfileEnv = "RAMPROC_BENCH_MEMPROFILE"
+
+// writeMemProfile writes the files of MemProfileEnv for the server kind,
+// if it is set; errors go to stderr, as the bench shows a server's.
+func writeMemProfile(kind string) {
+	base := os.Getenv(MemProfileEnv)
+	if base == "" {
+		return
+	}
+	// The stats first: a collection would return memory to the system
+	// and change the figures being explained.
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	rss, _ := procKB("/proc/self/status", "VmRSS")
+	txt := fmt.Sprintf("VmRSS %d KiB\nSys %d\nHeapSys %d\nHeapInuse %d\nHeapAlloc %d\nHeapIdle %d\nHeapReleased %d\nStackSys %d\nMSpanSys %d\nGCSys %d\nOtherSys %d\nNextGC %d\nNumGC %d\n",
+		rss>>10, ms.Sys, ms.HeapSys, ms.HeapInuse, ms.HeapAlloc, ms.HeapIdle, ms.HeapReleased, ms.StackSys, ms.MSpanSys, ms.GCSys, ms.OtherSys, ms.NextGC, ms.NumGC)
+	if err := os.WriteFile(base+"."+kind+".txt", []byte(txt), 0o644); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+	}
+	f, err := os.Create(base + "." + kind)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return
+	}
+	defer f.Close()
+	runtime.GC() // the profile shows what the last collection found live
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+	}
 }

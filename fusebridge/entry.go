@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"io/fs"
+	"math"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 
@@ -23,7 +25,7 @@ import (
 // its own), but the two share one entryCore: the handler, the callbacks
 // in flight, the open descriptors, the snapshot and the attributes the
 // bridge keeps (which all belong to the file, not to a connection; the
-// removal of a file removes it from both). That is 32 bytes of Entry per
+// removal of a file removes it from both). That is 24 bytes of Entry per
 // connection and 128 of core, where two whole entries and the handler's
 // resolved interfaces were 416 (the lib-tree-rss row of ramproc bench
 // -workloads lib). What is per connection stays in Entry, or is keyed by
@@ -38,10 +40,6 @@ type Entry struct {
 	// (Entry.srv) is the entry's.
 	parent *Dir
 
-	// twin is the same handler published on the second connection of a
-	// split mount (split.go); set on the main connection's entry.
-	twin atomic.Pointer[Entry]
-
 	// gen is a dynamic child's handler.Child.Gen, set before it is linked.
 	gen uint64
 }
@@ -49,8 +47,40 @@ type Entry struct {
 // srv is the server of the connection the entry is published on.
 func (e *Entry) srv() *Server { return e.parent.srv }
 
+// twin returns the same name on the second connection of a split mount
+// (split.go), for an entry of the main one: for a file or a link the entry
+// that shares its core in the twin of its directory, for a directory the
+// entry that names the directory's twin; nil if there is none. Found, not
+// kept: a pointer in every Entry was 8 bytes of each connection's entry
+// of every file (issue 14's footprint), for the few calls that need it
+// (removal, invalidation, notification, binds). Called with neither
+// connection's mu held.
+func (e *Entry) twin() *Entry {
+	s := e.srv()
+	s.mu.RLock()
+	ct := e.parent.twin
+	if e.dir != nil {
+		ct = e.dir.twin
+	}
+	s.mu.RUnlock()
+	if ct == nil {
+		return nil
+	}
+	c := ct.srv
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if e.dir != nil {
+		return ct.self
+	}
+	if ce := ct.children.get(e.name); ce != nil && ce.entryCore == e.entryCore {
+		return ce
+	}
+	return nil
+}
+
 // entryCore is what an entry and its twin share. Its fields are laid out
-// to fill 128 bytes, a size class of Go's allocator, with no slack.
+// to fill 128 bytes, a size class of Go's allocator, with no slack (see
+// the size checks below sharedFile).
 type entryCore struct {
 	// h is the handler itself (a link's Symlinker; nil for directories).
 	// Its optional interfaces are asserted where a request needs them (a
@@ -118,6 +148,13 @@ type entryCore struct {
 	// kill finds nothing left to do.
 	life atomic.Int32
 
+	// exact is set when the handler's Opener set Caching on its last
+	// shared open file (sharedFile): its content changes only through
+	// this mount, so the kernel's own write-through keeps the page cache
+	// right and writes need no invalidation. (Here, in the four bytes
+	// the fields around leave free, rather than in each snapshot.)
+	exact atomic.Bool
+
 	// opens lists the descriptors not yet released, so removal can release
 	// them, as procfs's close_pdeo does on remove_proc_entry. It is made
 	// at the first open: most entries of a large tree are never opened
@@ -136,22 +173,48 @@ type entryCore struct {
 	notify atomic.Pointer[notifyState]
 }
 
-// sharedFile is an Entry's open file on a NoOpen mount.
+// sharedFile is an Entry's open file on a NoOpen mount. It is 48 bytes, a
+// size class of Go's allocator (a bounded file of a large tree keeps one
+// for as long as the kernel caches it): whether it was dropped is
+// whether it is still the entry's shared one, and whether its content is
+// byte-exact is the entry's (entryCore.exact).
 type sharedFile struct {
 	f handler.OpenFile
-	// fresh is when it was opened (Unix nanoseconds, Server.snapshotTime):
-	// for content with a freshness bound, the time its age counts from.
-	fresh int64
-	// made is the mtime the kernel is shown: fresh, or for a snapshot
-	// whose bytes are those of the one it replaced, that one's made, so
-	// that the kernel keeps the pages it holds (see renewShared).
+	// made is the mtime the kernel is shown (Unix nanoseconds): when it
+	// was opened (Server.snapshotTime), or for a snapshot whose bytes are
+	// those of the one it replaced, that one's made, so that the kernel
+	// keeps the pages it holds (see renewSharedLocked).
 	made int64
-	refs int32 // callbacks using it; guarded by Entry.opensMu
-	// exact is set when the handler's Opener set Caching: its content
-	// changes only through this mount, so the kernel's own write-through
-	// keeps the page cache right and writes need no invalidation.
-	exact   bool
-	dropped bool
+	// freshMs is when it was opened, in whole milliseconds after made
+	// (sharedFile.fresh).
+	freshMs uint32
+	refs    int32 // callbacks using it; guarded by Entry.opensMu
+}
+
+// Sizes the footprint counts on (docs/design.md): a field more must find
+// room, not take the next size class.
+var (
+	_ [0]struct{} = [unsafe.Sizeof(sharedFile{}) - 48]struct{}{}
+	_ [0]struct{} = [unsafe.Sizeof(entryCore{}) - 128]struct{}{}
+	_ [0]struct{} = [unsafe.Sizeof(Entry{}) - 24]struct{}{}
+)
+
+// fresh is when sh was opened (Unix nanoseconds), rounded down to a
+// millisecond after made: for content with a freshness bound, the time
+// its age counts from. Rounded down, the age is over-counted, never
+// under: the bound holds.
+func (sh *sharedFile) fresh() int64 { return sh.made + int64(sh.freshMs)*int64(time.Millisecond) }
+
+// setFresh records t, a time at or after sh.made, as when sh was opened.
+// A snapshot that kept its predecessor's made for longer than freshMs
+// counts (49 days) shows t as its mtime instead: the kernel then drops
+// the pages it holds once.
+func (sh *sharedFile) setFresh(t int64) {
+	ms := (t - sh.made) / int64(time.Millisecond)
+	if ms > math.MaxUint32 {
+		sh.made, ms = t, 0
+	}
+	sh.freshMs = uint32(ms)
 }
 
 // The handler's optional interfaces, nil where it has none.
@@ -306,7 +369,7 @@ func (e *Entry) Remove() error {
 	if !ok {
 		return syscall.ENOENT
 	}
-	if ce := e.twin.Load(); ce != nil {
+	if ce := e.twin(); ce != nil {
 		// Off the binds first, deepest first, so that lookups reach this
 		// connection, which no longer knows the names. (Dropping the
 		// dentry below would detach them too; an error means the
@@ -370,7 +433,7 @@ func (e *Entry) kill() {
 // generated afresh at the next read or stat) and the kernel's cached pages:
 // there, content is served from the kernel's cache until this is called.
 func (e *Entry) Invalidate() error {
-	if ce := e.twin.Load(); ce != nil {
+	if ce := e.twin(); ce != nil {
 		if err := ce.Invalidate(); err != nil {
 			return err
 		}
@@ -442,12 +505,14 @@ func (e *Entry) attr(ctx context.Context, out *fuse.Attr) syscall.Errno {
 // the attributes again (and regenerates the content: see freshShared).
 func (e *Entry) attrTTL(ctx context.Context, out *fuse.Attr) (time.Duration, syscall.Errno) {
 	ttl := e.timeout()
-	a := e.baseAttr()
 	if ga := e.getattrer(); ga != nil {
-		if err := ga.Getattr(ctx, &a); err != nil {
-			return 0, handler.Errno(err)
-		}
-	} else if sz := e.sizer(); e.srv().opts.NoOpen && sz != nil {
+		return ttl, e.handlerAttr(ctx, ga, out)
+	}
+	// Not shared with handlerAttr: given to a handler, a escapes to the
+	// heap, and here it stays on the stack (it was 128 bytes of garbage
+	// per LOOKUP and GETATTR of every file).
+	a := e.baseAttr()
+	if sz := e.sizer(); e.srv().opts.NoOpen && sz != nil {
 		// The kernel caches the content and reads no further than the
 		// size it knows, so the size must be the snapshot's.
 		sh, errno := e.freshShared(ctx)
@@ -462,12 +527,22 @@ func (e *Entry) attrTTL(ctx context.Context, out *fuse.Attr) (time.Duration, sys
 			// has its own.
 			a.Mtime = time.Unix(0, sh.made)
 			a.Ctime = a.Mtime
-			ttl = min(ttl, max(d-time.Duration(time.Now().UnixNano()-sh.fresh), 0))
+			ttl = min(ttl, max(d-time.Duration(time.Now().UnixNano()-sh.fresh()), 0))
 		}
 		e.releaseShared(sh)
 	}
 	e.fillAttr(&a, 1, out)
 	return ttl, 0
+}
+
+// handlerAttr is attrTTL's part for a handler that states its attributes.
+func (e *Entry) handlerAttr(ctx context.Context, ga handler.Getattrer, out *fuse.Attr) syscall.Errno {
+	a := e.baseAttr()
+	if err := ga.Getattr(ctx, &a); err != nil {
+		return handler.Errno(err)
+	}
+	e.fillAttr(&a, 1, out)
+	return 0
 }
 
 // baseAttr is what the entry itself knows of its attributes, without its
@@ -573,10 +648,9 @@ func (e *Entry) openSharedLocked(ctx context.Context) (*sharedFile, syscall.Errn
 			return nil, handler.Errno(err)
 		}
 	}
-	sh.exact = sh.f.Caching
+	e.exact.Store(sh.f.Caching)
 	sh.f.Caching = true
-	sh.fresh = e.srv().snapshotTime()
-	sh.made = sh.fresh
+	sh.made = e.srv().snapshotTime()
 	return sh, 0
 }
 
@@ -590,7 +664,7 @@ func (e *Entry) freshShared(ctx context.Context) (*sharedFile, syscall.Errno) {
 	if d := e.ageBound(); d > 0 {
 		e.opensMu.Lock()
 		sh := e.shared
-		if sh != nil && time.Now().UnixNano()-sh.fresh >= int64(d) {
+		if sh != nil && time.Now().UnixNano()-sh.fresh() >= int64(d) {
 			return e.renewSharedLocked(ctx, sh) // unlocks
 		}
 		e.opensMu.Unlock()
@@ -614,10 +688,12 @@ const sameContentMax = 64 << 10
 func (e *Entry) renewSharedLocked(ctx context.Context, old *sharedFile) (*sharedFile, syscall.Errno) {
 	sh, errno := e.openSharedLocked(ctx)
 	if errno == 0 && e.sameContent(ctx, old, sh) {
+		opened := sh.made
 		sh.made = old.made
+		sh.setFresh(opened)
 	}
 	e.shared = sh // nil if the handler failed: the next callback tries again
-	old.dropped = true
+	// old is dropped now (no longer e.shared): released by its last user.
 	last := old.refs == 0
 	if sh != nil {
 		sh.refs = 1
@@ -673,7 +749,7 @@ func (s *Server) snapshotTime() int64 {
 func (e *Entry) releaseShared(sh *sharedFile) {
 	e.opensMu.Lock()
 	sh.refs--
-	last := sh.refs == 0 && sh.dropped
+	last := sh.refs == 0 && e.shared != sh // dropped, and unused
 	e.opensMu.Unlock()
 	if r := e.releaser(); last && r != nil {
 		r.Release(context.Background(), &sh.f)
@@ -697,7 +773,6 @@ func (e *Entry) dropSharedIf(only *sharedFile) {
 	e.shared = nil
 	last := false
 	if sh != nil {
-		sh.dropped = true
 		last = sh.refs == 0
 	}
 	e.opensMu.Unlock()

@@ -159,7 +159,7 @@ func (n *fileNode) Write(ctx context.Context, f fs.FileHandle, data []byte, off 
 	nw, err := writer.Write(e.writeContext(ctx), of, data, off)
 	n.unhandle(sh)
 	if nw > 0 {
-		if sh != nil && !sh.exact {
+		if sh != nil && !e.exact.Load() {
 			// A NoOpen mount serves content that is not byte-exact from
 			// the kernel's cache: drop the snapshot, so that any READ
 			// answered after this WRITE sees the new content, and the
@@ -173,7 +173,7 @@ func (n *fileNode) Write(ctx context.Context, f fs.FileHandle, data []byte, off 
 		// caller's next write will get.
 		return uint32(nw), 0
 	}
-	if sh != nil && !sh.exact && bytes.IndexByte(data, 0) >= 0 {
+	if sh != nil && !e.exact.Load() && bytes.IndexByte(data, 0) >= 0 {
 		zeroedWrites.Add(1) // pagedrop.go
 	}
 	n.writebackFailed(ctx)

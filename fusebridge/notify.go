@@ -217,7 +217,7 @@ func (e *Entry) notifyNow() error {
 	// The file a path lookup reaches: the bind-mounted twin when there is
 	// one, and that is the inode watchers of the path watch.
 	target := e
-	if ce := e.twin.Load(); ce != nil {
+	if ce := e.twin(); ce != nil {
 		target = ce
 	}
 	// Whatever stops the event, the caches are dropped.

@@ -73,7 +73,7 @@ func (d *Dir) sweep() {
 		s.mu.Unlock()
 		return
 	}
-	for _, e := range d.children {
+	for e := range d.children.all {
 		// An entry shown since the last sweep survives this one: a
 		// lookup that just adopted it may not have handed its inode to
 		// the kernel yet.
@@ -116,12 +116,12 @@ func (d *Dir) sweep() {
 
 	s.mu.Lock()
 	for _, e := range gone {
-		if d.children[e.name] != e {
+		if d.children.get(e.name) != e {
 			continue
 		}
 		// Not if shown again meanwhile: a lookup may be handing it over.
 		if e.mark.CompareAndSwap(markNone, markSwept) || e.mark.CompareAndSwap(markNotified, markSwept) {
-			delete(d.children, e.name)
+			d.children.delete(e.name)
 		}
 	}
 	if !d.removed {
@@ -133,7 +133,7 @@ func (d *Dir) sweep() {
 		// (the map settles at twice the additions between sweeps, any
 		// number of them), so every time the kernel lagged under load
 		// the map would keep a larger size for good.
-		d.sweepAt = len(d.children) + max(inUse/2, sweepMin)
+		d.sweepAt = d.children.len() + max(inUse/2, sweepMin)
 	}
 	s.mu.Unlock()
 }
@@ -165,7 +165,7 @@ var dropDentriesHook atomic.Pointer[func()]
 func (d *Dir) relink(e *Entry) *Entry {
 	s := d.srv
 	s.mu.RLock()
-	cur, removed := d.children[e.name], d.removed
+	cur, removed := d.children.get(e.name), d.removed
 	s.mu.RUnlock()
 	if cur == e && !removed {
 		return e
@@ -175,12 +175,12 @@ func (d *Dir) relink(e *Entry) *Entry {
 	if d.removed {
 		return nil
 	}
-	switch d.children[e.name] {
+	switch d.children.get(e.name) {
 	case e:
 		return e
 	case nil:
 		if e.mark.CompareAndSwap(markSwept, markSeen) {
-			d.children[e.name] = e
+			d.children.set(e)
 			return e
 		}
 	}

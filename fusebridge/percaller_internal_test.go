@@ -134,7 +134,7 @@ func perCallerDirChurn(t *testing.T, opts Options) {
 			}
 		}
 		srv.mu.RLock()
-		most = max(most, len(d.children))
+		most = max(most, d.children.len())
 		srv.mu.RUnlock()
 	}
 	// The kernel forgets the dropped dentries' inodes in its own time, and
@@ -144,7 +144,7 @@ func perCallerDirChurn(t *testing.T, opts Options) {
 	left, i := 0, n
 	for deadline := time.Now().Add(time.Minute); ; i++ {
 		srv.mu.RLock()
-		left = len(d.children)
+		left = d.children.len()
 		srv.mu.RUnlock()
 		if left <= 4*sweepMin || time.Now().After(deadline) {
 			break
@@ -208,7 +208,7 @@ func TestPerCallerSweepAfterLag(t *testing.T) {
 	size := func() int {
 		srv.mu.RLock()
 		defer srv.mu.RUnlock()
-		return len(d.children)
+		return d.children.len()
 	}
 	i := 0
 	churn := func() {

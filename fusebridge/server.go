@@ -176,8 +176,14 @@ type Options struct {
 	// at least two) holds a buffer of this size while it waits, so a
 	// server of small files that are read whole (cgroupfs: 128 KiB) keeps
 	// megabytes less in memory; a file written in large blocks wants the
-	// default. A restarted server keeps the value of the process it
-	// replaces: the kernel agreed on it when the file system was mounted.
+	// default. The second, no-open connection that serves the files with
+	// a freshness bound in the default layout (see the package comment)
+	// takes at most 128 KiB (or MaxWrite, if less): it serves generated
+	// snapshots, and a 1 MiB buffer per reading goroutine was 4 MiB of a
+	// server's RSS; a write(2) to such a file that is larger reaches the
+	// handler in pieces of that size. A restarted server keeps the values
+	// of the process it replaces: the kernel agreed on them when the file
+	// system was mounted.
 	MaxWrite int
 
 	// Passthrough chooses the I/O path of backing-file handlers, and of
@@ -469,7 +475,7 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 		if c, err := s.mountCompanion(); err != nil {
 			s.log.Info("no second no-open connection; handler files are served on the main one", "reason", err)
 		} else {
-			s.companion = c
+			s.setCompanion(c)
 		}
 	case opts.NoOpen && os.Geteuid() == 0:
 		// Per-caller files, streamed files and dynamic directories must
@@ -477,7 +483,7 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 		if c, err := s.mountCompanion(); err != nil {
 			s.log.Info("no second connection that keeps OPEN; per-caller and streamed files and dynamic directories cannot be published", "reason", err)
 		} else {
-			s.companion = c
+			s.setCompanion(c)
 		}
 	}
 	s.log.Info("mounted", "mountpoint", mnt, "passthrough", s.passthrough.Load(), "noopen", opts.NoOpen, "noopen_handlers", s.companion != nil)

@@ -40,12 +40,13 @@ func (s *Server) mountCompanion() (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open /dev/fuse: %w", err)
 	}
-	mfd, err := detachedFuseMount(dev, s.uid, s.gid, s.opts.AllowOther, s.opts.maxWrite())
+	copts := companionOptions(s) // handover.go
+	mfd, err := detachedFuseMount(dev, s.uid, s.gid, s.opts.AllowOther, copts.maxWrite())
 	if err != nil {
 		unix.Close(dev)
 		return nil, err
 	}
-	c := newServer(s.mnt, companionOptions(s)) // handover.go
+	c := newServer(s.mnt, copts)
 	c.mountFd = mfd
 	// go-fuse serves an already mounted /dev/fuse descriptor given as
 	// /dev/fd/N, and owns it from then on.
@@ -76,6 +77,16 @@ func (s *Server) mountCompanion() (*Server, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// setCompanion makes c the second connection of s. Its root is the twin
+// of s's root, through which Entry.twin finds the twins of top-level
+// names.
+func (s *Server) setCompanion(c *Server) {
+	s.mu.Lock()
+	s.rootDir.twin = c.rootDir
+	s.mu.Unlock()
+	s.companion = c
 }
 
 // pollHack does go-fuse's poll hack on the mount mfd: go-fuse itself
@@ -177,7 +188,7 @@ func (s *Server) ensureCompanion() *Server {
 		s.log.Info("no second no-open connection; files with a freshness bound are generated per open on the main one", "reason", err)
 		return nil
 	}
-	s.companion = c
+	s.setCompanion(c)
 	var walk func(d *Dir)
 	walk = func(d *Dir) {
 		for _, ch := range d.sortedChildren() {
@@ -202,7 +213,7 @@ func (s *Server) ensureCompanion() *Server {
 // mirrorLocked is mirror under bindMu, with the second connection made.
 func (s *Server) mirrorLocked(d *Dir, e *Entry, mode fs.FileMode, h any) error {
 	c := s.companion
-	if e.twin.Load() != nil {
+	if e.twin() != nil {
 		return nil // mirrored already, by ensureCompanion
 	}
 	// Static directories and links are mirrored always, so that the second
@@ -254,7 +265,6 @@ func (s *Server) mirrorLocked(d *Dir, e *Entry, mode fs.FileMode, h any) error {
 		s.mu.Unlock()
 		ce.dir.onMiss.Store(e.dir.onMiss.Load()) // OnMiss since publish
 	}
-	e.twin.Store(ce)
 	if s.boundAbove(d) != nil || !s.companionSuits(e) || (static && s.opts.NoOpen) {
 		// Reached through the directory's bind, or served by the main
 		// connection where no bind is (links, and on a NoOpen mount the
@@ -325,7 +335,7 @@ func (s *Server) boundAbove(d *Dir) *Entry {
 // holds no pinned entry that is one mount for the whole subtree; for one
 // that does, its children are bound one by one.
 func (s *Server) bind(e *Entry) error {
-	ce := e.twin.Load()
+	ce := e.twin()
 	if ce == nil || e.kind == kindLink || !s.linked(e) {
 		return nil
 	}
@@ -364,7 +374,7 @@ func (s *Server) bind(e *Entry) error {
 func (s *Server) linked(e *Entry) bool {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return !e.parent.removed && e.parent.children[e.name] == e
+	return !e.parent.removed && e.parent.children.get(e.name) == e
 }
 
 // unbind takes the bind off e and binds its children one by one instead,
@@ -412,7 +422,7 @@ func (s *Server) unpinnedTop(d *Dir) *Dir {
 // rejoinLocked makes top, a directory without pinned entries, one bind in
 // place of the binds inside it; under bindMu.
 func (s *Server) rejoinLocked(top *Dir) {
-	if top.self.bound || s.boundAbove(top) != nil || top.self.twin.Load() == nil {
+	if top.self.bound || s.boundAbove(top) != nil || top.self.twin() == nil {
 		return
 	}
 	var binds []*Entry

@@ -72,8 +72,8 @@ func (d *Dir) countLocked() int {
 	if d.dyn != nil {
 		return 0
 	}
-	n := len(d.children)
-	for _, c := range d.children {
+	n := d.children.len()
+	for c := range d.children.all {
 		if c.dir != nil {
 			n += c.dir.countLocked()
 		}

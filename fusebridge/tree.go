@@ -44,15 +44,17 @@ type Dir struct {
 	perCaller bool
 
 	// Guarded by srv.mu.
-	children map[string]*Entry // static children; a dynamic one's children seen so far
-	subdirs  int               // children that are directories (st_nlink - 2)
+	children names // static children; a dynamic one's children seen so far
+	subdirs  int   // children that are directories (st_nlink - 2)
 	removed  bool
 	// pinned counts the entries in this subtree that must stay on the
 	// main connection of a split mount, fresh those with a freshness
 	// bound of their own (see split.go).
 	pinned int
 	fresh  int
-	// twin is this directory on the no-open connection, or nil.
+	// twin is this directory on the second connection of a split mount
+	// (split.go), or nil; set on the main connection's directories (the
+	// root's once the second connection is made).
 	twin *Dir
 	// sweepAt is the number of children at which a per-caller dynamic
 	// directory next sweeps them (0: sweepMin); sweeping is set while a
@@ -79,7 +81,7 @@ type missHook = *func(ctx context.Context, name string)
 func (s *Server) Root() *Dir { return s.rootDir }
 
 func newDir(s *Server, parent *Dir, name string, ino uint64, mode fs.FileMode) *Dir {
-	return &Dir{srv: s, parent: parent, name: name, ino: ino, perm: handler.UnixMode(mode), born: time.Now(), children: map[string]*Entry{}}
+	return &Dir{srv: s, parent: parent, name: name, ino: ino, perm: handler.UnixMode(mode), born: time.Now()}
 }
 
 // Name returns the directory's name in its parent ("" for the root).
@@ -295,7 +297,7 @@ func (d *Dir) lookupKernel(name string) *Entry {
 	if d.removed {
 		return nil
 	}
-	e := d.children[name]
+	e := d.children.get(name)
 	if e == nil && d.onMiss.Load() == nil {
 		// (With OnMiss the kernel caches no miss: see dirNode.Lookup.)
 		d.missed.Store(true)
@@ -309,7 +311,7 @@ func (d *Dir) lookupEntry(name string) *Entry {
 	if d.removed {
 		return nil
 	}
-	return d.children[name]
+	return d.children.get(name)
 }
 
 // walk resolves the directory part of a slash-separated path and returns
@@ -470,7 +472,7 @@ func (s *Server) publish(d *Dir, name string, mode fs.FileMode, h any, k kind, i
 		s.mu.Unlock()
 		return nil, err
 	}
-	d.children[name] = e
+	d.children.set(e)
 	if k == kindDir {
 		d.subdirs++
 	}
@@ -494,7 +496,7 @@ func (s *Server) checkFree(d *Dir, name string) error {
 	if d.removed {
 		return fmt.Errorf("fusebridge: create %q: directory %q was removed: %w", name, d.Path(), syscall.ENOENT)
 	}
-	if _, ok := d.children[name]; ok {
+	if d.children.get(name) != nil {
 		return fmt.Errorf("fusebridge: create %q: %w", name, syscall.EEXIST)
 	}
 	return nil
@@ -507,10 +509,10 @@ func (s *Server) unlink(e *Entry) (bool, []*Entry) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	d := e.parent
-	if d.removed || d.children[e.name] != e {
+	if d.removed || d.children.get(e.name) != e {
 		return false, nil
 	}
-	delete(d.children, e.name)
+	d.children.delete(e.name)
 	if e.kind == kindDir {
 		d.subdirs--
 	}
@@ -546,13 +548,13 @@ func (d *Dir) count(e *Entry, sign int) {
 // children before their directories.
 func (d *Dir) detachLocked(list []*Entry) []*Entry {
 	d.removed = true
-	for _, c := range d.children {
+	for c := range d.children.all {
 		if c.dir != nil {
 			list = c.dir.detachLocked(list)
 		}
 		list = append(list, c)
 	}
-	d.children = nil
+	d.children.clear()
 	return list
 }
 
@@ -560,8 +562,8 @@ func (d *Dir) detachLocked(list []*Entry) []*Entry {
 // of its listing, in which a child's position never moves while it exists.
 func (d *Dir) sortedChildren() []*Entry {
 	d.srv.mu.RLock()
-	list := make([]*Entry, 0, len(d.children))
-	for _, e := range d.children {
+	list := make([]*Entry, 0, d.children.len())
+	for e := range d.children.all {
 		list = append(list, e)
 	}
 	d.srv.mu.RUnlock()
@@ -637,12 +639,15 @@ func (d *Dir) dynList(ctx context.Context) ([]*Entry, syscall.Errno) {
 		sort.Slice(list, func(i, j int) bool { return list[i].ino < list[j].ino })
 		return list, 0
 	}
-	var gone []*Entry
+	var gone, vanished []*Entry
 	d.srv.mu.Lock()
-	for name, e := range d.children {
-		if _, ok := shown[name]; !ok && e.ino < start {
-			gone = append(gone, d.dropLocked(e)...)
+	for e := range d.children.all {
+		if _, ok := shown[e.name]; !ok && e.ino < start {
+			vanished = append(vanished, e) // dropped after the loop, which must not delete
 		}
+	}
+	for _, e := range vanished {
+		gone = append(gone, d.dropLocked(e)...)
 	}
 	d.srv.mu.Unlock()
 	d.killGone(gone)
@@ -658,7 +663,7 @@ func (d *Dir) adopt(c handler.Child) *Entry {
 	s := d.srv
 	k := kindOf(c.Node)
 	s.mu.RLock()
-	e := d.children[c.Name]
+	e := d.children.get(c.Name)
 	removed := d.removed
 	same := e != nil && e.kind == k && e.gen == c.Gen
 	if same && !removed {
@@ -680,7 +685,7 @@ func (d *Dir) adopt(c handler.Child) *Entry {
 		return nil
 	}
 	var gone []*Entry
-	if old := d.children[c.Name]; old != nil {
+	if old := d.children.get(c.Name); old != nil {
 		if old.kind == k && old.gen == c.Gen {
 			old.mark.Store(markSeen)
 			s.mu.Unlock()
@@ -693,8 +698,8 @@ func (d *Dir) adopt(c handler.Child) *Entry {
 	e.fixed = c.Fixed
 	s.nextIno++
 	e.mark.Store(markSeen)
-	d.children[c.Name] = e
-	sweep := d.perCaller && len(d.children) >= d.sweepLimitLocked()
+	d.children.set(e)
+	sweep := d.perCaller && d.children.len() >= d.sweepLimitLocked()
 	s.mu.Unlock()
 	d.killGone(gone)
 	if sweep {
@@ -721,7 +726,7 @@ func (d *Dir) killGone(gone []*Entry) {
 func (d *Dir) forget(name string, before uint64) {
 	d.srv.mu.Lock()
 	var gone []*Entry
-	if e := d.children[name]; e != nil && e.ino < before {
+	if e := d.children.get(name); e != nil && e.ino < before {
 		gone = d.dropLocked(e)
 	}
 	d.srv.mu.Unlock()
@@ -731,7 +736,7 @@ func (d *Dir) forget(name string, before uint64) {
 // dropLocked takes e out of the dynamic directory d and returns what must
 // be killed: e and, for a directory, its subtree.
 func (d *Dir) dropLocked(e *Entry) []*Entry {
-	delete(d.children, e.name)
+	d.children.delete(e.name)
 	var list []*Entry
 	if e.dir != nil {
 		list = e.dir.detachLocked(nil)
