@@ -125,6 +125,14 @@ func (p *peropFS) enabled() bool {
 	return s.opts.PerOpenPassthrough && s.passthrough.Load() && (s.rs.rfs == nil || !s.rs.rfs.strict)
 }
 
+// mayClaim reports whether an open on this connection can ever make or
+// join a claim: with the option, or on a restartable mount, whose
+// descriptors opened before a restart may hold one. Without, open below
+// returns at once and the layer need not see the connection's requests.
+func (p *peropFS) mayClaim() bool {
+	return p.srv.opts.PerOpenPassthrough || p.srv.opts.Restartable
+}
+
 // slotWait is how long a read-only OPEN waits for the claim on its inode to
 // end, so that it can make its own: a loop of open+read+close sends each
 // OPEN right after the RELEASE of the open before (asynchronous, at

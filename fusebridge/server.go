@@ -560,8 +560,14 @@ func (s *Server) start(mountpoint string, direct bool) error {
 		ServerCallbacks: s.serverCallbacks(),
 	})
 	// The counters outside the per-open layer: a RELEASE is counted (and
-	// OpenHandles drops) once its claim is dropped (perop.go).
-	fsys := s.wrapRawFS(s.wrapPerOpen(rawFS))
+	// OpenHandles drops) once its claim is dropped (perop.go). A mount that
+	// can have no claim (the option off, no restart that could bring
+	// descriptors with one) keeps the layer out of its requests' way.
+	perop := s.wrapPerOpen(rawFS)
+	fsys := s.wrapRawFS(rawFS)
+	if perop.mayClaim() {
+		fsys = s.wrapRawFS(perop)
+	}
 	if s.opts.Restartable {
 		s.rs.rfs = newRestartFS(fsys)
 		s.rs.rfs.perop = s.perop
