@@ -397,7 +397,7 @@ func startLibServer(ctx context.Context, name string, command func(kind, mountpo
 	case "lib-perop":
 		desc = "fusebridge server, Options.PerOpenPassthrough (ServeLibPerOpen)"
 	case "gofuse-tree":
-		desc = fmt.Sprintf("plain go-fuse server of the same %d-file tree (fs.MemRegularFile; ServeGoFuseTree)", treeFiles)
+		desc = fmt.Sprintf("plain go-fuse server of the same %d-file tree (fs.MemRegularFile), a file made per open asked the lib's requests, and hello_ll's file (ServeGoFuseTree)", treeFiles)
 	}
 	t, err := startServerWithin(ctx, name, desc, command(kind, dir, treeFiles), dir, libServerTimeout)
 	if err != nil {
