@@ -196,7 +196,10 @@ type Options struct {
 	// offset 0 again (procps's top and free -s keep their /proc files open
 	// and re-read them: they would show the figures of their first read)
 	// and after Entry.Remove (no EIO); mmap(2) of a descriptor opened
-	// meanwhile maps that snapshot. Per-caller files are never served so.
+	// meanwhile maps that snapshot. Per-caller files are never served so,
+	// nor files that also take writes (an open for writing would share
+	// the backing file, and its mmap(2) could change what the others
+	// read).
 	// After a crash (not a restart) the adopted mount forwards them all,
 	// and an open of a file whose passthrough descriptor outlived the
 	// crash fails with EIO until that descriptor is closed (the kernel
