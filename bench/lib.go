@@ -240,7 +240,7 @@ func runLib(ctx context.Context, o Options, rep *Report, logf func(string, ...an
 func libSplit(row *Row) string {
 	g := row.Results[PeerGoFuse]
 	gh, ok := ratio(g, row.Results[PeerHelloLL])
-	if !ok || row.Workload == "lib-tree-catall" {
+	if !ok {
 		return ""
 	}
 	s := fmt.Sprintf("go-fuse %.2fx hello_ll", gh)
