@@ -95,9 +95,10 @@ func TestLibSection(t *testing.T) {
 	}
 	want := map[string][]string{
 		"lib-gen-fresh":    {TargetTmpfs, PeerHelloLL, PeerLib},
-		"lib-gen-perop":    {TargetTmpfs, PeerHelloLL, PeerLib},
+		"lib-gen-perop":    {TargetTmpfs, PeerHelloLL, PeerGoFuse, PeerLib},
 		"lib-gen-perop-pt": {TargetTmpfs, PeerHelloLL, PeerLib},
-		"lib-percaller":    {TargetTmpfs, PeerHelloLL, PeerLib},
+		"lib-percaller":    {TargetTmpfs, PeerHelloLL, PeerGoFuse, PeerLib},
+		"lib-gofuse-hello": {TargetTmpfs, PeerHelloLL, PeerGoFuse},
 		"lib-tree-catall":  {TargetTmpfs, PeerGoFuse, PeerLib},
 		"lib-tree-rss":     {PeerGoFuse, PeerLib},
 	}
@@ -114,6 +115,9 @@ func TestLibSection(t *testing.T) {
 			if g.Measured == nil {
 				t.Errorf("%s: goal %s not measured", row.Workload, g.Goal)
 			}
+		}
+		if w := row.Workload; (w == "lib-gen-perop" || w == "lib-gofuse-hello") && !strings.Contains(row.Note, "go-fuse") {
+			t.Errorf("%s: note %q, want the split between go-fuse and the peers", w, row.Note)
 		}
 		if row.Workload == "lib-gen-fresh" && !strings.Contains(row.Note, "oldest content read") {
 			t.Errorf("lib-gen-fresh: note %q, want the oldest content's age", row.Note)

@@ -140,8 +140,12 @@
 // (apt-get install libfuse3-dev gcc pkg-config; never copied into the
 // repository). The library's server (ServeLib) and a plain go-fuse server
 // of the same tree (ServeGoFuseTree) run as "ramproc bench --serve-lib"
-// children. Rows, each the median of -reps runs with the peers taking
-// turns:
+// children. In the per-open rows the go-fuse column is a plain go-fuse
+// file asked the library's requests (made per open, read with direct
+// I/O, nothing at close), and each such row's note splits the gap to
+// hello_ll: go-fuse over hello_ll is what Go and go-fuse cost, lib over
+// go-fuse what the bridge does, with the server CPU per open of each.
+// Rows, each the median of -reps runs with the peers taking turns:
 //
 //	lib-gen-fresh    open+read+close of a Generated with a 100 ms bound, on
 //	                 the layout the library chooses: >= 0.5 x tmpfs; the
@@ -153,6 +157,8 @@
 //	                 fusebridge.Options.PerOpenPassthrough (ServeLibPerOpen:
 //	                 read from a backing file made at OPEN, no READ)
 //	lib-percaller    a PerCallerGenerated file: >= 0.6 x hello_ll
+//	lib-gofuse-hello hello_ll's file served by the go-fuse server (OPEN
+//	                 and one READ through the page cache; no goal)
 //	lib-tree-catall  find -type f | xargs cat over a tree of
 //	                 -lib-tree-files (100,000) files with a 1 s bound, in
 //	                 100 directories: <= 2 x tmpfs's time

@@ -56,6 +56,10 @@ var libRows = []*workload{
 		goals: []goal{{col: PeerLib, ref: PeerHelloLL, want: 1.0}}},
 	{name: "lib-percaller", title: "open + read + close, PerCallerGenerated", unit: unitKops,
 		goals: []goal{{col: PeerLib, ref: PeerHelloLL, want: 0.6}}},
+	// No goal: hello_ll's file served by a plain go-fuse server, what Go
+	// and go-fuse cost per open where the C server answers the same
+	// requests (the split is in the note of each per-open row).
+	{name: "lib-gofuse-hello", title: "open + read + close, hello_ll's file in plain go-fuse (OPEN, one READ)", unit: unitKops},
 	{name: "lib-tree-catall", title: "find -type f | xargs cat over the tree (seconds)", unit: unitSeconds,
 		goals: []goal{{col: PeerLib, ref: TargetTmpfs, atMost: true, want: 2}}},
 	{name: "lib-tree-rss", title: "server RSS after lib-tree-catall (MiB)", unit: unitMiB,
@@ -159,6 +163,7 @@ func runLib(ctx context.Context, o Options, rep *Report, logf func(string, ...an
 		"lib-gen-perop":    {TargetTmpfs: tt.gen},
 		"lib-gen-perop-pt": {TargetTmpfs: tt.gen},
 		"lib-percaller":    {TargetTmpfs: tt.gen},
+		"lib-gofuse-hello": {TargetTmpfs: tt.gen},
 	}
 	if t := peers[PeerHelloLL]; t != nil {
 		for _, m := range files {
@@ -169,6 +174,13 @@ func runLib(ctx context.Context, o Options, rep *Report, logf func(string, ...an
 		files["lib-gen-fresh"][PeerLib] = filepath.Join(t.dir, libFresh)
 		files["lib-gen-perop"][PeerLib] = filepath.Join(t.dir, libPerOp)
 		files["lib-percaller"][PeerLib] = filepath.Join(t.dir, libCaller)
+	}
+	// The go-fuse column of the per-open rows is a plain go-fuse file
+	// asked the same requests as the library's (see ServeGoFuseTree).
+	if t := peers[PeerGoFuse]; t != nil {
+		files["lib-gen-perop"][PeerGoFuse] = filepath.Join(t.dir, libPerOp)
+		files["lib-percaller"][PeerGoFuse] = filepath.Join(t.dir, libPerOp)
+		files["lib-gofuse-hello"][PeerGoFuse] = filepath.Join(t.dir, libHello)
 	}
 	rowPeers := map[string]map[string]*target{}
 	if t := peers[peerLibPT]; t != nil {
@@ -213,9 +225,37 @@ func runLib(ctx context.Context, o Options, rep *Report, logf func(string, ...an
 			}
 		}
 		row.finish(w)
+		if split := libSplit(row); split != "" {
+			row.Note = split
+		}
 		logf("bench: %s", row.logLine(LibPeers))
 	}
 	return nil
+}
+
+// libSplit is the note of a row with a go-fuse file per open: how its
+// figure divides between go-fuse and the Go runtime (go-fuse over
+// hello_ll) and the library (lib over go-fuse, the same requests), as
+// ratios of the same repetitions.
+func libSplit(row *Row) string {
+	g := row.Results[PeerGoFuse]
+	gh, ok := ratio(g, row.Results[PeerHelloLL])
+	if !ok {
+		return ""
+	}
+	s := fmt.Sprintf("go-fuse %.2fx hello_ll", gh)
+	if lg, ok := ratio(row.Results[PeerLib], g); ok {
+		s += fmt.Sprintf(", lib %.2fx go-fuse", lg)
+	}
+	if g.ServerCPUPerOpUS != nil {
+		s += fmt.Sprintf("; server CPU per open: go-fuse %.1f us", *g.ServerCPUPerOpUS)
+		for _, p := range []string{PeerHelloLL, PeerLib} {
+			if r := row.Results[p]; r.ok() && r.ServerCPUPerOpUS != nil {
+				s += fmt.Sprintf(", %s %.1f us", p, *r.ServerCPUPerOpUS)
+			}
+		}
+	}
+	return s
 }
 
 // libOpenRows measures open + read to EOF + close of one file per peer,
@@ -357,7 +397,7 @@ func startLibServer(ctx context.Context, name string, command func(kind, mountpo
 	case "lib-perop":
 		desc = "fusebridge server, Options.PerOpenPassthrough (ServeLibPerOpen)"
 	case "gofuse-tree":
-		desc = fmt.Sprintf("plain go-fuse server of the same %d-file tree (fs.MemRegularFile; ServeGoFuseTree)", treeFiles)
+		desc = fmt.Sprintf("plain go-fuse server of the same %d-file tree (fs.MemRegularFile), a file made per open asked the lib's requests, and hello_ll's file (ServeGoFuseTree)", treeFiles)
 	}
 	t, err := startServerWithin(ctx, name, desc, command(kind, dir, treeFiles), dir, libServerTimeout)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"syscall"
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -30,6 +31,9 @@ const (
 	libPerOp  = "perop"  // Generated, made per open
 	libCaller = "caller" // PerCallerGenerated
 	libTree   = "tree"   // libTreeDirs directories of bounded files
+	// libHello is the plain go-fuse server's copy of hello_ll's file
+	// (goFuseHello).
+	libHello = "hello"
 )
 
 // libBound is lib-gen-fresh's freshness bound, and libTreeBound the tree's.
@@ -125,9 +129,15 @@ func serveLib(ctx context.Context, mountpoint string, treeFiles int, out io.Writ
 
 // ServeGoFuseTree mounts a plain go-fuse server of the same tree as
 // ServeLib's (fs.MemRegularFile nodes holding the same bytes, go-fuse's
-// defaults, 1 s timeouts), prints the path of its first file and serves
-// until ctx is done or the directory is unmounted: the footprint a go-fuse
-// user's own server has.
+// defaults but splice, 1 s timeouts), prints the path of its first file
+// and serves until ctx is done or the directory is unmounted: the
+// footprint a go-fuse user's own server has. Beside the tree it serves
+// two files that split what an open costs on the library's server: what
+// is go-fuse's and the Go runtime's, and what is the bridge's. "perop"
+// (goFusePerOp) answers the requests ServeLib's "perop" is asked (OPEN,
+// a READ with the content, a READ that finds EOF, RELEASE) with no
+// layer between go-fuse and the file; "hello" (goFuseHello) answers
+// hello_ll's (OPEN and one READ, through the page cache).
 func ServeGoFuseTree(ctx context.Context, mountpoint string, treeFiles int, out io.Writer) error {
 	mnt, err := filepath.Abs(mountpoint)
 	if err != nil {
@@ -141,8 +151,13 @@ func ServeGoFuseTree(ctx context.Context, mountpoint string, treeFiles int, out 
 	opts := &fs.Options{
 		EntryTimeout: &sec,
 		AttrTimeout:  &sec,
-		MountOptions: fuse.MountOptions{DirectMount: true, FsName: "gofuse-tree", Name: "ramproc-bench"},
+		// No splice, as fusebridge: go-fuse would try it on every READ
+		// (it sizes a pipe before it falls back to a plain write), and
+		// the per-open rows compare the cost of the same requests.
+		MountOptions: fuse.MountOptions{DirectMount: true, FsName: "gofuse-tree", Name: "ramproc-bench", DisableSplice: true},
 		OnAdd: func(ctx context.Context) {
+			root.AddChild(libPerOp, root.NewPersistentInode(ctx, &goFusePerOp{}, fs.StableAttr{Mode: fuse.S_IFREG}), false)
+			root.AddChild(libHello, root.NewPersistentInode(ctx, &goFuseHello{data: libContent("hello")}, fs.StableAttr{Mode: fuse.S_IFREG}), false)
 			top := root.NewPersistentInode(ctx, &fs.Inode{}, fs.StableAttr{Mode: fuse.S_IFDIR})
 			root.AddChild(libTree, top, false)
 			dirs := make([]*fs.Inode, libTreeDirs)
@@ -218,4 +233,60 @@ func writeMemProfile(kind string) {
 	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 	}
+}
+
+// goFusePerOp is a file made per open, served as fusebridge serves a
+// Generated without a bound: a snapshot per open, read with direct I/O,
+// nothing at close.
+type goFusePerOp struct{ fs.Inode }
+
+var (
+	_ fs.NodeOpener    = (*goFusePerOp)(nil)
+	_ fs.NodeGetattrer = (*goFusePerOp)(nil)
+)
+
+func (*goFusePerOp) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode = fuse.S_IFREG | 0o444
+	return 0
+}
+
+func (*goFusePerOp) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	return goFuseSnapshot(libContent("perop")), fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NOFLUSH, 0
+}
+
+// goFuseSnapshot is one open's content.
+type goFuseSnapshot []byte
+
+var _ fs.FileReader = goFuseSnapshot(nil)
+
+func (b goFuseSnapshot) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	if off >= int64(len(b)) {
+		return fuse.ReadResultData(nil), 0
+	}
+	return fuse.ReadResultData(b[off:min(int(off)+len(dest), len(b))]), 0
+}
+
+// goFuseHello is hello_ll's file in go-fuse: content of a fixed size,
+// which the attributes give (cached for a second, as hello_ll's), read
+// through the page cache, which each open drops (no FOPEN_KEEP_CACHE):
+// OPEN and one READ per open. FOPEN_NOFLUSH stands for hello_ll's ENOSYS
+// to the first FLUSH, after which the kernel sends none.
+type goFuseHello struct {
+	fs.Inode
+	data []byte
+}
+
+var (
+	_ fs.NodeOpener    = (*goFuseHello)(nil)
+	_ fs.NodeGetattrer = (*goFuseHello)(nil)
+)
+
+func (h *goFuseHello) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode = fuse.S_IFREG | 0o444
+	out.Size = uint64(len(h.data))
+	return 0
+}
+
+func (h *goFuseHello) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	return goFuseSnapshot(h.data), fuse.FOPEN_NOFLUSH, 0
 }

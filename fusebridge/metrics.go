@@ -126,11 +126,40 @@ func (m *Metrics) count(op Op, st fuse.Status) {
 // the server's own when that was nil).
 func (s *Server) Metrics() *Metrics { return s.opts.Metrics }
 
-// pathGetattrs holds the thread ids of callers whose GETATTR in progress
-// carries no file handle (stat, fstat, the permission check of an open),
-// process-wide: a thread has one synchronous request at a time, and thread
-// ids are unique.
-var pathGetattrs sync.Map // uint32 -> struct{}
+// The thread ids of callers whose GETATTR in progress carries no file
+// handle (stat, fstat, the permission check of an open), process-wide: a
+// thread has one synchronous request at a time, and thread ids are unique.
+// Each id has a slot of its own in pathGetattrSlots (its value modulo the
+// size) while it is free, which costs a compare-and-swap and a store per
+// GETATTR and no allocation; ids that find their slot taken by another
+// thread's request go to pathGetattrMore. (A sync.Map alone cost 190 ns
+// and two allocations per GETATTR: 2% of a round trip, on the request a
+// cached bounded file costs once per bound.)
+var (
+	pathGetattrSlots [256]atomic.Uint32
+	pathGetattrMore  sync.Map // uint32 -> struct{}
+	pathGetattrMoreN atomic.Int32
+)
+
+// markPathGetattr records that thread pid's GETATTR carries no file
+// handle, until unmarkPathGetattr(pid, slotted) with what it returned.
+func markPathGetattr(pid uint32) (slotted bool) {
+	if pid != 0 && pathGetattrSlots[pid%uint32(len(pathGetattrSlots))].CompareAndSwap(0, pid) {
+		return true
+	}
+	pathGetattrMoreN.Add(1)
+	pathGetattrMore.Store(pid, struct{}{})
+	return false
+}
+
+func unmarkPathGetattr(pid uint32, slotted bool) {
+	if slotted {
+		pathGetattrSlots[pid%uint32(len(pathGetattrSlots))].Store(0)
+		return
+	}
+	pathGetattrMore.Delete(pid)
+	pathGetattrMoreN.Add(-1)
+}
 
 // pathGetattr reports whether the GETATTR of ctx carries no file handle.
 func pathGetattr(ctx context.Context) bool {
@@ -138,7 +167,14 @@ func pathGetattr(ctx context.Context) bool {
 	if !ok {
 		return false
 	}
-	_, found := pathGetattrs.Load(c.Caller.Pid)
+	pid := c.Caller.Pid
+	if pid != 0 && pathGetattrSlots[pid%uint32(len(pathGetattrSlots))].Load() == pid {
+		return true
+	}
+	if pathGetattrMoreN.Load() == 0 {
+		return false
+	}
+	_, found := pathGetattrMore.Load(pid)
 	return found
 }
 
@@ -180,8 +216,8 @@ func (c *countingFS) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fu
 		// a read's refresh through a descriptor: go-fuse hides which (it
 		// lends the handler any open file of the node), and a removed
 		// entry answers the two differently (fileNode.Getattr).
-		pathGetattrs.Store(in.Caller.Pid, struct{}{})
-		defer pathGetattrs.Delete(in.Caller.Pid)
+		pid := in.Caller.Pid
+		defer unmarkPathGetattr(pid, markPathGetattr(pid))
 	}
 	st := c.RawFileSystem.GetAttr(cancel, in, out)
 	c.m.count(OpGetattr, st)

@@ -36,9 +36,10 @@ import (
 // claim ends, and its ID is unregistered, at the RELEASE of the last open
 // answered with it, when the kernel has dropped it from the inode (at the
 // close(2) of its last passthrough descriptor, before that RELEASE).
-// A claim made by an open that did not get a backing file (it writes, or
-// registering failed) lives the same way, without an ID: its OPEN reply
-// could reach the kernel after another's FOPEN_PASSTHROUGH did.
+// A claim made by an open that did not get a backing file (registering
+// failed) lives the same way, without an ID: its OPEN reply could reach
+// the kernel after another's FOPEN_PASSTHROUGH did. A file that takes
+// writes gets no claim (see open).
 //
 // go-fuse's own passthrough (fs.FilePassthroughFder) keeps one backing ID
 // per node and hands it to every open while any uses it, which would give
@@ -125,6 +126,14 @@ func (p *peropFS) enabled() bool {
 	return s.opts.PerOpenPassthrough && s.passthrough.Load() && (s.rs.rfs == nil || !s.rs.rfs.strict)
 }
 
+// mayClaim reports whether an open on this connection can ever make or
+// join a claim: with the option, or on a restartable mount, whose
+// descriptors opened before a restart may hold one. Without, open below
+// returns at once and the layer need not see the connection's requests.
+func (p *peropFS) mayClaim() bool {
+	return p.srv.opts.PerOpenPassthrough || p.srv.opts.Restartable
+}
+
 // slotWait is how long a read-only OPEN waits for the claim on its inode to
 // end, so that it can make its own: a loop of open+read+close sends each
 // OPEN right after the RELEASE of the open before (asynchronous, at
@@ -151,8 +160,13 @@ func (p *peropFS) open(ctx context.Context, e *Entry, of *openFile) {
 		}
 	}
 	// Without the option (a restart may change it) only the claims of
-	// descriptors opened before are joined, as the kernel requires.
-	create := inherited != 0 || p.enabled()
+	// descriptors opened before are joined, as the kernel requires. Nor
+	// for a file that takes writes: an open for writing would have to
+	// join the claim, and mmap(2) of its descriptor maps the backing file
+	// shared and writable (the kernel maps it for the FUSE file, past any
+	// seal on the memfd: Linux 6.18), so it could change the bytes the
+	// read-only descriptors read as their snapshot.
+	create := inherited != 0 || (p.enabled() && e.writer() == nil)
 	if !create && !p.used.Load() {
 		return // no claim to join
 	}
@@ -233,10 +247,13 @@ func (p *peropFS) open(ctx context.Context, e *Entry, of *openFile) {
 	}
 }
 
-// register puts b in a sealed memfd and registers it as a backing file; 0
-// if anything fails (the open is then forwarded, as without passthrough).
+// register puts b in a memfd and registers it as a backing file; 0 if
+// anything fails (the open is then forwarded, as without passthrough).
+// The memfd is not sealed: every open answered with it is read-only (open
+// above makes no claim on a file that takes writes), and a seal would not
+// hold against a passthrough descriptor's mmap(2) anyway.
 func (p *peropFS) register(b []byte) int32 {
-	fd, err := unix.MemfdCreate("ramproc-open", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	fd, err := unix.MemfdCreate("ramproc-open", unix.MFD_CLOEXEC)
 	if err != nil {
 		return 0
 	}
@@ -252,12 +269,6 @@ func (p *peropFS) register(b []byte) int32 {
 			return 0
 		}
 		rest = rest[n:]
-	}
-	// A joining descriptor opened for writing gets a backing file opened
-	// for writing too: the seals keep a shared writable mmap(2) of it
-	// from changing the holder's bytes.
-	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_SEAL|unix.F_SEAL_SHRINK|unix.F_SEAL_GROW|unix.F_SEAL_WRITE); err != nil {
-		return 0
 	}
 	id, errno := p.srv.backingFds().RegisterBackingFd(&fuse.BackingMap{Fd: int32(fd)})
 	if errno != 0 {

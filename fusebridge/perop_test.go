@@ -319,3 +319,55 @@ func TestPerOpenPassthroughCallers(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// writableGen is a Generated file that also takes writes (and ignores
+// them).
+type writableGen struct{ handler.Generated }
+
+func (writableGen) Write(ctx context.Context, f *handler.OpenFile, src []byte, off int64) (int, error) {
+	return len(src), nil
+}
+
+// TestPerOpenPassthroughWritable opens a file that takes writes for
+// reading, then for writing while the first descriptor is open, and maps
+// the second shared and writable: the first descriptor must still read
+// content made by the handler. Served from a backing file, it would not:
+// the open for writing must join that backing file (the kernel's rule),
+// and its mmap(2) maps it writable, past any seal on the memfd (seen on
+// Linux 6.18). So such a file is read through the server.
+func TestPerOpenPassthroughWritable(t *testing.T) {
+	srv := mountPerOpen(t)
+	var gens atomic.Int64
+	if _, err := srv.Create("gen", 0o666, writableGen{numbered(&gens)}); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(srv.Mountpoint(), "gen")
+	a, err := unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(a)
+	m := srv.Metrics()
+	reads := m.Requests(fusebridge.OpRead)
+	na, err := generation(preadAll(t, a))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Requests(fusebridge.OpRead) == reads {
+		t.Error("a descriptor of a file that takes writes was read from a backing file, want through the server")
+	}
+	w, err := unix.Open(p, unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatalf("open for writing while a read-only descriptor is open: %v", err)
+	}
+	defer unix.Close(w)
+	if mm, err := unix.Mmap(w, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err == nil {
+		copy(mm, "changed")
+		unix.Munmap(mm)
+	}
+	// Forwarded, a read from offset 0 takes a new snapshot (as seq_file
+	// does): a whole generation, never bytes written through a mapping.
+	if n, err := generation(preadAll(t, a)); err != nil || n < na {
+		t.Errorf("the read-only descriptor now reads generation %d (%v), want a whole one from %d on", n, err, na)
+	}
+}

@@ -202,7 +202,10 @@ type Options struct {
 	// offset 0 again (procps's top and free -s keep their /proc files open
 	// and re-read them: they would show the figures of their first read)
 	// and after Entry.Remove (no EIO); mmap(2) of a descriptor opened
-	// meanwhile maps that snapshot. Per-caller files are never served so.
+	// meanwhile maps that snapshot. Per-caller files are never served so,
+	// nor files that also take writes (an open for writing would share
+	// the backing file, and its mmap(2) could change what the others
+	// read).
 	// After a crash (not a restart) the adopted mount forwards them all,
 	// and an open of a file whose passthrough descriptor outlived the
 	// crash fails with EIO until that descriptor is closed (the kernel
@@ -566,8 +569,14 @@ func (s *Server) start(mountpoint string, direct bool) error {
 		ServerCallbacks: s.serverCallbacks(),
 	})
 	// The counters outside the per-open layer: a RELEASE is counted (and
-	// OpenHandles drops) once its claim is dropped (perop.go).
-	fsys := s.wrapRawFS(s.wrapPerOpen(rawFS))
+	// OpenHandles drops) once its claim is dropped (perop.go). A mount that
+	// can have no claim (the option off, no restart that could bring
+	// descriptors with one) keeps the layer out of its requests' way.
+	perop := s.wrapPerOpen(rawFS)
+	fsys := s.wrapRawFS(rawFS)
+	if perop.mayClaim() {
+		fsys = s.wrapRawFS(perop)
+	}
 	if s.opts.Restartable {
 		s.rs.rfs = newRestartFS(fsys)
 		s.rs.rfs.perop = s.perop
