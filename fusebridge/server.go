@@ -516,8 +516,16 @@ func (s *Server) start(mountpoint string, direct bool) error {
 	// READDIRPLUS (a listing that also looks every entry up) only where
 	// it pays: for the first batch, and after a stat(2) of a child while
 	// the directory is being listed (ls -l). ls -R and find get plain
-	// READDIR, which makes the kernel build no inode per name.
-	caps |= fuse.CAP_READDIRPLUS_AUTO
+	// READDIR, which makes the kernel build no inode per name. A no-open
+	// connection always lists with READDIRPLUS: there a file whose
+	// attributes are valid is opened and read from the kernel's cache
+	// with no request, so a listing that revalidates a batch of them in
+	// one round trip saves the LOOKUP or GETATTR that reading each would
+	// cost (find | xargs cat: one request per file before, one per ~200
+	// after; dirnode.go).
+	if !s.opts.NoOpen {
+		caps |= fuse.CAP_READDIRPLUS_AUTO
+	}
 	mo := fuse.MountOptions{
 		AllowOther:        s.opts.AllowOther,
 		FsName:            "ramproc",
