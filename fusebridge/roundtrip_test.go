@@ -147,8 +147,12 @@ func testListingRoundTrips(t *testing.T) {
 		if n := got[fusebridge.OpReaddir]; n == 0 || n > files/10 {
 			t.Errorf("%s: %d READDIR(PLUS) requests for %d files (all: %v)", what, n, files, got)
 		}
-		if got[fusebridge.OpRead] != reads {
-			t.Errorf("%s: %d READs, want %d (all: %v)", what, got[fusebridge.OpRead], reads, got)
+		// A few pages may have gone meanwhile: the kernel reclaims page
+		// cache it deems cold (DAMON's pageout does on the machines these
+		// tests run on), and such a file is read again. A bound that made
+		// every file's pages stale would cost a READ each.
+		if n := got[fusebridge.OpRead]; n < reads || n > reads+files/30 {
+			t.Errorf("%s: %d READs, want %d (all: %v)", what, n, reads, got)
 		}
 	}
 	if got, ok := pass(); ok {
