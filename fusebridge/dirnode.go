@@ -187,7 +187,18 @@ type dirHandle struct {
 	list []*Entry // the children after pos, ordered by inode number
 	have bool     // list is loaded
 	last *Entry   // the entry Readdirent returned last, for Lookup
+	// listed counts the children returned since the listing began at
+	// its start, for Lookup (plusFirst).
+	listed int
 }
+
+// plusFirst is how many children at the start of a listing a no-open
+// connection's READDIRPLUS looks up whether or not the kernel knows them:
+// about what the kernel's first READDIRPLUS reply to a getdents(2) of 32
+// KiB holds, which is what it asks for with READDIRPLUS_AUTO, and a small
+// directory's all. Past them a listing looks up only the children the
+// kernel knows (Lookup).
+const plusFirst = 200
 
 func (h *dirHandle) load(ctx context.Context) syscall.Errno {
 	d := h.n.d
@@ -235,6 +246,7 @@ func (h *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Err
 			continue // removed since the listing was taken
 		}
 		h.pos, h.last = e.ino+2, e
+		h.listed++
 		return &fuse.DirEntry{Name: e.name, Ino: e.ino, Mode: e.typeBits(), Off: h.pos}, 0
 	}
 	return nil, 0
@@ -243,12 +255,31 @@ func (h *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Err
 // Seekdir moves to a cookie (0 rewinds); the children are listed afresh.
 func (h *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 	h.pos, h.have, h.list, h.last = off, false, nil, nil
+	h.listed = 0
+	if off > 0 {
+		h.listed = plusFirst // resumed: not the start of a listing
+	}
 	return 0
 }
 
 // Lookup serves READDIRPLUS for the entry just listed, without asking a
 // dynamic directory's handler again.
+//
+// A no-open connection asks for READDIRPLUS at every batch (server.go),
+// so that a listing revalidates, in one round trip per batch, the files
+// the kernel caches: a bounded file's attributes then come with the time
+// its snapshot has left (regenerated if it is older than the bound), and
+// a read soon after sends nothing, where it would send a GETATTR (find |
+// xargs cat over a tree of bounded files, run again). A child the kernel
+// does not know yet is looked up only among the first plusFirst of a
+// listing, as with READDIRPLUS_AUTO: past them an error leaves its entry
+// without a node ID, which the kernel skips (fs/fuse/readdir.c), so that
+// ls -R or find of a tree never read makes no inode and generates no
+// content per name; reading such a file costs its LOOKUP.
 func (h *dirHandle) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	if h.listed > plusFirst && h.n.d.srv.opts.NoOpen && h.n.GetChild(name) == nil {
+		return nil, syscall.ENOENT
+	}
 	if e := h.last; e != nil && e.name == name {
 		if d := h.n.d; !d.perCaller || d.relink(e) != nil {
 			return h.n.child(ctx, e, out)
