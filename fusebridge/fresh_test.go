@@ -225,6 +225,55 @@ func TestFreshListing(t *testing.T) {
 	}
 }
 
+// TestFreshListingSlow checks the bound of the first entry of a listing
+// whose files take long to make: a READDIRPLUS reply leaves only once every
+// entry in it has been looked up (and generated), and the kernel counts an
+// attribute timeout from the reply, so the bridge takes the time the reply
+// took off every entry's timeout. Here the listing takes 40 x 20 ms: the
+// first file's snapshot, made at its start, is older than its 100 ms bound
+// when the reply arrives, and the read right after must not be served from
+// it.
+func TestFreshListingSlow(t *testing.T) {
+	const files, bound, pause = 40, 100 * time.Millisecond, 20 * time.Millisecond
+	const slack = 500 * time.Millisecond // as in TestFreshBound
+	for _, l := range freshLayouts {
+		if l.dir == "" {
+			continue // the top directory is listed by the connection that keeps OPEN
+		}
+		t.Run(l.name, func(t *testing.T) {
+			srv := mount(t, l.opts)
+			if _, err := srv.MkdirAll(l.dir, 0o555); err != nil {
+				t.Fatal(err)
+			}
+			var gens atomic.Int64
+			clock := clockFile(&gens, 100)
+			slow := handler.Generated(func(ctx context.Context) ([]byte, error) {
+				time.Sleep(pause)
+				return clock(ctx)
+			})
+			for i := range files {
+				if _, err := srv.Create(fmt.Sprintf("%s/c%02d", l.dir, i), 0o444, slow.MaxAge(bound)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			dir := filepath.Join(srv.Mountpoint(), l.dir)
+			ents, err := os.ReadDir(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			b, err := os.ReadFile(filepath.Join(dir, ents[0].Name()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			made, _ := parseClock(t, b)
+			if age := start.Sub(made); age > bound+slack {
+				t.Errorf("the first file of a listing of %d files that take %v each read content %v old, bound %v", files, pause, age, bound)
+			}
+		})
+	}
+}
+
 // TestFreshNoRequests checks that re-reading a bounded file within its
 // bound asks the server nothing, and that Notify makes the next read show
 // new content, on the layout the library chooses.

@@ -568,6 +568,9 @@ func (s *Server) start(mountpoint string, direct bool) error {
 		ExternalNodeID:  s.opts.Restartable,
 		ServerCallbacks: s.serverCallbacks(),
 	})
+	if s.opts.NoOpen {
+		rawFS = dirPlusTTL{rawFS} // timeouts from the request's start (dirnode.go)
+	}
 	// The counters outside the per-open layer: a RELEASE is counted (and
 	// OpenHandles drops) once its claim is dropped (perop.go).
 	fsys := s.wrapRawFS(s.wrapPerOpen(rawFS))
