@@ -179,48 +179,57 @@ func TestFreshBound(t *testing.T) {
 func TestFreshListing(t *testing.T) {
 	const files, bound = 50, 100 * time.Millisecond
 	const slack = 500 * time.Millisecond // as in TestFreshBound
+	var gens atomic.Int64
+	forListedClocks(t, files, clockFile(&gens, 100), bound, func(t *testing.T, dir string) {
+		last := map[string]time.Time{}
+		for pass := range 3 {
+			ents, err := os.ReadDir(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(ents) != files {
+				t.Fatalf("listed %d files, want %d", len(ents), files)
+			}
+			for _, ent := range ents {
+				start := time.Now()
+				b, err := os.ReadFile(filepath.Join(dir, ent.Name()))
+				if err != nil {
+					t.Fatal(err)
+				}
+				made, _ := parseClock(t, b)
+				if age := start.Sub(made); age > bound+slack {
+					t.Errorf("pass %d: %s: a read that started at %v returned content made at %v: %v old, bound %v", pass, ent.Name(), start.Format(time.StampMicro), made.Format(time.StampMicro), age, bound)
+				}
+				if prev, ok := last[ent.Name()]; ok && !made.After(prev) {
+					t.Errorf("pass %d: %s: read the content of the pass before (made %v), older than the bound", pass, ent.Name(), prev.Format(time.StampMicro))
+				}
+				last[ent.Name()] = made
+			}
+			time.Sleep(bound)
+		}
+	})
+}
+
+// forListedClocks runs fn in a subtest for each layout whose bounded files
+// have a directory of their own (the top directory is listed by the
+// connection that keeps OPEN), with files files made by gen with the
+// bound, named c00, c01, ..., in that directory, whose path fn gets.
+func forListedClocks(t *testing.T, files int, gen handler.Generated, bound time.Duration, fn func(t *testing.T, dir string)) {
 	for _, l := range freshLayouts {
 		if l.dir == "" {
-			continue // the top directory is listed by the connection that keeps OPEN
+			continue
 		}
 		t.Run(l.name, func(t *testing.T) {
 			srv := mount(t, l.opts)
 			if _, err := srv.MkdirAll(l.dir, 0o555); err != nil {
 				t.Fatal(err)
 			}
-			var gens atomic.Int64
 			for i := range files {
-				if _, err := srv.Create(fmt.Sprintf("%s/c%02d", l.dir, i), 0o444, clockFile(&gens, 100).MaxAge(bound)); err != nil {
+				if _, err := srv.Create(fmt.Sprintf("%s/c%02d", l.dir, i), 0o444, gen.MaxAge(bound)); err != nil {
 					t.Fatal(err)
 				}
 			}
-			dir := filepath.Join(srv.Mountpoint(), l.dir)
-			last := map[string]time.Time{}
-			for pass := range 3 {
-				ents, err := os.ReadDir(dir)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if len(ents) != files {
-					t.Fatalf("listed %d files, want %d", len(ents), files)
-				}
-				for _, ent := range ents {
-					start := time.Now()
-					b, err := os.ReadFile(filepath.Join(dir, ent.Name()))
-					if err != nil {
-						t.Fatal(err)
-					}
-					made, _ := parseClock(t, b)
-					if age := start.Sub(made); age > bound+slack {
-						t.Errorf("pass %d: %s: a read that started at %v returned content made at %v: %v old, bound %v", pass, ent.Name(), start.Format(time.StampMicro), made.Format(time.StampMicro), age, bound)
-					}
-					if prev, ok := last[ent.Name()]; ok && !made.After(prev) {
-						t.Errorf("pass %d: %s: read the content of the pass before (made %v), older than the bound", pass, ent.Name(), prev.Format(time.StampMicro))
-					}
-					last[ent.Name()] = made
-				}
-				time.Sleep(bound)
-			}
+			fn(t, filepath.Join(srv.Mountpoint(), l.dir))
 		})
 	}
 }
@@ -236,42 +245,27 @@ func TestFreshListing(t *testing.T) {
 func TestFreshListingSlow(t *testing.T) {
 	const files, bound, pause = 40, 100 * time.Millisecond, 20 * time.Millisecond
 	const slack = 500 * time.Millisecond // as in TestFreshBound
-	for _, l := range freshLayouts {
-		if l.dir == "" {
-			continue // the top directory is listed by the connection that keeps OPEN
+	var gens atomic.Int64
+	clock := clockFile(&gens, 100)
+	slow := handler.Generated(func(ctx context.Context) ([]byte, error) {
+		time.Sleep(pause)
+		return clock(ctx)
+	})
+	forListedClocks(t, files, slow, bound, func(t *testing.T, dir string) {
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
 		}
-		t.Run(l.name, func(t *testing.T) {
-			srv := mount(t, l.opts)
-			if _, err := srv.MkdirAll(l.dir, 0o555); err != nil {
-				t.Fatal(err)
-			}
-			var gens atomic.Int64
-			clock := clockFile(&gens, 100)
-			slow := handler.Generated(func(ctx context.Context) ([]byte, error) {
-				time.Sleep(pause)
-				return clock(ctx)
-			})
-			for i := range files {
-				if _, err := srv.Create(fmt.Sprintf("%s/c%02d", l.dir, i), 0o444, slow.MaxAge(bound)); err != nil {
-					t.Fatal(err)
-				}
-			}
-			dir := filepath.Join(srv.Mountpoint(), l.dir)
-			ents, err := os.ReadDir(dir)
-			if err != nil {
-				t.Fatal(err)
-			}
-			start := time.Now()
-			b, err := os.ReadFile(filepath.Join(dir, ents[0].Name()))
-			if err != nil {
-				t.Fatal(err)
-			}
-			made, _ := parseClock(t, b)
-			if age := start.Sub(made); age > bound+slack {
-				t.Errorf("the first file of a listing of %d files that take %v each read content %v old, bound %v", files, pause, age, bound)
-			}
-		})
-	}
+		start := time.Now()
+		b, err := os.ReadFile(filepath.Join(dir, ents[0].Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		made, _ := parseClock(t, b)
+		if age := start.Sub(made); age > bound+slack {
+			t.Errorf("the first file of a listing of %d files that take %v each read content %v old, bound %v", files, pause, age, bound)
+		}
+	})
 }
 
 // TestFreshNoRequests checks that re-reading a bounded file within its
