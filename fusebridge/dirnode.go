@@ -2,9 +2,11 @@ package fusebridge
 
 import (
 	"context"
+	"encoding/binary"
 	"sort"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -187,7 +189,18 @@ type dirHandle struct {
 	list []*Entry // the children after pos, ordered by inode number
 	have bool     // list is loaded
 	last *Entry   // the entry Readdirent returned last, for Lookup
+	// listed counts the children returned since the listing began at
+	// its start, for Lookup (plusFirst).
+	listed int
 }
+
+// plusFirst is how many children at the start of a listing a no-open
+// connection's READDIRPLUS looks up whether or not the kernel knows them:
+// about what the kernel's first READDIRPLUS reply to a getdents(2) of 32
+// KiB holds, which is what it asks for with READDIRPLUS_AUTO, and a small
+// directory's all. Past them a listing looks up only the children the
+// kernel knows (Lookup).
+const plusFirst = 200
 
 func (h *dirHandle) load(ctx context.Context) syscall.Errno {
 	d := h.n.d
@@ -235,6 +248,7 @@ func (h *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Err
 			continue // removed since the listing was taken
 		}
 		h.pos, h.last = e.ino+2, e
+		h.listed++
 		return &fuse.DirEntry{Name: e.name, Ino: e.ino, Mode: e.typeBits(), Off: h.pos}, 0
 	}
 	return nil, 0
@@ -243,12 +257,31 @@ func (h *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Err
 // Seekdir moves to a cookie (0 rewinds); the children are listed afresh.
 func (h *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 	h.pos, h.have, h.list, h.last = off, false, nil, nil
+	h.listed = 0
+	if off > 0 {
+		h.listed = plusFirst // resumed: not the start of a listing
+	}
 	return 0
 }
 
 // Lookup serves READDIRPLUS for the entry just listed, without asking a
 // dynamic directory's handler again.
+//
+// A no-open connection asks for READDIRPLUS at every batch (server.go),
+// so that a listing revalidates, in one round trip per batch, the files
+// the kernel caches: a bounded file's attributes then come with the time
+// its snapshot has left (regenerated if it is older than the bound), and
+// a read soon after sends nothing, where it would send a GETATTR (find |
+// xargs cat over a tree of bounded files, run again). A child the kernel
+// does not know yet is looked up only among the first plusFirst of a
+// listing, as with READDIRPLUS_AUTO: past them an error leaves its entry
+// without a node ID, which the kernel skips (fs/fuse/readdir.c), so that
+// ls -R or find of a tree never read makes no inode and generates no
+// content per name; reading such a file costs its LOOKUP.
 func (h *dirHandle) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	if h.listed > plusFirst && h.n.d.srv.opts.NoOpen && h.n.GetChild(name) == nil {
+		return nil, syscall.ENOENT
+	}
 	if e := h.last; e != nil && e.name == name {
 		if d := h.n.d; !d.perCaller || d.relink(e) != nil {
 			return h.n.child(ctx, e, out)
@@ -258,6 +291,42 @@ func (h *dirHandle) Lookup(ctx context.Context, name string, out *fuse.EntryOut)
 }
 
 func (h *dirHandle) Releasedir(ctx context.Context, releaseFlags uint32) {}
+
+// dirPlusTTL is a no-open connection's file system with READDIRPLUS replies
+// whose attribute timeouts count from the start of the request. Each entry's
+// timeout is the time its snapshot has left when it is looked up (and
+// maybe regenerated), but the kernel counts it from the reply, which waits
+// for every later entry of the batch: with a handler that takes 5 ms, the
+// first of 200 entries would be trusted a second longer than its bound.
+type dirPlusTTL struct{ fuse.RawFileSystem }
+
+func (d dirPlusTTL) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
+	start := time.Now()
+	st := d.RawFileSystem.ReadDirPlus(cancel, in, out)
+	if st == fuse.OK {
+		shortenAttrTimeouts(out.Bytes(), time.Since(start))
+	}
+	return st
+}
+
+// shortenAttrTimeouts takes by off the attribute timeout of every entry of
+// a READDIRPLUS reply that has a node ID (a fuse_direntplus: a
+// fuse_entry_out, then a fuse_dirent and its name, padded to 8 bytes).
+func shortenAttrTimeouts(buf []byte, by time.Duration) {
+	entryOut := int(unsafe.Sizeof(fuse.EntryOut{}))
+	secs := int(unsafe.Offsetof(fuse.EntryOut{}.AttrValid))
+	nsecs := int(unsafe.Offsetof(fuse.EntryOut{}.AttrValidNsec))
+	for len(buf) >= entryOut+direntSize {
+		if binary.NativeEndian.Uint64(buf) != 0 {
+			ttl := time.Duration(binary.NativeEndian.Uint64(buf[secs:]))*time.Second + time.Duration(binary.NativeEndian.Uint32(buf[nsecs:]))
+			ttl = max(ttl-by, 0)
+			binary.NativeEndian.PutUint64(buf[secs:], uint64(ttl/time.Second))
+			binary.NativeEndian.PutUint32(buf[nsecs:], uint32(ttl%time.Second))
+		}
+		namelen := int(binary.NativeEndian.Uint32(buf[entryOut+16:]))
+		buf = buf[min(len(buf), (entryOut+direntSize+namelen+7)&^7):]
+	}
+}
 
 // typeBits is the S_IFMT part of the entry's mode.
 func (e *Entry) typeBits() uint32 {

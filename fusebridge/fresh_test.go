@@ -66,7 +66,8 @@ var freshLayouts = []struct {
 // moment one regeneration and its reply take), and the content does change
 // (the file is not frozen). Ages are measured from the times embedded in
 // the content; the test runs until it has seen a number of generations,
-// not for a fixed time.
+// not for a fixed time. Where the file has a directory of its own, that is
+// listed meanwhile (a listing revalidates it too: TestFreshListing).
 func TestFreshBound(t *testing.T) {
 	const bound = 50 * time.Millisecond
 	// slack is what "one regeneration" may take on a loaded machine: the
@@ -94,7 +95,21 @@ func TestFreshBound(t *testing.T) {
 			var stop atomic.Bool
 			var maxAge atomic.Int64
 			var reads atomic.Int64
-			errs := make(chan error, 4)
+			errs := make(chan error, 5)
+			if l.dir != "" {
+				// Listings too, whose READDIRPLUS revalidates the file
+				// between the readers' GETATTRs (server.go).
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for !stop.Load() {
+						if _, err := os.ReadDir(filepath.Dir(name)); err != nil {
+							errs <- err
+							return
+						}
+					}
+				}()
+			}
 			for range 3 {
 				wg.Add(1)
 				go func() {
@@ -151,6 +166,106 @@ func TestFreshBound(t *testing.T) {
 			t.Logf("%d reads over %d generations; oldest content read was %v old (bound %v)", reads.Load(), gens.Load(), time.Duration(maxAge.Load()), bound)
 		})
 	}
+}
+
+// TestFreshListing checks the bound where listings revalidate bounded
+// files: a no-open connection lists with READDIRPLUS, and the kernel trusts
+// the attributes a listing gives for the time the snapshot has left, so
+// find | xargs cat reads a file without asking again. Passes that list a
+// directory of clock files and read each, each pass starting after the
+// bound has passed since the one before ended, read new content from every
+// file every time (the content of the pass before is older than the bound),
+// and none older than the bound plus one regeneration.
+func TestFreshListing(t *testing.T) {
+	const files, bound = 50, 100 * time.Millisecond
+	const slack = 500 * time.Millisecond // as in TestFreshBound
+	var gens atomic.Int64
+	forListedClocks(t, files, clockFile(&gens, 100), bound, func(t *testing.T, dir string) {
+		last := map[string]time.Time{}
+		for pass := range 3 {
+			ents, err := os.ReadDir(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(ents) != files {
+				t.Fatalf("listed %d files, want %d", len(ents), files)
+			}
+			for _, ent := range ents {
+				start := time.Now()
+				b, err := os.ReadFile(filepath.Join(dir, ent.Name()))
+				if err != nil {
+					t.Fatal(err)
+				}
+				made, _ := parseClock(t, b)
+				if age := start.Sub(made); age > bound+slack {
+					t.Errorf("pass %d: %s: a read that started at %v returned content made at %v: %v old, bound %v", pass, ent.Name(), start.Format(time.StampMicro), made.Format(time.StampMicro), age, bound)
+				}
+				if prev, ok := last[ent.Name()]; ok && !made.After(prev) {
+					t.Errorf("pass %d: %s: read the content of the pass before (made %v), older than the bound", pass, ent.Name(), prev.Format(time.StampMicro))
+				}
+				last[ent.Name()] = made
+			}
+			time.Sleep(bound)
+		}
+	})
+}
+
+// forListedClocks runs fn in a subtest for each layout whose bounded files
+// have a directory of their own (the top directory is listed by the
+// connection that keeps OPEN), with files files made by gen with the
+// bound, named c00, c01, ..., in that directory, whose path fn gets.
+func forListedClocks(t *testing.T, files int, gen handler.Generated, bound time.Duration, fn func(t *testing.T, dir string)) {
+	for _, l := range freshLayouts {
+		if l.dir == "" {
+			continue
+		}
+		t.Run(l.name, func(t *testing.T) {
+			srv := mount(t, l.opts)
+			if _, err := srv.MkdirAll(l.dir, 0o555); err != nil {
+				t.Fatal(err)
+			}
+			for i := range files {
+				if _, err := srv.Create(fmt.Sprintf("%s/c%02d", l.dir, i), 0o444, gen.MaxAge(bound)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			fn(t, filepath.Join(srv.Mountpoint(), l.dir))
+		})
+	}
+}
+
+// TestFreshListingSlow checks the bound of the first entry of a listing
+// whose files take long to make: a READDIRPLUS reply leaves only once every
+// entry in it has been looked up (and generated), and the kernel counts an
+// attribute timeout from the reply, so the bridge takes the time the reply
+// took off every entry's timeout. Here the listing takes 40 x 20 ms: the
+// first file's snapshot, made at its start, is older than its 100 ms bound
+// when the reply arrives, and the read right after must not be served from
+// it.
+func TestFreshListingSlow(t *testing.T) {
+	const files, bound, pause = 40, 100 * time.Millisecond, 20 * time.Millisecond
+	const slack = 500 * time.Millisecond // as in TestFreshBound
+	var gens atomic.Int64
+	clock := clockFile(&gens, 100)
+	slow := handler.Generated(func(ctx context.Context) ([]byte, error) {
+		time.Sleep(pause)
+		return clock(ctx)
+	})
+	forListedClocks(t, files, slow, bound, func(t *testing.T, dir string) {
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		b, err := os.ReadFile(filepath.Join(dir, ents[0].Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		made, _ := parseClock(t, b)
+		if age := start.Sub(made); age > bound+slack {
+			t.Errorf("the first file of a listing of %d files that take %v each read content %v old, bound %v", files, pause, age, bound)
+		}
+	})
 }
 
 // TestFreshNoRequests checks that re-reading a bounded file within its

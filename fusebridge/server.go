@@ -525,8 +525,17 @@ func (s *Server) start(mountpoint string, direct bool) error {
 	// READDIRPLUS (a listing that also looks every entry up) only where
 	// it pays: for the first batch, and after a stat(2) of a child while
 	// the directory is being listed (ls -l). ls -R and find get plain
-	// READDIR, which makes the kernel build no inode per name.
-	caps |= fuse.CAP_READDIRPLUS_AUTO
+	// READDIR, which makes the kernel build no inode per name. A no-open
+	// connection always lists with READDIRPLUS: there a file whose
+	// attributes are valid is opened and read from the kernel's cache
+	// with no request, so a listing that revalidates a batch of the files
+	// the kernel knows in one round trip saves the GETATTR that reading
+	// each would cost (find | xargs cat run again: one request per file
+	// before, one per ~170 after); names it does not know are left out
+	// past the first batch, as with AUTO (dirHandle.Lookup).
+	if !s.opts.NoOpen {
+		caps |= fuse.CAP_READDIRPLUS_AUTO
+	}
 	mo := fuse.MountOptions{
 		AllowOther:        s.opts.AllowOther,
 		FsName:            "ramproc",
@@ -568,6 +577,9 @@ func (s *Server) start(mountpoint string, direct bool) error {
 		ExternalNodeID:  s.opts.Restartable,
 		ServerCallbacks: s.serverCallbacks(),
 	})
+	if s.opts.NoOpen {
+		rawFS = dirPlusTTL{rawFS} // timeouts from the request's start (dirnode.go)
+	}
 	// The counters outside the per-open layer: a RELEASE is counted (and
 	// OpenHandles drops) once its claim is dropped (perop.go). A mount that
 	// can have no claim (the option off, no restart that could bring
