@@ -584,10 +584,11 @@ func (s *Server) start(mountpoint string, direct bool) error {
 	// OpenHandles drops) once its claim is dropped (perop.go). A mount that
 	// can have no claim (the option off, no restart that could bring
 	// descriptors with one) keeps the layer out of its requests' way.
-	perop := s.wrapPerOpen(rawFS)
-	fsys := s.wrapRawFS(rawFS)
-	if perop.mayClaim() {
+	var fsys fuse.RawFileSystem
+	if perop := s.wrapPerOpen(rawFS); perop.mayClaim() {
 		fsys = s.wrapRawFS(perop)
+	} else {
+		fsys = s.wrapRawFS(rawFS)
 	}
 	if s.opts.Restartable {
 		s.rs.rfs = newRestartFS(fsys)
