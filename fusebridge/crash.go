@@ -172,9 +172,35 @@ func notifyKeeper(state string, fds []int) error {
 }
 
 // keep gives fd to the keeper under name, replacing what it held under it.
+// Between the two messages the keeper holds nothing under name: a process
+// that died there would leave its successor without that descriptor, so
+// a process started after a crash re-keeps only what the keeper does not
+// hold already (keepForCrash).
 func keep(name string, fd int) error {
 	notifyKeeper("FDSTOREREMOVE=1\nFDNAME="+name, nil)
 	return notifyKeeper("FDSTORE=1\nFDNAME="+name, []int{fd})
+}
+
+// sameFile reports whether descriptors a and b of this process are the
+// same open file (kcmp(2) KCMP_FILE); false where that cannot be told.
+func sameFile(a, b int) bool {
+	pid := uintptr(os.Getpid())
+	r, _, errno := unix.Syscall6(unix.SYS_KCMP, pid, pid, 0 /* KCMP_FILE */, uintptr(a), uintptr(b), 0)
+	return errno == 0 && r == 0
+}
+
+// keepPlan returns the indexes of fds the keeper must be given under
+// names: those it does not hold already under the same name (held: a
+// duplicate of what it holds, by name).
+func keepPlan(names []string, fds []int, held map[string]int) []int {
+	var out []int
+	for i, name := range names {
+		if d, ok := held[name]; ok && sameFile(d, fds[i]) {
+			continue
+		}
+		out = append(out, i)
+	}
+	return out
 }
 
 // kept holds the descriptors the keeper gave this process, by name.
@@ -222,16 +248,17 @@ func crashInherited() (*inheritance, error) {
 	if !ok || inherit.in != nil {
 		return nil, nil
 	}
-	rec, _, err := readCrashRecord(rfd)
-	unix.Close(rfd)
+	rec, seq, err := readCrashRecord(rfd)
 	delete(fds, keptRecord)
 	if err != nil {
+		unix.Close(rfd)
 		return nil, fmt.Errorf("fusebridge: the descriptor keeper gave a crash record this process cannot read (%v); stop the service, unmount and start it again", err)
 	}
 	if rec.Format != crashFormat || rec.State.Format != handoverFormat {
+		unix.Close(rfd)
 		return nil, fmt.Errorf("fusebridge: the crash record is %q/%q, this binary reads %q/%q; stop the service, unmount and start it again", rec.Format, rec.State.Format, crashFormat, handoverFormat)
 	}
-	in := &inheritance{sock: -1, old: -1, crash: true, st: &rec.State}
+	in := &inheritance{sock: -1, old: -1, crash: true, st: &rec.State, kept: map[string]int{}, record: rfd, recordSeq: seq}
 	for _, name := range rec.Names {
 		fd, ok := fds[name]
 		if !ok {
@@ -239,6 +266,14 @@ func crashInherited() (*inheritance, error) {
 		}
 		delete(fds, name)
 		in.fds = append(in.fds, fd)
+		// A duplicate to tell later whether a descriptor this process
+		// keeps is the one the keeper holds (the program may close what
+		// it inherited, and its number be reused).
+		if fd >= 0 {
+			if d, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0); err == nil {
+				in.kept[name] = d
+			}
+		}
 	}
 	inherit.in = in
 	return in, nil
@@ -282,13 +317,43 @@ func (c *Server) publishedNodes() []nodeState {
 
 // keepForCrash gives the keeper, if there is one, what a successor needs
 // after a crash of this process. Called once the server serves its tree
-// (Ready).
-func (s *Server) keepForCrash() {
+// (Ready); in is what a process started after a crash inherited (nil
+// otherwise).
+func (s *Server) keepForCrash(in *inheritance) {
 	if !s.opts.Restartable || !keeperPresent() || s.rs.rfs == nil {
 		return
 	}
 	rec, fds, files, err := s.crashRecordOf()
-	if err == nil {
+	if in == nil || !in.crash {
+		in = &inheritance{record: -1}
+	}
+	defer func() {
+		for _, d := range in.kept {
+			unix.Close(d)
+		}
+		in.kept = nil
+	}()
+	if err == nil && in.record >= 0 {
+		// After a crash: the keeper holds the record the dead process
+		// wrote, and most descriptors it names. Give it only what it
+		// lacks, then write the new version into that record, in the
+		// slot the newest does not use: at no moment does the keeper
+		// hold less than a successor needs.
+		for _, i := range keepPlan(rec.Names, fds, in.kept) {
+			if err = keep(rec.Names[i], fds[i]); err != nil {
+				break
+			}
+		}
+		if err == nil {
+			l := &crashLog{fd: in.record, seq: in.recordSeq, rec: *rec, files: files}
+			if err = l.write(); err == nil {
+				s.rs.rfs.mu.Lock()
+				s.rs.rfs.crash = l
+				s.rs.rfs.mu.Unlock()
+			}
+		}
+		in.record = -1
+	} else if err == nil {
 		var fd int
 		if fd, err = unix.MemfdCreate("fusebridge-crash-record", unix.MFD_CLOEXEC); err == nil {
 			l := &crashLog{fd: fd, rec: *rec, files: files}
@@ -431,7 +496,7 @@ func (s *Server) readyAfterCrash(in *inheritance) error {
 	s.rs.in = nil
 	s.claim.retake()
 	// Recorded before the first request of the new epoch is answered.
-	s.keepForCrash()
+	s.keepForCrash(in)
 	// The dead process answers nothing: what it read is sent again.
 	// Before this process reads anything: the kernel resends every
 	// request read and not answered, by whichever process, and one this

@@ -431,6 +431,13 @@ type inheritance struct {
 	old   int // pidfd of the old process, or -1
 	taken bool
 	crash bool // the old process died: no exchange (crash.go)
+	// kept is, after a crash, what the keeper holds: a duplicate of each
+	// descriptor it gave, by its name, and its crash record (the memfd,
+	// and the sequence number of its newest version) or -1. The new
+	// process re-keeps none of those it still uses (keepForCrash).
+	kept      map[string]int
+	record    int
+	recordSeq uint64
 }
 
 // inherit holds the state this process was started with, once read.
@@ -718,7 +725,7 @@ func (s *Server) serverCallbacks() gofs.ServerCallbacks {
 func (s *Server) Ready() error {
 	in := s.rs.in
 	if in == nil || s.rs.adopt == nil {
-		s.keepForCrash()
+		s.keepForCrash(nil)
 		return nil
 	}
 	if in.crash {
@@ -749,7 +756,7 @@ func (s *Server) Ready() error {
 	s.claim.retake()
 	sendMsg(in.sock, handoverMsg{Kind: "taken"}, nil)
 	unix.Close(in.sock)
-	s.keepForCrash() // before the new epoch answers anything
+	s.keepForCrash(nil) // before the new epoch answers anything
 
 	// Before this process reads anything, as after a crash (crash.go):
 	// the kernel resends every request read and not answered, this

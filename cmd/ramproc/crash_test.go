@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -185,6 +186,72 @@ func TestKeeperReadyAcrossRestart(t *testing.T) {
 		}
 		if k.main != newPid || !k.ready {
 			t.Errorf("%s: main %d ready %v, want %d true", order, k.main, k.ready, newPid)
+		}
+	}
+}
+
+// After a crash the new server gives the keeper only what it lacks: the
+// crash record it inherited is written in place (its newest version counts
+// the servers), never replaced by a new memfd. Replacing it, or sending
+// again a descriptor the keeper holds, takes FDSTOREREMOVE then FDSTORE,
+// between which the keeper holds nothing under that name, and a second
+// crash there would lose the mount.
+func TestCrashRecordKeptInPlace(t *testing.T) {
+	testenv.RequireFUSE(t)
+	t.Setenv("GORACE", "atexit_sleep_ms=0")
+	bin := ramprocBinary(t)
+	mnt := filepath.Join(t.TempDir(), "mnt")
+	keeper, path := launchSupervised(t, bin, mnt)
+	// records maps each crash record the keeper holds (by the memfd's
+	// inode) to the sequence number of its newest version.
+	records := func() map[uint64]uint64 {
+		t.Helper()
+		dir := fmt.Sprintf("/proc/%d/fd", keeper.Process.Pid)
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[uint64]uint64{}
+		for _, e := range ents {
+			p := filepath.Join(dir, e.Name())
+			if l, _ := os.Readlink(p); !strings.Contains(l, "fusebridge-crash-record") {
+				continue
+			}
+			var st syscall.Stat_t
+			data, err := os.ReadFile(p)
+			if err != nil || syscall.Stat(p, &st) != nil {
+				t.Fatalf("the keeper's %s: %v", p, err)
+			}
+			var newest uint64
+			for _, off := range []int{0, 1 << 20} { // the record's two slots (fusebridge/crash.go)
+				if off+8 <= len(data) {
+					newest = max(newest, binary.LittleEndian.Uint64(data[off:]))
+				}
+			}
+			out[st.Ino] = newest
+		}
+		return out
+	}
+	// Served means recorded: a server keeps its record before it answers.
+	served := func() {
+		t.Helper()
+		if err := os.WriteFile(path, []byte("x\n"), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	served()
+	before := records()
+	if len(before) != 1 {
+		t.Fatalf("the keeper holds %d crash records, want 1", len(before))
+	}
+	for range 2 {
+		killServer(t, mnt)
+		served()
+	}
+	after := records()
+	for ino, seq := range before {
+		if len(after) != 1 || after[ino] != seq+2 {
+			t.Errorf("after two crashes the keeper holds records %v (inode: newest version), want only %d: %d", after, ino, seq+2)
 		}
 	}
 }
