@@ -10,10 +10,13 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
 	"github.com/ramproc/ramproc/filecheck"
@@ -80,7 +83,11 @@ func TestReloadNoUnload(t *testing.T) {
 
 // TestReloadFUSE stops the FUSE server under running writers (aborting its
 // connection, as a crash would, and unmounting) and starts a new one; the
-// commands signal this process, which serves the file.
+// commands signal this process, which serves the file. Meanwhile an empty
+// directory is served in its place (goneRoot), and the load waits until a
+// writer has looked the file up there: how long the file stays away
+// otherwise depends on timing, and the writers could miss it (under load
+// in CI they did).
 func TestReloadFUSE(t *testing.T) {
 	testenv.RequireFUSE(t)
 	dir := t.TempDir()
@@ -89,6 +96,8 @@ func TestReloadFUSE(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var gone *goneRoot
+	var goneSrv *fuse.Server
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGUSR1, syscall.SIGUSR2)
 	defer signal.Stop(sigs)
@@ -104,10 +113,27 @@ func TestReloadFUSE(t *testing.T) {
 				if s == syscall.SIGUSR1 {
 					abortFUSE(t, dir)
 					unix.Unmount(dir, unix.MNT_DETACH)
-				} else if srv, _, err := mountFakeAt(dir, breakage{}); err != nil {
-					t.Errorf("mount again: %v", err)
+					gone = &goneRoot{}
+					srv, err := mountGone(dir, gone)
+					if err != nil {
+						t.Errorf("mount the empty directory: %v", err)
+					}
+					goneSrv = srv
 				} else {
-					server = srv
+					if goneSrv != nil {
+						// Writers open in a loop: the deadline is only
+						// against a hang.
+						for deadline := time.Now().Add(20 * time.Second); gone.others.Load() == 0 && time.Now().Before(deadline); {
+							time.Sleep(time.Millisecond)
+						}
+						goneSrv.Unmount()
+						goneSrv = nil
+					}
+					if srv, _, err := mountFakeAt(dir, breakage{}); err != nil {
+						t.Errorf("mount again: %v", err)
+					} else {
+						server = srv
+					}
 				}
 				mu.Unlock()
 			}
@@ -116,6 +142,9 @@ func TestReloadFUSE(t *testing.T) {
 	t.Cleanup(func() {
 		mu.Lock()
 		defer mu.Unlock()
+		if goneSrv != nil {
+			goneSrv.Unmount()
+		}
 		server.Unmount()
 	})
 	rep, err := filecheck.Run(context.Background(), filecheck.Config{
@@ -204,4 +233,35 @@ func abortFUSE(t *testing.T, dir string) {
 	if err := os.WriteFile(ctl, []byte("1"), 0); err != nil {
 		t.Logf("cannot abort the connection (%v); unmounting only", err)
 	}
+}
+
+// goneRoot is an empty directory served while the file is unloaded: an
+// open of the file gets ENOENT, as after an unmount, and lookups by other
+// processes than this one (the checker's writers; this process's threads
+// include the checker's own check that the file is gone) are counted.
+type goneRoot struct {
+	fs.Inode
+	others atomic.Int64
+}
+
+var _ fs.NodeLookuper = (*goneRoot)(nil)
+
+func (g *goneRoot) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	if c, ok := fuse.FromContext(ctx); ok {
+		// The caller's id is a thread's; this process's are in its task list.
+		if _, err := os.Stat(fmt.Sprintf("/proc/self/task/%d", c.Pid)); err != nil {
+			g.others.Add(1)
+		}
+	}
+	return nil, syscall.ENOENT
+}
+
+// mountGone serves g on dir, with no entry cached, so that every open
+// looks the file up.
+func mountGone(dir string, g *goneRoot) (*fuse.Server, error) {
+	zero := time.Duration(0)
+	return fs.Mount(dir, g, &fs.Options{
+		MountOptions: fuse.MountOptions{DirectMountStrict: true, FsName: "filecheck-gone", Name: "filecheck"},
+		EntryTimeout: &zero, AttrTimeout: &zero, NegativeTimeout: &zero,
+	})
 }
