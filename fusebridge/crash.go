@@ -323,65 +323,69 @@ func (s *Server) keepForCrash(in *inheritance) {
 	if !s.opts.Restartable || !keeperPresent() || s.rs.rfs == nil {
 		return
 	}
-	rec, fds, files, err := s.crashRecordOf()
-	if in == nil || !in.crash {
-		in = &inheritance{record: -1}
+	held, record, seq := map[string]int(nil), -1, uint64(0)
+	if in != nil && in.crash {
+		held, record, seq = in.kept, in.record, in.recordSeq
+		in.kept, in.record = nil, -1
+		defer func() {
+			for _, d := range held {
+				unix.Close(d)
+			}
+		}()
 	}
-	defer func() {
-		for _, d := range in.kept {
-			unix.Close(d)
-		}
-		in.kept = nil
-	}()
-	if err == nil && in.record >= 0 {
-		// After a crash: the keeper holds the record the dead process
-		// wrote, and most descriptors it names. Give it only what it
-		// lacks, then write the new version into that record, in the
-		// slot the newest does not use: at no moment does the keeper
-		// hold less than a successor needs.
-		for _, i := range keepPlan(rec.Names, fds, in.kept) {
-			if err = keep(rec.Names[i], fds[i]); err != nil {
-				break
-			}
-		}
-		if err == nil {
-			l := &crashLog{fd: in.record, seq: in.recordSeq, rec: *rec, files: files}
-			if err = l.write(); err == nil {
-				s.rs.rfs.mu.Lock()
-				s.rs.rfs.crash = l
-				s.rs.rfs.mu.Unlock()
-			}
-		}
-		in.record = -1
-	} else if err == nil {
-		var fd int
-		if fd, err = unix.MemfdCreate("fusebridge-crash-record", unix.MFD_CLOEXEC); err == nil {
-			l := &crashLog{fd: fd, rec: *rec, files: files}
-			if err = l.write(); err == nil {
-				for i, name := range rec.Names {
-					if err = keep(name, fds[i]); err != nil {
-						break
-					}
-				}
-			}
-			if err == nil {
-				// Last: a record the keeper holds names descriptors it holds.
-				err = keep(keptRecord, fd)
-			}
-			if err == nil {
-				s.rs.rfs.mu.Lock()
-				s.rs.rfs.crash = l
-				s.rs.rfs.mu.Unlock()
-			} else {
-				unix.Close(fd)
-			}
-		}
+	rec, fds, files, err := s.crashRecordOf()
+	var l *crashLog
+	if err == nil {
+		l, err = keepRecord(rec, fds, files, held, record, seq)
+	} else if record >= 0 {
+		unix.Close(record)
 	}
 	if err != nil {
 		s.log.Warn("the descriptor keeper does not hold this mount; a crash would lose it", "err", err)
 		return
 	}
+	s.rs.rfs.mu.Lock()
+	s.rs.rfs.crash = l
+	s.rs.rfs.mu.Unlock()
 	s.log.Info("the descriptor keeper holds the mount: a crash is survived", "descriptors", len(fds)+1)
+}
+
+// keepRecord gives the keeper the descriptors rec names that it does not
+// hold already (held: a duplicate of each it gave, by name), then writes
+// rec. After a crash the keeper holds the dead process's record (the
+// memfd record, whose newest version is seq): the new version goes into
+// it, in the slot the newest does not use, so that at no moment does the
+// keeper hold less than a successor needs. Otherwise (record < 0) rec
+// goes into a new memfd, given to the keeper last: a record the keeper
+// holds names descriptors it holds.
+func keepRecord(rec *crashRecord, fds []int, files []*os.File, held map[string]int, record int, seq uint64) (*crashLog, error) {
+	l := &crashLog{fd: record, seq: seq, rec: *rec, files: files}
+	err := func() error {
+		for _, i := range keepPlan(rec.Names, fds, held) {
+			if err := keep(rec.Names[i], fds[i]); err != nil {
+				return err
+			}
+		}
+		if record >= 0 {
+			return l.write()
+		}
+		fd, err := unix.MemfdCreate("fusebridge-crash-record", unix.MFD_CLOEXEC)
+		if err != nil {
+			return err
+		}
+		l.fd = fd
+		if err := l.write(); err != nil {
+			return err
+		}
+		return keep(keptRecord, fd)
+	}()
+	if err != nil {
+		if l.fd >= 0 {
+			unix.Close(l.fd)
+		}
+		return nil, err
+	}
+	return l, nil
 }
 
 // keepBacking gives node a passthrough backing ID of its own, for fd, the
