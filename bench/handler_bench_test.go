@@ -30,8 +30,11 @@ const apiFileSize = 1 << 20
 var genCounter atomic.Uint64
 
 // genContent is the generated file's ~100 bytes, the same for both sides.
+// The count has a fixed width: the sides take turns on one counter, and the
+// smoke test compares the bytes each moved (with -count=3 one side's count
+// reached 100 while the other's was 90).
 func genContent() []byte {
-	return fmt.Appendf(nil, "opens %d\nunix_ns %d\nserved by the ramproc bench to compare the handler API\n",
+	return fmt.Appendf(nil, "opens %010d\nunix_ns %d\nserved by the ramproc bench to compare the handler API\n",
 		genCounter.Add(1), time.Now().UnixNano())
 }
 
