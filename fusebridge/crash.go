@@ -178,6 +178,12 @@ func notifyKeeper(state string, fds []int) error {
 // hold already (keepForCrash).
 func keep(name string, fd int) error {
 	notifyKeeper("FDSTOREREMOVE=1\nFDNAME="+name, nil)
+	return store(name, fd)
+}
+
+// store gives fd to the keeper under name, without removing what it holds
+// under it: for a descriptor of a file the keeper holds under name.
+func store(name string, fd int) error {
 	return notifyKeeper("FDSTORE=1\nFDNAME="+name, []int{fd})
 }
 
@@ -367,7 +373,16 @@ func keepRecord(rec *crashRecord, fds []int, files []*os.File, held map[string]i
 			}
 		}
 		if record >= 0 {
-			return l.write()
+			if err := l.write(); err != nil {
+				return err
+			}
+			// Given again without FDSTOREREMOVE: systemd ignores a
+			// descriptor of a file it holds, 'ramproc supervise'
+			// replaces its own in one step, and either way the keeper
+			// hears that this process serves (supervise counts a
+			// server that gave its record as serving, which a crash of
+			// it then restarts).
+			return store(keptRecord, record)
 		}
 		fd, err := unix.MemfdCreate("fusebridge-crash-record", unix.MFD_CLOEXEC)
 		if err != nil {
