@@ -411,6 +411,7 @@ func (e *Entry) kill() {
 	}
 	lifeMu.Unlock()
 	e.dropShared()
+	e.srv().pcs.drop(e.entryCore)
 
 	e.opensMu.Lock()
 	open := e.opens
@@ -441,6 +442,8 @@ func (e *Entry) Invalidate() error {
 	off := int64(-1)
 	if e.srv().opts.NoOpen {
 		e.dropShared()
+		off = 0
+	} else if e.cacheStale() { // pagecache.go
 		off = 0
 	}
 	n := e.inode()
@@ -512,7 +515,12 @@ func (e *Entry) attrTTL(ctx context.Context, out *fuse.Attr) (time.Duration, sys
 	// heap, and here it stays on the stack (it was 128 bytes of garbage
 	// per LOOKUP and GETATTR of every file).
 	a := e.baseAttr()
-	if sz := e.sizer(); e.srv().opts.NoOpen && sz != nil {
+	if size, cttl, ok := e.cacheAttr(); ok {
+		// Served from the page cache (pagecache.go): the kernel reads no
+		// further than this size.
+		a.Size, a.Blocks = size, (size+511)/512
+		ttl = min(ttl, cttl)
+	} else if sz := e.sizer(); e.srv().opts.NoOpen && sz != nil {
 		// The kernel caches the content and reads no further than the
 		// size it knows, so the size must be the snapshot's.
 		sh, errno := e.freshShared(ctx)
@@ -588,17 +596,19 @@ func (e *Entry) fillAttr(a *handler.Attr, nlink uint32, out *fuse.Attr) {
 	out.SetTimes(&a.Atime, &a.Mtime, &a.Ctime)
 }
 
-func (e *Entry) track(of *openFile) bool {
+// track adds of to the descriptors open; sole reports whether it is the
+// only one.
+func (e *Entry) track(of *openFile) (ok, sole bool) {
 	e.opensMu.Lock()
 	defer e.opensMu.Unlock()
 	if e.opensClosed {
-		return false
+		return false, false
 	}
 	if e.opens == nil {
 		e.opens = map[*openFile]struct{}{}
 	}
 	e.opens[of] = struct{}{}
-	return true
+	return true, len(e.opens) == 1
 }
 
 // untrack reports whether of was still open, i.e. whether the caller must

@@ -1,6 +1,7 @@
 package fusebridge_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ramproc/ramproc/fusebridge"
+	"github.com/ramproc/ramproc/handler"
 	"github.com/ramproc/ramproc/internal/testenv"
 )
 
@@ -122,7 +124,10 @@ func TestMetricsAndStatfs(t *testing.T) {
 	if srv.Metrics() != m {
 		t.Fatal("Server.Metrics is not Options.Metrics")
 	}
-	if _, err := srv.Create("hello", 0o444, text("hello\n")); err != nil {
+	// Per caller, so read through the server (one made per open would be
+	// read from the page cache, with no READ to count).
+	hello := handler.PerCallerGenerated(func(context.Context) ([]byte, error) { return []byte("hello\n"), nil })
+	if _, err := srv.Create("hello", 0o444, hello); err != nil {
 		t.Fatal(err)
 	}
 	p := filepath.Join(srv.Mountpoint(), "hello")

@@ -80,6 +80,7 @@ type Metrics struct {
 	bytesRead    atomic.Uint64
 	bytesWritten atomic.Uint64
 	openHandles  atomic.Int64
+	cachedOpens  atomic.Uint64
 }
 
 // Requests returns the number of requests of operation op served so far.
@@ -106,6 +107,11 @@ func (m *Metrics) BytesRead() uint64 { return m.bytesRead.Load() }
 
 // BytesWritten returns the bytes accepted by WRITE requests.
 func (m *Metrics) BytesWritten() uint64 { return m.bytesWritten.Load() }
+
+// CachedOpens returns the opens of content made per open that were read
+// from the kernel's page cache, given the snapshot at OPEN (the only open of
+// their file at the time; the others are read through READ requests).
+func (m *Metrics) CachedOpens() uint64 { return m.cachedOpens.Load() }
 
 // OpenHandles returns the file handles opened (OPEN, CREATE) and not yet
 // released. A no-open connection has none: it never opens.

@@ -27,6 +27,8 @@ type fileNode struct {
 type openFile struct {
 	e *Entry
 	f handler.OpenFile
+	// cached: read from the kernel's page cache (pagecache.go).
+	cached bool
 }
 
 var (
@@ -70,7 +72,8 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 		}
 	}
 	e.killPrivOpen(ctx, &of.f)
-	if !e.track(of) {
+	tracked, sole := e.track(of)
+	if !tracked {
 		if r := e.releaser(); r != nil {
 			r.Release(ctx, &of.f)
 		}
@@ -89,6 +92,9 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 		// the kernel's flush, which writes back pages dirtied through
 		// mmap and reports their errors at close.
 		fl |= fuse.FOPEN_NOFLUSH
+	}
+	if n.cacheOpen(e, of, sole) {
+		return of, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
 	}
 	if e.snapshotter() != nil && !e.perCaller {
 		// Content made whole at open: the kernel may serve this
@@ -129,6 +135,9 @@ func (n *fileNode) Read(ctx context.Context, f fs.FileHandle, dest []byte, off i
 		// afterwards must see that this READ may cache its text
 		// (pagedrop.go).
 		n.pages.readStarting()
+	}
+	if of, ok := f.(*openFile); ok && of.cached {
+		return n.cacheRead(ctx, of, dest, off)
 	}
 	of, sh, errno := n.handle(ctx, f)
 	if errno != 0 {
@@ -255,6 +264,9 @@ func (n *fileNode) Flush(ctx context.Context, f fs.FileHandle) syscall.Errno { r
 
 func (n *fileNode) Release(ctx context.Context, f fs.FileHandle) syscall.Errno {
 	of := f.(*openFile)
+	if of.cached {
+		n.cacheRelease(of)
+	}
 	// Removal may have released it already; a handler sees one Release.
 	if r := n.e.releaser(); n.e.untrack(of) && r != nil {
 		r.Release(ctx, &of.f)
@@ -323,6 +335,9 @@ func (n *fileNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrO
 		return syscall.EIO
 	}
 	defer e.exit()
+	if of, ok := f.(*openFile); ok && of.cached {
+		n.cacheRefresh(ctx, of)
+	}
 	ttl, errno := e.attrTTL(ctx, &out.Attr)
 	out.SetTimeout(ttl)
 	return errno

@@ -203,10 +203,17 @@ func testRoundTrips(t *testing.T, perOpen bool) {
 	// A child that is not fixed has attributes that expire at once, so
 	// default_permissions' check asks for them again after the lookup.
 	withLookup := map[fusebridge.Op]uint64{fusebridge.OpLookup: 1, fusebridge.OpGetattr: 1, fusebridge.OpOpen: 1, fusebridge.OpRead: 2, fusebridge.OpRelease: 1}
-	generated, childLookup := perOpenCost, withLookup
+	// Content made per open, not per caller, is read from the page cache,
+	// given the snapshot at OPEN (pagecache.go), or from a backing file
+	// made at OPEN (perop.go): OPEN alone. In the page cache, its
+	// attributes last rereadAge: a read that reaches the end asks for them
+	// again at most once per cycle, and how often depends on timing.
+	generated := map[fusebridge.Op]uint64{fusebridge.OpOpen: 1, fusebridge.OpRelease: 1}
+	upTo := map[fusebridge.Op]uint64{fusebridge.OpGetattr: 1}
+	childLookup := withLookup
 	if perOpen {
-		generated = map[fusebridge.Op]uint64{fusebridge.OpOpen: 1, fusebridge.OpRelease: 1}
 		childLookup = map[fusebridge.Op]uint64{fusebridge.OpLookup: 1, fusebridge.OpGetattr: 1, fusebridge.OpOpen: 1, fusebridge.OpRelease: 1}
+		upTo = nil
 	}
 	cases := []struct {
 		path string
@@ -241,12 +248,11 @@ func testRoundTrips(t *testing.T, perOpen bool) {
 				}
 			}
 			unix.Close(fd)
-			if perOpen {
-				// An open made before the RELEASE of the one before is
-				// served through the server (its inode still has that
-				// one's backing file): the counts would depend on timing.
-				settle(t, m)
-			}
+			// An open made before the RELEASE of the one before is served
+			// through the server (its inode still has that one's backing
+			// file, or its page cache is that one's): the counts would
+			// depend on timing.
+			settle(t, m)
 		}
 		// Warm: the first walk looks the names up, the first READ of a
 		// cached file fills the page cache.
@@ -260,8 +266,13 @@ func testRoundTrips(t *testing.T, perOpen bool) {
 		settle(t, m)
 		for _, op := range fusebridge.Ops() {
 			got := m.Requests(op) - before[op]
-			if want := c.want[op] * rounds; got != want {
-				t.Errorf("%s: %d open+read+close cost %s; want per cycle %v", c.path, rounds, opsSince(m, before), c.want)
+			want := c.want[op] * rounds
+			most := want
+			if sameMap(c.want, generated) {
+				most += upTo[op] * rounds
+			}
+			if got < want || got > most {
+				t.Errorf("%s: %d open+read+close cost %s; want per cycle %v (and up to %v more)", c.path, rounds, opsSince(m, before), c.want, upTo)
 				break
 			}
 		}
@@ -279,4 +290,16 @@ func settle(t *testing.T, m *fusebridge.Metrics) {
 		}
 		time.Sleep(time.Millisecond)
 	}
+}
+
+func sameMap(a, b map[fusebridge.Op]uint64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
 }

@@ -351,6 +351,9 @@ type Server struct {
 	passthrough atomic.Bool
 	// perop serves content made per open by passthrough (perop.go).
 	perop *peropFS
+	// pcs is what the server knows of the kernel's page cache of content
+	// made per open (pagecache.go).
+	pcs pageCaches
 
 	// lastSnapshot is the time of the last snapshot made for the kernel's
 	// cache (Server.snapshotTime).

@@ -1,0 +1,345 @@
+package fusebridge
+
+import (
+	"context"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/ramproc/ramproc/handler"
+)
+
+// This file serves content made per open (a Generated without a freshness
+// bound, not per caller) from the kernel's page cache, so that
+// open+read+close costs OPEN alone, where FOPEN_DIRECT_IO costs OPEN, a READ
+// and a READ only to learn EOF (the kernel cannot know the size of what is
+// made at open). The snapshot the handler took at OPEN is given to the
+// kernel before the reply (FUSE_NOTIFY_STORE), with its size, and the reply
+// says FOPEN_KEEP_CACHE: the reads of the descriptor are answered from
+// those pages, and EOF from that size.
+//
+// The page cache is one per inode, so this is done only for an open that is
+// the inode's only one (sole: no other descriptor of it is open, as far as
+// the server knows; a RELEASE not yet answered counts as open): every other
+// open is read with FOPEN_DIRECT_IO from its own snapshot, as before, and
+// never reads those pages. A new snapshot therefore never changes pages a
+// descriptor is reading. (The exception, which no reader of /proc-style
+// files does: a descriptor opened while the cached one is open that maps
+// the file MAP_PRIVATE fills the pages with its own snapshot, which the
+// cached one may then read.)
+//
+// The kernel's size for the inode (i_size) must be the snapshot's, and the
+// kernel takes it from three places: the attributes the server answers
+// (LOOKUP, GETATTR, READDIRPLUS), a store (which only ever grows it), and a
+// READ answered short (which shrinks it). So every attribute answer of such
+// an entry shows pageCache.size, the size of the last snapshot stored, set
+// before the store is sent; a store of a snapshot at least as long as the
+// last makes i_size exactly its length (a shorter answer racing it was
+// asked before the store and is dropped by the kernel, whose attribute
+// version the store moved). A shorter snapshot first drops the kernel's
+// pages and attributes (FUSE_NOTIFY_INVAL_INODE), then is stored: the read
+// then asks for the attributes (GETATTR) before it reads, and a page the
+// store could not fill whole is read (READ) from the snapshot, answered
+// short. So a snapshot of the same size as the last costs no request, a
+// longer one a GETATTR, a shorter one a GETATTR and at most one READ.
+//
+// Re-reads. A Generated descriptor that reads from offset 0 again gets a
+// new snapshot (seq_file). A cached read sends no request, but one that
+// reaches the end of the file asks the kernel for the size, which asks the
+// server once the attributes have expired; such an entry's attributes are
+// given rereadAge, and a GETATTR of the cached descriptor finding its
+// snapshot older than that makes a new one and stores it (the reader is
+// then inside that GETATTR, not reading pages). A read that stays below
+// the size the descriptor saw (a pread of fewer bytes than the file holds)
+// does not ask, and keeps reading the pages it has; Entry.Notify drops
+// them.
+//
+// Left to FOPEN_DIRECT_IO, each for its reason: a mount that is
+// Restartable (a new process knows nothing of the kernel's pages) or uses
+// PerOpenPassthrough (perop.go) or NoOpen (which caches everything with a
+// bound); content over maxCachedOpen (kept in memory while the descriptor
+// is open); a handler that states its own attributes or takes writes.
+
+// rereadAge is how old a cached descriptor's snapshot may be when it is
+// read again to the end (see above): DefaultMaxAge, the bound of content
+// the kernel caches that states none.
+const rereadAge = DefaultMaxAge
+
+// maxCachedOpen is the largest snapshot served from the page cache.
+const maxCachedOpen = 128 << 10
+
+// pageCache is what the server knows of the kernel's page cache of one
+// entry served from it; made at its first cached open, dropped when the
+// entry is removed.
+type pageCache struct {
+	// sendMu serialises what is sent to the kernel for the inode (stores
+	// and invalidations, which wait for the locks of the pages they
+	// touch) and is never taken by a READ: the kernel holds the pages a
+	// READ fills locked until it is answered, so a READ waiting for a
+	// store that waits for its pages would never be answered.
+	sendMu sync.Mutex
+
+	mu sync.Mutex
+	// size is the size every attribute answer shows, and the kernel's
+	// i_size once the last store and invalidation have taken effect.
+	size int64
+	// unsure is set when a store failed: the kernel's size and pages are
+	// not known, and the next store drops them first.
+	unsure bool
+	// holder is the descriptor read from the pages, nil if none; c is its
+	// snapshot (what the pages hold), made at made (Unix nanoseconds; 0
+	// after Entry.Invalidate).
+	holder *openFile
+	c      []byte
+	made   int64
+	// node is the kernel's inode of the entry.
+	node *fileNode
+}
+
+// pageCaches maps the entries with a pageCache to it.
+type pageCaches struct {
+	mu sync.RWMutex
+	m  map[*entryCore]*pageCache
+}
+
+// pageCacheable reports whether e's content made per open may be served
+// from the page cache (see above).
+func (e *Entry) pageCacheable() bool {
+	o := &e.srv().opts
+	return !o.NoOpen && !o.PerOpenPassthrough && !o.Restartable && e.kind == kindFile &&
+		!e.perCaller && !e.unknownSize && e.writer() == nil && e.getattrer() == nil &&
+		e.snapshotter() != nil && e.timeout() > 0
+}
+
+// pageCacheOf returns e's pageCache, nil if it has none.
+func (s *Server) pageCacheOf(e *Entry) *pageCache {
+	s.pcs.mu.RLock()
+	pc := s.pcs.m[e.entryCore]
+	s.pcs.mu.RUnlock()
+	return pc
+}
+
+// make returns the pageCache of n's entry, made if it has none.
+func (p *pageCaches) make(n *fileNode) *pageCache {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	o := n.e.entryCore
+	pc := p.m[o]
+	if pc == nil {
+		if p.m == nil {
+			p.m = map[*entryCore]*pageCache{}
+		}
+		// Until now every answer showed size 0 (content made per open has
+		// none where it is read with FOPEN_DIRECT_IO): that is the
+		// kernel's.
+		pc = &pageCache{node: n}
+		p.m[o] = pc
+	}
+	return pc
+}
+
+// drop forgets the pageCache of a removed entry, and drops its pages from
+// the kernel's cache: a descriptor opened before gets EIO, not them.
+func (p *pageCaches) drop(o *entryCore) {
+	p.mu.Lock()
+	pc := p.m[o]
+	delete(p.m, o)
+	p.mu.Unlock()
+	if pc != nil {
+		pc.node.NotifyContent(0, 0)
+	}
+}
+
+// cacheOpen serves the open of of (tracked; the only open of e when sole)
+// from the page cache if it can, and reports whether it did.
+func (n *fileNode) cacheOpen(e *Entry, of *openFile, sole bool) bool {
+	if !sole || of.f.Writable() || of.f.Reopened || !e.pageCacheable() {
+		return false
+	}
+	snap, ok := e.snapshotter().OpenSnapshot(&of.f)
+	if !ok || len(snap) > maxCachedOpen {
+		return false
+	}
+	pc := e.srv().pcs.make(n)
+	pc.sendMu.Lock()
+	defer pc.sendMu.Unlock()
+	pc.mu.Lock()
+	if pc.holder != nil {
+		pc.mu.Unlock()
+		return false // released, but its Release has not run yet
+	}
+	pc.holder, pc.c, pc.made = of, snap, time.Now().UnixNano()
+	drop := pc.setSizeLocked(int64(len(snap)))
+	pc.mu.Unlock()
+	if !n.send(pc, snap, drop) {
+		pc.mu.Lock()
+		pc.holder, pc.c = nil, nil
+		pc.mu.Unlock()
+		return false
+	}
+	of.cached = true
+	e.srv().opts.Metrics.cachedOpens.Add(1)
+	return true
+}
+
+// setSizeLocked makes size the one attribute answers show, and reports
+// whether the kernel's pages and attributes must be dropped before a
+// store of that size (see above).
+func (pc *pageCache) setSizeLocked(size int64) (drop bool) {
+	drop = size < pc.size || pc.unsure
+	pc.size, pc.unsure = size, false
+	return drop
+}
+
+// send gives the kernel b as the inode's whole content, having dropped its
+// pages and attributes first if drop; under pc.sendMu, not pc.mu. On
+// failure the kernel's state is not known any more (pc.unsure).
+func (n *fileNode) send(pc *pageCache, b []byte, drop bool) bool {
+	errno := syscall.Errno(0)
+	if drop {
+		errno = n.NotifyContent(0, 0)
+	}
+	if errno == 0 && len(b) > 0 {
+		errno = n.WriteCache(0, b)
+	}
+	if errno != 0 {
+		pc.mu.Lock()
+		pc.unsure = true
+		pc.mu.Unlock()
+		return false
+	}
+	return true
+}
+
+// cacheRefresh makes a new snapshot for the cached descriptor of, asking
+// for its attributes, when its last is older than rereadAge (see above).
+func (n *fileNode) cacheRefresh(ctx context.Context, of *openFile) {
+	e := n.e
+	pc := e.srv().pageCacheOf(e)
+	if pc == nil {
+		return
+	}
+	pc.sendMu.Lock()
+	defer pc.sendMu.Unlock()
+	pc.mu.Lock()
+	due := of == pc.holder && time.Now().UnixNano()-pc.made > int64(rereadAge)
+	pc.mu.Unlock()
+	if !due {
+		return
+	}
+	b, ok := e.snapshotNow(ctx)
+	if !ok || len(b) > maxCachedOpen {
+		return
+	}
+	pc.mu.Lock()
+	if of != pc.holder {
+		pc.mu.Unlock()
+		return
+	}
+	pc.c, pc.made = b, time.Now().UnixNano()
+	drop := pc.setSizeLocked(int64(len(b)))
+	pc.mu.Unlock()
+	n.send(pc, b, drop)
+}
+
+// cacheAttr is the size an attribute answer shows for e, if e is served
+// from the page cache, and how long the kernel may trust it: until the
+// cached descriptor's snapshot is rereadAge old, so that its next read to
+// the end asks (see above).
+func (e *Entry) cacheAttr() (size int64, ttl time.Duration, ok bool) {
+	pc := e.srv().pageCacheOf(e)
+	if pc == nil {
+		return 0, 0, false
+	}
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	ttl = rereadAge
+	if pc.holder != nil {
+		ttl = max(rereadAge-time.Duration(time.Now().UnixNano()-pc.made), 0)
+	}
+	return pc.size, ttl, true
+}
+
+// snapshotNow takes a new snapshot of e through a short-lived open of its
+// handler.
+func (e *Entry) snapshotNow(ctx context.Context) ([]byte, bool) {
+	f := handler.OpenFile{Flags: syscall.O_RDONLY}
+	if op := e.opener(); op != nil {
+		if op.Open(ctx, &f) != nil {
+			return nil, false
+		}
+	}
+	b, ok := e.snapshotter().OpenSnapshot(&f)
+	if r := e.releaser(); r != nil {
+		// The bytes outlive the release: OpenSnapshot's must not be
+		// modified afterwards.
+		r.Release(ctx, &f)
+	}
+	return b, ok
+}
+
+// cacheRead answers a READ of the cached descriptor of from its snapshot,
+// the bytes its pages hold. A READ from offset 0 after Entry.Invalidate
+// dropped them (a re-read that stays below the size the kernel knows asks
+// no GETATTR first) gets a new snapshot, as the handler's Read would. No
+// store from here (see pageCache.sendMu).
+func (n *fileNode) cacheRead(ctx context.Context, of *openFile, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	e := n.e
+	pc := e.srv().pageCacheOf(e)
+	if pc == nil {
+		return nil, syscall.EIO // removed
+	}
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	if pc.holder != of {
+		return fuse.ReadResultData(nil), 0
+	}
+	if pc.made == 0 && off == 0 {
+		if b, ok := e.snapshotNow(ctx); ok && len(b) <= maxCachedOpen {
+			pc.c, pc.made = b, time.Now().UnixNano()
+			// Shorter: this READ, answered short, makes the kernel's size
+			// this one. Longer: the kernel must ask for the size, so its
+			// attributes go (not when shorter: the kernel would then
+			// ignore the short answer's size, as its attribute version
+			// moved).
+			if int64(len(b)) > pc.size {
+				n.NotifyContent(-1, 0)
+			}
+			pc.size = int64(len(b))
+		}
+	}
+	if off >= int64(len(pc.c)) {
+		return fuse.ReadResultData(nil), 0
+	}
+	k := copy(dest, pc.c[off:])
+	return fuse.ReadResultData(dest[:k]), 0
+}
+
+// cacheRelease ends the cached descriptor of.
+func (n *fileNode) cacheRelease(of *openFile) {
+	pc := n.e.srv().pageCacheOf(n.e)
+	if pc == nil {
+		return // removed
+	}
+	pc.mu.Lock()
+	if pc.holder == of {
+		pc.holder, pc.c = nil, nil
+	}
+	pc.mu.Unlock()
+}
+
+// cacheStale marks the snapshot of e's cached descriptor as one to make
+// anew at its next GETATTR or READ, for Entry.Invalidate, and reports
+// whether e has pages in the kernel's cache to drop.
+func (e *Entry) cacheStale() bool {
+	pc := e.srv().pageCacheOf(e)
+	if pc == nil {
+		return false
+	}
+	pc.mu.Lock()
+	pc.made = 0
+	pc.mu.Unlock()
+	return true
+}

@@ -1,0 +1,258 @@
+package fusebridge_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ramproc/ramproc/fusebridge"
+	"github.com/ramproc/ramproc/handler"
+)
+
+// versionLens are the sizes of a versioned file's successive snapshots:
+// longer, shorter and equal to the one before, within a page and across
+// pages, so that the kernel's size has to grow and shrink.
+var versionLens = []int{100, 5000, 11, 11, 4096, 8193, 12, 300, 65536, 4097}
+
+// versioned is a Generated file whose every snapshot says which it is:
+// "v=NNNNNNNN;" then a filler byte of its own up to its length, so that a
+// read that mixes two snapshots, stops short or runs past the end shows.
+type versioned struct{ n atomic.Int64 }
+
+func (v *versioned) gen() handler.Generated {
+	return func(context.Context) ([]byte, error) {
+		k := v.n.Add(1)
+		b := fmt.Appendf(nil, "v=%08d;", k)
+		return append(b, bytes.Repeat([]byte{fillOf(k)}, versionLens[k%int64(len(versionLens))]-len(b))...), nil
+	}
+}
+
+func fillOf(k int64) byte { return 'a' + byte(k%26) }
+
+// parseVersion checks that b is one whole snapshot and returns its number.
+func parseVersion(b []byte) (int64, error) {
+	if len(b) < 11 || string(b[:2]) != "v=" || b[10] != ';' {
+		return 0, fmt.Errorf("not a snapshot: %q", head(b))
+	}
+	k, err := strconv.ParseInt(string(b[2:10]), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("not a snapshot: %q", head(b))
+	}
+	if want := versionLens[k%int64(len(versionLens))]; len(b) != want {
+		return k, fmt.Errorf("snapshot %d read as %d bytes, want %d", k, len(b), want)
+	}
+	if i := bytes.IndexFunc(b[11:], func(r rune) bool { return r != rune(fillOf(k)) }); i >= 0 {
+		return k, fmt.Errorf("snapshot %d has %q at %d: two snapshots mixed, or stale bytes", k, b[11+i], 11+i)
+	}
+	return k, nil
+}
+
+func head(b []byte) []byte { return b[:min(len(b), 16)] }
+
+// readAll reads fd from its offset to EOF in reads of n bytes.
+func readAll(fd, n int) ([]byte, error) {
+	var out []byte
+	buf := make([]byte, n)
+	for {
+		k, err := unix.Read(fd, buf)
+		if err != nil {
+			return out, err
+		}
+		if k == 0 {
+			return out, nil
+		}
+		out = append(out, buf[:k]...)
+	}
+}
+
+// Content made per open is read from the page cache, each open given its
+// own snapshot: every read, whole or in small pieces, sees one whole
+// snapshot, newer than the one before, while its size grows and shrinks;
+// also with readers at once, where only one open at a time is cached.
+func TestPageCacheSnapshots(t *testing.T) {
+	srv := mount(t, fusebridge.Options{})
+	v := new(versioned)
+	if _, err := srv.Create("v", 0o444, v.gen()); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(srv.Mountpoint(), "v")
+	m := srv.Metrics()
+	cycle := func(readSize int) (int64, error) {
+		fd, err := unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return 0, err
+		}
+		defer unix.Close(fd)
+		b, err := readAll(fd, readSize)
+		if err != nil {
+			return 0, err
+		}
+		return parseVersion(b)
+	}
+	last := int64(0)
+	for i := range 3 * len(versionLens) {
+		readSize := 128 << 10
+		if i%3 == 1 {
+			readSize = 7 // pieces, across page boundaries
+		}
+		k, err := cycle(readSize)
+		if err != nil {
+			t.Fatalf("open %d: %v", i, err)
+		}
+		if k <= last {
+			t.Fatalf("open %d read snapshot %d after %d", i, k, last)
+		}
+		last = k
+		settle(t, m) // the next open is the only one: served from the cache
+	}
+	if m.CachedOpens() == 0 {
+		t.Fatal("no open was served from the page cache")
+	}
+
+	// Readers at once, and a descriptor kept open that reads again.
+	keep, err := unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(keep)
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for r := range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 150 {
+				if _, err := cycle([]int{128 << 10, 4096, 100}[r]); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		buf := make([]byte, 128<<10)
+		for range 150 {
+			n, err := unix.Pread(keep, buf, 0)
+			if err == nil {
+				_, err = parseVersion(buf[:n])
+			}
+			if err != nil {
+				errs <- fmt.Errorf("re-read: %w", err)
+				return
+			}
+		}
+	}()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
+// A descriptor read from the page cache that reads again gets a new
+// snapshot: a read to the end once its snapshot is DefaultMaxAge old, and
+// any read after Entry.Invalidate (Notify).
+func TestPageCacheReread(t *testing.T) {
+	srv := mount(t, fusebridge.Options{})
+	v := new(versioned)
+	e, err := srv.Create("v", 0o444, v.gen())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(srv.Mountpoint(), "v")
+	settle(t, srv.Metrics())
+	cached := srv.Metrics().CachedOpens()
+	fd, err := unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if srv.Metrics().CachedOpens() != cached+1 {
+		t.Fatal("the only open of the file was not served from the page cache")
+	}
+	buf := make([]byte, 128<<10)
+	pread := func(n int) []byte {
+		t.Helper()
+		k, err := unix.Pread(fd, buf[:n], 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return buf[:k]
+	}
+	first, err := parseVersion(pread(len(buf)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Past the bound of a cached descriptor's snapshot; a loaded machine
+	// only makes the wait longer.
+	wait := fusebridge.DefaultMaxAge + 50*time.Millisecond
+	time.Sleep(wait)
+	second, err := parseVersion(pread(len(buf)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second <= first {
+		t.Errorf("a read to the end %v after the first read snapshot %d again, want a newer one", wait, second)
+	}
+	if err := e.Invalidate(); err != nil {
+		t.Fatal(err)
+	}
+	// Ten bytes, below the size the kernel knows: no GETATTR asked first.
+	got := pread(10)
+	if k, err := strconv.ParseInt(string(got[2:10]), 10, 64); err != nil || k <= second {
+		t.Errorf("a read of %q after Invalidate, want a snapshot newer than %d", got, second)
+	}
+	third, err := parseVersion(pread(len(buf)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || st.Size != int64(versionLens[third%int64(len(versionLens))]) {
+		t.Errorf("fstat: size %d (%v), want snapshot %d's", st.Size, err, third)
+	}
+}
+
+// mmap(2) of a descriptor read from the page cache maps its snapshot.
+func TestPageCacheMmap(t *testing.T) {
+	srv := mount(t, fusebridge.Options{})
+	v := new(versioned)
+	if _, err := srv.Create("v", 0o444, v.gen()); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(filepath.Join(srv.Mountpoint(), "v"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Size == 0 {
+		t.Fatal("size 0: the descriptor is not read from the page cache")
+	}
+	mem, err := unix.Mmap(int(f.Fd()), 0, int(st.Size), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(mem)
+	k, err := parseVersion(mem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := readAll(int(f.Fd()), 128<<10)
+	if err != nil || !bytes.Equal(b, mem) {
+		t.Errorf("read %q (%v) after mmap showed snapshot %d (%q)", head(b), err, k, head(mem))
+	}
+}
