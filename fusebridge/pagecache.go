@@ -46,21 +46,29 @@ import (
 // longer one a GETATTR, a shorter one a GETATTR and at most one READ.
 //
 // Re-reads. A Generated descriptor that reads from offset 0 again gets a
-// new snapshot (seq_file). A cached read sends no request, but one that
-// reaches the end of the file asks the kernel for the size, which asks the
-// server once the attributes have expired; such an entry's attributes are
-// given rereadAge, and a GETATTR of the cached descriptor finding its
-// snapshot older than that makes a new one and stores it (the reader is
-// then inside that GETATTR, not reading pages). A read that stays below
-// the size the descriptor saw (a pread of fewer bytes than the file holds)
-// does not ask, and keeps reading the pages it has; Entry.Notify drops
-// them.
+// new snapshot (seq_file). A cached read sends no request and tells the
+// server no offset; but one that reaches the end of the file asks the kernel
+// for the size, which asks the server (GETATTR with the descriptor's handle)
+// once the attributes have expired. Such an entry's attributes expire when
+// the cached descriptor's snapshot is rereadAge old, and that GETATTR then
+// makes a new snapshot and stores it (the reader is inside the GETATTR,
+// not reading pages). So a descriptor kept open and read again from offset
+// 0 (top's way with /proc/stat) reads content at most rereadAge old; one
+// that reads a file in pieces for longer than that may get the pieces of
+// two snapshots, as a reader of a file with a freshness bound may (the
+// GETATTR cannot tell a re-read from offset 0 from the last pieces of a
+// first read). A read that stays below the size the descriptor saw (a
+// pread of fewer bytes than the file holds) does not ask, and keeps its
+// snapshot; Entry.Notify drops the pages, and then any read gets a new
+// one.
 //
 // Left to FOPEN_DIRECT_IO, each for its reason: a mount that is
 // Restartable (a new process knows nothing of the kernel's pages) or uses
 // PerOpenPassthrough (perop.go) or NoOpen (which caches everything with a
 // bound); content over maxCachedOpen (kept in memory while the descriptor
-// is open); a handler that states its own attributes or takes writes.
+// is open); a handler that states its own attributes or takes writes; a
+// child of a dynamic directory that is not Fixed, whose attributes expire
+// at once (each cached read would ask for them).
 
 // rereadAge is how old a cached descriptor's snapshot may be when it is
 // read again to the end (see above): DefaultMaxAge, the bound of content

@@ -42,11 +42,13 @@
 //   - Explicit data cache control: cached pages are dropped by the kernel on
 //     the changes it makes itself, not whenever a file's mtime moves.
 //   - default_permissions: the kernel checks mode bits, as for any file.
-//   - Generated content is made per open and read with FOPEN_DIRECT_IO,
-//     unless it has a freshness bound (see below): OPEN, a READ with the
-//     content and a READ that finds EOF. With Options.PerOpenPassthrough
-//     a read-only open is read instead from a passthrough backing file
-//     made at OPEN with that open's content (perop.go): OPEN only.
+//   - Generated content without a freshness bound (see below) is made per
+//     open and, for the only open of the file, given to the kernel's page
+//     cache before the OPEN reply (pagecache.go): OPEN only. Other opens
+//     are read with FOPEN_DIRECT_IO: OPEN, a READ with the content and a
+//     READ that finds EOF. With Options.PerOpenPassthrough a read-only
+//     open is read instead from a passthrough backing file made at OPEN
+//     with that open's content (perop.go): OPEN only.
 //   - FOPEN_NOFLUSH for every open that cannot write: close(2) sends
 //     nothing; the RELEASE that follows is asynchronous.
 //   - Content that depends on the caller (handler.PerCaller) is never

@@ -18,10 +18,14 @@ import (
 // gets a fresh snapshot. Where the kernel caches the content across opens
 // (a no-open connection: OpenFile.Caching is set there) a snapshot is
 // served until it is older than the file's freshness bound (see MaxAge),
-// or until Entry.Invalidate or Entry.Notify. Where the bridge serves a
-// descriptor from a copy of its snapshot (OpenSnapshotter, with
-// fusebridge.Options.PerOpenPassthrough), a re-read from offset 0 sees the
-// same snapshot.
+// or until Entry.Invalidate or Entry.Notify. Where the bridge gives a
+// descriptor's snapshot to the kernel's page cache at open
+// (OpenSnapshotter; fusebridge does for the only open of a file), a
+// re-read to the end gets a new snapshot once the one it read is
+// fusebridge.DefaultMaxAge old, any read one after Entry.Notify, and a
+// reader that reads in pieces for longer than that may get pieces of two;
+// with fusebridge.Options.PerOpenPassthrough a re-read from offset 0 sees
+// the same snapshot.
 //
 // The snapshot lives until the descriptor is closed; Release then drops it
 // and, for a large one, gives its memory back to the operating system (see

@@ -164,12 +164,13 @@ type BackingFiler interface {
 // whole content of the descriptor at once (Generated): OpenSnapshot returns
 // what Open took, or ok == false where it took none (OpenFile.Reopened: the
 // first read takes it). A bridge may then serve every read(2) of that
-// descriptor from a copy of those bytes without calling Read
-// (fusebridge.Options.PerOpenPassthrough: a passthrough backing file made
-// at open, so that open+read+close costs the server one request). Such a
-// descriptor reads the same bytes until it is closed: a read from offset 0
-// after an earlier read does not take a new snapshot, as it does when Read
-// serves it. The returned slice must not be modified afterwards.
+// descriptor from a copy of those bytes without calling Read, so that
+// open+read+close costs the server one request: fusebridge gives them to
+// the kernel's page cache with the OPEN reply (and for a re-read takes a
+// new snapshot through a short-lived open of its own, see Generated), or
+// with Options.PerOpenPassthrough to a passthrough backing file made at
+// open (whose descriptor reads the same bytes until it is closed). The
+// returned slice must not be modified afterwards.
 //
 // PerCallerGenerated does not implement it: where the kernel serves one
 // descriptor from a backing file, it maps that file for an mmap(2) of any
