@@ -611,6 +611,13 @@ func (e *Entry) track(of *openFile) (ok, sole bool) {
 	return true, len(e.opens) == 1
 }
 
+// openCount is the number of descriptors open.
+func (e *Entry) openCount() int {
+	e.opensMu.Lock()
+	defer e.opensMu.Unlock()
+	return len(e.opens)
+}
+
 // untrack reports whether of was still open, i.e. whether the caller must
 // release it (removal may have done so already).
 func (e *Entry) untrack(of *openFile) bool {

@@ -93,6 +93,9 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 		// mmap and reports their errors at close.
 		fl |= fuse.FOPEN_NOFLUSH
 	}
+	if !sole {
+		sole = n.waitSole(e, of) // pagecache.go
+	}
 	if n.cacheOpen(e, of, sole) {
 		return of, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
 	}
@@ -264,12 +267,14 @@ func (n *fileNode) Flush(ctx context.Context, f fs.FileHandle) syscall.Errno { r
 
 func (n *fileNode) Release(ctx context.Context, f fs.FileHandle) syscall.Errno {
 	of := f.(*openFile)
-	if of.cached {
-		n.cacheRelease(of)
-	}
 	// Removal may have released it already; a handler sees one Release.
 	if r := n.e.releaser(); n.e.untrack(of) && r != nil {
 		r.Release(ctx, &of.f)
+	}
+	if of.cached {
+		// After untrack: an open waiting for this one's end then finds
+		// itself the only open (pagecache.go).
+		n.cacheRelease(of)
 	}
 	return 0
 }

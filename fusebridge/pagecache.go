@@ -22,7 +22,9 @@ import (
 //
 // The page cache is one per inode, so this is done only for an open that is
 // the inode's only one (sole: no other descriptor of it is open, as far as
-// the server knows; a RELEASE not yet answered counts as open): every other
+// the server knows; a RELEASE not yet answered counts as open, and an open
+// that finds only the cached descriptor open waits a moment for its
+// RELEASE, which a loop of open+read+close has sent just before): every other
 // open is read with FOPEN_DIRECT_IO from its own snapshot, as before, and
 // never reads those pages. A new snapshot therefore never changes pages a
 // descriptor is reading. (The exception, which no reader of /proc-style
@@ -102,6 +104,11 @@ type pageCache struct {
 	holder *openFile
 	c      []byte
 	made   int64
+	// released, when not nil, is closed at the holder's RELEASE, for the
+	// opens that wait for it (waitSole); noWait (Unix nanoseconds) is
+	// until when opens do not wait, set when a wait was in vain.
+	released chan struct{}
+	noWait   int64
 	// node is the kernel's inode of the entry.
 	node *fileNode
 }
@@ -190,6 +197,56 @@ func (n *fileNode) cacheOpen(e *Entry, of *openFile, sole bool) bool {
 	of.cached = true
 	e.srv().opts.Metrics.cachedOpens.Add(1)
 	return true
+}
+
+// soleWait is how long an open that finds the cached descriptor of its file
+// still open waits for its RELEASE, and soleBackoff how long opens then do
+// not wait if it did not come. A loop of open+read+close sends each OPEN
+// right after the RELEASE of the open before (asynchronous, at close),
+// which this process may serve second; readers that keep a descriptor
+// open, or read at the same time, make the wait vain, and it is not made
+// again for a while.
+const (
+	soleWait    = time.Millisecond
+	soleBackoff = 50 * time.Millisecond
+)
+
+// waitSole is called for an open of e that is not its only one: when the
+// only other is the cached descriptor, it waits up to soleWait for its
+// RELEASE, and reports whether of is then the only open.
+func (n *fileNode) waitSole(e *Entry, of *openFile) bool {
+	if of.f.Writable() || !e.pageCacheable() {
+		return false
+	}
+	pc := e.srv().pageCacheOf(e)
+	if pc == nil {
+		return false
+	}
+	now := time.Now().UnixNano()
+	pc.mu.Lock()
+	if pc.holder == nil || now < pc.noWait {
+		pc.mu.Unlock()
+		return false
+	}
+	if pc.released == nil {
+		pc.released = make(chan struct{})
+	}
+	ch := pc.released
+	pc.mu.Unlock()
+	if e.openCount() != 2 {
+		return false
+	}
+	t := time.NewTimer(soleWait)
+	defer t.Stop()
+	select {
+	case <-ch:
+		return e.openCount() == 1
+	case <-t.C:
+		pc.mu.Lock()
+		pc.noWait = time.Now().UnixNano() + int64(soleBackoff)
+		pc.mu.Unlock()
+		return false
+	}
 }
 
 // setSizeLocked makes size the one attribute answers show, and reports
@@ -334,6 +391,10 @@ func (n *fileNode) cacheRelease(of *openFile) {
 	pc.mu.Lock()
 	if pc.holder == of {
 		pc.holder, pc.c = nil, nil
+		if pc.released != nil {
+			close(pc.released)
+			pc.released = nil
+		}
 	}
 	pc.mu.Unlock()
 }
