@@ -20,8 +20,9 @@ import (
 
 // versionLens are the sizes of a versioned file's successive snapshots:
 // longer, shorter and equal to the one before, within a page and across
-// pages, so that the kernel's size has to grow and shrink.
-var versionLens = []int{100, 5000, 11, 11, 4096, 8193, 12, 300, 65536, 4097}
+// pages, up to the largest served from the page cache and one byte more,
+// so that the kernel's size has to grow and shrink.
+var versionLens = []int{100, 5000, 11, 11, 4096, 8193, 12, 300, 65536, 4097, 128 << 10, 128<<10 + 1, 20}
 
 // versioned is a Generated file whose every snapshot says which it is:
 // "v=NNNNNNNN;" then a filler byte of its own up to its length, so that a
@@ -102,7 +103,7 @@ func TestPageCacheSnapshots(t *testing.T) {
 	for i := range 3 * len(versionLens) {
 		readSize := 128 << 10
 		if i%3 == 1 {
-			readSize = 7 // pieces, across page boundaries
+			readSize = 61 // pieces, across page boundaries
 		}
 		k, err := cycle(readSize)
 		if err != nil {
@@ -130,8 +131,8 @@ func TestPageCacheSnapshots(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for range 150 {
-				if _, err := cycle([]int{128 << 10, 4096, 100}[r]); err != nil {
+			for range 100 {
+				if _, err := cycle([]int{128 << 10, 4096, 1000}[r]); err != nil {
 					errs <- err
 					return
 				}
@@ -142,7 +143,7 @@ func TestPageCacheSnapshots(t *testing.T) {
 	go func() {
 		defer wg.Done()
 		buf := make([]byte, 128<<10)
-		for range 150 {
+		for range 100 {
 			n, err := unix.Pread(keep, buf, 0)
 			if err == nil {
 				_, err = parseVersion(buf[:n])
