@@ -80,8 +80,9 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 		return nil, 0, syscall.ENOENT
 	}
 	// Generated content must reach every read(2), so it bypasses the page
-	// cache; a file that changes only through this mount may keep its pages,
-	// unless they are one caller's (handler.PerCaller).
+	// cache, unless this open is given its snapshot's pages (cacheOpen
+	// below); a file that changes only through this mount may keep its
+	// pages, unless they are one caller's (handler.PerCaller).
 	fl := uint32(fuse.FOPEN_DIRECT_IO)
 	if of.f.Caching && !e.perCaller {
 		fl = fuse.FOPEN_KEEP_CACHE
