@@ -267,19 +267,11 @@ func (h *Hierarchies) resolveCpuset(data []byte) (*places, error) {
 	if !ok || len(path) == 0 || path[0] != '/' || bytes.IndexByte(path, '\n') >= 0 {
 		return nil, fmt.Errorf("/proc/PID/cpuset: %w: %q", errMalformed, data)
 	}
-	h.mu.Lock()
-	pl, ok := h.resolvedCpuset[string(path)]
-	h.mu.Unlock()
-	if ok {
+	if pl, ok := h.cached(&h.resolvedCpuset, path); ok {
 		return pl, nil
 	}
-	pl = h.places(Membership{V1: map[string]string{"cpuset": string(path)}})
-	h.mu.Lock()
-	if h.resolvedCpuset == nil || len(h.resolvedCpuset) >= maxResolved {
-		h.resolvedCpuset = map[string]*places{}
-	}
-	h.resolvedCpuset[string(path)] = pl
-	h.mu.Unlock()
+	pl := h.places(Membership{V1: map[string]string{"cpuset": string(path)}})
+	h.keep(&h.resolvedCpuset, path, pl)
 	return pl, nil
 }
 
@@ -322,27 +314,39 @@ type placeOK struct {
 // here says which process is where, only what a content means. Up to
 // maxResolved contents are kept; past that the map starts over.
 func (h *Hierarchies) resolve(data []byte) (*places, error) {
-	h.mu.Lock()
-	pl, ok := h.resolved[string(data)]
-	h.mu.Unlock()
-	if ok {
+	if pl, ok := h.cached(&h.resolved, data); ok {
 		return pl, nil
 	}
 	m, err := ParseProcCgroup(data)
 	if err != nil {
 		return nil, err
 	}
-	pl = h.places(m)
-	h.mu.Lock()
-	if h.resolved == nil || len(h.resolved) >= maxResolved {
-		h.resolved = map[string]*places{}
-	}
-	h.resolved[string(data)] = pl
-	h.mu.Unlock()
+	pl := h.places(m)
+	h.keep(&h.resolved, data, pl)
 	return pl, nil
 }
 
 const maxResolved = 1024
+
+// cached returns what key resolved to in *m, one of h's maps of resolved
+// contents.
+func (h *Hierarchies) cached(m *map[string]*places, key []byte) (*places, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	pl, ok := (*m)[string(key)]
+	return pl, ok
+}
+
+// keep keeps pl as what key resolves to in *m; past maxResolved contents
+// the map starts over.
+func (h *Hierarchies) keep(m *map[string]*places, key []byte, pl *places) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if *m == nil || len(*m) >= maxResolved {
+		*m = map[string]*places{}
+	}
+	(*m)[string(key)] = pl
+}
 
 // places resolves m.
 func (h *Hierarchies) places(m Membership) *places {
