@@ -8,8 +8,8 @@
 // Every figure is read afresh at each call, because the callers (the
 // cgroupfs files) answer for whoever reads them at that moment; what is
 // kept is the files' descriptors (read again with pread) and what a
-// content of /proc/PID/cgroup means (see Of), never which process is in
-// which cgroup. A controller that is mounted nowhere gives ok == false, and
+// content of /proc/PID/cgroup (or /proc/PID/cpuset, see CpusetOf) means
+// (see Of), never which process is in which cgroup. A controller that is mounted nowhere gives ok == false, and
 // the caller falls back to the host's own figures.
 package cgroup
 
