@@ -8,8 +8,8 @@
 // Every figure is read afresh at each call, because the callers (the
 // cgroupfs files) answer for whoever reads them at that moment; what is
 // kept is the files' descriptors (read again with pread) and what a
-// content of /proc/PID/cgroup means (see Of), never which process is in
-// which cgroup. A controller that is mounted nowhere gives ok == false, and
+// content of /proc/PID/cgroup (or /proc/PID/cpuset, see CpusetOf) means
+// (see Of), never which process is in which cgroup. A controller that is mounted nowhere gives ok == false, and
 // the caller falls back to the host's own figures.
 package cgroup
 
@@ -50,8 +50,11 @@ type Hierarchies struct {
 	Unified *Mount
 
 	mu       sync.Mutex
-	resolved map[string]*places    // see resolve
-	sched    map[string]schedCheck // see hasSchedCounters
+	resolved map[string]*places // see resolve
+	// resolvedCpuset is resolved for the contents of /proc/PID/cpuset
+	// (see CpusetOf).
+	resolvedCpuset map[string]*places
+	sched          map[string]schedCheck // see hasSchedCounters
 }
 
 // Discover finds the cgroup hierarchies of the running system from
@@ -224,6 +227,54 @@ func (h *Hierarchies) Of(pid int) (*Group, error) {
 	return &Group{h: h, Pid: pid, Membership: pl.m, pl: pl}, nil
 }
 
+// CpusetOf is Of for what depends on the cpuset controller alone
+// (Group.CPUs: cpuinfo and online show nothing else): where cpuset is
+// bound to a mounted v1 hierarchy, it reads /proc/PID/cpuset, the
+// process's cgroup in that hierarchy, which the kernel makes in a fifth
+// of the time of /proc/PID/cgroup (one path, not a line per hierarchy
+// made under the css_set lock: 1 µs against 5 µs on a hybrid machine with
+// ten hierarchies, the largest part of an open of those files besides
+// the FUSE requests). It is read at every call, as Of's file, and its
+// content is kept by the content, so a process that moves reads another
+// path. The Group it returns knows only the cpuset's cgroup: any other
+// controller is as if mounted nowhere. Without a v1 cpuset mount (v2
+// names all controllers on one line, which costs no more) and whenever
+// the cpuset file cannot be read, it is Of.
+func (h *Hierarchies) CpusetOf(pid int) (*Group, error) {
+	if _, ok := h.V1["cpuset"]; !ok {
+		return h.Of(pid)
+	}
+	bp := readBufs.Get().(*[]byte)
+	defer readBufs.Put(bp)
+	data, err := procKept.ReadRecord(h.Proc+"/"+strconv.Itoa(pid)+"/cpuset", (*bp)[:0])
+	if err != nil {
+		// A process that is gone, or a procfs without the file: Of
+		// says which.
+		return h.Of(pid)
+	}
+	*bp = data[:0]
+	pl, err := h.resolveCpuset(data)
+	if err != nil {
+		return nil, err
+	}
+	return &Group{h: h, Pid: pid, Membership: pl.m, pl: pl}, nil
+}
+
+// resolveCpuset is resolve for a content of /proc/PID/cpuset: one cgroup
+// path and a newline.
+func (h *Hierarchies) resolveCpuset(data []byte) (*places, error) {
+	path, ok := bytes.CutSuffix(data, []byte("\n"))
+	if !ok || len(path) == 0 || path[0] != '/' || bytes.IndexByte(path, '\n') >= 0 {
+		return nil, fmt.Errorf("/proc/PID/cpuset: %w: %q", errMalformed, data)
+	}
+	if pl, ok := h.cached(&h.resolvedCpuset, path); ok {
+		return pl, nil
+	}
+	pl := h.places(Membership{V1: map[string]string{"cpuset": string(path)}})
+	h.keep(&h.resolvedCpuset, path, pl)
+	return pl, nil
+}
+
 // readBufs are the buffers Of reads /proc/PID/cgroup into: only parsed,
 // never handed out.
 var readBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
@@ -263,27 +314,39 @@ type placeOK struct {
 // here says which process is where, only what a content means. Up to
 // maxResolved contents are kept; past that the map starts over.
 func (h *Hierarchies) resolve(data []byte) (*places, error) {
-	h.mu.Lock()
-	pl, ok := h.resolved[string(data)]
-	h.mu.Unlock()
-	if ok {
+	if pl, ok := h.cached(&h.resolved, data); ok {
 		return pl, nil
 	}
 	m, err := ParseProcCgroup(data)
 	if err != nil {
 		return nil, err
 	}
-	pl = h.places(m)
-	h.mu.Lock()
-	if h.resolved == nil || len(h.resolved) >= maxResolved {
-		h.resolved = map[string]*places{}
-	}
-	h.resolved[string(data)] = pl
-	h.mu.Unlock()
+	pl := h.places(m)
+	h.keep(&h.resolved, data, pl)
 	return pl, nil
 }
 
 const maxResolved = 1024
+
+// cached returns what key resolved to in *m, one of h's maps of resolved
+// contents.
+func (h *Hierarchies) cached(m *map[string]*places, key []byte) (*places, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	pl, ok := (*m)[string(key)]
+	return pl, ok
+}
+
+// keep keeps pl as what key resolves to in *m; past maxResolved contents
+// the map starts over.
+func (h *Hierarchies) keep(m *map[string]*places, key []byte, pl *places) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if *m == nil || len(*m) >= maxResolved {
+		*m = map[string]*places{}
+	}
+	(*m)[string(key)] = pl
+}
 
 // places resolves m.
 func (h *Hierarchies) places(m Membership) *places {

@@ -309,6 +309,46 @@ func TestCPUs(t *testing.T) {
 	}
 }
 
+// CpusetOf reads /proc/PID/cpuset where cpuset is on v1, and is Of where
+// it cannot (no such file, no v1 cpuset); a malformed content is an error,
+// never another cgroup's CPUs.
+func TestCpusetOf(t *testing.T) {
+	h, _ := fixture(t, []string{"cpuset", "memory"}, true, map[string]string{
+		"proc/1/cgroup":                    "4:memory:/m\n3:cpuset:/a\n0::/b\n",
+		"proc/1/cpuset":                    "/a\n",
+		"cpuset/a/cpuset.effective_cpus":   "2-3,5\n",
+		"proc/2/cgroup":                    "3:cpuset:/old\n0::/\n", // no cpuset file: Of
+		"cpuset/old/cpuset.effective_cpus": "1\n",
+		"proc/3/cgroup":                    "3:cpuset:/a\n0::/\n",
+		"proc/3/cpuset":                    "a\n",
+	})
+	for pid, want := range map[int]string{1: "2-3,5", 2: "1"} {
+		g, err := h.CpusetOf(pid)
+		if err != nil {
+			t.Fatalf("pid %d: %v", pid, err)
+		}
+		set, ok, err := g.CPUs()
+		if err != nil || !ok || set.String() != want {
+			t.Errorf("pid %d: %v %v %v, want %s", pid, set, ok, err, want)
+		}
+	}
+	if g, err := h.CpusetOf(3); err == nil {
+		t.Errorf("malformed /proc/3/cpuset: got %+v, want an error", g.Membership)
+	}
+	if _, err := h.CpusetOf(4); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("no process 4: %v, want ErrNotExist", err)
+	}
+	v2, _ := fixture(t, nil, true, map[string]string{
+		"proc/1/cgroup":                   "0::/a\n",
+		"proc/1/cpuset":                   "/elsewhere\n", // not read: v2 has all on one line
+		"unified/a/cpuset.cpus.effective": "1-2\n",
+	})
+	g, _ := v2.CpusetOf(1)
+	if set, ok, err := g.CPUs(); err != nil || !ok || set.String() != "1-2" {
+		t.Errorf("v2: %v %v %v, want 1-2", set, ok, err)
+	}
+}
+
 func TestCPUTime(t *testing.T) {
 	h, _ := fixture(t, []string{"cpuacct"}, true, map[string]string{
 		"proc/1/cgroup":           "2:cpuacct:/a\n0::/b\n",

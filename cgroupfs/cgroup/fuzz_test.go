@@ -28,6 +28,30 @@ func FuzzParseCPUList(f *testing.F) {
 	})
 }
 
+// FuzzResolveCpuset: a content of /proc/PID/cpuset resolves to the cpuset
+// cgroup it names, in the v1 cpuset hierarchy, or is refused; never to a
+// directory outside the mount.
+func FuzzResolveCpuset(f *testing.F) {
+	for _, s := range []string{"/\n", "/a/b\n", "a\n", "/a", "", "/a\n/b\n", "/../..\n", "/a b\n"} {
+		f.Add(s)
+	}
+	h := &Hierarchies{Proc: "/proc", V1: map[string]Mount{"cpuset": {Dir: "/sys/fs/cgroup/cpuset", Root: "/"}}}
+	f.Fuzz(func(t *testing.T, s string) {
+		pl, err := h.resolveCpuset([]byte(s))
+		if err != nil {
+			return
+		}
+		cg, _ := strings.CutSuffix(s, "\n")
+		if pl.m.V1["cpuset"] != cg || len(pl.m.V1) != 1 || pl.m.HasUnified {
+			t.Fatalf("%q: membership %+v", s, pl.m)
+		}
+		p := pl.v1["cpuset"]
+		if p.ok && p.p.dir != h.V1["cpuset"].Dir && !strings.HasPrefix(p.p.dir, h.V1["cpuset"].Dir+"/") {
+			t.Fatalf("%q: resolved to %s, outside the mount", s, p.p.dir)
+		}
+	})
+}
+
 func FuzzParseProcCgroup(f *testing.F) {
 	f.Add("9:name=systemd:/\n4:memory:/a/b\n2:cpu,cpuacct:/x\n0::/\n")
 	f.Add("0::/user.slice/a:b\n")

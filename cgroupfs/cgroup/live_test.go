@@ -97,6 +97,38 @@ func TestLiveV1Cpuset(t *testing.T) {
 	}
 }
 
+// CpusetOf follows a process that moves between two cpusets (and only
+// there), as Of does.
+func TestLiveCpusetOfMoves(t *testing.T) {
+	a := livecg.New(t, livecg.Cpuset, fmt.Sprintf("cgreq-%d", rand.Uint32()), "cpuset.cpus", "0", "cpuset.mems", "0")
+	other := "0"
+	if cpus, err := os.ReadFile(filepath.Join(livecg.Cpuset, "cpuset.effective_cpus")); err == nil {
+		if set, err := cgroup.ParseCPUList(string(cpus)); err == nil && len(set) > 1 {
+			other = strconv.Itoa(set[len(set)-1])
+		}
+	}
+	b := livecg.New(t, livecg.Cpuset, fmt.Sprintf("cgreq-%d", rand.Uint32()), "cpuset.cpus", other, "cpuset.mems", "0")
+	cmd := livecg.Start(t, []*livecg.Group{a}, "sleep", "60")
+	h := discover(t)
+	for i, in := range []*livecg.Group{a, b, a} {
+		if i > 0 {
+			if err := os.WriteFile(filepath.Join(in.Dir, "cgroup.procs"), []byte(strconv.Itoa(cmd.Process.Pid)), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		want := map[*livecg.Group]string{a: "0", b: other}[in]
+		for _, of := range []func(int) (*cgroup.Group, error){h.Of, h.CpusetOf} {
+			g, err := of(cmd.Process.Pid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if set, ok, err := g.CPUs(); err != nil || !ok || set.String() != want {
+				t.Errorf("step %d: CPUs = %v %v %v, want %s (in %s)", i, set, ok, err, want, in.Path)
+			}
+		}
+	}
+}
+
 // On this project's machines v2 carries no memory controller (it is bound
 // to v1), so the v2 test checks what v2 offers: the path, membership and
 // the CPU time, and that memory falls back (ok == false) when v2 is asked.

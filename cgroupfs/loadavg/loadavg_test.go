@@ -25,6 +25,23 @@ func TestCalc(t *testing.T) {
 	}
 }
 
+// TestFormat: Format writes what the kernel's "%lu.%02lu ... %u/%d %d\n"
+// does, for averages from 0 to past 1000 and every fraction.
+func TestFormat(t *testing.T) {
+	for a := uint64(0); a < 1100*fixed1; a += 97 {
+		l := Load{Avg: [3]uint64{a, a / 3, a * 7 % (5 * fixed1)}, Running: int(a % 13), Total: int(a % 1000), Last: int(a)}
+		want := ""
+		for _, v := range l.Avg {
+			v += fixed1 / 200
+			want += fmt.Sprintf("%d.%02d ", v>>fshift, ((v&(fixed1-1))*100)>>fshift)
+		}
+		want += fmt.Sprintf("%d/%d %d\n", l.Running, l.Total, l.Last)
+		if got := string(Format(l)); got != want {
+			t.Fatalf("Format(%+v) = %q, want %q", l, got, want)
+		}
+	}
+}
+
 // TestSampler: on a fixture cgroup with three tasks (one running, one in
 // D, one sleeping) in two processes, one in a sub-cgroup, the first read is
 // zeros, each sample folds 2 runnable tasks in, a sampler restored from its

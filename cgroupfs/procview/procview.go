@@ -144,6 +144,17 @@ func (v *View) At(path string) *View {
 // never gets the figures of an ancestor or of a cgroup it has left. A
 // second failure is returned (its errno reaches the reader).
 func (v *View) derive(pid int, f func(g *cgroup.Group) ([]byte, error)) ([]byte, error) {
+	return v.deriveBy(pid, v.Cgroups.Of, f)
+}
+
+// deriveCpuset is derive for an f that reads only the cpuset (Group.CPUs),
+// whose cgroup costs less to look up (cgroup.Hierarchies.CpusetOf).
+func (v *View) deriveCpuset(pid int, f func(g *cgroup.Group) ([]byte, error)) ([]byte, error) {
+	return v.deriveBy(pid, v.Cgroups.CpusetOf, f)
+}
+
+// deriveBy is derive with of looking up the process's cgroups.
+func (v *View) deriveBy(pid int, of func(pid int) (*cgroup.Group, error), f func(g *cgroup.Group) ([]byte, error)) ([]byte, error) {
 	if v.Path != "" {
 		g, ok := v.Cgroups.At(v.Path)
 		if !ok {
@@ -152,7 +163,7 @@ func (v *View) derive(pid int, f func(g *cgroup.Group) ([]byte, error)) ([]byte,
 		return f(g)
 	}
 	for try := 0; ; try++ {
-		g, err := v.Cgroups.Of(pid)
+		g, err := of(pid)
 		if err != nil {
 			return nil, err
 		}
@@ -285,7 +296,7 @@ func (v *View) Cpuinfo(pid int) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return v.derive(pid, func(g *cgroup.Group) ([]byte, error) {
+	return v.deriveCpuset(pid, func(g *cgroup.Group) ([]byte, error) {
 		set, ok, err := v.cpus(g)
 		if err != nil || !ok {
 			return host, err
@@ -298,7 +309,7 @@ func (v *View) Cpuinfo(pid int) ([]byte, error) {
 // its cpuset in the kernel's list format, or the host's file where it has
 // no cpuset.
 func (v *View) Online(pid int) ([]byte, error) {
-	return v.derive(pid, func(g *cgroup.Group) ([]byte, error) {
+	return v.deriveCpuset(pid, func(g *cgroup.Group) ([]byte, error) {
 		set, ok, err := v.cpus(g)
 		if err != nil {
 			return nil, err
