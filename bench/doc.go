@@ -155,7 +155,8 @@
 //	lib-gen-perop    the same file generated per open: >= 1.0 x hello_ll
 //	lib-gen-perop-pt the same, served by a server with
 //	                 fusebridge.Options.PerOpenPassthrough (ServeLibPerOpen:
-//	                 read from a backing file made at OPEN, no READ)
+//	                 read from a backing file made at OPEN, no READ); no
+//	                 goal: the default page cache reaches lib-gen-perop's
 //	lib-percaller    a PerCallerGenerated file: >= 0.6 x hello_ll
 //	lib-gofuse-hello hello_ll's file served by the go-fuse server (OPEN
 //	                 and one READ through the page cache; no goal)
