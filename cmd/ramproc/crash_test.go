@@ -239,17 +239,32 @@ func TestCrashRecordKeptInPlace(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// The record reaches the keeper as a message on its socket, which it
+	// takes in its own time (under load, after the write below returned):
+	// wait for it, then for the newest versions, which the servers write
+	// into that same memfd before they answer.
+	settled := func(ok func(map[uint64]uint64) bool) map[uint64]uint64 {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			r := records()
+			if ok(r) || time.Now().After(deadline) {
+				return r
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
 	served()
-	before := records()
+	before := settled(func(r map[uint64]uint64) bool { return len(r) == 1 })
 	if len(before) != 1 {
-		t.Fatalf("the keeper holds %d crash records, want 1", len(before))
+		t.Fatalf("the keeper holds %d crash records 30s after the server answered, want 1", len(before))
 	}
 	for range 2 {
 		killServer(t, mnt)
 		served()
 	}
-	after := records()
 	for ino, seq := range before {
+		after := settled(func(r map[uint64]uint64) bool { return len(r) == 1 && r[ino] == seq+2 })
 		if len(after) != 1 || after[ino] != seq+2 {
 			t.Errorf("after two crashes the keeper holds records %v (inode: newest version), want only %d: %d", after, ino, seq+2)
 		}
