@@ -156,16 +156,22 @@ func TestPageCacheInvalidateThenMiddle(t *testing.T) {
 // end, never zeros.
 func TestPageCacheStorm(t *testing.T) {
 	for _, c := range []struct {
-		name         string
-		opens, storm bool
-	}{{"opens", true, false}, {"storm", false, true}, {"both", true, true}} {
-		t.Run(c.name, func(t *testing.T) { pageCacheStorm(t, c.opens, c.storm) })
+		name                     string
+		opens, invalidate, notif bool
+	}{
+		{"opens", true, false, false},
+		{"invalidate", false, true, false},
+		{"opens+invalidate", true, true, false},
+		{"invalidate+notify", false, true, true},
+		{"all", true, true, true},
+	} {
+		t.Run(c.name, func(t *testing.T) { pageCacheStorm(t, c.opens, c.invalidate, c.notif) })
 	}
 }
 
-func pageCacheStorm(t *testing.T, opens, storm bool) {
-	if storm {
-		knownBug(t, "BUG: a READ that takes a new snapshot after Entry.Invalidate (cacheRead) relies on its short answer to shrink the kernel's size, which the kernel ignores when a GETATTR answer or an invalidation moved the attribute version meanwhile: the kernel keeps the old size and zero-filled pages (reads show NULs, or stop short)")
+func pageCacheStorm(t *testing.T, opens, invalidate, notif bool) {
+	if notif {
+		knownBug(t, "BUG: Entry.Notify's utimensat is a SETATTR whose answer (selfNotified) carries pageCache.size, and the kernel applies a SETATTR answer's size with no attribute-version check (fuse_do_setattr), so it can undo the size a concurrent READ that took a new snapshot (cacheRead) set by answering short, and it moves the version so that READ's shrink is dropped: reads then show NULs past a shorter snapshot's end, or stop short of a longer one's")
 	}
 	srv, e, s, p := sizedFile(t, fusebridge.Options{}, 100, 5000, 4096, 12, 8193, 4097, 20000, 11)
 	fd := cachedOpen(t, srv, p)
@@ -218,12 +224,12 @@ func pageCacheStorm(t *testing.T, opens, storm bool) {
 			}
 		}
 	}()
-	// Invalidate and Notify storms.
+	// Invalidate and Notify storms (Notify also invalidates).
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		for i := 0; storm && i < rounds && !stop.Load(); i++ {
-			if i%2 == 0 {
+		for i := 0; (invalidate || notif) && i < rounds && !stop.Load(); i++ {
+			if invalidate && (i%2 == 0 || !notif) {
 				if err := e.Invalidate(); err != nil {
 					fail(fmt.Errorf("invalidate: %w", err))
 					return
