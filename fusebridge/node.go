@@ -141,7 +141,7 @@ func (n *fileNode) Read(ctx context.Context, f fs.FileHandle, dest []byte, off i
 		n.pages.readStarting()
 	}
 	if of, ok := f.(*openFile); ok && of.cached {
-		return n.cacheRead(ctx, of, dest, off)
+		return n.cacheRead(of, dest, off)
 	}
 	of, sh, errno := n.handle(ctx, f)
 	if errno != 0 {
@@ -411,6 +411,6 @@ func (n *fileNode) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAtt
 		}
 	}
 	ttl, errno := e.attrTTL(ctx, &out.Attr)
-	out.SetTimeout(ttl)
+	out.SetTimeout(e.cacheSetattrTTL(ttl)) // pagecache.go
 	return errno
 }

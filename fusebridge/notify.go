@@ -214,6 +214,12 @@ var errEntryGone = errors.New("entry removed")
 // notifyNow does one notification synchronously. It must not run on a
 // goroutine that holds anything a callback needs.
 func (e *Entry) notifyNow() error {
+	if pc := e.srv().pageCacheOf(e); pc != nil {
+		// No store of a longer snapshot while the utimensat(2) below is
+		// answered and its answer's size taken (pagecache.go).
+		pc.sendMu.Lock()
+		defer pc.sendMu.Unlock()
+	}
 	// The file a path lookup reaches: the bind-mounted twin when there is
 	// one, and that is the inode watchers of the path watch.
 	target := e
@@ -313,7 +319,7 @@ func (e *Entry) selfNotified(ctx context.Context, in *fuse.SetAttrIn, out *fuse.
 	if errno != 0 {
 		return errno, true
 	}
-	out.SetTimeout(ttl)
+	out.SetTimeout(e.cacheSetattrTTL(ttl)) // pagecache.go
 	return 0, true
 }
 

@@ -33,19 +33,24 @@ import (
 // cached one may then read.)
 //
 // The kernel's size for the inode (i_size) must be the snapshot's, and the
-// kernel takes it from three places: the attributes the server answers
-// (LOOKUP, GETATTR, READDIRPLUS), a store (which only ever grows it), and a
-// READ answered short (which shrinks it). So every attribute answer of such
-// an entry shows pageCache.size, the size of the last snapshot stored, set
-// before the store is sent; a store of a snapshot at least as long as the
-// last makes i_size exactly its length (a shorter answer racing it was
-// asked before the store and is dropped by the kernel, whose attribute
-// version the store moved). A shorter snapshot first drops the kernel's
-// pages and attributes (FUSE_NOTIFY_INVAL_INODE), then is stored: the read
-// then asks for the attributes (GETATTR) before it reads, and a page the
-// store could not fill whole is read (READ) from the snapshot, answered
-// short. So a snapshot of the same size as the last costs no request, a
-// longer one a GETATTR, a shorter one a GETATTR and at most one READ.
+// kernel takes it from the attributes the server answers (LOOKUP, GETATTR,
+// READDIRPLUS, SETATTR), from a store (which only ever grows it, and then
+// to exactly the store's end) and from a READ answered short (which
+// shrinks it, unless the inode's attribute version moved meanwhile: any
+// other answer or notification moves it, so that is no way to rely on).
+// So every attribute answer of such an entry shows pageCache.size, the
+// length of the longest snapshot stored, and only a snapshot at least
+// that long is given to the page cache: i_size is never more than that
+// (answers show it, stores reach at most it, READs only shrink), so the
+// store makes it exactly the snapshot's length. (An answer racing it,
+// asked before the store, is dropped by the kernel, whose attribute
+// version a growing store moves.) A shorter snapshot is read with
+// FOPEN_DIRECT_IO, as before: shrinking i_size reliably would take an
+// answer of the kernel's that nothing overtakes, and a test with
+// Entry.Invalidate in a loop showed zeros read past a shorter snapshot's
+// end when one did. A snapshot of the same size as the last costs no
+// request, a longer one a GETATTR (the store drops the kernel's idea of
+// the size until it asks again).
 //
 // Re-reads. A Generated descriptor that reads from offset 0 again gets a
 // new snapshot (seq_file). A cached read sends no request and tells the
@@ -61,8 +66,20 @@ import (
 // GETATTR cannot tell a re-read from offset 0 from the last pieces of a
 // first read). A read that stays below the size the descriptor saw (a
 // pread of fewer bytes than the file holds) does not ask, and keeps its
-// snapshot; Entry.Notify drops the pages, and then any read gets a new
-// one.
+// snapshot, also after Entry.Notify, which drops the pages and the
+// attributes (the READs that fill the pages again answer from the same
+// snapshot: a READ tells the server no reader's offset, only a page's, so
+// a new snapshot made there could be read beside pieces of the old); the
+// next read that reaches the end gets a new one.
+//
+// A SETATTR answer is the one the kernel takes without that version check
+// (fuse_do_setattr): answered just before a longer snapshot is stored, it
+// would set the older size, and truncate the page that holds it. So no
+// snapshot is stored while Entry.Notify's utimensat(2) is under way
+// (sendMu, held by notifyNow; stores only try it), and such an entry's
+// SETATTR answers expire at once. (A chmod or touch by a user racing an
+// open that stores a longer snapshot is not covered: the next store
+// mends the page.)
 //
 // Left to FOPEN_DIRECT_IO, each for its reason: a mount that is
 // Restartable (a new process knows nothing of the kernel's pages) or uses
@@ -84,20 +101,17 @@ const maxCachedOpen = 128 << 10
 // entry served from it; made at its first cached open, dropped when the
 // entry is removed.
 type pageCache struct {
-	// sendMu serialises what is sent to the kernel for the inode (stores
-	// and invalidations, which wait for the locks of the pages they
-	// touch) and is never taken by a READ: the kernel holds the pages a
-	// READ fills locked until it is answered, so a READ waiting for a
-	// store that waits for its pages would never be answered.
+	// sendMu is held by a store (which waits for the locks of the pages
+	// it fills) and by Entry.Notify (see above); stores only try it, and
+	// a READ never takes it: the kernel holds the pages a READ fills
+	// locked until it is answered, so a READ waiting for a store that
+	// waits for its pages would never be answered.
 	sendMu sync.Mutex
 
 	mu sync.Mutex
-	// size is the size every attribute answer shows, and the kernel's
-	// i_size once the last store and invalidation have taken effect.
+	// size is the size every attribute answer shows: the longest snapshot
+	// stored, never less than the kernel's i_size (see above).
 	size int64
-	// unsure is set when a store failed: the kernel's size and pages are
-	// not known, and the next store drops them first.
-	unsure bool
 	// holder is the descriptor read from the pages, nil if none; c is its
 	// snapshot (what the pages hold), made at made (Unix nanoseconds; 0
 	// after Entry.Invalidate).
@@ -178,17 +192,20 @@ func (n *fileNode) cacheOpen(e *Entry, of *openFile, sole bool) bool {
 		return false
 	}
 	pc := e.srv().pcs.make(n)
-	pc.sendMu.Lock()
+	if !pc.sendMu.TryLock() {
+		return false // Entry.Notify under way (see notifyNow)
+	}
 	defer pc.sendMu.Unlock()
 	pc.mu.Lock()
-	if pc.holder != nil {
+	if pc.holder != nil || !pc.growLocked(int64(len(snap))) {
+		// Released, but its Release has not run yet; or shorter than a
+		// size the kernel may hold.
 		pc.mu.Unlock()
-		return false // released, but its Release has not run yet
+		return false
 	}
 	pc.holder, pc.c, pc.made = of, snap, time.Now().UnixNano()
-	drop := pc.setSizeLocked(int64(len(snap)))
 	pc.mu.Unlock()
-	if !n.send(pc, snap, drop) {
+	if !n.send(snap) {
 		pc.mu.Lock()
 		pc.holder, pc.c = nil, nil
 		pc.mu.Unlock()
@@ -249,33 +266,20 @@ func (n *fileNode) waitSole(e *Entry, of *openFile) bool {
 	}
 }
 
-// setSizeLocked makes size the one attribute answers show, and reports
-// whether the kernel's pages and attributes must be dropped before a
-// store of that size (see above).
-func (pc *pageCache) setSizeLocked(size int64) (drop bool) {
-	drop = size < pc.size || pc.unsure
-	pc.size, pc.unsure = size, false
-	return drop
-}
-
-// send gives the kernel b as the inode's whole content, having dropped its
-// pages and attributes first if drop; under pc.sendMu, not pc.mu. On
-// failure the kernel's state is not known any more (pc.unsure).
-func (n *fileNode) send(pc *pageCache, b []byte, drop bool) bool {
-	errno := syscall.Errno(0)
-	if drop {
-		errno = n.NotifyContent(0, 0)
-	}
-	if errno == 0 && len(b) > 0 {
-		errno = n.WriteCache(0, b)
-	}
-	if errno != 0 {
-		pc.mu.Lock()
-		pc.unsure = true
-		pc.mu.Unlock()
+// growLocked makes size the one attribute answers show, if it is no
+// shorter than the last (see above), and reports whether it did.
+func (pc *pageCache) growLocked(size int64) bool {
+	if size < pc.size {
 		return false
 	}
+	pc.size = size
 	return true
+}
+
+// send gives the kernel b as the inode's whole content; under pc.sendMu,
+// not pc.mu.
+func (n *fileNode) send(b []byte) bool {
+	return len(b) == 0 || n.WriteCache(0, b) == 0
 }
 
 // cacheRefresh makes a new snapshot for the cached descriptor of, asking
@@ -286,7 +290,12 @@ func (n *fileNode) cacheRefresh(ctx context.Context, of *openFile) {
 	if pc == nil {
 		return
 	}
-	pc.sendMu.Lock()
+	if !pc.sendMu.TryLock() {
+		// Entry.Notify under way (see notifyNow), or this GETATTR comes
+		// from lseek(SEEK_END), which holds the inode's lock that
+		// Notify's utimensat(2) waits for: the next one makes it.
+		return
+	}
 	defer pc.sendMu.Unlock()
 	pc.mu.Lock()
 	due := of == pc.holder && time.Now().UnixNano()-pc.made > int64(rereadAge)
@@ -299,14 +308,15 @@ func (n *fileNode) cacheRefresh(ctx context.Context, of *openFile) {
 		return
 	}
 	pc.mu.Lock()
-	if of != pc.holder {
+	if of != pc.holder || !pc.growLocked(int64(len(b))) {
+		// Shorter: the descriptor keeps its snapshot; the next read that
+		// reaches the end tries again.
 		pc.mu.Unlock()
 		return
 	}
 	pc.c, pc.made = b, time.Now().UnixNano()
-	drop := pc.setSizeLocked(int64(len(b)))
 	pc.mu.Unlock()
-	n.send(pc, b, drop)
+	n.send(b)
 }
 
 // cacheAttr is the size an attribute answer shows for e, if e is served
@@ -346,40 +356,38 @@ func (e *Entry) snapshotNow(ctx context.Context) ([]byte, bool) {
 }
 
 // cacheRead answers a READ of the cached descriptor of from its snapshot,
-// the bytes its pages hold. A READ from offset 0 after Entry.Invalidate
-// dropped them (a re-read that stays below the size the kernel knows asks
-// no GETATTR first) gets a new snapshot, as the handler's Read would. No
-// store from here (see pageCache.sendMu).
-func (n *fileNode) cacheRead(ctx context.Context, of *openFile, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	e := n.e
-	pc := e.srv().pageCacheOf(e)
+// the bytes its pages hold; also after Entry.Invalidate dropped them: a
+// READ tells no reader's offset (a page's only), so a new snapshot made
+// here could be read beside pieces of the old, and a size changed here
+// would be one the kernel has not been told (only cacheOpen and
+// cacheRefresh make new ones, with the store and invalidation that go
+// with them). No store from here either (see pageCache.sendMu).
+func (n *fileNode) cacheRead(of *openFile, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	pc := n.e.srv().pageCacheOf(n.e)
 	if pc == nil {
 		return nil, syscall.EIO // removed
 	}
 	pc.mu.Lock()
 	defer pc.mu.Unlock()
-	if pc.holder != of {
-		return fuse.ReadResultData(nil), 0
-	}
-	if pc.made == 0 && off == 0 {
-		if b, ok := e.snapshotNow(ctx); ok && len(b) <= maxCachedOpen {
-			pc.c, pc.made = b, time.Now().UnixNano()
-			// Shorter: this READ, answered short, makes the kernel's size
-			// this one. Longer: the kernel must ask for the size, so its
-			// attributes go (not when shorter: the kernel would then
-			// ignore the short answer's size, as its attribute version
-			// moved).
-			if int64(len(b)) > pc.size {
-				n.NotifyContent(-1, 0)
-			}
-			pc.size = int64(len(b))
-		}
-	}
-	if off >= int64(len(pc.c)) {
+	if pc.holder != of || off >= int64(len(pc.c)) {
 		return fuse.ReadResultData(nil), 0
 	}
 	k := copy(dest, pc.c[off:])
 	return fuse.ReadResultData(dest[:k]), 0
+}
+
+// cacheSetattrTTL is the attribute timeout of a SETATTR answer for e: none
+// for an entry served from the page cache. The kernel takes a SETATTR
+// answer's size without the check of its attribute version that drops a
+// GETATTR answer overtaken by a store (fuse_do_setattr), so the size may be
+// one a new snapshot has since replaced; expired at once, the attributes
+// are asked for again by the next read that reaches that size (and a read
+// below it that misses a page gets a short answer, which shrinks it).
+func (e *Entry) cacheSetattrTTL(ttl time.Duration) time.Duration {
+	if e.srv().pageCacheOf(e) != nil {
+		return 0
+	}
+	return ttl
 }
 
 // cacheRelease ends the cached descriptor of.
@@ -400,8 +408,8 @@ func (n *fileNode) cacheRelease(of *openFile) {
 }
 
 // cacheStale marks the snapshot of e's cached descriptor as one to make
-// anew at its next GETATTR or READ, for Entry.Invalidate, and reports
-// whether e has pages in the kernel's cache to drop.
+// anew at its next GETATTR, for Entry.Invalidate, and reports whether e
+// has pages in the kernel's cache to drop.
 func (e *Entry) cacheStale() bool {
 	pc := e.srv().pageCacheOf(e)
 	if pc == nil {

@@ -142,7 +142,7 @@ func TestPageCacheSnapshots(t *testing.T) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		buf := make([]byte, 128<<10)
+		buf := make([]byte, 256<<10)
 		for range 100 {
 			n, err := unix.Pread(keep, buf, 0)
 			if err == nil {
@@ -161,48 +161,33 @@ func TestPageCacheSnapshots(t *testing.T) {
 	}
 }
 
-// A descriptor read from the page cache that reads again gets a new
-// snapshot: a read to the end once its snapshot is DefaultMaxAge old, and
-// any read after Entry.Invalidate (Notify).
+// A descriptor read from the page cache that reads again to the end gets a
+// new snapshot once its own is DefaultMaxAge old, or after
+// Entry.Invalidate (Notify); a read below the size keeps its snapshot; a
+// new snapshot shorter than the longest given to the cache is not taken
+// (the descriptor keeps its own, whole).
 func TestPageCacheReread(t *testing.T) {
-	srv := mount(t, fusebridge.Options{})
-	v := new(versioned)
-	e, err := srv.Create("v", 0o444, v.gen())
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := filepath.Join(srv.Mountpoint(), "v")
-	settle(t, srv.Metrics())
-	cached := srv.Metrics().CachedOpens()
-	fd, err := unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(fd)
-	if srv.Metrics().CachedOpens() != cached+1 {
-		t.Fatal("the only open of the file was not served from the page cache")
-	}
-	buf := make([]byte, 128<<10)
-	pread := func(n int) []byte {
+	srv, e, s, p := sizedFile(t, fusebridge.Options{}, 5000, 5000, 6000, 100)
+	fd := cachedOpen(t, srv, p)
+	buf := make([]byte, 64<<10)
+	pread := func(n int) int64 {
 		t.Helper()
 		k, err := unix.Pread(fd, buf[:n], 0)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return buf[:k]
+		v, err := s.segment(buf[:k], 0, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
 	}
-	first, err := parseVersion(pread(len(buf)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	first := pread(len(buf)) // 1: 5000 bytes
 	// Past the bound of a cached descriptor's snapshot; a loaded machine
 	// only makes the wait longer.
 	wait := fusebridge.DefaultMaxAge + 50*time.Millisecond
 	time.Sleep(wait)
-	second, err := parseVersion(pread(len(buf)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	second := pread(len(buf)) // 2: 6000 bytes
 	if second <= first {
 		t.Errorf("a read to the end %v after the first read snapshot %d again, want a newer one", wait, second)
 	}
@@ -210,17 +195,17 @@ func TestPageCacheReread(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Ten bytes, below the size the kernel knows: no GETATTR asked first.
-	got := pread(10)
-	if k, err := strconv.ParseInt(string(got[2:10]), 10, 64); err != nil || k <= second {
-		t.Errorf("a read of %q after Invalidate, want a snapshot newer than %d", got, second)
+	if got := pread(10); got != second {
+		t.Errorf("a read of 10 bytes after Invalidate read snapshot %d, want the descriptor's %d", got, second)
 	}
-	third, err := parseVersion(pread(len(buf)))
-	if err != nil {
-		t.Fatal(err)
+	// To the end: snapshot 3 is 100 bytes, shorter than 6000: not taken;
+	// 4 (5000) neither, and 5 (5000) neither; the descriptor keeps 2.
+	if got := pread(len(buf)); got != second {
+		t.Errorf("a read to the end after Invalidate read snapshot %d, want %d: the new ones are shorter", got, second)
 	}
 	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil || st.Size != int64(versionLens[third%int64(len(versionLens))]) {
-		t.Errorf("fstat: size %d (%v), want snapshot %d's", st.Size, err, third)
+	if err := unix.Fstat(fd, &st); err != nil || st.Size != 6000 {
+		t.Errorf("fstat: size %d (%v), want 6000, snapshot %d's", st.Size, err, second)
 	}
 }
 
