@@ -22,8 +22,9 @@ import (
 // descriptor's snapshot to the kernel's page cache at open
 // (OpenSnapshotter; fusebridge does for the only open of a file), a
 // re-read to the end gets a new snapshot once the one it read is
-// fusebridge.DefaultMaxAge old, any read one after Entry.Notify, and a
-// reader that reads in pieces for longer than that may get pieces of two;
+// fusebridge.DefaultMaxAge old or after Entry.Notify (unless the new one is
+// shorter than the longest given to the cache), and a reader that reads
+// in pieces for longer than that may get pieces of two;
 // with fusebridge.Options.PerOpenPassthrough a re-read from offset 0 sees
 // the same snapshot.
 //
