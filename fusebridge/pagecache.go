@@ -3,6 +3,7 @@ package fusebridge
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -129,8 +130,12 @@ type pageCache struct {
 
 // pageCaches maps the entries with a pageCache to it.
 type pageCaches struct {
-	mu sync.RWMutex
-	m  map[*entryCore]*pageCache
+	// used is set at the first pageCache made: until then (a server
+	// whose files are all bounded, per caller or RAM) the attribute
+	// answers and removals of every file skip the lock and the map.
+	used atomic.Bool
+	mu   sync.RWMutex
+	m    map[*entryCore]*pageCache
 }
 
 // pageCacheable reports whether e's content made per open may be served
@@ -144,6 +149,9 @@ func (e *Entry) pageCacheable() bool {
 
 // pageCacheOf returns e's pageCache, nil if it has none.
 func (s *Server) pageCacheOf(e *Entry) *pageCache {
+	if !s.pcs.used.Load() {
+		return nil
+	}
 	s.pcs.mu.RLock()
 	pc := s.pcs.m[e.entryCore]
 	s.pcs.mu.RUnlock()
@@ -159,6 +167,7 @@ func (p *pageCaches) make(n *fileNode) *pageCache {
 	if pc == nil {
 		if p.m == nil {
 			p.m = map[*entryCore]*pageCache{}
+			p.used.Store(true)
 		}
 		// Until now every answer showed size 0 (content made per open has
 		// none where it is read with FOPEN_DIRECT_IO): that is the
@@ -172,6 +181,9 @@ func (p *pageCaches) make(n *fileNode) *pageCache {
 // drop forgets the pageCache of a removed entry, and drops its pages from
 // the kernel's cache: a descriptor opened before gets EIO, not them.
 func (p *pageCaches) drop(o *entryCore) {
+	if !p.used.Load() {
+		return
+	}
 	p.mu.Lock()
 	pc := p.m[o]
 	delete(p.m, o)

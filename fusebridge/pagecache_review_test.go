@@ -19,47 +19,6 @@ import (
 	"github.com/ramproc/ramproc/handler"
 )
 
-// sized is a Generated file whose snapshot k is "v=NNNNNNNN;" then the
-// filler byte fillOf(k) up to lens[k%len(lens)] bytes: any byte of it says
-// which snapshot it came from (the header, or the filler), so a read at any
-// offset can be checked to be a segment of one snapshot.
-type sized struct {
-	n    atomic.Int64
-	lens []int
-}
-
-func (s *sized) snap(k int64) []byte {
-	b := fmt.Appendf(nil, "v=%08d;", k)
-	return append(b, bytes.Repeat([]byte{fillOf(k)}, s.lens[k%int64(len(s.lens))]-len(b))...)
-}
-
-func (s *sized) gen() handler.Generated {
-	return func(context.Context) ([]byte, error) { return s.snap(s.n.Add(1)), nil }
-}
-
-// segment checks that b, read at off, is a segment of one snapshot (up to
-// its end, if b is shorter than asked), and returns that snapshot's number
-// (0 for an empty read).
-func (s *sized) segment(b []byte, off int64, asked int) (int64, error) {
-	if len(b) == 0 {
-		return 0, nil
-	}
-	// Candidates: the filler byte names k modulo 26; the header, if read,
-	// names it exactly. Try every k the file has made (few in a test).
-	for k := s.n.Load(); k > 0; k-- {
-		w := s.snap(k)
-		if off+int64(len(b)) > int64(len(w)) || !bytes.Equal(w[off:off+int64(len(b))], b) {
-			continue
-		}
-		if len(b) < asked && off+int64(len(b)) != int64(len(w)) {
-			continue // short, and not at that snapshot's end
-		}
-		return k, nil
-	}
-	return 0, fmt.Errorf("%d bytes read at %d (of %d asked) are no segment of one snapshot: %q...%q",
-		len(b), off, asked, head(b), b[max(len(b)-8, 0):])
-}
-
 // sizedFile mounts a server with opts and a sized file "v" of lens.
 func sizedFile(t *testing.T, opts fusebridge.Options, lens ...int) (*fusebridge.Server, *fusebridge.Entry, *sized, string) {
 	t.Helper()

@@ -18,29 +18,35 @@ import (
 	"github.com/ramproc/ramproc/handler"
 )
 
-// versionLens are the sizes of a versioned file's successive snapshots:
+// versionLens are the sizes of a sized file (TestPageCacheSnapshots)'s successive snapshots:
 // longer, shorter and equal to the one before, within a page and across
 // pages, up to the largest served from the page cache and one byte more,
 // so that the kernel's size has to grow and shrink.
 var versionLens = []int{100, 5000, 11, 11, 4096, 8193, 12, 300, 65536, 4097, 128 << 10, 128<<10 + 1, 20}
 
-// versioned is a Generated file whose every snapshot says which it is:
-// "v=NNNNNNNN;" then a filler byte of its own up to its length, so that a
-// read that mixes two snapshots, stops short or runs past the end shows.
-type versioned struct{ n atomic.Int64 }
+// sized is a Generated file whose snapshot k is "v=NNNNNNNN;" then the
+// filler byte fillOf(k) up to lens[k%len(lens)] bytes: any byte of it says
+// which snapshot it came from (the header, or the filler), so that a read
+// that mixes two snapshots, stops short or runs past the end shows, at any
+// offset.
+type sized struct {
+	n    atomic.Int64
+	lens []int
+}
 
-func (v *versioned) gen() handler.Generated {
-	return func(context.Context) ([]byte, error) {
-		k := v.n.Add(1)
-		b := fmt.Appendf(nil, "v=%08d;", k)
-		return append(b, bytes.Repeat([]byte{fillOf(k)}, versionLens[k%int64(len(versionLens))]-len(b))...), nil
-	}
+func (s *sized) snap(k int64) []byte {
+	b := fmt.Appendf(nil, "v=%08d;", k)
+	return append(b, bytes.Repeat([]byte{fillOf(k)}, s.lens[k%int64(len(s.lens))]-len(b))...)
+}
+
+func (s *sized) gen() handler.Generated {
+	return func(context.Context) ([]byte, error) { return s.snap(s.n.Add(1)), nil }
 }
 
 func fillOf(k int64) byte { return 'a' + byte(k%26) }
 
-// parseVersion checks that b is one whole snapshot and returns its number.
-func parseVersion(b []byte) (int64, error) {
+// whole checks that b is one whole snapshot and returns its number.
+func (s *sized) whole(b []byte) (int64, error) {
 	if len(b) < 11 || string(b[:2]) != "v=" || b[10] != ';' {
 		return 0, fmt.Errorf("not a snapshot: %q", head(b))
 	}
@@ -48,13 +54,39 @@ func parseVersion(b []byte) (int64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("not a snapshot: %q", head(b))
 	}
-	if want := versionLens[k%int64(len(versionLens))]; len(b) != want {
-		return k, fmt.Errorf("snapshot %d read as %d bytes, want %d", k, len(b), want)
+	want := s.snap(k)
+	if len(b) != len(want) {
+		return k, fmt.Errorf("snapshot %d read as %d bytes, want %d", k, len(b), len(want))
 	}
-	if i := bytes.IndexFunc(b[11:], func(r rune) bool { return r != rune(fillOf(k)) }); i >= 0 {
-		return k, fmt.Errorf("snapshot %d has %q at %d: two snapshots mixed, or stale bytes", k, b[11+i], 11+i)
+	for i := range b {
+		if b[i] != want[i] {
+			return k, fmt.Errorf("snapshot %d has %q at %d: two snapshots mixed, or stale bytes", k, b[i], i)
+		}
 	}
 	return k, nil
+}
+
+// segment checks that b, read at off, is a segment of one snapshot (up to
+// its end, if b is shorter than asked), and returns that snapshot's number
+// (0 for an empty read).
+func (s *sized) segment(b []byte, off int64, asked int) (int64, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	// Candidates: the filler byte names k modulo 26; the header, if read,
+	// names it exactly. Try every k the file has made (few in a test).
+	for k := s.n.Load(); k > 0; k-- {
+		w := s.snap(k)
+		if off+int64(len(b)) > int64(len(w)) || !bytes.Equal(w[off:off+int64(len(b))], b) {
+			continue
+		}
+		if len(b) < asked && off+int64(len(b)) != int64(len(w)) {
+			continue // short, and not at that snapshot's end
+		}
+		return k, nil
+	}
+	return 0, fmt.Errorf("%d bytes read at %d (of %d asked) are no segment of one snapshot: %q...%q",
+		len(b), off, asked, head(b), b[max(len(b)-8, 0):])
 }
 
 func head(b []byte) []byte { return b[:min(len(b), 16)] }
@@ -81,7 +113,7 @@ func readAll(fd, n int) ([]byte, error) {
 // also with readers at once, where only one open at a time is cached.
 func TestPageCacheSnapshots(t *testing.T) {
 	srv := mount(t, fusebridge.Options{})
-	v := new(versioned)
+	v := &sized{lens: versionLens}
 	if _, err := srv.Create("v", 0o444, v.gen()); err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +129,7 @@ func TestPageCacheSnapshots(t *testing.T) {
 		if err != nil {
 			return 0, err
 		}
-		return parseVersion(b)
+		return v.whole(b)
 	}
 	last := int64(0)
 	for i := range 3 * len(versionLens) {
@@ -146,7 +178,7 @@ func TestPageCacheSnapshots(t *testing.T) {
 		for range 100 {
 			n, err := unix.Pread(keep, buf, 0)
 			if err == nil {
-				_, err = parseVersion(buf[:n])
+				_, err = v.whole(buf[:n])
 			}
 			if err != nil {
 				errs <- fmt.Errorf("re-read: %w", err)
@@ -212,7 +244,7 @@ func TestPageCacheReread(t *testing.T) {
 // mmap(2) of a descriptor read from the page cache maps its snapshot.
 func TestPageCacheMmap(t *testing.T) {
 	srv := mount(t, fusebridge.Options{})
-	v := new(versioned)
+	v := &sized{lens: versionLens}
 	if _, err := srv.Create("v", 0o444, v.gen()); err != nil {
 		t.Fatal(err)
 	}
@@ -234,7 +266,7 @@ func TestPageCacheMmap(t *testing.T) {
 	}
 	defer unix.Munmap(mem)
 	mem = viaSyscall(t, mem) // no page fault on our own mount from Go code
-	k, err := parseVersion(mem)
+	k, err := v.whole(mem)
 	if err != nil {
 		t.Fatal(err)
 	}
