@@ -9,8 +9,9 @@
 // cgroupfs files) answer for whoever reads them at that moment; what is
 // kept is the files' descriptors (read again with pread) and what a
 // content of /proc/PID/cgroup (or /proc/PID/cpuset, see CpusetOf) means
-// (see Of), never which process is in which cgroup. A controller that is mounted nowhere gives ok == false, and
-// the caller falls back to the host's own figures.
+// (see Of), never which process is in which cgroup. A controller that is
+// mounted nowhere gives ok == false, and the caller falls back to the
+// host's own figures.
 package cgroup
 
 import (
