@@ -54,7 +54,7 @@ import (
 // What a reader sees differently from a forwarded open: the descriptor
 // reads the snapshot of its open until it is closed, also from offset 0
 // again (no new snapshot, as seq_file would take) and after Entry.Remove
-// (no EIO); fstat(2) and lseek(SEEK_END) show size 0 as before; mmap(2),
+// (no EIO); fstat(2) and lseek(SEEK_END) show 4096 as before (splice.go); mmap(2),
 // which failed or faulted before, maps the snapshot (for a joining
 // descriptor, the holder's: another moment's content of the same file,
 // which is why per-caller files are never served this way).

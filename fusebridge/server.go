@@ -54,6 +54,11 @@
 //   - Content that depends on the caller (handler.PerCaller) is never
 //     served from a cache: it lives on a connection that keeps OPEN and is
 //     read with FOPEN_DIRECT_IO.
+//   - sendfile(2) and splice(2) of a descriptor read with FOPEN_DIRECT_IO,
+//     which the kernel does through the page cache (Linux 6.18), fail with
+//     EINVAL, so that their callers (busybox cat, Go's io.Copy) read(2)
+//     instead; a file the kernel never caches shows a sysfs attribute's
+//     size, 4096, so that they ask at all (splice.go).
 //
 // # Freshness bounds
 //
