@@ -3,10 +3,16 @@ package fusebridge_test
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -70,27 +76,31 @@ func spliced(t *testing.T, fd int, useSplice bool) ([]byte, error) {
 	}
 }
 
-// faults reports whether b's first 64 bytes cannot be read (a page the
-// kernel could not fill: SIGBUS for a load), else returns them. The kernel reads
-// it, through write(2) to a pipe (EFAULT), not this process: a thread
-// faulting on a page of its own process's mount cannot be stopped for a
-// garbage collection while the server answers, and the process would
-// hang.
-func faults(t *testing.T, b []byte) ([]byte, bool) {
-	var p [2]int
-	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
-		t.Fatal(err)
+// mapFirst is the child (bridge_test.go's TestMain) that maps path
+// MAP_PRIVATE, as another process, and prints its thread and the first 64
+// bytes of the map in hex, or "fault" if they cannot be read (SIGBUS: a
+// page the kernel could not fill). A server's own process must not fault
+// on its mount: the fault waits for the server, which may wait for it.
+func mapFirst(path string) int {
+	runtime.LockOSThread() // the caller the file names
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		fmt.Println("error:", err)
+		return 1
 	}
-	defer unix.Close(p[0])
-	defer unix.Close(p[1])
-	if _, err := unix.Write(p[1], b[:64]); err != nil {
-		return nil, true
+	m, err := unix.Mmap(fd, 0, 4096, unix.PROT_READ, unix.MAP_PRIVATE)
+	if err != nil {
+		fmt.Println(unix.Gettid(), "refused")
+		return 0
 	}
-	c := make([]byte, 64)
-	if n, err := unix.Read(p[0], c); err != nil || n != 64 {
-		t.Fatalf("draining the pipe: %d, %v", n, err)
-	}
-	return c, false
+	debug.SetPanicOnFault(true)
+	defer func() {
+		if recover() != nil {
+			fmt.Println(unix.Gettid(), "fault")
+		}
+	}()
+	fmt.Println(unix.Gettid(), hex.EncodeToString(m[:64]))
+	return 0
 }
 
 // onThread runs f on a thread of its own, which exits with it: each call
@@ -137,8 +147,8 @@ func TestSpliceDirectIO(t *testing.T) {
 	}
 
 	// Each of three threads: a splice, then what busybox does on EINVAL
-	// (read(2)), then a private map. Each must see its own content or an
-	// error, never another's, never nothing.
+	// (read(2)). Each must see its own content or an error, never
+	// another's, never nothing.
 	for i := range 3 {
 		for _, useSplice := range []bool{false, true} {
 			onThread(func(tid int) {
@@ -164,15 +174,23 @@ func TestSpliceDirectIO(t *testing.T) {
 					t.Errorf("round %d, splice %v: thread %d read %d bytes starting %q; want its own %d bytes",
 						i, useSplice, tid, len(got), head(got), len(want))
 				}
-				m, err := unix.Mmap(fd, 0, 4096, unix.PROT_READ, unix.MAP_PRIVATE)
-				if err != nil {
-					return // refusing the map is as good
-				}
-				defer unix.Munmap(m)
-				if c, fault := faults(t, m); !fault && !bytes.Equal(c, want[:64]) {
-					t.Errorf("thread %d maps %q; want its own bytes or SIGBUS", tid, c)
-				}
 			})
+		}
+	}
+
+	// Another process's private map (this one must not fault on its own
+	// mount): its own bytes, a fault or a refusal, never another's.
+	for range 2 {
+		cmd := exec.CommandContext(boundedCtx(t), os.Args[0], "-test.run=^$", filepath.Join(mnt, "caller"))
+		cmd.Env = append(os.Environ(), childEnv+"=mapfirst")
+		out, err := cmd.Output()
+		f := strings.Fields(string(out))
+		if err != nil || len(f) != 2 {
+			t.Fatalf("the mapping child: %q, %v", out, err)
+		}
+		tid, _ := strconv.Atoi(f[0])
+		if own := hex.EncodeToString(threadText(tid)[:64]); f[1] != "fault" && f[1] != "refused" && f[1] != own {
+			t.Errorf("a private map by thread %d shows %s; want its own bytes, SIGBUS or a refusal", tid, f[1])
 		}
 	}
 
