@@ -743,7 +743,7 @@ func prepareMountpoint(mnt string, log *slog.Logger) (*claim, error) {
 		// mount on it.
 		return nil, err
 	}
-	if fstype, ok := mountedFS(mnt); ok {
+	if fstype, ok := mountedFS(mnt); ok && !boundDir(fstype) {
 		cl.release(true)
 		if pid := claimHolder(mnt); pid > 0 {
 			return nil, fmt.Errorf("%s is already a mount point, served by process %d (%s); stop it first (kill %d) or choose another directory: %w", mnt, pid, fstype, pid, ErrMountpointBusy)
@@ -753,8 +753,10 @@ func prepareMountpoint(mnt string, log *slog.Logger) (*claim, error) {
 	return cl, nil
 }
 
-// mountedFS reports whether mnt is itself a mount point and of which type,
-// from /proc/self/mountinfo.
+// mountedFS reports whether mnt is itself a mount point and what is
+// mounted there (the topmost mount), from /proc/self/mountinfo: its type,
+// with the suffix boundSuffix when it is a bind mount of a directory (its
+// root in its file system is not "/").
 func mountedFS(mnt string) (string, bool) {
 	data, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
@@ -767,14 +769,36 @@ func mountedFS(mnt string) (string, bool) {
 		if len(f) < 5 || unescapeMountinfo(f[4]) != mnt {
 			continue
 		}
-		found = true
+		found, fstype = true, ""
 		for i, x := range f {
 			if x == "-" && i+1 < len(f) {
 				fstype = f[i+1]
 			}
 		}
+		if f[3] != "/" {
+			fstype += boundSuffix
+		}
 	}
 	return fstype, found
+}
+
+// boundSuffix marks, in mountedFS's answer, a bind mount of a directory.
+const boundSuffix = ", a bind mount of a directory"
+
+// boundDir reports whether a mount point that mountedFS described may be
+// mounted over: a bind mount of a directory of a disk or memory file system
+// is, because that is how a directory is shared with a container (a
+// Kubernetes hostPath volume, podman's and Docker's -v DIR:DIR:rshared,
+// which the cgroupfs DaemonSet serves on: the server's mount point inside
+// its container is always such a bind, and its mount must land on it to
+// propagate back to the host). Mounting over it hides nothing: the bind
+// shows a directory that is also reachable where it came from. A whole file
+// system (root "/": a tmpfs, a disk) would be hidden, and a FUSE mount is
+// another server's, live or not (a dead one was detached before): both are
+// refused.
+func boundDir(fstype string) bool {
+	t, bound := strings.CutSuffix(fstype, boundSuffix)
+	return bound && !strings.HasPrefix(t, "fuse")
 }
 
 func unescapeMountinfo(s string) string {
