@@ -538,6 +538,9 @@ func (e *Entry) attrTTL(ctx context.Context, out *fuse.Attr) (time.Duration, sys
 			ttl = min(ttl, max(d-time.Duration(time.Now().UnixNano()-sh.fresh()), 0))
 		}
 		e.releaseShared(sh)
+	} else if e.directOnly() {
+		// Not 0, so that a splice asks the server (splice.go).
+		a.Size = directSize
 	}
 	e.fillAttr(&a, 1, out)
 	return ttl, 0

@@ -327,6 +327,9 @@ func (c *countingFS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.Ope
 }
 
 func (c *countingFS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
+	if c.srv.preads.start(cancel, in) { // splice.go
+		defer c.srv.preads.done(cancel)
+	}
 	res, st := c.RawFileSystem.Read(cancel, in, buf)
 	c.m.count(OpRead, st)
 	if st == fuse.OK && res != nil {

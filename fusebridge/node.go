@@ -29,6 +29,9 @@ type openFile struct {
 	f handler.OpenFile
 	// cached: read from the kernel's page cache (pagecache.go).
 	cached bool
+	// direct: opened with FOPEN_DIRECT_IO; the READs that would fill
+	// pages from it are refused (splice.go).
+	direct bool
 }
 
 var (
@@ -105,6 +108,7 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 		// descriptor's reads from a memfd with it (perop.go).
 		e.srv().perop.open(ctx, e, of)
 	}
+	of.direct = fl&fuse.FOPEN_DIRECT_IO != 0
 	return of, fl, 0
 }
 
@@ -140,8 +144,15 @@ func (n *fileNode) Read(ctx context.Context, f fs.FileHandle, dest []byte, off i
 		// (pagedrop.go).
 		n.pages.readStarting()
 	}
-	if of, ok := f.(*openFile); ok && of.cached {
-		return n.cacheRead(of, dest, off)
+	if of, ok := f.(*openFile); ok {
+		if of.cached {
+			return n.cacheRead(of, dest, off)
+		}
+		if of.direct && e.srv().preads.fills(ctx) {
+			// A splice or a fault of a direct-I/O descriptor: its
+			// content must not reach the page cache (splice.go).
+			return nil, syscall.EINVAL
+		}
 	}
 	of, sh, errno := n.handle(ctx, f)
 	if errno != 0 {

@@ -356,6 +356,8 @@ type Server struct {
 	// pcs is what the server knows of the kernel's page cache of content
 	// made per open (pagecache.go).
 	pcs pageCaches
+	// preads marks the READs in flight that fill pages (splice.go).
+	preads pageReads
 
 	// lastSnapshot is the time of the last snapshot made for the kernel's
 	// cache (Server.snapshotTime).
