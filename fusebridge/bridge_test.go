@@ -484,14 +484,10 @@ func TestMountpointErrors(t *testing.T) {
 // propagation: the host's directory made a shared mount, bound into the
 // container), is mounted over, and the mount propagates back to the host's
 // side and is gone from both when the server unmounts. A whole file system
-// there (a tmpfs) is still refused.
+// there (a tmpfs, or a bind of a tmpfs's root) and a bind of a directory of
+// a FUSE mount (another server's) are still refused.
 func TestMountOverBoundDir(t *testing.T) {
 	testenv.RequireFUSE(t)
-	if _, err := fusebridge.Mount(testenv.Tmpfs(t, "size=1m"), fusebridge.Options{}); !errors.Is(err, fusebridge.ErrMountpointBusy) {
-		t.Errorf("mount on a tmpfs: %v, want ErrMountpointBusy", err)
-	}
-	host := t.TempDir()
-	inside := t.TempDir()
 	bind := func(src, dst string, flags uintptr) {
 		t.Helper()
 		if err := unix.Mount(src, dst, "", flags, ""); err != nil {
@@ -499,6 +495,22 @@ func TestMountOverBoundDir(t *testing.T) {
 		}
 		t.Cleanup(func() { unix.Unmount(dst, unix.MNT_DETACH) })
 	}
+	tmpfs := testenv.Tmpfs(t, "size=1m")
+	tmpfsBound := t.TempDir()
+	bind(tmpfs, tmpfsBound, unix.MS_BIND)
+	other := mount(t, fusebridge.Options{})
+	if _, err := other.MkdirAll("dir", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	fuseBound := t.TempDir()
+	bind(filepath.Join(other.Mountpoint(), "dir"), fuseBound, unix.MS_BIND)
+	for what, dir := range map[string]string{"a tmpfs": tmpfs, "a bind of a tmpfs's root": tmpfsBound, "a bind of a directory of a FUSE mount": fuseBound} {
+		if _, err := fusebridge.Mount(dir, fusebridge.Options{}); !errors.Is(err, fusebridge.ErrMountpointBusy) {
+			t.Errorf("mount on %s: %v, want ErrMountpointBusy", what, err)
+		}
+	}
+	host := t.TempDir()
+	inside := t.TempDir()
 	bind(host, host, unix.MS_BIND)
 	if err := unix.Mount("", host, "", unix.MS_SHARED|unix.MS_REC, ""); err != nil {
 		t.Fatal(err)

@@ -399,7 +399,9 @@ type Server struct {
 // Mount mounts an empty directory of entries on mountpoint and starts
 // serving it. A mountpoint that does not exist is created. A dead FUSE mount
 // left there by a killed server ("transport endpoint is not connected") is
-// detached first; a live mount is an error.
+// detached first; a mountpoint that is a mount point already is an error
+// (ErrMountpointBusy), unless it is a bind mount of a directory of a
+// non-FUSE file system, as a container's volume is (see boundDir).
 func Mount(mountpoint string, opts Options) (*Server, error) {
 	mnt, err := filepath.Abs(mountpoint)
 	if err != nil {
@@ -758,7 +760,9 @@ func prepareMountpoint(mnt string, log *slog.Logger) (*claim, error) {
 // mountedFS reports whether mnt is itself a mount point and what is
 // mounted there (the topmost mount), from /proc/self/mountinfo: its type,
 // with the suffix boundSuffix when it is a bind mount of a directory (its
-// root in its file system is not "/").
+// root in its file system is not "/", nor the btrfs subvolume that the
+// mount shows whole: root "/@home" with subvol=/@home is a file system
+// mounted, not a directory bound).
 func mountedFS(mnt string) (string, bool) {
 	data, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
@@ -766,18 +770,28 @@ func mountedFS(mnt string) (string, bool) {
 	}
 	found, fstype := false, ""
 	for _, line := range strings.Split(string(data), "\n") {
-		// id parent major:minor root mountpoint options... - fstype source
+		// id parent major:minor root mountpoint options... - fstype source superoptions
 		f := strings.Fields(line)
 		if len(f) < 5 || unescapeMountinfo(f[4]) != mnt {
 			continue
 		}
+		root := unescapeMountinfo(f[3])
 		found, fstype = true, ""
+		bound := root != "/"
 		for i, x := range f {
-			if x == "-" && i+1 < len(f) {
-				fstype = f[i+1]
+			if x != "-" || i+1 >= len(f) {
+				continue
+			}
+			fstype = f[i+1]
+			if i+3 < len(f) {
+				for _, o := range strings.Split(f[i+3], ",") {
+					if unescapeMountinfo(o) == "subvol="+root {
+						bound = false
+					}
+				}
 			}
 		}
-		if f[3] != "/" {
+		if bound {
 			fstype += boundSuffix
 		}
 	}
