@@ -484,8 +484,8 @@ func TestMountpointErrors(t *testing.T) {
 // propagation: the host's directory made a shared mount, bound into the
 // container), is mounted over, and the mount propagates back to the host's
 // side and is gone from both when the server unmounts. A whole file system
-// there (a tmpfs, or a bind of a tmpfs's root) and a bind of a directory of
-// a FUSE mount (another server's) are still refused.
+// there (a tmpfs, or a bind of a tmpfs's root), a bind of a directory of a
+// FUSE mount (another server's) and one of /proc are still refused.
 func TestMountOverBoundDir(t *testing.T) {
 	testenv.RequireFUSE(t)
 	bind := func(src, dst string, flags uintptr) {
@@ -504,7 +504,12 @@ func TestMountOverBoundDir(t *testing.T) {
 	}
 	fuseBound := t.TempDir()
 	bind(filepath.Join(other.Mountpoint(), "dir"), fuseBound, unix.MS_BIND)
-	for what, dir := range map[string]string{"a tmpfs": tmpfs, "a bind of a tmpfs's root": tmpfsBound, "a bind of a directory of a FUSE mount": fuseBound} {
+	procBound := t.TempDir()
+	bind("/proc/sys", procBound, unix.MS_BIND)
+	for what, dir := range map[string]string{
+		"a tmpfs": tmpfs, "a bind of a tmpfs's root": tmpfsBound,
+		"a bind of a directory of a FUSE mount": fuseBound, "a bind of a directory of /proc": procBound,
+	} {
 		if _, err := fusebridge.Mount(dir, fusebridge.Options{}); !errors.Is(err, fusebridge.ErrMountpointBusy) {
 			t.Errorf("mount on %s: %v, want ErrMountpointBusy", what, err)
 		}

@@ -400,8 +400,9 @@ type Server struct {
 // serving it. A mountpoint that does not exist is created. A dead FUSE mount
 // left there by a killed server ("transport endpoint is not connected") is
 // detached first; a mountpoint that is a mount point already is an error
-// (ErrMountpointBusy), unless it is a bind mount of a directory of a
-// non-FUSE file system, as a container's volume is (see boundDir).
+// (ErrMountpointBusy), unless it is a bind mount of a directory of a disk
+// or memory file system (not FUSE, proc, sysfs or cgroup), as a container's
+// volume is (see boundDir).
 func Mount(mountpoint string, opts Options) (*Server, error) {
 	mnt, err := filepath.Abs(mountpoint)
 	if err != nil {
@@ -809,11 +810,16 @@ const boundSuffix = ", a bind mount of a directory"
 // its container is always such a bind, and its mount must land on it to
 // propagate back to the host). Mounting over it hides nothing: the bind
 // shows a directory that is also reachable where it came from. A whole file
-// system (root "/": a tmpfs, a disk) would be hidden, and a FUSE mount is
-// another server's, live or not (a dead one was detached before): both are
-// refused.
+// system (root "/": a tmpfs, a disk) would be hidden, a FUSE mount is
+// another server's, live or not (a dead one was detached before), and a
+// directory of the kernel's own (proc, sysfs, cgroup: a container's view
+// of its cgroup is such a bind) is no volume: all are refused.
 func boundDir(fstype string) bool {
 	t, bound := strings.CutSuffix(fstype, boundSuffix)
+	switch t {
+	case "proc", "sysfs", "cgroup", "cgroup2":
+		return false
+	}
 	return bound && !strings.HasPrefix(t, "fuse")
 }
 
