@@ -54,23 +54,13 @@ func newPodman(t *testing.T) *podman {
 	if bb, err := exec.LookPath("busybox"); err != nil || !static(bb) {
 		testenv.Missing(t, "a static busybox is not installed, to make the containers' root file systems (apt-get install busybox-static)")
 	}
-	// A short directory: conmon's sockets are named by paths under it.
-	dir, err := os.MkdirTemp("", "podman")
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir := t.TempDir()
 	p := &podman{dir: dir, parent: "podman-" + livecg.Name()}
-	t.Cleanup(func() {
-		if err := os.RemoveAll(dir); err != nil {
-			t.Errorf("podman's state: %v", err)
-		}
-	})
 	t.Cleanup(func() { p.removeCgroups(t) })
-	// No sysctls, no limits above the caller's: the default rlimits
-	// (nofile 1048576) need CAP_SYS_RESOURCE, which containers that run
-	// this suite may lack ("error setting rlimits" from runc).
+	// No limits above the caller's: the default rlimits (nofile 1048576)
+	// need CAP_SYS_RESOURCE, which sandboxes that run this suite may lack
+	// ("error setting rlimits" from runc).
 	conf := fmt.Sprintf(`[containers]
-default_sysctls = []
 default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
 [engine]
 cgroup_manager = "cgroupfs"
@@ -118,8 +108,9 @@ func (p *podman) run(t *testing.T, args ...string) string {
 	return string(out)
 }
 
-// runArgs begins a podman run of a container of this test: removed when it
-// ends, no network (nothing to set up), its cgroups under the test's parent.
+// runArgs begins a podman run of a container of this test (removed, if it
+// is still there, when the test ends): no network (nothing to set up), its
+// cgroups under the test's parent.
 func (p *podman) runArgs(more ...string) []string {
 	return append([]string{"run", "--network", "none", "--cgroup-parent", "/" + p.parent}, more...)
 }
