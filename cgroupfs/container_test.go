@@ -32,7 +32,8 @@ echo "loadavg $(cat /proc/loadavg)"
 `
 
 // TestContainerRecipe runs the container recipe with the kernel's own
-// pieces instead of a container runtime (none is installed here): a
+// pieces instead of a container runtime (TestPodmanRecipe runs it with
+// podman and runc, where they are installed): a
 // process in a 256 MiB memory cgroup and a one-CPU cpuset, in mount and pid
 // namespaces of its own (unshare(1), as runc makes them), binds the files
 // over /proc and /sys and runs free(1), grep and cat. They must see the

@@ -482,6 +482,68 @@ func TestMountpointErrors(t *testing.T) {
 	}
 }
 
+// TestMountOverBoundDir: a mount point that is a bind mount of a directory,
+// as a container's volume is (kubelet's hostPath with Bidirectional
+// propagation: the host's directory made a shared mount, bound into the
+// container), is mounted over, and the mount propagates back to the host's
+// side and is gone from both when the server unmounts. A whole file system
+// there (a tmpfs, or a bind of a tmpfs's root), a bind of a directory of a
+// FUSE mount (another server's) and one of /proc are still refused.
+func TestMountOverBoundDir(t *testing.T) {
+	testenv.RequireFUSE(t)
+	bind := func(src, dst string, flags uintptr) {
+		t.Helper()
+		if err := unix.Mount(src, dst, "", flags, ""); err != nil {
+			t.Fatalf("mount %s on %s (flags %#x): %v", src, dst, flags, err)
+		}
+		t.Cleanup(func() { unix.Unmount(dst, unix.MNT_DETACH) })
+	}
+	tmpfs := testenv.Tmpfs(t, "size=1m")
+	tmpfsBound := t.TempDir()
+	bind(tmpfs, tmpfsBound, unix.MS_BIND)
+	other := mount(t, fusebridge.Options{})
+	if _, err := other.MkdirAll("dir", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	fuseBound := t.TempDir()
+	bind(filepath.Join(other.Mountpoint(), "dir"), fuseBound, unix.MS_BIND)
+	procBound := t.TempDir()
+	bind("/proc/sys", procBound, unix.MS_BIND)
+	for what, dir := range map[string]string{
+		"a tmpfs": tmpfs, "a bind of a tmpfs's root": tmpfsBound,
+		"a bind of a directory of a FUSE mount": fuseBound, "a bind of a directory of /proc": procBound,
+	} {
+		if _, err := fusebridge.Mount(dir, fusebridge.Options{}); !errors.Is(err, fusebridge.ErrMountpointBusy) {
+			t.Errorf("mount on %s: %v, want ErrMountpointBusy", what, err)
+		}
+	}
+	host := t.TempDir()
+	inside := t.TempDir()
+	bind(host, host, unix.MS_BIND)
+	if err := unix.Mount("", host, "", unix.MS_SHARED|unix.MS_REC, ""); err != nil {
+		t.Fatal(err)
+	}
+	bind(host, inside, unix.MS_BIND|unix.MS_REC) // a peer of host's mount
+	srv, err := fusebridge.Mount(inside, fusebridge.Options{})
+	if err != nil {
+		t.Fatalf("mount over a bind mount of a directory: %v", err)
+	}
+	if _, err := srv.Create("hello", 0o444, text("hi\n")); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(host, "hello")); err != nil || string(b) != "hi\n" {
+		t.Errorf("through the host's side: %q, %v; want the mount propagated there", b, err)
+	}
+	if err := srv.Unmount(); err != nil {
+		t.Fatal(err)
+	}
+	for _, dir := range []string{host, inside} {
+		if _, err := os.Stat(filepath.Join(dir, "hello")); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s/hello after the unmount: %v, want ENOENT", dir, err)
+		}
+	}
+}
+
 // Many goroutines creating, reading and removing entries at once, under
 // -race: the name table and the in-flight accounting must hold.
 func TestConcurrentCreateRemove(t *testing.T) {

@@ -404,7 +404,10 @@ type Server struct {
 // Mount mounts an empty directory of entries on mountpoint and starts
 // serving it. A mountpoint that does not exist is created. A dead FUSE mount
 // left there by a killed server ("transport endpoint is not connected") is
-// detached first; a live mount is an error.
+// detached first; a mountpoint that is a mount point already is an error
+// (ErrMountpointBusy), unless it is a bind mount of a directory of a disk
+// or memory file system (not FUSE, proc, sysfs or cgroup), as a container's
+// volume is (see boundDir).
 func Mount(mountpoint string, opts Options) (*Server, error) {
 	mnt, err := filepath.Abs(mountpoint)
 	if err != nil {
@@ -750,7 +753,7 @@ func prepareMountpoint(mnt string, log *slog.Logger) (*claim, error) {
 		// mount on it.
 		return nil, err
 	}
-	if fstype, ok := mountedFS(mnt); ok {
+	if fstype, ok := mountedFS(mnt); ok && !boundDir(fstype) {
 		cl.release(true)
 		if pid := claimHolder(mnt); pid > 0 {
 			return nil, fmt.Errorf("%s is already a mount point, served by process %d (%s); stop it first (kill %d) or choose another directory: %w", mnt, pid, fstype, pid, ErrMountpointBusy)
@@ -760,8 +763,12 @@ func prepareMountpoint(mnt string, log *slog.Logger) (*claim, error) {
 	return cl, nil
 }
 
-// mountedFS reports whether mnt is itself a mount point and of which type,
-// from /proc/self/mountinfo.
+// mountedFS reports whether mnt is itself a mount point and what is
+// mounted there (the topmost mount), from /proc/self/mountinfo: its type,
+// with the suffix boundSuffix when it is a bind mount of a directory (its
+// root in its file system is not "/", nor the btrfs subvolume that the
+// mount shows whole: root "/@home" with subvol=/@home is a file system
+// mounted, not a directory bound).
 func mountedFS(mnt string) (string, bool) {
 	data, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
@@ -769,19 +776,56 @@ func mountedFS(mnt string) (string, bool) {
 	}
 	found, fstype := false, ""
 	for _, line := range strings.Split(string(data), "\n") {
-		// id parent major:minor root mountpoint options... - fstype source
+		// id parent major:minor root mountpoint options... - fstype source superoptions
 		f := strings.Fields(line)
 		if len(f) < 5 || unescapeMountinfo(f[4]) != mnt {
 			continue
 		}
-		found = true
+		root := unescapeMountinfo(f[3])
+		found, fstype = true, ""
+		bound := root != "/"
 		for i, x := range f {
-			if x == "-" && i+1 < len(f) {
-				fstype = f[i+1]
+			if x != "-" || i+1 >= len(f) {
+				continue
 			}
+			fstype = f[i+1]
+			if i+3 < len(f) {
+				for _, o := range strings.Split(f[i+3], ",") {
+					if unescapeMountinfo(o) == "subvol="+root {
+						bound = false
+					}
+				}
+			}
+		}
+		if bound {
+			fstype += boundSuffix
 		}
 	}
 	return fstype, found
+}
+
+// boundSuffix marks, in mountedFS's answer, a bind mount of a directory.
+const boundSuffix = ", a bind mount of a directory"
+
+// boundDir reports whether a mount point that mountedFS described may be
+// mounted over: a bind mount of a directory of a disk or memory file system
+// is, because that is how a directory is shared with a container (a
+// Kubernetes hostPath volume, podman's and Docker's -v DIR:DIR:rshared,
+// which the cgroupfs DaemonSet serves on: the server's mount point inside
+// its container is always such a bind, and its mount must land on it to
+// propagate back to the host). Mounting over it hides nothing: the bind
+// shows a directory that is also reachable where it came from. A whole file
+// system (root "/": a tmpfs, a disk) would be hidden, a FUSE mount is
+// another server's, live or not (a dead one was detached before), and a
+// directory of the kernel's own (proc, sysfs, cgroup: a container's view
+// of its cgroup is such a bind) is no volume: all are refused.
+func boundDir(fstype string) bool {
+	t, bound := strings.CutSuffix(fstype, boundSuffix)
+	switch t {
+	case "proc", "sysfs", "cgroup", "cgroup2":
+		return false
+	}
+	return bound && !strings.HasPrefix(t, "fuse")
 }
 
 func unescapeMountinfo(s string) string {

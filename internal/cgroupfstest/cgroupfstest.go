@@ -61,7 +61,34 @@ func Binary(t testing.TB) string {
 	return binPath
 }
 
-// RemoveBuilds deletes what Binary built.
+var (
+	staticOnce sync.Once
+	staticPath string
+	staticErr  error
+)
+
+// StaticBinary builds the command once per test binary without cgo, as a
+// file that runs in a container image with no C library (a container
+// runtime's test copies it into the container's root file system), and
+// returns its path. Call RemoveBuilds from TestMain.
+func StaticBinary(t testing.TB) string {
+	t.Helper()
+	Binary(t) // makes binDir
+	staticOnce.Do(func() {
+		staticPath = filepath.Join(binDir, "cgroupfs-static")
+		cmd := exec.Command("go", "build", "-o", staticPath, "github.com/ramproc/ramproc/cmd/cgroupfs")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			staticErr = fmt.Errorf("%v\n%s", err, out)
+		}
+	})
+	if staticErr != nil {
+		t.Fatalf("go build cgroupfs (CGO_ENABLED=0): %v", staticErr)
+	}
+	return staticPath
+}
+
+// RemoveBuilds deletes what Binary and StaticBinary built.
 func RemoveBuilds() {
 	if binDir != "" {
 		os.RemoveAll(binDir)
