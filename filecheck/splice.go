@@ -1,0 +1,301 @@
+package filecheck
+
+import (
+	"fmt"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+)
+
+// The check semantics/splice-read: the calls that read a file without a
+// user buffer (sendfile(2), splice(2), copy_file_range(2)) must give what
+// read(2) gives. They take another path through the kernel than read(2)
+// does: on Linux 6.18 sendfile and splice from a FUSE file opened with
+// FOPEN_DIRECT_IO read the inode's page cache (filemap_splice_read), so a
+// file whose size shows 0 gives 0 bytes to busybox cat (which uses
+// sendfile) and one with a size can give bytes the page cache kept from
+// before a write, while read(2) of the same descriptor is right.
+
+// plumbing is what the splice steps read into, shared by both sides (the
+// steps of a pair run one side after the other): a pipe whose read end does
+// not block, so that draining it stops when it is empty, and a scratch file
+// beside the oracle, on tmpfs.
+type plumbing struct {
+	pr, pw  int
+	scratch int
+}
+
+// newPlumbing makes the pipe and the scratch file; the check fails if it
+// cannot.
+func (p *pair) newPlumbing() *plumbing {
+	pl := &plumbing{pr: -1, pw: -1, scratch: -1}
+	var fds [2]int
+	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC); err != nil {
+		p.failf("cannot make a pipe for the splice steps: %v", err)
+	}
+	pl.pr, pl.pw = fds[0], fds[1]
+	if err := unix.SetNonblock(pl.pr, true); err != nil {
+		pl.close()
+		p.failf("cannot make the pipe's read end non-blocking: %v", err)
+	}
+	dir := filepath.Dir(p.r.oraclePath)
+	fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		pl.close()
+		p.failf("cannot make a scratch file in the oracle's directory %s for the splice steps: %v", dir, err)
+	}
+	pl.scratch = fd
+	return pl
+}
+
+func (pl *plumbing) close() {
+	for _, fd := range []*int{&pl.pr, &pl.pw, &pl.scratch} {
+		if *fd >= 0 {
+			unix.Close(*fd)
+			*fd = -1
+		}
+	}
+}
+
+// drain reads whatever the pipe holds.
+func (pl *plumbing) drain() []byte {
+	var out []byte
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := unix.Read(pl.pr, buf)
+		if n <= 0 || err != nil {
+			return out
+		}
+		out = append(out, buf[:n]...)
+	}
+}
+
+// emptyScratch truncates the scratch file and rewinds its offset.
+func (pl *plumbing) emptyScratch() error {
+	if err := unix.Ftruncate(pl.scratch, 0); err != nil {
+		return err
+	}
+	_, err := unix.Seek(pl.scratch, 0, unix.SEEK_SET)
+	return err
+}
+
+// offArg formats an offset argument that is a pointer, NULL for none.
+func offArg(off *int64) string {
+	if off == nil {
+		return "NULL"
+	}
+	return fmt.Sprintf("&%d", *off)
+}
+
+// offInfo reports where an offset argument was left (the call updates it).
+func offInfo(o outcome, off *int64) outcome {
+	if off != nil && o.err == 0 {
+		o.info = fmt.Sprintf("offset now %d", *off)
+	}
+	return o
+}
+
+// toPipe runs call, which moves bytes from a side's descriptor into the
+// pipe, and returns its result with the bytes it put there.
+func (pl *plumbing) toPipe(call func() (int64, error)) outcome {
+	n, err := call()
+	data := pl.drain()
+	if err != nil {
+		o := errOut(err)
+		if len(data) > 0 {
+			o.info = fmt.Sprintf("yet the pipe holds %d bytes", len(data))
+		}
+		return o
+	}
+	return outcome{n: n, data: data, hasData: true}
+}
+
+// toScratch runs call, which moves bytes from a side's descriptor into the
+// emptied scratch file, and returns its result with what the scratch file
+// then holds.
+func (pl *plumbing) toScratch(call func() (int64, error)) outcome {
+	if err := pl.emptyScratch(); err != nil {
+		return outcome{n: -1, err: unix.EIO, info: "emptying the scratch file: " + err.Error()}
+	}
+	n, err := call()
+	data, rerr := readAll(pl.scratch, maxWholeRead)
+	if rerr != nil {
+		return outcome{n: -1, err: unix.EIO, info: "reading the scratch file: " + rerr.Error()}
+	}
+	if err != nil {
+		o := errOut(err)
+		if len(data) > 0 {
+			o.info = fmt.Sprintf("yet the destination holds %d bytes", len(data))
+		}
+		return o
+	}
+	return outcome{n: n, data: data, hasData: true}
+}
+
+// sendfilePipe is sendfile(pipe, h, off, count). A nil off reads from the
+// descriptor's offset and moves it; otherwise from *off, which the call
+// advances, leaving the descriptor's offset alone.
+func (p *pair) sendfilePipe(pl *plumbing, h fdh, off *int64, count int) {
+	call := fmt.Sprintf("sendfile(pipe, %s, %s, %d)", h, offArg(off), count)
+	p.do(call, func(s *side) outcome {
+		o := offCopy(off)
+		return offInfo(pl.toPipe(func() (int64, error) {
+			n, err := unix.Sendfile(pl.pw, s.fd(h), o, count)
+			return int64(n), err
+		}), o)
+	})
+}
+
+// sendfileFile is sendfile into the scratch file on tmpfs: the kernel
+// splices through an internal pipe until count bytes or the end, so sizes
+// beyond a pipe's capacity come whole.
+func (p *pair) sendfileFile(pl *plumbing, h fdh, off *int64, count int) {
+	call := fmt.Sprintf("sendfile(tmpfs file, %s, %s, %d), then read the tmpfs file", h, offArg(off), count)
+	p.do(call, func(s *side) outcome {
+		o := offCopy(off)
+		return offInfo(pl.toScratch(func() (int64, error) {
+			n, err := unix.Sendfile(pl.scratch, s.fd(h), o, count)
+			return int64(n), err
+		}), o)
+	})
+}
+
+// splicePipe is splice(h, off, pipe, NULL, count, 0).
+func (p *pair) splicePipe(pl *plumbing, h fdh, off *int64, count int) {
+	call := fmt.Sprintf("splice(%s, %s, pipe, NULL, %d, 0)", h, offArg(off), count)
+	p.do(call, func(s *side) outcome {
+		o := offCopy(off)
+		return offInfo(pl.toPipe(func() (int64, error) {
+			return unix.Splice(s.fd(h), o, pl.pw, nil, count, 0)
+		}), o)
+	})
+}
+
+// at is an offset argument.
+func at(off int64) *int64 { return &off }
+
+// offCopy gives each side its own copy of an offset argument.
+func offCopy(off *int64) *int64 {
+	if off == nil {
+		return nil
+	}
+	o := *off
+	return &o
+}
+
+// copyRefusals are the errnos with which copy_file_range(2) says "not
+// here, copy another way" (cp, glibc and Go's io.Copy fall back to read
+// and write on them): EXDEV between file systems that cannot copy to each
+// other (a FUSE file to tmpfs, on Linux 5.19 and later), EOPNOTSUPP and
+// ENOSYS from a file system without it, EINVAL from kernels before 5.3
+// and file systems that reject the arguments.
+var copyRefusals = map[unix.Errno]bool{unix.EXDEV: true, unix.EOPNOTSUPP: true, unix.ENOSYS: true, unix.EINVAL: true}
+
+// copyRefused accepts a file under test that refused copy_file_range with
+// one of copyRefusals, leaving the destination untouched (no info), where
+// tmpfs copied.
+func copyRefused(file, oracle outcome) bool {
+	return copyRefusals[file.err] && file.info == "" && file.fault == "" && oracle.err == 0
+}
+
+// copyFileRange is copy_file_range(h, off, scratch, &0, count, 0). It
+// passes when both copy the same bytes, or when the file under test refuses
+// as copyRefused allows.
+func (p *pair) copyFileRange(pl *plumbing, h fdh, off *int64, count int) {
+	call := fmt.Sprintf("copy_file_range(%s, %s, tmpfs file, &0, %d, 0), then read the tmpfs file", h, offArg(off), count)
+	p.doAccepting(call, func(s *side) outcome {
+		o := offCopy(off)
+		return offInfo(pl.toScratch(func() (int64, error) {
+			var out int64
+			n, err := unix.CopyFileRange(s.fd(h), o, pl.scratch, &out, count, 0)
+			return int64(n), err
+		}), o)
+	}, copyRefused)
+}
+
+// semSpliceRead writes files of several sizes (empty, one byte, less than
+// a page, a page, more than a page and not page-aligned) and reads each
+// back with read(2), sendfile(2) into a pipe and into a tmpfs file (from
+// the descriptor's offset and from an offset given), splice(2) into a pipe
+// (the same two ways) and copy_file_range(2) into a tmpfs file, through a
+// descriptor opened afresh after the writer closed, as cat does. Then it
+// overwrites, extends and shrinks a file that sendfile has read, through
+// another descriptor, and reads it again the same ways: what the page
+// cache kept from before must not show. Last, a copy_file_range within the
+// file, where the kernel falls back to splicing when the file system does
+// not copy itself.
+func semSpliceRead(p *pair) {
+	pl := p.newPlumbing()
+	defer pl.close()
+	const slack = 100 // every read asks for more than there is
+	var r fdh
+	for i, n := range []int{0, 1, 100, 4096, 5000, 12345} {
+		w := p.open(wronly|unix.O_TRUNC, 0)
+		p.write(w, pattern(n, i))
+		p.close(w)
+		r = p.open(rdonly, 0)
+		p.pread(r, n+slack, 0)
+		p.sendfilePipe(pl, r, nil, n+slack)
+		p.pos(r)
+		p.sendfilePipe(pl, r, nil, slack) // at the end: 0
+		p.lseek(r, 1, unix.SEEK_SET)
+		p.splicePipe(pl, r, nil, n+slack)
+		p.pos(r)
+		for _, off := range []int64{0, 3, int64(n), int64(n) + 10} {
+			p.sendfilePipe(pl, r, &off, n+slack)
+			p.splicePipe(pl, r, &off, n+slack)
+		}
+		p.pos(r) // the offsets given leave the descriptor's alone
+		p.sendfileFile(pl, r, at(0), n+slack)
+		p.copyFileRange(pl, r, at(0), n+slack)
+		if i < 5 {
+			p.close(r)
+		}
+	}
+
+	// r has read the last file through the page cache, and stays open
+	// while another descriptor changes the file.
+	w := p.open(wronly, 0)
+	const size = 12345
+	reread := func(count int) {
+		p.pread(r, count, 0)
+		p.sendfilePipe(pl, r, at(0), count)
+		p.splicePipe(pl, r, at(0), count)
+		p.sendfileFile(pl, r, at(0), count)
+	}
+	p.pwrite(w, []byte("OVERWRITTEN"), 4090) // across a page boundary
+	p.pwrite(w, []byte("first"), 0)
+	reread(size + 100)
+	p.lseek(r, 0, unix.SEEK_SET)
+	p.sendfilePipe(pl, r, nil, size+100)
+	p.pwrite(w, pattern(3000, 7), size) // extends it
+	reread(size + 3100)
+	p.ftruncate(w, 5000)
+	reread(size + 3100)
+	p.pwrite(w, []byte("regrown"), 9000) // a hole where the old bytes were
+	reread(size + 3100)
+	p.close(w)
+	p.close(r)
+
+	// More than a pipe holds, whole through a tmpfs file.
+	w = p.open(wronly|unix.O_TRUNC, 0)
+	p.write(w, pattern(200000, 8))
+	p.close(w)
+	r = p.open(rdonly, 0)
+	p.sendfileFile(pl, r, nil, 250000)
+	p.pos(r)
+	p.sendfileFile(pl, r, at(0), 250000)
+	p.copyFileRange(pl, r, at(4097), 250000)
+
+	// Within the file: the source range copied past its end.
+	h := p.open(rdwr, 0)
+	res := p.doAccepting("copy_file_range(fd, &10, fd, &300000, 150000, 0)", func(s *side) outcome {
+		in, out := int64(10), int64(300000)
+		n, err := unix.CopyFileRange(s.fd(h), &in, s.fd(h), &out, 150000, 0)
+		return nOut(int64(n), err)
+	}, copyRefused)
+	if res[fileSide].err == 0 {
+		p.sendfileFile(pl, r, at(0), 500000)
+		p.contents()
+	}
+}
