@@ -2,6 +2,7 @@ package filecheck
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
@@ -39,13 +40,30 @@ func (p *pair) newPlumbing() *plumbing {
 		p.failf("cannot make the pipe's read end non-blocking: %v", err)
 	}
 	dir := filepath.Dir(p.r.oraclePath)
-	fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o600)
+	fd, err := scratchFile(dir)
 	if err != nil {
 		pl.close()
 		p.failf("cannot make a scratch file in the oracle's directory %s for the splice steps: %v", dir, err)
 	}
 	pl.scratch = fd
 	return pl
+}
+
+// scratchFile opens a new file in dir that has no name, so that nothing is
+// left behind: O_TMPFILE, or where the file system lacks it, a file
+// removed as soon as it is open.
+func scratchFile(dir string) (int, error) {
+	fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o600)
+	if err == nil {
+		return fd, nil
+	}
+	f, err := os.CreateTemp(dir, "filecheck-scratch-*")
+	if err != nil {
+		return -1, err
+	}
+	defer f.Close()
+	os.Remove(f.Name())
+	return unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
 }
 
 func (pl *plumbing) close() {
@@ -228,8 +246,9 @@ func semSpliceRead(p *pair) {
 	pl := p.newPlumbing()
 	defer pl.close()
 	const slack = 100 // every read asks for more than there is
+	sizes := []int{0, 1, 100, 4096, 5000, 12345}
 	var r fdh
-	for i, n := range []int{0, 1, 100, 4096, 5000, 12345} {
+	for i, n := range sizes {
 		w := p.open(wronly|unix.O_TRUNC, 0)
 		p.write(w, pattern(n, i))
 		p.close(w)
@@ -248,7 +267,7 @@ func semSpliceRead(p *pair) {
 		p.pos(r) // the offsets given leave the descriptor's alone
 		p.sendfileFile(pl, r, at(0), n+slack)
 		p.copyFileRange(pl, r, at(0), n+slack)
-		if i < 5 {
+		if i < len(sizes)-1 {
 			p.close(r)
 		}
 	}
@@ -256,19 +275,19 @@ func semSpliceRead(p *pair) {
 	// r has read the last file through the page cache, and stays open
 	// while another descriptor changes the file.
 	w := p.open(wronly, 0)
-	const size = 12345
+	size := sizes[len(sizes)-1]
 	reread := func(count int) {
 		p.pread(r, count, 0)
 		p.sendfilePipe(pl, r, at(0), count)
 		p.splicePipe(pl, r, at(0), count)
 		p.sendfileFile(pl, r, at(0), count)
 	}
+	p.write(w, []byte("first"))
 	p.pwrite(w, []byte("OVERWRITTEN"), 4090) // across a page boundary
-	p.pwrite(w, []byte("first"), 0)
 	reread(size + 100)
 	p.lseek(r, 0, unix.SEEK_SET)
 	p.sendfilePipe(pl, r, nil, size+100)
-	p.pwrite(w, pattern(3000, 7), size) // extends it
+	p.pwrite(w, pattern(3000, 7), int64(size)) // extends it
 	reread(size + 3100)
 	p.ftruncate(w, 5000)
 	reread(size + 3100)
@@ -289,7 +308,7 @@ func semSpliceRead(p *pair) {
 
 	// Within the file: the source range copied past its end.
 	h := p.open(rdwr, 0)
-	res := p.doAccepting("copy_file_range(fd, &10, fd, &300000, 150000, 0)", func(s *side) outcome {
+	res := p.doAccepting(fmt.Sprintf("copy_file_range(%s, &10, %s, &300000, 150000, 0)", h, h), func(s *side) outcome {
 		in, out := int64(10), int64(300000)
 		n, err := unix.CopyFileRange(s.fd(h), &in, s.fd(h), &out, 150000, 0)
 		return nOut(int64(n), err)
