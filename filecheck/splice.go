@@ -117,11 +117,17 @@ func offInfo(o outcome, off *int64) outcome {
 // pipe, and returns its result with the bytes it put there.
 func (pl *plumbing) toPipe(call func() (int64, error)) outcome {
 	n, err := call()
-	data := pl.drain()
+	return movedOut(n, err, pl.drain(), "the pipe")
+}
+
+// movedOut is the outcome of a call that moved bytes, which are now in
+// dest: the count and the bytes, or the error and whether it moved some
+// bytes all the same.
+func movedOut(n int64, err error, data []byte, dest string) outcome {
 	if err != nil {
 		o := errOut(err)
 		if len(data) > 0 {
-			o.info = fmt.Sprintf("yet the pipe holds %d bytes", len(data))
+			o.info = fmt.Sprintf("yet %s holds %d bytes", dest, len(data))
 		}
 		return o
 	}
@@ -140,53 +146,55 @@ func (pl *plumbing) toScratch(call func() (int64, error)) outcome {
 	if rerr != nil {
 		return outcome{n: -1, err: unix.EIO, info: "reading the scratch file: " + rerr.Error()}
 	}
-	if err != nil {
-		o := errOut(err)
-		if len(data) > 0 {
-			o.info = fmt.Sprintf("yet the destination holds %d bytes", len(data))
-		}
-		return o
+	return movedOut(n, err, data, "the tmpfs file")
+}
+
+// A sink is where a step moves bytes: the pipe or the scratch file.
+type sink bool
+
+const (
+	toPipe sink = false
+	toFile sink = true
+)
+
+// move runs one step that moves bytes from h (from *off, which it
+// advances, or from the descriptor's offset, which it moves, when off is
+// nil) into the sink by fn(from, off, to), and compares the result, the
+// bytes moved and where *off was left. accept is doAccepting's.
+func (p *pair) move(pl *plumbing, to sink, call string, h fdh, off *int64, fn func(from int, off *int64, to int) (int, error), accept func(file, oracle outcome) bool) {
+	dest, fd := pl.toPipe, pl.pw
+	if to == toFile {
+		dest, fd = pl.toScratch, pl.scratch
+		call += ", then read the tmpfs file"
 	}
-	return outcome{n: n, data: data, hasData: true}
-}
-
-// sendfilePipe is sendfile(pipe, h, off, count). A nil off reads from the
-// descriptor's offset and moves it; otherwise from *off, which the call
-// advances, leaving the descriptor's offset alone.
-func (p *pair) sendfilePipe(pl *plumbing, h fdh, off *int64, count int) {
-	call := fmt.Sprintf("sendfile(pipe, %s, %s, %d)", h, offArg(off), count)
-	p.do(call, func(s *side) outcome {
+	p.doAccepting(call, func(s *side) outcome {
 		o := offCopy(off)
-		return offInfo(pl.toPipe(func() (int64, error) {
-			n, err := unix.Sendfile(pl.pw, s.fd(h), o, count)
+		return offInfo(dest(func() (int64, error) {
+			n, err := fn(s.fd(h), o, fd)
 			return int64(n), err
 		}), o)
-	})
+	}, accept)
 }
 
-// sendfileFile is sendfile into the scratch file on tmpfs: the kernel
-// splices through an internal pipe until count bytes or the end, so sizes
-// beyond a pipe's capacity come whole.
-func (p *pair) sendfileFile(pl *plumbing, h fdh, off *int64, count int) {
-	call := fmt.Sprintf("sendfile(tmpfs file, %s, %s, %d), then read the tmpfs file", h, offArg(off), count)
-	p.do(call, func(s *side) outcome {
-		o := offCopy(off)
-		return offInfo(pl.toScratch(func() (int64, error) {
-			n, err := unix.Sendfile(pl.scratch, s.fd(h), o, count)
-			return int64(n), err
-		}), o)
-	})
+// sendfile is sendfile(to, h, off, count). Into the scratch file the
+// kernel splices through an internal pipe until count bytes or the end, so
+// sizes beyond a pipe's capacity come whole.
+func (p *pair) sendfile(pl *plumbing, to sink, h fdh, off *int64, count int) {
+	dst := "pipe"
+	if to == toFile {
+		dst = "tmpfs file"
+	}
+	p.move(pl, to, fmt.Sprintf("sendfile(%s, %s, %s, %d)", dst, h, offArg(off), count), h, off,
+		func(from int, o *int64, to int) (int, error) { return unix.Sendfile(to, from, o, count) }, nil)
 }
 
-// splicePipe is splice(h, off, pipe, NULL, count, 0).
-func (p *pair) splicePipe(pl *plumbing, h fdh, off *int64, count int) {
-	call := fmt.Sprintf("splice(%s, %s, pipe, NULL, %d, 0)", h, offArg(off), count)
-	p.do(call, func(s *side) outcome {
-		o := offCopy(off)
-		return offInfo(pl.toPipe(func() (int64, error) {
-			return unix.Splice(s.fd(h), o, pl.pw, nil, count, 0)
-		}), o)
-	})
+// splice is splice(h, off, pipe, NULL, count, 0).
+func (p *pair) splice(pl *plumbing, h fdh, off *int64, count int) {
+	p.move(pl, toPipe, fmt.Sprintf("splice(%s, %s, pipe, NULL, %d, 0)", h, offArg(off), count), h, off,
+		func(from int, o *int64, to int) (int, error) {
+			n, err := unix.Splice(from, o, to, nil, count, 0)
+			return int(n), err
+		}, nil)
 }
 
 // at is an offset argument.
@@ -220,15 +228,11 @@ func copyRefused(file, oracle outcome) bool {
 // passes when both copy the same bytes, or when the file under test refuses
 // as copyRefused allows.
 func (p *pair) copyFileRange(pl *plumbing, h fdh, off *int64, count int) {
-	call := fmt.Sprintf("copy_file_range(%s, %s, tmpfs file, &0, %d, 0), then read the tmpfs file", h, offArg(off), count)
-	p.doAccepting(call, func(s *side) outcome {
-		o := offCopy(off)
-		return offInfo(pl.toScratch(func() (int64, error) {
+	p.move(pl, toFile, fmt.Sprintf("copy_file_range(%s, %s, tmpfs file, &0, %d, 0)", h, offArg(off), count), h, off,
+		func(from int, o *int64, to int) (int, error) {
 			var out int64
-			n, err := unix.CopyFileRange(s.fd(h), o, pl.scratch, &out, count, 0)
-			return int64(n), err
-		}), o)
-	}, copyRefused)
+			return unix.CopyFileRange(from, o, to, &out, count, 0)
+		}, copyRefused)
 }
 
 // semSpliceRead writes files of several sizes (empty, one byte, less than
@@ -254,18 +258,18 @@ func semSpliceRead(p *pair) {
 		p.close(w)
 		r = p.open(rdonly, 0)
 		p.pread(r, n+slack, 0)
-		p.sendfilePipe(pl, r, nil, n+slack)
+		p.sendfile(pl, toPipe, r, nil, n+slack)
 		p.pos(r)
-		p.sendfilePipe(pl, r, nil, slack) // at the end: 0
+		p.sendfile(pl, toPipe, r, nil, slack) // at the end: 0
 		p.lseek(r, 1, unix.SEEK_SET)
-		p.splicePipe(pl, r, nil, n+slack)
+		p.splice(pl, r, nil, n+slack)
 		p.pos(r)
 		for _, off := range []int64{0, 3, int64(n), int64(n) + 10} {
-			p.sendfilePipe(pl, r, &off, n+slack)
-			p.splicePipe(pl, r, &off, n+slack)
+			p.sendfile(pl, toPipe, r, &off, n+slack)
+			p.splice(pl, r, &off, n+slack)
 		}
 		p.pos(r) // the offsets given leave the descriptor's alone
-		p.sendfileFile(pl, r, at(0), n+slack)
+		p.sendfile(pl, toFile, r, at(0), n+slack)
 		p.copyFileRange(pl, r, at(0), n+slack)
 		if i < len(sizes)-1 {
 			p.close(r)
@@ -278,15 +282,15 @@ func semSpliceRead(p *pair) {
 	size := sizes[len(sizes)-1]
 	reread := func(count int) {
 		p.pread(r, count, 0)
-		p.sendfilePipe(pl, r, at(0), count)
-		p.splicePipe(pl, r, at(0), count)
-		p.sendfileFile(pl, r, at(0), count)
+		p.sendfile(pl, toPipe, r, at(0), count)
+		p.splice(pl, r, at(0), count)
+		p.sendfile(pl, toFile, r, at(0), count)
 	}
 	p.write(w, []byte("first"))
 	p.pwrite(w, []byte("OVERWRITTEN"), 4090) // across a page boundary
 	reread(size + 100)
 	p.lseek(r, 0, unix.SEEK_SET)
-	p.sendfilePipe(pl, r, nil, size+100)
+	p.sendfile(pl, toPipe, r, nil, size+100)
 	p.pwrite(w, pattern(3000, 7), int64(size)) // extends it
 	reread(size + 3100)
 	p.ftruncate(w, 5000)
@@ -301,9 +305,9 @@ func semSpliceRead(p *pair) {
 	p.write(w, pattern(200000, 8))
 	p.close(w)
 	r = p.open(rdonly, 0)
-	p.sendfileFile(pl, r, nil, 250000)
+	p.sendfile(pl, toFile, r, nil, 250000)
 	p.pos(r)
-	p.sendfileFile(pl, r, at(0), 250000)
+	p.sendfile(pl, toFile, r, at(0), 250000)
 	p.copyFileRange(pl, r, at(4097), 250000)
 
 	// Within the file: the source range copied past its end.
@@ -314,7 +318,7 @@ func semSpliceRead(p *pair) {
 		return nOut(int64(n), err)
 	}, copyRefused)
 	if res[fileSide].err == 0 {
-		p.sendfileFile(pl, r, at(0), 500000)
+		p.sendfile(pl, toFile, r, at(0), 500000)
 		p.contents()
 	}
 }
