@@ -38,6 +38,7 @@ func allChecks() []*check {
 		{name: "semantics/edge-lengths", fn: semEdgeLengths},
 		{name: "semantics/o-direct", fn: semODirect},
 		{name: "semantics/o-sync", fn: semOSync},
+		{name: "semantics/splice-read", fn: semSpliceRead},
 		{name: "random", run: runRandom},
 		{name: "concurrency/append", fn: concAppend},
 		{name: "concurrency/pwrite", fn: concPwrite},

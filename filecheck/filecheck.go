@@ -18,9 +18,14 @@
 //     loaded again);
 //   - semantics/...: one check per regular-file rule (O_TRUNC, O_APPEND,
 //     holes, lseek including SEEK_DATA/SEEK_HOLE, ftruncate, fallocate,
-//     fstat, timestamps, fsync, mmap) plus edge inputs (offsets 0, maximal
-//     and negative, lengths 0 and huge, invalid whence, O_DIRECT, O_SYNC,
-//     buffers that cross EOF or end in unmapped memory);
+//     fstat, timestamps, fsync, mmap, and reading through sendfile, splice
+//     and copy_file_range as through read) plus edge inputs (offsets 0,
+//     maximal and negative, lengths 0 and huge, invalid whence, O_DIRECT,
+//     O_SYNC, buffers that cross EOF or end in unmapped memory). The one
+//     difference allowed anywhere is there: copy_file_range may be refused
+//     with EXDEV, EOPNOTSUPP, ENOSYS or EINVAL, the destination untouched,
+//     where tmpfs copied, because callers fall back to read and write on
+//     those (and a FUSE file gives EXDEV towards tmpfs);
 //   - random: a seeded fsx-style sequence of operations, contents compared
 //     after every step, the failing sequence shrunk;
 //   - concurrency/...: several processes appending with O_APPEND and
