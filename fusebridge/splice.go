@@ -55,10 +55,12 @@ const directSize = 4096
 // directOnly reports whether every open of e is read with
 // FOPEN_DIRECT_IO, its size unknown to the kernel: content made per open
 // that the page cache never serves (per caller, a stream, or on a mount
-// that does not use it), on a connection that keeps OPEN.
+// that does not use it), on a connection that keeps OPEN. A handler with
+// a backing file (handler.BackingFiler) is read from that file, whose size
+// the kernel knows.
 func (e *Entry) directOnly() bool {
 	return e.kind == kindFile && !e.srv().opts.NoOpen && e.reader() != nil &&
-		e.getattrer() == nil && !e.pageCacheable()
+		e.getattrer() == nil && e.backing() == nil && !e.pageCacheable()
 }
 
 // pageReads holds the READs in flight that fill pages (no
