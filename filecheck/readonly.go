@@ -97,18 +97,21 @@ func (c *roCheck) open() int {
 func (c *roCheck) reference() []byte {
 	fd := c.open()
 	defer unix.Close(fd)
-	data, err := readBuffered(fd, 64<<10)
+	data, err := readBuffered(fd, 64<<10, readLimit)
 	if err != nil {
 		c.failf("the reference read(2) to EOF failed after %d bytes: %v", len(data), err)
 	}
 	return data
 }
 
-// pump calls next until it gives no bytes or an error, and returns all it
-// gave (at most a little more than maxWholeRead bytes). EINTR is retried.
-func pump(next func() ([]byte, error)) ([]byte, error) {
+// readLimit bounds what one step reads: a little more than maxWholeRead.
+const readLimit = maxWholeRead + 1
+
+// pump calls next until it gives no bytes or an error, or until it has
+// given limit bytes or more, and returns all it gave. EINTR is retried.
+func pump(limit int, next func() ([]byte, error)) ([]byte, error) {
 	var out []byte
-	for len(out) <= maxWholeRead {
+	for len(out) < limit {
 		b, err := next()
 		if errors.Is(err, unix.EINTR) {
 			continue
@@ -121,10 +124,11 @@ func pump(next func() ([]byte, error)) ([]byte, error) {
 	return out, nil
 }
 
-// readBuffered reads fd with read(2) into a buffer of size bytes to EOF.
-func readBuffered(fd, size int) ([]byte, error) {
+// readBuffered reads fd with read(2) into a buffer of size bytes to EOF,
+// or until it has limit bytes or more.
+func readBuffered(fd, size, limit int) ([]byte, error) {
 	buf := make([]byte, size)
-	return pump(func() ([]byte, error) {
+	return pump(limit, func() ([]byte, error) {
 		n, err := unix.Read(fd, buf)
 		return buf[:max(n, 0)], err
 	})
@@ -241,6 +245,7 @@ func (c *roCheck) do(call string, sh shape, refused refusal, fn func(ref []byte)
 		}
 		if bytes.Equal(before, after) || try == roTries {
 			a, b := describe(bytesOut(got), bytesOut(sh.expect(got, before)))
+			b = "read(2) gives " + b
 			if !bytes.Equal(before, after) {
 				b += fmt.Sprintf(" (after the step: %d bytes; tried %d times, the content moving)", len(after), try)
 			}
@@ -302,20 +307,32 @@ func roSize(c *roCheck) {
 
 func errnoOfErr(err error) unix.Errno { return unix.Errno(errnoOf(err)) }
 
+// smallReads is how far read(2) into a small buffer goes (across two page
+// boundaries) before the rest is read into 64 KiB: a byte at a time, a big
+// file served over FUSE would take minutes.
+const smallReads = 8 << 10
+
 // roRead reads the file through fresh descriptors with read(2) into
-// buffers of 1, 7, 4096 and 65536 bytes. The small buffers are left out
-// for content over a MiB (a million system calls say nothing more).
+// buffers of 1, 7, 4096 and 65536 bytes (the small ones for the first
+// smallReads bytes).
 func roRead(c *roCheck) {
-	big := len(c.reference()) > 1<<20
 	for _, size := range []int{1, 7, 4096, 64 << 10} {
-		if big && size < 4096 {
-			c.notef("read(2) into 1 and 7 bytes left out: the content is over 1 MiB")
-			continue
+		call := fmt.Sprintf("open(PATH, O_RDONLY), read(fd, %d) to EOF", size)
+		if size < 4096 {
+			call = fmt.Sprintf("open(PATH, O_RDONLY), read(fd, %d) to byte %d, then read(fd, 65536) to EOF", size, smallReads)
 		}
-		c.do(fmt.Sprintf("open(PATH, O_RDONLY), read(fd, %d) to EOF", size), shape{}, nil, func([]byte) ([]byte, error) {
+		c.do(call, shape{}, nil, func([]byte) ([]byte, error) {
 			fd := c.open()
 			defer unix.Close(fd)
-			return readBuffered(fd, size)
+			var head []byte
+			if size < 4096 {
+				var err error
+				if head, err = readBuffered(fd, size, smallReads); err != nil || len(head) < smallReads {
+					return head, err
+				}
+			}
+			rest, err := readBuffered(fd, 64<<10, readLimit)
+			return append(head, rest...), err
 		})
 	}
 }
@@ -331,7 +348,7 @@ func roReadv(c *roCheck) {
 		for i, n := range sizes {
 			iov[i] = make([]byte, n)
 		}
-		return pump(func() ([]byte, error) {
+		return pump(readLimit, func() ([]byte, error) {
 			n, err := unix.Readv(fd, iov)
 			var b []byte
 			for _, v := range iov {
@@ -345,7 +362,7 @@ func roReadv(c *roCheck) {
 // preadFrom reads fd with pread(2) from off to EOF in 64 KiB pieces.
 func preadFrom(fd int, off int64) ([]byte, error) {
 	buf := make([]byte, 64<<10)
-	return pump(func() ([]byte, error) {
+	return pump(readLimit, func() ([]byte, error) {
 		n, err := unix.Pread(fd, buf, off)
 		off += int64(max(n, 0))
 		return buf[:max(n, 0)], err
@@ -376,7 +393,7 @@ func seekRead(fd int, off int) ([]byte, error) {
 	if got != int64(off) {
 		return nil, fmt.Errorf("lseek returned %d", got)
 	}
-	return readBuffered(fd, 64<<10)
+	return readBuffered(fd, 64<<10, readLimit)
 }
 
 // roSeekRead reads one descriptor to EOF, again from offset 0 after
@@ -386,7 +403,7 @@ func roSeekRead(c *roCheck) {
 	mid := len(c.reference()) / 2
 	fd := c.open()
 	defer unix.Close(fd)
-	c.do("read(fd, 65536) to EOF", shape{}, nil, func([]byte) ([]byte, error) { return readBuffered(fd, 64<<10) })
+	c.do("read(fd, 65536) to EOF", shape{}, nil, func([]byte) ([]byte, error) { return readBuffered(fd, 64<<10, readLimit) })
 	c.do("lseek(fd, 0, SEEK_SET), read to EOF", shape{}, nil, func([]byte) ([]byte, error) { return seekRead(fd, 0) })
 	c.do(fmt.Sprintf("lseek(fd, %d, SEEK_SET), read to EOF", mid), shape{from: mid}, nil, func([]byte) ([]byte, error) { return seekRead(fd, mid) })
 	c.do(fmt.Sprintf("open(PATH, O_RDONLY), lseek(fd, %d, SEEK_SET), read to EOF", mid), shape{from: mid}, nil, func([]byte) ([]byte, error) {
@@ -423,7 +440,7 @@ func spliceSteps(c *roCheck, name string, move func(pw, fd int, off *int64, n in
 			if start >= 0 {
 				off = at(int64(start))
 			}
-			return pump(func() ([]byte, error) {
+			return pump(readLimit, func() ([]byte, error) {
 				_, err := move(pl.pw, fd, off, pipeChunk)
 				return pl.drain(), err
 			})
@@ -466,7 +483,7 @@ func roCopyFileRange(c *roCheck) {
 				c.failf("emptying the scratch file: %v", err)
 			}
 			var moved int
-			_, err := pump(func() ([]byte, error) {
+			_, err := pump(readLimit, func() ([]byte, error) {
 				n, err := unix.CopyFileRange(fd, nil, pl.scratch, nil, pipeChunk, 0)
 				moved += max(n, 0)
 				return make([]byte, max(n, 0)), err
