@@ -131,7 +131,7 @@ func runCheck(args []string) int {
 	if isTerminal(os.Stderr) {
 		cfg.Progress = os.Stderr
 	}
-	if *destructive {
+	if *destructive && !*readOnly { // (Run refuses the two together)
 		fmt.Fprintf(os.Stderr, "ramproc check: --destructive: the checks overwrite %s (its contents are written back at the end, best effort)\n", cfg.Path)
 	}
 
