@@ -10,7 +10,9 @@
 // every check by construction; the checks encode no opinion of their own
 // about what a file should do.
 //
-// The checks come in six groups, selected by Config.Run (see Names):
+// The checks come in six groups that write, selected by Config.Run (see
+// Names), and a seventh, read-only/..., that runs instead of them with
+// Config.ReadOnly (below):
 //
 //   - seed/...: the six checks of the Rust proc-file module's own tester
 //     (open options, read/write, write-seek-read, write-seek-overwrite,
@@ -53,6 +55,23 @@
 //
 // The checks write to the file. Run refuses a file that is not empty unless
 // Config.Destructive is set, and leaves an empty file empty again.
+//
+// # Read-only checks
+//
+// With Config.ReadOnly, the checks read-only/... run instead, which never
+// write: they take any readable regular file, the kernel's /proc and /sys
+// files and generated files included. Their oracle is the file's own
+// read(2): each step reads the file one way (read(2) into buffers of
+// several sizes, readv, pread, lseek and read, sendfile and splice into a
+// pipe, copy_file_range into a tmpfs file, a MAP_PRIVATE mapping in a child
+// process) and must get what a reference read(2) to EOF gave just before or
+// just after it, exactly or once numbers are normalized (content that
+// moves between opens); a step is retried while the content moves under it.
+// sendfile, splice and copy_file_range may refuse with an errno on which
+// callers fall back to read(2), and mmap may be refused or fault at once:
+// those pass with a Result.Note. Bytes lost silently fail (0 bytes from
+// sendfile while read(2) gives content). read-only/size only notes the
+// sizes fstat and lseek(SEEK_END) show. See docs/check.md.
 //
 // # Child processes
 //
