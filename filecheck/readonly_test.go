@@ -14,11 +14,7 @@ import (
 // runReadOnly runs the read-only checks on path and logs the report.
 func runReadOnly(t *testing.T, path string) *filecheck.Report {
 	t.Helper()
-	rep, err := filecheck.Run(context.Background(), filecheck.Config{Path: path, ReadOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	logReport(t, rep)
+	rep := runConfig(t, filecheck.Config{Path: path, ReadOnly: true})
 	if n := len(rep.Results); n != rep.Passed+rep.Failed+rep.Skipped || n == 0 {
 		t.Errorf("%d results, %s", n, rep.Summary())
 	}

@@ -22,6 +22,17 @@ func newFile(t *testing.T, dir string) string {
 	return path
 }
 
+// runConfig runs the checks cfg selects and logs the report.
+func runConfig(t *testing.T, cfg filecheck.Config) *filecheck.Report {
+	t.Helper()
+	rep, err := filecheck.Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logReport(t, rep)
+	return rep
+}
+
 // logReport logs the text report.
 func logReport(t *testing.T, rep *filecheck.Report) {
 	t.Helper()
