@@ -69,8 +69,8 @@ func readOnlyNames() []string {
 	return names
 }
 
-// fillFake writes content into the fake file at path through the kernel.
-func fillFake(t *testing.T, path string, n int) {
+// fillFile writes n bytes of /proc-like lines into the file at path.
+func fillFile(t *testing.T, path string, n int) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(strings.Repeat("MemFree:   123456 kB\n", n/21+1)[:n]), 0o644); err != nil {
 		t.Fatal(err)
@@ -85,7 +85,7 @@ func fillFake(t *testing.T, path string, n int) {
 // refused with EXDEV, both noted).
 func TestReadOnlyFakeDirectIOSizeZero(t *testing.T) {
 	path := mountFake(t, breakage{directIO: true, sizeZero: true})
-	fillFake(t, path, 5000)
+	fillFile(t, path, 5000)
 	rep := runReadOnly(t, path)
 	for _, res := range rep.Results {
 		want := filecheck.Pass
@@ -110,7 +110,7 @@ func TestReadOnlyFakeDirectIOSizeZero(t *testing.T) {
 // no deviation here either (the page cache sendfile reads is current).
 func TestReadOnlyFakeDirectIOFaithful(t *testing.T) {
 	path := mountFake(t, breakage{directIO: true})
-	fillFake(t, path, 70000)
+	fillFile(t, path, 70000)
 	rep := runReadOnly(t, path)
 	requireAllPass(t, rep)
 	requireNote(t, rep, "read-only/size", "fstat: size 70000, lseek(SEEK_END): 70000, read(2): 70000 bytes")
