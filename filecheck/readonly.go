@@ -232,42 +232,35 @@ func (c *roCheck) do(call string, sh shape, refused refusal, fn func(ref []byte)
 		got, err := fn(before)
 		after := c.reference()
 		if err != nil {
-			if note := ""; len(got) == 0 && refused != nil {
-				if note = refused(err); note != "" {
+			if len(got) == 0 && refused != nil {
+				if note := refused(err); note != "" {
 					c.notef("%s", note)
 					return
 				}
 			}
-			c.fail(call, fmt.Sprintf("%s after %d bytes", errDesc(err), len(got)), before, after)
+			ref := "read(2) gives " + bytesOut(before).String()
+			if !bytes.Equal(before, after) {
+				ref += fmt.Sprintf(", then %d bytes", len(after))
+			}
+			c.fail(call, fmt.Sprintf("%s after %d bytes", errDesc(err), len(got)), ref)
 		}
 		if sh.match(got, before) || sh.match(got, after) {
 			return
 		}
 		if bytes.Equal(before, after) || try == roTries {
-			a, b := describe(bytesOut(got), bytesOut(sh.expect(got, before)))
-			b = "read(2) gives " + b
+			file, ref := describe(bytesOut(got), bytesOut(sh.expect(got, before)))
+			ref = "read(2) gives " + ref
 			if !bytes.Equal(before, after) {
-				b += fmt.Sprintf(" (after the step: %d bytes; tried %d times, the content moving)", len(after), try)
+				ref += fmt.Sprintf(" (after the step: %d bytes; tried %d times, the content moving)", len(after), try)
 			}
-			c.fail(call, a, b, nil)
+			c.fail(call, file, ref)
 		}
 	}
 }
 
-// fail fails the step; oracle is a description, or a reference before
-// (and after) the step.
-func (c *roCheck) fail(call, file string, oracle any, after []byte) {
-	var o string
-	switch x := oracle.(type) {
-	case string:
-		o = x
-	case []byte:
-		o = "read(2) gives " + bytesOut(x).String()
-		if after != nil && !bytes.Equal(after, x) {
-			o += fmt.Sprintf(", then %d bytes", len(after))
-		}
-	}
-	panic(&stepFailure{Diff{Step: c.step, Call: call, File: file, Oracle: o}})
+// fail fails the step with what the file gave and what read(2) gave.
+func (c *roCheck) fail(call, file, oracle string) {
+	panic(&stepFailure{Diff{Step: c.step, Call: call, File: file, Oracle: oracle}})
 }
 
 func bytesOut(b []byte) outcome { return outcome{n: int64(len(b)), data: b, hasData: true} }
@@ -379,7 +372,7 @@ func roPread(c *roCheck) {
 	c.do(fmt.Sprintf("pread(fd, 65536, %d, ...) to EOF", mid), shape{from: mid}, nil, func([]byte) ([]byte, error) { return preadFrom(fd, int64(mid)) })
 	c.step++
 	if off, err := unix.Seek(fd, 0, unix.SEEK_CUR); err != nil || off != 0 {
-		c.fail("lseek(fd, 0, SEEK_CUR) after pread", fmt.Sprintf("%d, %v", off, err), "0 (pread leaves the offset alone)", nil)
+		c.fail("lseek(fd, 0, SEEK_CUR) after pread", fmt.Sprintf("%d, %v", off, err), "0 (pread leaves the offset alone)")
 	}
 }
 
@@ -483,11 +476,18 @@ func roCopyFileRange(c *roCheck) {
 				c.failf("emptying the scratch file: %v", err)
 			}
 			var moved int
-			_, err := pump(readLimit, func() ([]byte, error) {
-				n, err := unix.CopyFileRange(fd, nil, pl.scratch, nil, pipeChunk, 0)
-				moved += max(n, 0)
-				return make([]byte, max(n, 0)), err
-			})
+			var err error
+			for moved < readLimit {
+				var n int
+				n, err = unix.CopyFileRange(fd, nil, pl.scratch, nil, pipeChunk, 0)
+				if errors.Is(err, unix.EINTR) {
+					continue
+				}
+				if err != nil || n <= 0 {
+					break
+				}
+				moved += n
+			}
 			data, rerr := readAll(pl.scratch, maxWholeRead+1)
 			if rerr != nil {
 				c.failf("reading the scratch file: %v", rerr)
