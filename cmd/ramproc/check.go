@@ -48,7 +48,7 @@ Flags:
 func runCheck(args []string) int {
 	fs := flag.NewFlagSet("check", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	oracle := fs.String("oracle", "", "directory on a tmpfs for the oracle's scratch file (default /dev/shm, or a private tmpfs when root)")
+	oracle := fs.String("oracle", "", "directory on a tmpfs for the oracle's scratch file (default /dev/shm, or a private tmpfs when root; with --read-only, for copy_file_range's scratch file)")
 	oracleSize := fs.String("oracle-size", "", "PATH's capacity (e.g. 1m, as given to ramproc mount -max-size): compare writes and mmap stores beyond it with a private tmpfs of that size= (root; check capacity/mmap-beyond)")
 	run := fs.String("run", "", "run only the checks whose names match this regular expression (see --list)")
 	destructive := fs.Bool("destructive", false, "allow overwriting PATH when it is not empty")

@@ -290,6 +290,15 @@ func readOnlyLines(t *testing.T, path string) map[string]string {
 // It writes nothing, so a non-empty file needs no --destructive.
 func TestCheckReadOnly(t *testing.T) {
 	readOnlyLines(t, "/proc/meminfo")
+	// The notes are in the JSON report too.
+	code, out, errOut := runRamproc(t, "check", "--read-only", "--json", "--run", "size", "/proc/uptime")
+	var rep struct {
+		Results []struct{ Name, Status, Note string } `json:"results"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); code != 0 || err != nil || len(rep.Results) != 1 ||
+		rep.Results[0].Status != "PASS" || !strings.HasPrefix(rep.Results[0].Note, "fstat: size 0, lseek(SEEK_END): EINVAL, read(2): ") {
+		t.Errorf("--read-only --json: exit %d, %v, want one PASS with the sizes in its note\nstdout:\n%s\nstderr:\n%s", code, err, out, errOut)
+	}
 
 	testenv.RequireFUSE(t)
 	srv, err := fusebridge.Mount(filepath.Join(t.TempDir(), "mnt"), fusebridge.Options{})
@@ -342,7 +351,7 @@ func TestCheckReadOnly(t *testing.T) {
 	// from offset 0 the library refuses with EINVAL. That deviation of
 	// fusebridge's is what this check exists to catch; it is left for
 	// fusebridge to fix, and this test to be updated then.
-	code, out, _ := runRamproc(t, "check", "--read-only", "--run", "sendfile|splice", filepath.Join(srv.Mountpoint(), "caller-long"))
+	code, out, _ = runRamproc(t, "check", "--read-only", "--run", "sendfile|splice", filepath.Join(srv.Mountpoint(), "caller-long"))
 	for _, c := range []string{"sendfile", "splice"} {
 		if code != 1 || !regexp.MustCompile(`FAIL read-only/`+c+`: step 3: open\(PATH, O_RDONLY\), `+c+`\(pipe, fd, &\d+, 32768\) to EOF: file: 0, 0 bytes`).MatchString(out) {
 			t.Errorf("caller-long: exit %d, want 1 and %s failing at step 3 with 0 bytes from the middle:\n%s", code, c, out)
