@@ -352,12 +352,7 @@ func fakeCheckCount() int {
 // runAll runs every check with a fixed seed and logs the report.
 func runAll(t *testing.T, path string) *filecheck.Report {
 	t.Helper()
-	rep, err := filecheck.Run(context.Background(), filecheck.Config{Path: path, Ops: 1000, Seed: 1, ShrinkTimeout: 5 * time.Second, Run: fakeChecks})
-	if err != nil {
-		t.Fatal(err)
-	}
-	logReport(t, rep)
-	return rep
+	return runConfig(t, filecheck.Config{Path: path, Ops: 1000, Seed: 1, ShrinkTimeout: 5 * time.Second, Run: fakeChecks})
 }
 
 // requireFailures checks that exactly the checks in fail failed and all
@@ -471,12 +466,7 @@ var spliceCheck = regexp.MustCompile(`^semantics/splice-read$`)
 // runSplice runs semantics/splice-read alone on path.
 func runSplice(t *testing.T, path string) *filecheck.Report {
 	t.Helper()
-	rep, err := filecheck.Run(context.Background(), filecheck.Config{Path: path, Run: spliceCheck})
-	if err != nil {
-		t.Fatal(err)
-	}
-	logReport(t, rep)
-	return rep
+	return runConfig(t, filecheck.Config{Path: path, Run: spliceCheck})
 }
 
 // TestFakeDirectIOSizeZero: the deviation found on Linux 6.18. A file

@@ -10,7 +10,9 @@
 // every check by construction; the checks encode no opinion of their own
 // about what a file should do.
 //
-// The checks come in six groups, selected by Config.Run (see Names):
+// The checks come in six groups that write, selected by Config.Run (see
+// Names), and a seventh, read-only/..., that runs instead of them with
+// Config.ReadOnly (below):
 //
 //   - seed/...: the six checks of the Rust proc-file module's own tester
 //     (open options, read/write, write-seek-read, write-seek-overwrite,
@@ -53,6 +55,23 @@
 //
 // The checks write to the file. Run refuses a file that is not empty unless
 // Config.Destructive is set, and leaves an empty file empty again.
+//
+// # Read-only checks
+//
+// With Config.ReadOnly, the checks read-only/... run instead, which never
+// write: they take any readable regular file, the kernel's /proc and /sys
+// files and generated files included. Their oracle is the file's own
+// read(2): each step reads the file one way (read(2) into buffers of
+// several sizes, readv, pread, lseek and read, sendfile and splice into a
+// pipe, copy_file_range into a tmpfs file, a MAP_PRIVATE mapping in a child
+// process) and must get what a reference read(2) to EOF gave just before or
+// just after it, exactly or once numbers are normalized (content that
+// moves between opens); a step is retried while the content moves under it.
+// sendfile, splice and copy_file_range may refuse with an errno on which
+// callers fall back to read(2), and mmap may be refused or fault at once:
+// those pass with a Result.Note. Bytes lost silently fail (0 bytes from
+// sendfile while read(2) gives content). read-only/size only notes the
+// sizes fstat and lseek(SEEK_END) show. See docs/check.md.
 //
 // # Child processes
 //
@@ -105,6 +124,14 @@ type Config struct {
 	// Run selects the checks whose names it matches (see Names); nil runs
 	// them all.
 	Run *regexp.Regexp
+
+	// ReadOnly runs the read-only checks (read-only/...) instead of the
+	// others: they never write to the file, so they take any readable
+	// regular file, /proc and /sys files included, and compare each way of
+	// reading it with its own read(2). OracleDir then only holds a scratch
+	// file for copy_file_range (default /dev/shm, else os.TempDir()).
+	// Destructive, OracleSize and the reload commands do not apply.
+	ReadOnly bool
 
 	// Destructive allows Run to overwrite a file that is not empty. Its
 	// contents are read first and written back at the end, but that is
@@ -185,6 +212,10 @@ type Result struct {
 	// the check failed that way (some checks fail on a property instead,
 	// e.g. a lost record).
 	FirstDiff *Diff `json:"first_diff,omitempty"`
+	// Note is a remark on a check that passed or failed all the same: a
+	// read-only check notes a call refused with an errno on which callers
+	// fall back to read(2), and the sizes the file shows.
+	Note string `json:"note,omitempty"`
 	// Details holds further lines worth reading (e.g. the shrunk operation
 	// sequence of the randomized check).
 	Details []string `json:"details,omitempty"`
@@ -194,10 +225,12 @@ type Result struct {
 
 // Report is the outcome of a Run.
 type Report struct {
-	// Path is the file under test; Oracle is the oracle's scratch file.
+	// Path is the file under test; Oracle is the oracle's scratch file
+	// (empty with Config.ReadOnly: the oracle is the file's read(2)).
 	Path   string `json:"path"`
 	Oracle string `json:"oracle"`
-	// Seed and Ops are those of the randomized check.
+	// Seed and Ops are those of the randomized check (0 with
+	// Config.ReadOnly).
 	Seed int64 `json:"seed"`
 	Ops  int   `json:"ops"`
 	// Results has one entry per selected check, in the order they ran.
@@ -229,8 +262,8 @@ func (r *Report) Result(name string) *Result {
 	return nil
 }
 
-// WriteText writes one line per check (status, name and, for FAIL and SKIP,
-// the reason), any detail lines indented below it, the notes, and the
+// WriteText writes one line per check (status, name, the reason if any
+// and the note in parentheses), any detail lines indented below it, the notes, and the
 // summary line.
 func (r *Report) WriteText(w io.Writer) error {
 	var b strings.Builder
@@ -238,6 +271,9 @@ func (r *Report) WriteText(w io.Writer) error {
 		fmt.Fprintf(&b, "%s %s", res.Status, res.Name)
 		if res.Reason != "" {
 			fmt.Fprintf(&b, ": %s", res.Reason)
+		}
+		if res.Note != "" {
+			fmt.Fprintf(&b, " (note: %s)", res.Note)
 		}
 		b.WriteByte('\n')
 		for _, d := range res.Details {
@@ -274,10 +310,11 @@ func usagef(format string, args ...any) error {
 	return &UsageError{Msg: fmt.Sprintf(format, args...)}
 }
 
-// Names lists the names of all checks in the order Run runs them.
+// Names lists the names of all checks in the order Run runs them: those
+// that write, then the read-only ones (Config.ReadOnly).
 func Names() []string {
 	var names []string
-	for _, c := range allChecks() {
+	for _, c := range append(allChecks(), readOnlyChecks()...) {
 		names = append(names, c.name)
 	}
 	return names
@@ -321,34 +358,52 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		cfg.ShrinkTimeout = 30 * time.Second
 	}
 
+	group := allChecks()
+	if cfg.ReadOnly {
+		if cfg.Destructive || cfg.OracleSize != 0 || cfg.ReloadCmd != "" || cfg.UnloadCmd != "" || cfg.RestartCmd != "" {
+			return nil, usagef("the read-only checks never write to the file nor restart its server: drop --destructive, --oracle-size and the reload and restart commands, or --read-only")
+		}
+		group = readOnlyChecks()
+	}
 	var selected []*check
-	for _, c := range allChecks() {
+	for _, c := range group {
 		if cfg.Run == nil || cfg.Run.MatchString(c.name) {
 			selected = append(selected, c)
 		}
 	}
 	if len(selected) == 0 {
-		return nil, usagef("no check matches %q: list the checks with --list (filecheck.Names)", cfg.Run)
+		hint := "list the checks with --list (filecheck.Names)"
+		if !cfg.ReadOnly && cfg.Run.MatchString("read-only/") {
+			hint = "the read-only/ checks run with --read-only (Config.ReadOnly)"
+		}
+		return nil, usagef("no check matches %q: %s", cfg.Run, hint)
 	}
 
 	rep := &Report{Path: cfg.Path, Seed: cfg.Seed, Ops: cfg.Ops}
 	r := &runner{cfg: cfg, ctx: ctx, report: rep}
 	defer r.closeWorkers()
-	if err := r.openTarget(); err != nil {
-		return nil, err
+	if cfg.ReadOnly {
+		if err := r.openReadOnly(); err != nil {
+			return nil, err
+		}
+		rep.Seed, rep.Ops = 0, 0
+	} else {
+		if err := r.openTarget(); err != nil {
+			return nil, err
+		}
+		defer r.restoreTarget()
+		// Every check starts from an empty file: one that cannot be emptied
+		// (a /proc or /sys attribute) would fail them all for the same
+		// reason, so it is said once, and nothing runs.
+		if err := r.empty(cfg.Path); err != nil {
+			return nil, usagef("cannot start from an empty file: %v; the checks need a file they can truncate, a regular file of the file system under test; for a /proc or /sys file pass --read-only (checks that only read)", err)
+		}
+		if err := r.setupOracle(); err != nil {
+			return nil, err
+		}
+		defer r.cleanupOracle()
+		rep.Oracle = r.oraclePath
 	}
-	defer r.restoreTarget()
-	// Every check starts from an empty file: one that cannot be emptied (a
-	// /proc or /sys attribute) would fail them all for the same reason, so
-	// it is said once, and nothing runs.
-	if err := r.empty(cfg.Path); err != nil {
-		return nil, usagef("cannot start from an empty file: %v; the checks need a file they can truncate, a regular file of the file system under test (not a /proc or /sys attribute)", err)
-	}
-	if err := r.setupOracle(); err != nil {
-		return nil, err
-	}
-	defer r.cleanupOracle()
-	rep.Oracle = r.oraclePath
 	for _, c := range selected {
 		var res Result
 		if err := ctx.Err(); err != nil {
@@ -472,7 +527,7 @@ func (r *runner) openTarget() error {
 	}
 	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return usagef("cannot open %s for reading and writing: %v (the checks need both)", path, err)
+		return usagef("cannot open %s for reading and writing: %v (the checks need both; --read-only runs the checks that only read)", path, err)
 	}
 	defer unix.Close(fd)
 	var sst unix.Stat_t
@@ -489,7 +544,7 @@ func (r *runner) openTarget() error {
 	}
 	if !r.cfg.Destructive {
 		return &UsageError{Err: ErrNotEmpty, Msg: fmt.Sprintf(
-			"%s is not empty and the checks overwrite it: pass --destructive to allow that (its contents are written back at the end, best effort)", path)}
+			"%s is not empty and the checks overwrite it: pass --destructive to allow that (its contents are written back at the end, best effort), or --read-only for the checks that only read", path)}
 	}
 	var buf []byte
 	chunk := make([]byte, 1<<20)

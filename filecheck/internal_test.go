@@ -77,3 +77,40 @@ func TestGenOpsDeterministic(t *testing.T) {
 		}
 	}
 }
+
+// The comparisons of the read-only checks pass content that moved between
+// two reads (numbers changed, a column widened) and fail bytes lost,
+// doubled or out of place.
+func TestReadOnlyShapes(t *testing.T) {
+	ref := []byte("MemTotal:       16310740 kB\nMemFree:         9876543 kB\nCached:  1.25 x\n")
+	moved := []byte("MemTotal:       16310740 kB\nMemFree:        10000001 kB\nCached:  1.5 x\n")
+	mid := len(ref) / 2
+	for _, tc := range []struct {
+		name string
+		sh   shape
+		got  []byte
+		want bool
+	}{
+		{"whole, exact", shape{}, ref, true},
+		{"whole, moved", shape{}, moved, true},
+		{"whole, empty", shape{}, nil, false},
+		{"whole, short", shape{}, ref[:len(ref)-3], false},
+		{"whole, doubled", shape{}, append(append([]byte{}, ref...), ref...), false},
+		{"whole, a word changed", shape{}, bytes.Replace(moved, []byte("Free"), []byte("Fre!"), 1), false},
+		{"tail, exact", shape{from: mid}, ref[mid:], true},
+		{"tail, moved", shape{from: mid}, moved[mid:], true},
+		{"tail, cut in a number", shape{from: 50}, moved[50:], true},
+		{"tail, nothing", shape{from: mid}, nil, false},
+		{"tail, from 0", shape{from: mid}, ref, false},
+		{"tail, its end lost", shape{from: mid}, ref[mid : len(ref)-4], false},
+		{"tail, from the end", shape{from: len(ref)}, nil, true},
+		{"mapped, one page", shape{mapped: true}, append(append([]byte{}, ref...), make([]byte, 4096-len(ref))...), true},
+		{"mapped, moved", shape{mapped: true}, append(append([]byte{}, moved...), make([]byte, 100)...), true},
+		{"mapped, cut by a fault", shape{mapped: true}, moved[:40], true},
+		{"mapped, other bytes", shape{mapped: true}, bytes.Repeat([]byte("x"), 4096), false},
+	} {
+		if got := tc.sh.match(tc.got, ref); got != tc.want {
+			t.Errorf("%s: match %q against %q = %v, want %v", tc.name, tc.got, tc.sh.expect(tc.got, ref), got, tc.want)
+		}
+	}
+}

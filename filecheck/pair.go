@@ -22,6 +22,7 @@ type runner struct {
 
 	oraclePath  string
 	oracleMount string // private tmpfs mounted by Run, if any
+	scratchDir  string // the read-only checks' scratch files go here
 
 	targetMode uint32 // permission bits of the file under test
 	targetUID  uint32
@@ -249,8 +250,14 @@ func (p *pair) doAccepting(call string, f func(s *side) outcome, accept func(fil
 }
 
 // exec runs fn and turns what it raised into a Result.
-func (p *pair) exec(fn func(p *pair)) (res Result) {
-	res.Name = p.name
+func (p *pair) exec(fn func(p *pair)) Result {
+	return execSteps(p.name, func() { fn(p) })
+}
+
+// execSteps runs the steps of the check name and turns the failure or skip
+// they raised with panic into a Result.
+func execSteps(name string, steps func()) (res Result) {
+	res.Name = name
 	defer func() {
 		v := recover()
 		if v == nil {
@@ -270,7 +277,7 @@ func (p *pair) exec(fn func(p *pair)) (res Result) {
 			res.Details = strings.Split(strings.TrimSpace(string(debug.Stack())), "\n")
 		}
 	}()
-	fn(p)
+	steps()
 	res.Status = Pass
 	return res
 }

@@ -29,24 +29,32 @@ type plumbing struct {
 // newPlumbing makes the pipe and the scratch file; the check fails if it
 // cannot.
 func (p *pair) newPlumbing() *plumbing {
+	pl, err := makePlumbing(filepath.Dir(p.r.oraclePath))
+	if err != nil {
+		p.failf("%v", err)
+	}
+	return pl
+}
+
+// makePlumbing makes the pipe and a scratch file in dir.
+func makePlumbing(dir string) (*plumbing, error) {
 	pl := &plumbing{pr: -1, pw: -1, scratch: -1}
 	var fds [2]int
 	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC); err != nil {
-		p.failf("cannot make a pipe for the splice steps: %v", err)
+		return nil, fmt.Errorf("cannot make a pipe for the splice steps: %v", err)
 	}
 	pl.pr, pl.pw = fds[0], fds[1]
 	if err := unix.SetNonblock(pl.pr, true); err != nil {
 		pl.close()
-		p.failf("cannot make the pipe's read end non-blocking: %v", err)
+		return nil, fmt.Errorf("cannot make the pipe's read end non-blocking: %v", err)
 	}
-	dir := filepath.Dir(p.r.oraclePath)
 	fd, err := scratchFile(dir)
 	if err != nil {
 		pl.close()
-		p.failf("cannot make a scratch file in the oracle's directory %s for the splice steps: %v", dir, err)
+		return nil, fmt.Errorf("cannot make a scratch file in %s for the splice steps: %v", dir, err)
 	}
 	pl.scratch = fd
-	return pl
+	return pl, nil
 }
 
 // scratchFile opens a new file in dir that has no name, so that nothing is

@@ -36,6 +36,11 @@ The checks WRITE TO PATH. An empty PATH is left empty; a PATH that is not
 empty is refused unless --destructive is given (its contents are then read
 first and written back at the end, best effort).
 
+With --read-only, other checks run, which never write: any readable
+regular file (a /proc or /sys file, a generated file), each way of
+reading it (read, readv, pread, lseek, sendfile, splice, copy_file_range,
+mmap) compared with its own read(2) just before and after.
+
 Flags:
 `
 
@@ -43,10 +48,11 @@ Flags:
 func runCheck(args []string) int {
 	fs := flag.NewFlagSet("check", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	oracle := fs.String("oracle", "", "directory on a tmpfs for the oracle's scratch file (default /dev/shm, or a private tmpfs when root)")
+	oracle := fs.String("oracle", "", "directory on a tmpfs for the oracle's scratch file (default /dev/shm, or a private tmpfs when root; with --read-only, for copy_file_range's scratch file)")
 	oracleSize := fs.String("oracle-size", "", "PATH's capacity (e.g. 1m, as given to ramproc mount -max-size): compare writes and mmap stores beyond it with a private tmpfs of that size= (root; check capacity/mmap-beyond)")
 	run := fs.String("run", "", "run only the checks whose names match this regular expression (see --list)")
 	destructive := fs.Bool("destructive", false, "allow overwriting PATH when it is not empty")
+	readOnly := fs.Bool("read-only", false, "run the read-only/ checks instead, which never write: any readable regular file, /proc and /sys files too, each way of reading it compared with its own read(2)")
 	ops := fs.Int("ops", filecheck.DefaultOps, "number of operations of the randomized check")
 	seed := fs.Int64("seed", 0, "seed of the randomized check (0: from the clock; the seed used is printed)")
 	reload := fs.String("reload-cmd", "", "shell command that stops and restarts PATH's server, for seed/reload")
@@ -95,6 +101,7 @@ func runCheck(args []string) int {
 		Path:           paths[0],
 		OracleDir:      *oracle,
 		Destructive:    *destructive,
+		ReadOnly:       *readOnly,
 		Ops:            *ops,
 		Seed:           *seed,
 		ReloadCmd:      *reload,
@@ -124,7 +131,7 @@ func runCheck(args []string) int {
 	if isTerminal(os.Stderr) {
 		cfg.Progress = os.Stderr
 	}
-	if *destructive {
+	if *destructive && !*readOnly { // (Run refuses the two together)
 		fmt.Fprintf(os.Stderr, "ramproc check: --destructive: the checks overwrite %s (its contents are written back at the end, best effort)\n", cfg.Path)
 	}
 
