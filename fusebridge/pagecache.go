@@ -73,6 +73,18 @@ import (
 // a new snapshot made there could be read beside pieces of the old); the
 // next read that reaches the end gets a new one.
 //
+// One limit: a descriptor read by two threads at once while its snapshot
+// is renewed. The store renews the pages in place and sets the new i_size
+// before it copies them (fuse_notify_store), and the kernel's read takes a
+// batch of pages before it looks at i_size: a read by the other thread
+// that took the old pages then reads them up to the new size, pieces of
+// two snapshots and zeros past the older one's end (TestPageCacheStorm
+// with two threads reading its descriptor failed so in about one run of
+// twenty; dropping the pages before the store does not help, as the
+// reader holds them). No order of notifications avoids it; procfs
+// serializes the reads of one descriptor, and /proc's readers (top, free,
+// vmstat) read each of theirs from one thread.
+//
 // A SETATTR answer is the one the kernel takes without that version check
 // (fuse_do_setattr): answered just before a longer snapshot is stored, it
 // would set the older size, and truncate the page that holds it. So no
