@@ -234,20 +234,7 @@ func TestPerOpenPassthroughConcurrent(t *testing.T) {
 	t.Logf("%d opens, %d READ requests (2 per forwarded open)", workers*rounds, m.Requests(fusebridge.OpRead)-reads)
 }
 
-func readAllFrom(f *os.File) ([]byte, error) {
-	var out []byte
-	buf := make([]byte, 128<<10)
-	for {
-		n, err := f.Read(buf)
-		out = append(out, buf[:n]...)
-		if n == 0 || err != nil {
-			if err != nil && err.Error() == "EOF" {
-				err = nil
-			}
-			return out, err
-		}
-	}
-}
+func readAllFrom(f *os.File) ([]byte, error) { return readAll(int(f.Fd()), 128<<10) }
 
 // TestPerOpenPassthroughCallers has root and nobody, in separate
 // processes, read at once a per-caller file and a Generated one on a
