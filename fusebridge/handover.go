@@ -916,12 +916,19 @@ func (c *Server) serveAdopted() error {
 	}()
 	var srv *fuse.Server
 	var err error
+	var dup int
+	mo := c.rs.mo
 	for range 3 {
-		dup, derr := unix.FcntlInt(uintptr(c.rs.devFd), unix.F_DUPFD_CLOEXEC, 3)
+		var derr error
+		dup, derr = unix.FcntlInt(uintptr(c.rs.devFd), unix.F_DUPFD_CLOEXEC, 3)
 		if derr != nil {
 			return fmt.Errorf("fusebridge: handover: dup: %w", derr)
 		}
-		mo := c.rs.mo
+		mo = c.rs.mo
+		// The description may be non-blocking (the first process's
+		// request loop, conn.go): go-fuse reads its first request with a
+		// read(2) that must wait for it.
+		unix.SetNonblock(dup, false)
 		if srv, err = fuse.NewServer(c.rs.rfs, "/dev/fd/"+strconv.Itoa(dup), &mo); err == nil {
 			break
 		}
@@ -933,7 +940,9 @@ func (c *Server) serveAdopted() error {
 	}
 	c.fuse = srv
 	go func() {
-		srv.Serve()
+		// The adopted connection's INIT was answered by the first
+		// process: the request parser keeps go-fuse's defaults.
+		serveConn(srv, c.rs.rfs, &mo, dup, false, c.log)
 		close(c.served)
 	}()
 	<-poked
@@ -1029,22 +1038,24 @@ func fuseFds() map[int]bool {
 // in the process while it is looked for.
 var devScanMu sync.Mutex
 
-// newTrackedServer is newFuseServer that also learns, for a restartable
-// mount, which /dev/fuse descriptor go-fuse serves: go-fuse does not say.
-func (s *Server) newTrackedServer(fsys fuse.RawFileSystem, mountpoint string, mo *fuse.MountOptions, direct bool) (*fuse.Server, error) {
-	if !s.opts.Restartable {
-		return newFuseServer(fsys, mountpoint, mo, direct)
-	}
+// newTrackedServer is newFuseServer that also learns which /dev/fuse
+// descriptor go-fuse serves (go-fuse does not say): the request loop
+// reads it (conn.go), and a restartable mount hands it over. -1 if it
+// cannot be told.
+func (s *Server) newTrackedServer(fsys fuse.RawFileSystem, mountpoint string, mo *fuse.MountOptions, direct bool) (*fuse.Server, int, error) {
+	fd := -1
 	if rest, ok := strings.CutPrefix(mountpoint, "/dev/fd/"); ok {
-		s.rs.devFd, _ = strconv.Atoi(rest)
-		return newFuseServer(fsys, mountpoint, mo, direct)
+		fd, _ = strconv.Atoi(rest)
+		unix.SetNonblock(fd, false) // as in serveAdopted
+		srv, err := newFuseServer(fsys, mountpoint, mo, direct)
+		return srv, fd, err
 	}
 	devScanMu.Lock()
 	defer devScanMu.Unlock()
 	before := fuseFds()
 	srv, err := newFuseServer(fsys, mountpoint, mo, direct)
 	if err != nil {
-		return nil, err
+		return nil, -1, err
 	}
 	var fresh []int
 	for fd := range fuseFds() {
@@ -1053,9 +1064,9 @@ func (s *Server) newTrackedServer(fsys fuse.RawFileSystem, mountpoint string, mo
 		}
 	}
 	if len(fresh) == 1 {
-		s.rs.devFd = fresh[0]
+		fd = fresh[0]
 	}
-	return srv, nil
+	return srv, fd, nil
 }
 
 // retake takes the claim again in this process's name, so that /proc/locks

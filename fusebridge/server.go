@@ -15,7 +15,9 @@
 // its handler.DirHandler produces on demand (/proc/<pid>). The code is in
 // three places: tree.go and dirnode.go name things, entry.go and node.go do
 // a file's I/O, and server.go and split.go own the mount and its
-// connections. A mount made with Options.Restartable can be handed to a
+// connections, whose requests conn.go reads and answers (one reader at a
+// time, answering inline: a FUSE round trip here costs what waking
+// threads costs). A mount made with Options.Restartable can be handed to a
 // new process of the program, with every descriptor open on it
 // (Server.Restart; handover.go and restartfs.go).
 //
@@ -615,16 +617,19 @@ func (s *Server) start(mountpoint string, direct bool) error {
 		s.rs.rfs.devFd, s.rs.rfs.keepIDs = s.rs.devFd, keeperPresent()
 		return nil
 	}
-	srv, err := s.newTrackedServer(fsys, mountpoint, &mo, direct)
+	srv, devFd, err := s.newTrackedServer(fsys, mountpoint, &mo, direct)
 	if err != nil {
 		return err
+	}
+	if s.opts.Restartable {
+		s.rs.devFd = devFd
 	}
 	if s.rs.rfs != nil {
 		s.rs.rfs.devFd, s.rs.rfs.keepIDs = s.rs.devFd, keeperPresent() && s.rs.devFd >= 0
 	}
 	s.fuse = srv
 	go func() {
-		srv.Serve()
+		serveConn(srv, fsys, &mo, devFd, true, s.log)
 		close(s.served)
 	}()
 	// WaitMount runs go-fuse's poll hack, which opens a file of the new
