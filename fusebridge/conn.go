@@ -28,18 +28,18 @@ import (
 // retakes them every 20 µs and wakes threads that find nothing to do. Here
 // one goroutine reads at a time and answers what it read itself; before it
 // sleeps it keeps asking for the next request for a moment (spinWait),
-// which is where a reader that sends one request after another (open, read,
-// read, close) sends it. Measured on a file read with direct I/O (OPEN, a
-// READ, a READ that finds EOF; RELEASE), the reader on one CPU, the same
-// go-fuse file system served both ways in one run (2026-12-05):
+// which is when a reader that sends one request after another (open, read,
+// read, close) sends the next. Measured on a file read with direct I/O
+// (OPEN, a READ, a READ that finds EOF; RELEASE), the reader on one CPU, the
+// same go-fuse file system served each way, in one session (2026-12-05;
+// docs/bench.md, "The bridge's own request loop"), opens a second and, in
+// brackets, the server's CPU per open:
 //
-//	                                      1 reader          4 readers
-//	go-fuse Server.Serve                  8.4k/s (70 µs)    15-20k/s (46-60 µs)
-//	one reader, answering inline          11-12k/s (40 µs)  20-23k/s (31 µs)
-//	... and asking 20 µs before sleeping  15-16k/s (55 µs)  30-34k/s (28 µs)
-//	libfuse's multithreaded loop (C)      12-15k/s (32-37 µs)
-//
-// (opens a second; in brackets the server's CPU time per open.)
+//	                                   1 reader             4 readers
+//	go-fuse Server.Serve               7.2-8.9k (67-87 µs)  15-20k (46-61 µs)
+//	one reader, answering inline       10-13k (36-43 µs)    20-23k (30-34 µs)
+//	... asking 20 µs before it sleeps  14-17k (50-63 µs)    30-34k (28-29 µs)
+//	libfuse's multithreaded loop (C)   11-15k (30-38 µs)
 //
 // A request whose answer takes longer than takeoverDelay (a stream waiting
 // for data, a handler that sleeps, a restart's gate) makes another
