@@ -93,25 +93,9 @@ func TestSlowRequestHoldsUpNobody(t *testing.T) {
 	if _, err := srv.Create("fast", 0o444, text("fast\n")); err != nil {
 		t.Fatal(err)
 	}
-	slow := make(chan string, 1)
-	go func() {
-		b, err := os.ReadFile(filepath.Join(srv.Mountpoint(), "slow"))
-		if err != nil {
-			slow <- err.Error()
-			return
-		}
-		slow <- string(b)
-	}()
+	slow := readLater(filepath.Join(srv.Mountpoint(), "slow"))
 	<-entered
-	fast := make(chan string, 1)
-	go func() {
-		b, err := os.ReadFile(filepath.Join(srv.Mountpoint(), "fast"))
-		if err != nil {
-			fast <- err.Error()
-			return
-		}
-		fast <- string(b)
-	}()
+	fast := readLater(filepath.Join(srv.Mountpoint(), "fast"))
 	select {
 	case got := <-fast:
 		if got != "fast\n" {
@@ -125,6 +109,21 @@ func TestSlowRequestHoldsUpNobody(t *testing.T) {
 	if got := <-slow; got != "slow\n" {
 		t.Errorf("slow file: %q", got)
 	}
+}
+
+// readLater reads path in a goroutine of its own and sends what it read, or
+// the error's text.
+func readLater(path string) <-chan string {
+	c := make(chan string, 1)
+	go func() {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			c <- err.Error()
+			return
+		}
+		c <- string(b)
+	}()
+	return c
 }
 
 // A caller's signal reaches a handler that waits on its request's context,
