@@ -266,8 +266,9 @@ func (c *conn) write(b []byte) {
 
 // end is called by the loop whose read failed: the connection has ended
 // (ENODEV: unmounted; ECONNABORTED: aborted) or cannot be read. The
-// requests other loops are still answering are interrupted, as go-fuse's loop does at ENODEV,
-// so that a handler waiting on its request's cancellation returns.
+// requests other loops are still answering are interrupted, as go-fuse's
+// loop does at ENODEV, so that a handler waiting on its request's
+// cancellation returns.
 func (c *conn) end(err error) {
 	c.ended.Do(func() {
 		if err != syscall.ENODEV && err != syscall.ECONNABORTED {
