@@ -151,6 +151,14 @@ func perCallerDirChurn(t *testing.T, opts Options) {
 		}
 		cd.set(i)
 		ino(strconv.Itoa(i))
+		// stay stays shown: a child no answer shows across two sweeps is
+		// forgotten once the kernel lets it go (percaller.go), and this
+		// loop may run many sweeps (it did with GOMAXPROCS=1).
+		if i%100 == 0 {
+			if got := ino("stay"); got != stay {
+				t.Fatalf("after %d children: inode of stay %d, was %d", i, got, stay)
+			}
+		}
 	}
 	t.Logf("children in the map: at most %d during the churn of %d, %d after %d more", most, n, left, i-n)
 	if most > n/4 || left > 4*sweepMin {
