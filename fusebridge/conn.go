@@ -62,23 +62,38 @@ type conn struct {
 	ps  *fuse.ProtocolServer
 	fd  int
 	log *slog.Logger
-	// inSize and outSize are the sizes of a loop's buffers: the largest
-	// request the kernel sends (a WRITE of max_write) and the largest
-	// answer (a READ of max_read).
-	inSize, outSize int
+	// readSize is the size of the buffer requests are read into: the
+	// largest request the kernel sends (a WRITE of max_write; read(2)
+	// fails on a smaller one).
+	readSize int
+	// readBuf is that buffer; only the goroutine that reads touches it
+	// (the reading flag hands it over). A request of up to smallIn bytes
+	// is copied out of it before it is answered, so that a request that
+	// blocks (a stream waiting for data, a restart's gate) holds 2*smallIn
+	// bytes of buffers, not max_write twice; a larger one (a WRITE) is
+	// answered from it, and the next reader takes another (big).
+	readBuf []byte
+	big     sync.Pool // *[]byte of readSize
+	outs    sync.Map  // pages -> *sync.Pool of *[]byte: answers larger than smallOut
 
-	reading atomic.Bool // a goroutine is reading (or about to)
+	reading atomic.Bool // a goroutine is reading (or about to), and owns readBuf
 	loops   sync.WaitGroup
 	ended   sync.Once
 
 	mu        sync.Mutex              // guards answering and over; a takeover runs under it
 	answering map[*atomic.Uint64]bool // each loop's request being answered (0: none)
 	over      bool                    // the connection has ended: no more loops
-
-	bufs sync.Pool // *loopBufs: a loop started by a takeover reuses an ended one's
 }
 
-type loopBufs struct{ in, out []byte }
+// smallIn and smallOut are the sizes of a loop's own buffers: every
+// request but a WRITE (or a long BATCH_FORGET) fits smallIn (the longest
+// names: a symlink's 4096-byte target and its name), and every answer but
+// a READ's, a READDIR's or an extended attribute's data fits smallOut
+// (go-fuse's structured answers are at most 288 bytes).
+const (
+	smallIn  = 8 << 10
+	smallOut = 8 << 10
+)
 
 // serveConn serves srv's connection, whose device descriptor is fd, until
 // the connection ends, then lets go-fuse's Server end it (Serve: it finds
@@ -104,13 +119,11 @@ func serveConn(srv *fuse.Server, fsys fuse.RawFileSystem, mo *fuse.MountOptions,
 		ps:  fuse.NewProtocolServer(fsys, mo),
 		fd:  fd,
 		log: log,
-		// A WRITE of max_write, or names (a symlink's target is up to
-		// 4096 bytes), behind the largest header; a READ of max_read.
-		inSize:    max(mo.MaxWrite, 128<<10) + 8192,
-		outSize:   max(mo.MaxWrite, 128<<10) + 4096,
+		// A WRITE of max_write behind its headers, and room to spare.
+		readSize:  max(mo.MaxWrite, 128<<10) + 8192,
 		answering: map[*atomic.Uint64]bool{},
 	}
-	c.bufs.New = func() any { return &loopBufs{in: make([]byte, c.inSize), out: make([]byte, c.outSize)} }
+	c.big.New = func() any { b := make([]byte, c.readSize); return &b }
 	if init {
 		c.init(srv.KernelSettings())
 	}
@@ -145,9 +158,7 @@ func (c *conn) init(in *fuse.InitIn) {
 // that took past takeoverDelay, another goroutine has become the reader.
 func (c *conn) loop() {
 	defer c.loops.Done()
-	b := c.bufs.Get().(*loopBufs)
-	defer c.bufs.Put(b)
-	in, out := b.in, b.out
+	small, smallAnswer := make([]byte, smallIn), make([]byte, smallOut)
 	current := new(atomic.Uint64) // the unique of the request being answered
 	c.mu.Lock()
 	c.answering[current] = true
@@ -161,16 +172,32 @@ func (c *conn) loop() {
 	takeover.Stop()
 	defer takeover.Stop()
 	for {
-		n, err := c.read(in)
-		c.reading.Store(false)
+		if c.readBuf == nil {
+			c.readBuf = *c.big.Get().(*[]byte)
+		}
+		n, err := c.read(c.readBuf)
+		var in, bigIn []byte
+		if err == nil {
+			if n <= len(small) {
+				in = small[:copy(small, c.readBuf[:n])]
+			} else {
+				in, bigIn, c.readBuf = c.readBuf[:n], c.readBuf, nil
+			}
+		}
+		c.reading.Store(false) // readBuf is the next reader's from here
 		if err != nil {
 			c.end(err)
 			return
 		}
 		unique := binary.NativeEndian.Uint64(in[8:16])
+		out, bigOut := smallAnswer, []byte(nil)
+		if need := answerSize(in); need > len(out) {
+			bigOut = c.getOut(need)
+			out = bigOut
+		}
 		current.Store(unique)
 		takeover.Reset(takeoverDelay)
-		w, st := c.ps.HandleRequest([][]byte{in[:n]}, [][]byte{out})
+		w, st := c.ps.HandleRequest([][]byte{in}, [][]byte{out})
 		takeover.Stop()
 		current.Store(0)
 		if !st.Ok() {
@@ -182,9 +209,68 @@ func (c *conn) loop() {
 		if w > 0 {
 			c.write(out[:w])
 		}
+		if bigIn != nil {
+			c.big.Put(&bigIn)
+		}
+		if bigOut != nil {
+			c.putOut(bigOut)
+		}
 		if !c.reading.CompareAndSwap(false, true) {
 			return // another goroutine reads now
 		}
+	}
+}
+
+// The FUSE opcodes whose answer carries data of a size the request gives.
+const (
+	opRead        = 15
+	opGetxattr    = 22
+	opListxattr   = 23
+	opReaddir     = 28
+	opIoctl       = 39
+	opReaddirplus = 44
+)
+
+// answerSize is the most bytes the answer to request in can take: its
+// header, a structured answer and the data it asks for. A request too
+// short for its fields is refused by ProtocolServer before it answers.
+func answerSize(in []byte) int {
+	const most = 16 + 288 // fuse_out_header, go-fuse's largest structured answer
+	p := unsafe.Pointer(&in[0])
+	switch binary.NativeEndian.Uint32(in[4:8]) {
+	case opRead, opReaddir, opReaddirplus:
+		if len(in) >= int(unsafe.Sizeof(fuse.ReadIn{})) {
+			return most + int((*fuse.ReadIn)(p).Size)
+		}
+	case opGetxattr, opListxattr:
+		if len(in) >= int(unsafe.Sizeof(fuse.GetXAttrIn{})) {
+			return most + int((*fuse.GetXAttrIn)(p).Size)
+		}
+	case opIoctl:
+		if len(in) >= int(unsafe.Sizeof(fuse.IoctlIn{})) {
+			return most + int((*fuse.IoctlIn)(p).OutSize)
+		}
+	}
+	return most
+}
+
+// getOut returns a buffer of at least need bytes for an answer, from a
+// pool per size in pages (a READ asks for the same size again and again).
+func (c *conn) getOut(need int) []byte {
+	pages := (need + 4095) / 4096
+	p, ok := c.outs.Load(pages)
+	if !ok {
+		p, _ = c.outs.LoadOrStore(pages, &sync.Pool{})
+	}
+	if b, ok := p.(*sync.Pool).Get().(*[]byte); ok {
+		return *b
+	}
+	return make([]byte, pages*4096)
+}
+
+func (c *conn) putOut(b []byte) {
+	if p, ok := c.outs.Load(len(b) / 4096); ok {
+		p.(*sync.Pool).Put(&b)
 	}
 }
 

@@ -5,8 +5,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -156,4 +158,50 @@ func TestInterruptReachesBlockedHandler(t *testing.T) {
 		t.Fatal("the handler's context was not cancelled 30 s after its caller was killed")
 	}
 	cmd.Wait()
+}
+
+// Requests that block hold little memory each: a loop copies a request out
+// of the max_write-sized buffer it was read into before answering it, and
+// answers into a buffer of the answer's size. With the read and answer
+// buffers held by each blocked request (1 MiB each on a mount's main
+// connection), 50 of them held over 100 MiB.
+func TestBlockedRequestsHoldLittleMemory(t *testing.T) {
+	srv := mount(t, fusebridge.Options{})
+	const n = 50
+	var entered atomic.Int64
+	release := make(chan struct{})
+	if _, err := srv.Create("wait", 0o444, handler.Generated(func(context.Context) ([]byte, error) {
+		entered.Add(1)
+		<-release
+		return []byte("done\n"), nil
+	})); err != nil {
+		t.Fatal(err)
+	}
+	var before runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	var reads []<-chan string
+	for range n {
+		reads = append(reads, readLater(filepath.Join(srv.Mountpoint(), "wait")))
+	}
+	for deadline := time.Now().Add(time.Minute); entered.Load() < n; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			close(release)
+			t.Fatalf("%d of %d opens reached the handler in a minute", entered.Load(), n)
+		}
+	}
+	var during runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&during)
+	close(release)
+	for _, r := range reads {
+		if got := <-r; got != "done\n" {
+			t.Errorf("read: %q", got)
+		}
+	}
+	grown := int64(during.HeapAlloc) - int64(before.HeapAlloc)
+	t.Logf("live heap with %d requests blocked: %+d KiB", n, grown/1024)
+	if grown > 16<<20 {
+		t.Errorf("%d blocked requests grew the live heap by %d MiB", n, grown>>20)
+	}
 }
