@@ -58,22 +58,19 @@ const takeoverDelay = 200 * time.Microsecond
 
 // conn serves the requests of one connection.
 type conn struct {
-	srv *fuse.Server
 	ps  *fuse.ProtocolServer
 	fd  int
 	log *slog.Logger
-	// readSize is the size of the buffer requests are read into: the
+	// readBuf is the buffer requests are read into, as large as the
 	// largest request the kernel sends (a WRITE of max_write; read(2)
-	// fails on a smaller one).
-	readSize int
-	// readBuf is that buffer; only the goroutine that reads touches it
+	// fails on a smaller one). Only the goroutine that reads touches it
 	// (the reading flag hands it over). A request of up to smallIn bytes
 	// is copied out of it before it is answered, so that a request that
 	// blocks (a stream waiting for data, a restart's gate) holds 2*smallIn
 	// bytes of buffers, not max_write twice; a larger one (a WRITE) is
 	// answered from it, and the next reader takes another (big).
 	readBuf []byte
-	big     sync.Pool // *[]byte of readSize
+	big     sync.Pool // *[]byte of readBuf's size
 	outs    sync.Map  // pages -> *sync.Pool of *[]byte: answers larger than smallOut
 
 	reading atomic.Bool // a goroutine is reading (or about to), and owns readBuf
@@ -115,15 +112,13 @@ func serveConn(srv *fuse.Server, fsys fuse.RawFileSystem, mo *fuse.MountOptions,
 		return
 	}
 	c := &conn{
-		srv: srv,
-		ps:  fuse.NewProtocolServer(fsys, mo),
-		fd:  fd,
-		log: log,
-		// A WRITE of max_write behind its headers, and room to spare.
-		readSize:  max(mo.MaxWrite, 128<<10) + 8192,
+		ps:        fuse.NewProtocolServer(fsys, mo),
+		fd:        fd,
+		log:       log,
 		answering: map[*atomic.Uint64]bool{},
 	}
-	c.big.New = func() any { b := make([]byte, c.readSize); return &b }
+	readSize := max(mo.MaxWrite, 128<<10) + 8192 // a WRITE of max_write behind its headers, and room to spare
+	c.big.New = func() any { b := make([]byte, readSize); return &b }
 	if init {
 		c.init(srv.KernelSettings())
 	}
@@ -134,10 +129,17 @@ func serveConn(srv *fuse.Server, fsys fuse.RawFileSystem, mo *fuse.MountOptions,
 	srv.Serve()
 }
 
-// The FUSE opcodes this file makes requests of (include/uapi/linux/fuse.h).
+// The FUSE opcodes this file makes requests of, or reads the answer size
+// of (include/uapi/linux/fuse.h).
 const (
-	opInit      = 26
-	opInterrupt = 36
+	opRead        = 15
+	opGetxattr    = 22
+	opListxattr   = 23
+	opInit        = 26
+	opReaddir     = 28
+	opInterrupt   = 36
+	opIoctl       = 39
+	opReaddirplus = 44
 )
 
 // init hands the kernel's INIT, which go-fuse's Server answered, to the
@@ -220,16 +222,6 @@ func (c *conn) loop() {
 		}
 	}
 }
-
-// The FUSE opcodes whose answer carries data of a size the request gives.
-const (
-	opRead        = 15
-	opGetxattr    = 22
-	opListxattr   = 23
-	opReaddir     = 28
-	opIoctl       = 39
-	opReaddirplus = 44
-)
 
 // answerSize is the most bytes the answer to request in can take: its
 // header, a structured answer and the data it asks for. A request too
